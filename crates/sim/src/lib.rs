@@ -1,0 +1,24 @@
+//! `scmb-sim`: a simulated HPE OneView appliance — its REST API, its State-Change Message Bus on
+//! a real RabbitMQ node, and an HP Service Manager — for trying scmb without hardware and for
+//! testing SCMB integrations. The wire contract is `shared/SPEC.md`; this crate answers it,
+//! awkward parts included (API-version differences, 401 on expired sessions, 409 on a second
+//! keypair generation, 412 on stale eTags).
+//!
+//! Module map: [`pki`] certificates on disk; [`broker`] the RabbitMQ child process; [`bus`] the
+//! publisher; [`ov`] the OneView REST API; [`control`] the `/sim/` control surface; [`sm`] the
+//! Service Manager; [`serve`] HTTP(S) serving; [`sim`] wiring it all together; [`client`] a
+//! small client of the control surface for the CLI and tests.
+
+pub mod broker;
+pub mod bus;
+pub mod client;
+pub mod clock;
+pub mod control;
+pub mod filter;
+pub mod ov;
+pub mod pki;
+pub mod serve;
+pub mod sim;
+pub mod sm;
+
+pub use sim::{Sim, SimConfig};

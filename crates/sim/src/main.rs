@@ -1,0 +1,624 @@
+//! `ov-sim`: runs the simulated OneView appliance (and Service Manager), or drives a running one.
+//!
+//! Exit codes: 0 success; 1 the request failed or the simulator could not start; 2 usage error.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use reqwest::Method;
+use scmb_sim::client::SimClient;
+use scmb_sim::pki::BrokerCertNames;
+use scmb_sim::sm::{SmConfig, SmState};
+use scmb_sim::{Sim, SimConfig};
+use serde_json::{json, Map, Value};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ov-sim",
+    version,
+    about = "A simulated HPE OneView appliance (REST API + SCMB on a real RabbitMQ) and HP Service Manager",
+    after_help = "Examples:\n  ov-sim --state ./state                 # start everything, print a ready line\n  ov-sim alert raise --state ./state --severity Critical --description 'Fan failed'\n  ov-sim storm --state ./state --count 1000 --rate 0 --critical 1 --warning 9\n  ov-sim broker restart --state ./state\n  ov-sim sm --port 13080                 # Service Manager alone"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct StateArg {
+    /// State directory of the simulator (PKI, broker, ready file).
+    #[arg(long, default_value = "./state", env = "OV_SIM_STATE")]
+    state: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    state: StateArg,
+    /// Address to listen on (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// HTTPS port of the OneView REST API (443 works when permitted; 0 = any free port).
+    #[arg(long, default_value_t = 8443)]
+    rest_port: u16,
+    /// AMQPS port of the message bus (0 = any free port).
+    #[arg(long, default_value_t = 5671)]
+    amqps_port: u16,
+    /// Port of the Service Manager simulator.
+    #[arg(long, default_value_t = 13080)]
+    sm_port: u16,
+    /// Do not start the Service Manager simulator.
+    #[arg(long)]
+    no_sm: bool,
+    /// Serve Service Manager over HTTPS (certificate signed by the appliance CA).
+    #[arg(long)]
+    sm_tls: bool,
+    /// Do not start RabbitMQ (REST only; nothing is published).
+    #[arg(long)]
+    no_broker: bool,
+    /// currentVersion of /rest/version (e.g. 300, 600, 4200, 8200).
+    #[arg(long, default_value_t = 4200)]
+    api_version: u32,
+    /// minimumVersion of /rest/version.
+    #[arg(long, default_value_t = 120)]
+    min_api_version: u32,
+    /// OneView user as NAME:PASSWORD (repeatable; default Administrator:admin123).
+    #[arg(long = "user", value_name = "NAME:PASSWORD")]
+    users: Vec<String>,
+    /// Demand loginMsgAck with this login banner.
+    #[arg(long)]
+    login_banner: Option<String>,
+    /// Session idle timeout in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    idle_timeout: u64,
+    /// Start with the EULA already accepted.
+    #[arg(long)]
+    eula_accepted: bool,
+    /// The keypair can be downloaded without generating it first.
+    #[arg(long)]
+    keypair_pregenerated: bool,
+    /// subjectAltNames of the broker certificate, comma-separated; "" = CN only.
+    #[arg(long, default_value = "localhost,127.0.0.1")]
+    broker_cert_sans: String,
+    /// CN of the broker certificate.
+    #[arg(long, default_value = "localhost")]
+    broker_cert_cn: String,
+    /// Service Manager user as NAME:PASSWORD (repeatable; default falcon with an empty password).
+    #[arg(long = "sm-user", value_name = "NAME:PASSWORD")]
+    sm_users: Vec<String>,
+    /// Keep Service Manager incidents in this JSON file across restarts.
+    #[arg(long)]
+    sm_persist: Option<PathBuf>,
+    /// Milliseconds the keypair generation task runs.
+    #[arg(long, default_value_t = 1500)]
+    task_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the simulated appliance (the default).
+    Run(RunArgs),
+    /// Run the Service Manager simulator alone.
+    Sm(SmArgs),
+    /// Raise, update, clear, lock or delete alerts on a running simulator.
+    #[command(subcommand)]
+    Alert(AlertCmd),
+    /// Raise N alerts at R per second.
+    Storm(StormArgs),
+    /// Expire every REST session.
+    Sessions(StateArg),
+    /// Make the REST API answer an error status (e.g. 503) or add latency for a while.
+    RestFault(RestFaultArgs),
+    /// Restart the broker.
+    #[command(subcommand)]
+    Broker(BrokerCmd),
+    /// Regenerate the certificates (the old client certificate stops working).
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Publish a raw body (possibly malformed) with any routing key.
+    Publish(PublishArgs),
+    /// Inject Service Manager faults (JSON, e.g. '{"latencyMs":50,"errorRate":0.1}'; '{}' clears).
+    SmFault {
+        #[command(flatten)]
+        state: StateArg,
+        json: String,
+    },
+    /// Print every Service Manager incident.
+    Incidents(StateArg),
+    /// Print the simulator's endpoints and counters.
+    Info(StateArg),
+}
+
+#[derive(Subcommand, Debug)]
+enum AlertCmd {
+    /// Raise an alert.
+    Raise(RaiseArgs),
+    /// Clear an alert (Updated, newState Cleared).
+    Clear {
+        #[command(flatten)]
+        state: StateArg,
+        id: u64,
+    },
+    /// Lock an alert (Updated, newState Locked).
+    Lock {
+        #[command(flatten)]
+        state: StateArg,
+        id: u64,
+    },
+    /// Delete an alert (Deleted).
+    Delete {
+        #[command(flatten)]
+        state: StateArg,
+        id: u64,
+    },
+    /// Change any fields of an alert (e.g. escalate: '{"severity":"Critical"}').
+    Update {
+        #[command(flatten)]
+        state: StateArg,
+        id: u64,
+        json: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BrokerCmd {
+    Restart(StateArg),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCmd {
+    Regenerate(StateArg),
+}
+
+#[derive(Args, Debug)]
+struct SmArgs {
+    #[arg(long, default_value_t = 13080)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Service Manager user as NAME:PASSWORD (repeatable).
+    #[arg(long = "user", value_name = "NAME:PASSWORD")]
+    users: Vec<String>,
+    /// Keep incidents in this JSON file across restarts.
+    #[arg(long)]
+    persist: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RaiseArgs {
+    #[command(flatten)]
+    state: StateArg,
+    /// OK, Warning, Critical, Unknown, Disabled.
+    #[arg(long, default_value = "Critical")]
+    severity: String,
+    /// Active, Locked or Cleared.
+    #[arg(long)]
+    alert_state: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Send description: null.
+    #[arg(long)]
+    null_description: bool,
+    #[arg(long)]
+    corrective_action: Option<String>,
+    /// Send correctiveAction: null.
+    #[arg(long)]
+    null_corrective_action: bool,
+    #[arg(long)]
+    health_category: Option<String>,
+    #[arg(long)]
+    alert_type_id: Option<String>,
+    /// Name of the associated resource.
+    #[arg(long)]
+    resource_name: Option<String>,
+    /// Any other fields, as a JSON object.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct StormArgs {
+    #[command(flatten)]
+    state: StateArg,
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Alerts per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Weight of Critical alerts.
+    #[arg(long, default_value_t = 1)]
+    critical: u64,
+    /// Weight of Warning alerts.
+    #[arg(long, default_value_t = 0)]
+    warning: u64,
+    /// Weight of OK alerts.
+    #[arg(long, default_value_t = 0)]
+    ok: u64,
+    /// Weight of Locked alerts among the others (Active).
+    #[arg(long, default_value_t = 0)]
+    locked: u64,
+}
+
+#[derive(Args, Debug)]
+struct RestFaultArgs {
+    #[command(flatten)]
+    state: StateArg,
+    /// Status to answer (e.g. 503); none = latency only.
+    #[arg(long)]
+    status: Option<u16>,
+    /// For how long.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Latency added to every call.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Answer an HTML page instead of JSON.
+    #[arg(long)]
+    html: bool,
+    /// Clear the fault.
+    #[arg(long)]
+    clear: bool,
+}
+
+#[derive(Args, Debug)]
+struct PublishArgs {
+    #[command(flatten)]
+    state: StateArg,
+    #[arg(long)]
+    routing_key: String,
+    /// scmb or msmb.
+    #[arg(long, default_value = "scmb")]
+    exchange: String,
+    /// Read the body from this file ('-' = stdin).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The body as text.
+    #[arg(long)]
+    body: Option<String>,
+}
+
+fn pairs(list: &[String], default: (&str, &str)) -> anyhow::Result<HashMap<String, String>> {
+    if list.is_empty() {
+        return Ok(HashMap::from([(
+            default.0.to_string(),
+            default.1.to_string(),
+        )]));
+    }
+    list.iter()
+        .map(|s| {
+            s.split_once(':')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .with_context(|| format!("{s:?}: expected NAME:PASSWORD"))
+        })
+        .collect()
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let mut cfg = SimConfig::new(&a.state.state);
+    cfg.bind = a.bind;
+    cfg.rest_port = a.rest_port;
+    cfg.amqps_port = a.amqps_port;
+    cfg.broker = !a.no_broker;
+    cfg.sm_port = (!a.no_sm).then_some(a.sm_port);
+    cfg.sm_tls = a.sm_tls;
+    cfg.keypair_pregenerated = a.keypair_pregenerated;
+    cfg.ov.current_version = a.api_version;
+    cfg.ov.minimum_version = a.min_api_version;
+    cfg.ov.users = pairs(&a.users, ("Administrator", "admin123"))?;
+    cfg.ov.login_banner = a.login_banner;
+    cfg.ov.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));
+    cfg.ov.eula_pending = !a.eula_accepted;
+    cfg.ov.task_duration = Duration::from_millis(a.task_ms);
+    cfg.sm.users = pairs(&a.sm_users, ("falcon", ""))?;
+    cfg.sm.persist = a.sm_persist;
+    cfg.broker_names = BrokerCertNames {
+        common_name: a.broker_cert_cn,
+        sans: a
+            .broker_cert_sans
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    };
+    if a.min_api_version > a.api_version {
+        bail!(
+            "--min-api-version {} is above --api-version {}",
+            a.min_api_version,
+            a.api_version
+        );
+    }
+    let sim = Sim::start(cfg)
+        .await
+        .context("cannot start the simulated appliance")?;
+    println!("{}", sim.ready_line());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    sim.stop().await;
+    Ok(())
+}
+
+async fn run_sm(a: SmArgs) -> anyhow::Result<()> {
+    let cfg = SmConfig {
+        users: pairs(&a.users, ("falcon", ""))?,
+        persist: a.persist,
+        ..SmConfig::default()
+    };
+    let st = SmState::new(cfg);
+    let addr = std::net::SocketAddr::new(a.bind, a.port);
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let gate = st.gate.clone();
+    let server = tokio::spawn(scmb_sim::serve::serve(
+        l,
+        None,
+        scmb_sim::sm::router(st),
+        rx,
+        Some(gate),
+    ));
+    println!("ov-sim sm ready: sm=http://{addr}");
+    shutdown_signal().await;
+    let _ = tx.send(true);
+    server.abort();
+    Ok(())
+}
+
+fn client(state: &StateArg) -> anyhow::Result<SimClient> {
+    let ready = scmb_sim::sim::read_ready(&state.state).map_err(anyhow::Error::msg)?;
+    SimClient::from_ready(&ready).map_err(anyhow::Error::msg)
+}
+
+fn parse_object(s: &str) -> anyhow::Result<Map<String, Value>> {
+    match serde_json::from_str::<Value>(s).context("invalid JSON")? {
+        Value::Object(m) => Ok(m),
+        _ => bail!("expected a JSON object"),
+    }
+}
+
+async fn show(r: Result<Value, String>) -> anyhow::Result<()> {
+    let v = r.map_err(anyhow::Error::msg)?;
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
+}
+
+fn body(v: Value) -> Option<Vec<u8>> {
+    serde_json::to_vec(&v).ok()
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Run(a) => run(a).await,
+        Cmd::Sm(a) => run_sm(a).await,
+        Cmd::Alert(AlertCmd::Raise(a)) => {
+            let mut f = match &a.json {
+                Some(j) => parse_object(j)?,
+                None => Map::new(),
+            };
+            f.insert("severity".into(), json!(a.severity));
+            let mut set = |k: &str, v: Option<String>, null: bool| {
+                if null {
+                    f.insert(k.into(), Value::Null);
+                } else if let Some(v) = v {
+                    f.insert(k.into(), json!(v));
+                }
+            };
+            set("alertState", a.alert_state, false);
+            set("description", a.description, a.null_description);
+            set(
+                "correctiveAction",
+                a.corrective_action,
+                a.null_corrective_action,
+            );
+            set("healthCategory", a.health_category, false);
+            set("alertTypeID", a.alert_type_id, false);
+            if let Some(n) = a.resource_name {
+                f.insert("associatedResource".into(), json!({"resourceName": n}));
+            }
+            show(
+                client(&a.state)?
+                    .call(Method::POST, "/sim/alerts", body(Value::Object(f)))
+                    .await,
+            )
+            .await
+        }
+        Cmd::Alert(AlertCmd::Clear { state, id }) => {
+            show(
+                client(&state)?
+                    .call(Method::POST, &format!("/sim/alerts/{id}/clear"), None)
+                    .await,
+            )
+            .await
+        }
+        Cmd::Alert(AlertCmd::Lock { state, id }) => {
+            show(
+                client(&state)?
+                    .call(Method::POST, &format!("/sim/alerts/{id}/lock"), None)
+                    .await,
+            )
+            .await
+        }
+        Cmd::Alert(AlertCmd::Delete { state, id }) => {
+            show(
+                client(&state)?
+                    .call(Method::DELETE, &format!("/sim/alerts/{id}"), None)
+                    .await,
+            )
+            .await
+        }
+        Cmd::Alert(AlertCmd::Update { state, id, json }) => {
+            let f = parse_object(&json)?;
+            show(
+                client(&state)?
+                    .call(
+                        Method::PATCH,
+                        &format!("/sim/alerts/{id}"),
+                        body(Value::Object(f)),
+                    )
+                    .await,
+            )
+            .await
+        }
+        Cmd::Storm(a) => {
+            let mut states = Map::new();
+            states.insert("Active".into(), json!(if a.locked > 0 { 1 } else { 1 }));
+            if a.locked > 0 {
+                states.insert("Locked".into(), json!(a.locked));
+            }
+            let req = json!({"count": a.count, "rate": a.rate,
+                "severities": {"Critical": a.critical, "Warning": a.warning, "OK": a.ok},
+                "states": if a.locked > 0 { Value::Object(states) } else { Value::Null }});
+            show(
+                client(&a.state)?
+                    .call(Method::POST, "/sim/storm", body(req))
+                    .await,
+            )
+            .await
+        }
+        Cmd::Sessions(s) => {
+            show(
+                client(&s)?
+                    .call(Method::POST, "/sim/sessions/expire", None)
+                    .await,
+            )
+            .await
+        }
+        Cmd::RestFault(a) => {
+            let c = client(&a.state)?;
+            if a.clear {
+                return show(c.call(Method::DELETE, "/sim/faults/rest", None).await).await;
+            }
+            let req = json!({"status": a.status, "seconds": a.seconds, "latencyMs": a.latency_ms, "html": a.html});
+            show(c.call(Method::POST, "/sim/faults/rest", body(req)).await).await
+        }
+        Cmd::Broker(BrokerCmd::Restart(s)) => {
+            show(
+                client(&s)?
+                    .call(Method::POST, "/sim/broker/restart", None)
+                    .await,
+            )
+            .await
+        }
+        Cmd::Certs(CertsCmd::Regenerate(s)) => {
+            show(
+                client(&s)?
+                    .call(Method::POST, "/sim/certificates/regenerate", None)
+                    .await,
+            )
+            .await
+        }
+        Cmd::Publish(a) => {
+            let data = match (&a.file, &a.body) {
+                (Some(f), _) if f.as_os_str() == "-" => {
+                    let mut b = Vec::new();
+                    std::io::stdin().read_to_end(&mut b)?;
+                    b
+                }
+                (Some(f), _) => {
+                    std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?
+                }
+                (None, Some(b)) => b.clone().into_bytes(),
+                (None, None) => bail!("give --file or --body"),
+            };
+            let path = format!(
+                "/sim/publish?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("routingKey", &a.routing_key)
+                    .append_pair("exchange", &a.exchange)
+                    .finish()
+            );
+            let c = client(&a.state)?;
+            let resp = c
+                .http
+                .post(format!("{}{path}", c.rest_url))
+                .body(data)
+                .send()
+                .await
+                .context("publish")?;
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("{status}: {text}");
+            }
+            println!("{text}");
+            Ok(())
+        }
+        Cmd::SmFault { state, json } => {
+            let f = parse_object(&json)?;
+            show(
+                client(&state)?
+                    .call_sm(Method::POST, "/sim/faults", body(Value::Object(f)))
+                    .await,
+            )
+            .await
+        }
+        Cmd::Incidents(s) => {
+            show(
+                client(&s)?
+                    .call_sm(Method::GET, "/sim/incidents", None)
+                    .await,
+            )
+            .await
+        }
+        Cmd::Info(s) => {
+            let c = client(&s)?;
+            let mut info = c
+                .call(Method::GET, "/sim/info", None)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            info["stats"] = c
+                .call(Method::GET, "/sim/stats", None)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            show(Ok(info)).await
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ov-sim: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let cmd = cli.cmd.unwrap_or(Cmd::Run(cli.run));
+    match rt.block_on(dispatch(cmd)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ov-sim: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
