@@ -83,12 +83,39 @@ pub fn default_server_script() -> PathBuf {
         .unwrap_or(debian)
 }
 
+/// Finds `epmd`, the Erlang port mapper, which the node needs.
+fn epmd_binary() -> PathBuf {
+    let candidates = [
+        PathBuf::from("/usr/lib/erlang/bin/epmd"),
+        PathBuf::from("/usr/bin/epmd"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("epmd"))
+}
+
 /// A running (or stopped) node.
 #[derive(Debug)]
 pub struct BrokerHandle {
     pub cfg: BrokerConfig,
     pki: PkiPaths,
     child: Mutex<Option<Child>>,
+    /// A private epmd on loopback, so no daemon is left behind and no other Erlang node shares it.
+    epmd: Mutex<Option<(Child, u16)>>,
+}
+
+/// Sets up a child so that it dies with us and sits in a process group of its own (a Ctrl-C
+/// in the terminal reaches the simulator, which then stops the node in order).
+fn guard_child(cmd: &mut Command) {
+    cmd.process_group(0).kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), BrokerError> {
@@ -118,6 +145,7 @@ impl BrokerHandle {
             cfg,
             pki,
             child: Mutex::new(None),
+            epmd: Mutex::new(None),
         });
         h.boot().await?;
         Ok(h)
@@ -208,15 +236,65 @@ impl BrokerHandle {
         )
     }
 
+    async fn ensure_epmd(&self) -> Result<u16, BrokerError> {
+        let mut guard = self.epmd.lock().await;
+        if let Some((child, port)) = guard.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                return Ok(*port);
+            }
+        }
+        let port = free_port();
+        let mut cmd = Command::new(epmd_binary());
+        cmd.args(["-port", &port.to_string(), "-address", "127.0.0.1"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        guard_child(&mut cmd);
+        let child = cmd.spawn().map_err(BrokerError::Spawn)?;
+        // epmd answers within milliseconds; wait until it listens so the node finds it.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        *guard = Some((child, port));
+        Ok(port)
+    }
+
     async fn boot(&self) -> Result<(), BrokerError> {
         self.write_config()?;
         let dir = &self.cfg.dir;
+        // Definitions are only ever added on boot; start from an empty database so the node
+        // holds exactly what the definitions file says (a cold boot costs what a warm one does).
+        let _ = std::fs::remove_dir_all(dir.join("mnesia"));
+        let _ = std::fs::create_dir_all(dir.join("mnesia"));
+        let _ = std::fs::create_dir_all(dir.join("conf.d"));
+        let epmd_port = self.ensure_epmd().await?;
         let node = format!("ovsim{}", self.cfg.port);
         let dist_port = free_port();
+        let stdout = std::fs::File::create(dir.join("stdout.log")).map_err(|source| {
+            BrokerError::Config {
+                path: dir.join("stdout.log"),
+                source,
+            }
+        })?;
+        let stderr = stdout.try_clone().map_err(BrokerError::Spawn)?;
         let mut cmd = Command::new(&self.cfg.server_script);
-        cmd.env("HOME", dir)
+        cmd.env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env("LANG", "C.UTF-8")
+            .env("HOME", dir)
             .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
             .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_CONFIG_FILES", dir.join("conf.d"))
             .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
@@ -225,24 +303,19 @@ impl BrokerHandle {
             .env("RABBITMQ_PID_FILE", dir.join("rabbitmq.pid"))
             .env("RABBITMQ_NODENAME", format!("{node}@localhost"))
             .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            // With input allowed the start script `exec`s the VM: our child pid is beam.smp.
             .env("RABBITMQ_ALLOW_INPUT", "true")
             .env(
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
                 "-noinput +B i -kernel inet_dist_use_interface {127,0,0,1}",
             )
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("ERL_EPMD_PORT", epmd_port.to_string())
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+            .stdout(stdout)
+            .stderr(stderr);
+        guard_child(&mut cmd);
         let child = cmd.spawn().map_err(BrokerError::Spawn)?;
         tracing::info!(pid = child.id(), port = self.cfg.port, dir = %dir.display(), "RabbitMQ starting");
         *self.child.lock().await = Some(child);
@@ -255,7 +328,14 @@ impl BrokerHandle {
         loop {
             if let Some(child) = self.child.lock().await.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    let log = self.log_dir().join("rabbit.log");
+                    // Early boot errors only reach stdout; later ones the log file.
+                    let log = [
+                        self.log_dir().join("rabbit.log"),
+                        self.cfg.dir.join("stdout.log"),
+                    ]
+                    .into_iter()
+                    .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+                    .unwrap_or_else(|| self.cfg.dir.join("stdout.log"));
                     let tail = std::fs::read_to_string(&log)
                         .map(|t| {
                             let lines: Vec<&str> = t.lines().collect();
@@ -306,6 +386,14 @@ impl BrokerHandle {
                 tracing::warn!(pid, "RabbitMQ ignored SIGTERM, killing it");
                 let _ = child.kill().await;
             }
+        }
+    }
+
+    /// Stops the node and its private epmd.
+    pub async fn shutdown(&self) {
+        self.stop().await;
+        if let Some((mut child, _)) = self.epmd.lock().await.take() {
+            let _ = child.kill().await;
         }
     }
 

@@ -45,7 +45,10 @@ pub fn router(ctl: Arc<Control>) -> Router {
         .route("/sim/faults/rest", post(set_fault).delete(clear_fault))
         .route("/sim/broker/restart", post(restart_broker))
         .route("/sim/certificates/regenerate", post(regenerate))
-        .route("/sim/publish", post(publish_raw))
+        .route(
+            "/sim/publish",
+            post(publish_raw).layer(axum::extract::DefaultBodyLimit::max(256 << 20)),
+        )
         .route("/sim/resources", post(publish_resource))
         .with_state(ctl)
 }
@@ -207,8 +210,8 @@ async fn storm(State(c): State<Arc<Control>>, body: Bytes) -> Response {
     let mut last = Value::Null;
     let mut by_severity: Map<String, Value> = Map::new();
     for i in 0..s.count {
-        if s.rate > 0 {
-            let due = started + Duration::from_micros(i * 1_000_000 / s.rate);
+        if let Some(offset) = (i * 1_000_000).checked_div(s.rate) {
+            let due = started + Duration::from_micros(offset);
             if due > Instant::now() {
                 tokio::time::sleep_until(due).await;
             }
@@ -217,8 +220,11 @@ async fn storm(State(c): State<Arc<Control>>, body: Bytes) -> Response {
         if let Some(x) = pick(&sev, i) {
             fields.insert("severity".into(), json!(x));
         }
-        if let Some(x) = pick(&states, i) {
-            fields.insert("alertState".into(), json!(x));
+        // OK alerts are created already cleared, whatever the state mix says.
+        if fields.get("severity") != Some(&json!("OK")) {
+            if let Some(x) = pick(&states, i) {
+                fields.insert("alertState".into(), json!(x));
+            }
         }
         let a = c.ov.raise_alert(&fields);
         let key = a["severity"].as_str().unwrap_or("?").to_string();

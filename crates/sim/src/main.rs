@@ -241,7 +241,10 @@ struct StormArgs {
     /// Weight of OK alerts.
     #[arg(long, default_value_t = 0)]
     ok: u64,
-    /// Weight of Locked alerts among the others (Active).
+    /// Weight of Active alerts (OK alerts are always created Cleared).
+    #[arg(long, default_value_t = 1)]
+    active: u64,
+    /// Weight of Locked alerts.
     #[arg(long, default_value_t = 0)]
     locked: u64,
 }
@@ -485,14 +488,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             .await
         }
         Cmd::Storm(a) => {
-            let mut states = Map::new();
-            states.insert("Active".into(), json!(if a.locked > 0 { 1 } else { 1 }));
-            if a.locked > 0 {
-                states.insert("Locked".into(), json!(a.locked));
-            }
             let req = json!({"count": a.count, "rate": a.rate,
                 "severities": {"Critical": a.critical, "Warning": a.warning, "OK": a.ok},
-                "states": if a.locked > 0 { Value::Object(states) } else { Value::Null }});
+                "states": {"Active": a.active, "Locked": a.locked}});
             show(
                 client(&a.state)?
                     .call(Method::POST, "/sim/storm", body(req))

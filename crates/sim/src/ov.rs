@@ -964,7 +964,7 @@ async fn put_alert(
     };
     for k in body.keys() {
         // `uri` names the resource itself (SDKs send it); anything else is refused.
-        if !PUT_KEYS.contains(&k.as_str()) && !(k == "uri" && body[k] == json!(uri)) {
+        if !(PUT_KEYS.contains(&k.as_str()) || (k == "uri" && body[k] == json!(uri))) {
             return ov_error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_ALERT_UPDATE",

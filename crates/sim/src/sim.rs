@@ -149,7 +149,7 @@ impl Sim {
             .await?;
             let bus = Bus::start(b.admin_target());
             if !bus.wait_connected(Duration::from_secs(30)).await {
-                b.stop().await;
+                b.shutdown().await;
                 return Err(SimError::Publisher);
             }
             (Some(b), bus)
@@ -281,7 +281,7 @@ impl Sim {
             t.abort();
         }
         if let Some(b) = &self.broker {
-            b.stop().await;
+            b.shutdown().await;
         }
         let _ = std::fs::remove_file(&self.ready_file);
     }
