@@ -134,6 +134,17 @@ enum Cmd {
     Incidents(StateArg),
     /// Print the simulator's endpoints and counters.
     Info(StateArg),
+    /// Print what the bus publishes, as the appliance's CN `default` client sees it.
+    Tap {
+        #[command(flatten)]
+        state: StateArg,
+        /// Binding key (repeatable).
+        #[arg(long = "route", default_value = "scmb.#")]
+        routes: Vec<String>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -582,6 +593,38 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     .await,
             )
             .await
+        }
+        Cmd::Tap {
+            state,
+            routes,
+            count,
+        } => {
+            let ready = scmb_sim::sim::read_ready(&state.state).map_err(anyhow::Error::msg)?;
+            let pki = state.state.join("pki");
+            let target = scmb_sim::bus::BusTarget {
+                host: "localhost".into(),
+                port: ready["amqpsPort"].as_u64().context("ready file has no amqpsPort")? as u16,
+                ca: pki.join("ca.pem"),
+                cert: pki.join("client-default.pem"),
+                key: pki.join("client-default-key.pem"),
+            };
+            let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+            let mut q = scmb_sim::testkit::TestConsumer::bind(&target, "scmb", &routes)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            eprintln!("ov-sim tap: queue {} bound to scmb with {routes:?}", q.queue);
+            let mut n = 0;
+            while count.is_none_or(|c| n < c) {
+                let Some((key, body)) = q.next(Duration::from_secs(60)).await else {
+                    if !q.conn.is_open() {
+                        bail!("the connection to the broker was lost");
+                    }
+                    continue;
+                };
+                println!("{key} {}", String::from_utf8_lossy(&body));
+                n += 1;
+            }
+            Ok(())
         }
         Cmd::Info(s) => {
             let c = client(&s)?;
