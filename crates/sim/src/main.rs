@@ -603,7 +603,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let pki = state.state.join("pki");
             let target = scmb_sim::bus::BusTarget {
                 host: "localhost".into(),
-                port: ready["amqpsPort"].as_u64().context("ready file has no amqpsPort")? as u16,
+                port: ready["amqpsPort"]
+                    .as_u64()
+                    .context("ready file has no amqpsPort")? as u16,
                 ca: pki.join("ca.pem"),
                 cert: pki.join("client-default.pem"),
                 key: pki.join("client-default-key.pem"),
@@ -612,7 +614,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let mut q = scmb_sim::testkit::TestConsumer::bind(&target, "scmb", &routes)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            eprintln!("ov-sim tap: queue {} bound to scmb with {routes:?}", q.queue);
+            eprintln!(
+                "ov-sim tap: queue {} bound to scmb with {routes:?}",
+                q.queue
+            );
             let mut n = 0;
             while count.is_none_or(|c| n < c) {
                 let Some((key, body)) = q.next(Duration::from_secs(60)).await else {

@@ -71,7 +71,10 @@ impl fmt::Debug for Fingerprint {
 impl std::str::FromStr for Fingerprint {
     type Err = TlsError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex: String = s.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect();
+        let hex: String = s
+            .chars()
+            .filter(|c| *c != ':' && !c.is_whitespace())
+            .collect();
         let bad = || TlsError::Fingerprint(s.to_string());
         if hex.len() != 64 {
             return Err(bad());
@@ -235,7 +238,12 @@ impl ServerCertVerifier for PinnedOrNone {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -243,7 +251,12 @@ impl ServerCertVerifier for PinnedOrNone {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider
@@ -272,9 +285,10 @@ pub fn client_config(
                     .add(c.clone())
                     .map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
             }
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Config(e.to_string()))?;
             match names {
                 NameCheck::Skip => Arc::new(ChainOnly(webpki)),
                 _ => webpki,
