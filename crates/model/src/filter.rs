@@ -1,0 +1,159 @@
+//! Which messages a user wants. The default is the HPE sample's: alerts with changeType
+//! `Created`, alertState `Active` and severity `Critical`. Options widen it: more severities,
+//! states (e.g. `Locked`), change types, escalations (an `Updated` alert whose severity changed
+//! into an admitted one), other resource categories (shown in a generic form), and alertTypeID
+//! patterns with `*` wildcards.
+
+use crate::alert::AlertView;
+use crate::message::{ChangeType, Event};
+
+/// A message filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// Admitted alert severities (case-insensitive).
+    pub severities: Vec<String>,
+    /// Admitted alert states (case-insensitive).
+    pub states: Vec<String>,
+    /// Admitted change types.
+    pub change_types: Vec<ChangeType>,
+    /// Also admit `Updated` alerts whose severity just changed into an admitted one.
+    pub escalations: bool,
+    /// Admitted resource categories (`alerts`, `server-hardware`, …; `*` = all).
+    pub categories: Vec<String>,
+    /// alertTypeID patterns (`*` matches any run of characters); empty = all.
+    pub alert_types: Vec<String>,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            severities: vec!["Critical".into()],
+            states: vec!["Active".into()],
+            change_types: vec![ChangeType::Created],
+            escalations: false,
+            categories: vec!["alerts".into()],
+            alert_types: vec![],
+        }
+    }
+}
+
+fn contains_ci(list: &[String], v: Option<&str>) -> bool {
+    v.is_some_and(|v| list.iter().any(|x| x == "*" || x.eq_ignore_ascii_case(v)))
+}
+
+/// `*`-glob match, case-sensitive (alertTypeIDs are identifiers).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else if let Some(at) = rest.find(part) {
+            rest = &rest[at + part.len()..];
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+impl Filter {
+    /// Whether `e` is wanted.
+    pub fn admits(&self, e: &Event) -> bool {
+        if !contains_ci(&self.categories, Some(&e.category)) {
+            return false;
+        }
+        if !e.is_alert() {
+            return self.change_types.contains(&e.change_type);
+        }
+        let a = AlertView(e.resource());
+        let change_ok = self.change_types.contains(&e.change_type)
+            || (self.escalations
+                && e.change_type == ChangeType::Updated
+                && e.changed_attributes().any(|c| c == "severity"));
+        change_ok
+            && contains_ci(&self.severities, a.severity())
+            && contains_ci(&self.states, a.alert_state())
+            && (self.alert_types.is_empty()
+                || a.alert_type_id()
+                    .is_some_and(|t| self.alert_types.iter().any(|p| glob(p, t))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::decode;
+    use serde_json::json;
+
+    fn ev(change: &str, sev: &str, state: &str, changed: &[&str]) -> Event {
+        let body = json!({"resourceUri": "/rest/alerts/1", "changeType": change,
+            "changedAttributes": changed,
+            "resource": {"severity": sev, "alertState": state, "alertTypeID": "Trap.cpqHe4FltTolPowerSupplyFailed"}});
+        decode(
+            &format!("scmb.alerts.{change}./rest/alerts/1"),
+            body.to_string().as_bytes(),
+            1 << 20,
+        )
+        .expect("decode")
+    }
+
+    #[test]
+    fn the_default_is_the_samples_filter() {
+        let f = Filter::default();
+        assert!(f.admits(&ev("Created", "Critical", "Active", &[])));
+        assert!(!f.admits(&ev("Created", "Warning", "Active", &[])));
+        assert!(!f.admits(&ev("Created", "Critical", "Locked", &[])));
+        assert!(!f.admits(&ev("Updated", "Critical", "Active", &["severity"])));
+        assert!(!f.admits(&ev("Created", "Critical", "Cleared", &[])));
+    }
+
+    #[test]
+    fn locked_and_escalations_are_admitted_when_asked() {
+        let f = Filter {
+            states: vec!["Active".into(), "Locked".into()],
+            escalations: true,
+            ..Filter::default()
+        };
+        assert!(f.admits(&ev("Created", "Critical", "Locked", &[])));
+        assert!(f.admits(&ev("Updated", "Critical", "Active", &["severity"])));
+        assert!(!f.admits(&ev("Updated", "Critical", "Active", &["changeLog"])));
+        assert!(!f.admits(&ev("Updated", "Warning", "Active", &["severity"])));
+    }
+
+    #[test]
+    fn alert_type_patterns_and_categories() {
+        let f = Filter {
+            alert_types: vec!["Trap.cpqHe4*".into()],
+            ..Filter::default()
+        };
+        assert!(f.admits(&ev("Created", "Critical", "Active", &[])));
+        let f = Filter {
+            alert_types: vec!["*Fan*".into()],
+            ..Filter::default()
+        };
+        assert!(!f.admits(&ev("Created", "Critical", "Active", &[])));
+        let hw = decode(
+            "scmb.server-hardware.Updated./rest/server-hardware/1",
+            br#"{"resourceUri":"/rest/server-hardware/1","changeType":"Updated","resource":{}}"#,
+            1 << 20,
+        )
+        .expect("decode");
+        assert!(!Filter::default().admits(&hw));
+        let f = Filter {
+            categories: vec!["*".into()],
+            change_types: vec![ChangeType::Updated],
+            ..Filter::default()
+        };
+        assert!(f.admits(&hw));
+        assert!(glob("a*c*e", "abcde") && !glob("a*c*e", "abcd") && glob("*", ""));
+    }
+}

@@ -1,0 +1,308 @@
+//! Decoding an SCMB delivery (routing key + body) into an [`Event`].
+//!
+//! Liberal in what it accepts (SPEC: unknown fields ignored, nulls tolerated, both timestamp
+//! forms), strict about what it cannot use: a body that is not UTF-8 JSON, not an object, too
+//! large, or without a usable `changeType`/`resourceUri` is a [`DecodeError`] with the reason,
+//! so that the caller can reject it and carry on.
+
+use serde_json::{Map, Value};
+
+/// `changeType` of an SCMB message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeType {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ChangeType {
+    pub fn parse(s: &str) -> Option<ChangeType> {
+        match s {
+            "Created" => Some(ChangeType::Created),
+            "Updated" => Some(ChangeType::Updated),
+            "Deleted" => Some(ChangeType::Deleted),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Created => "Created",
+            ChangeType::Updated => "Updated",
+            ChangeType::Deleted => "Deleted",
+        }
+    }
+}
+
+/// Why a delivery could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {size} bytes is larger than the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("empty message body")]
+    Empty,
+    #[error("body is not valid UTF-8 (byte {at})")]
+    NotUtf8 { at: usize },
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("body is JSON but not an object")]
+    NotObject,
+    #[error("field {field} is {problem}")]
+    Field {
+        field: &'static str,
+        problem: &'static str,
+    },
+}
+
+/// A decoded SCMB message.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub routing_key: String,
+    /// Resource category: from the routing key (`scmb.<category>.…`), else `resource.category`.
+    pub category: String,
+    pub change_type: ChangeType,
+    pub resource_uri: String,
+    /// The whole message, as received.
+    pub body: Value,
+}
+
+/// The default limit on a message body (real SCMB messages are a few KB).
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
+
+fn str_field<'a>(
+    obj: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<&'a str>, DecodeError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(DecodeError::Field {
+            field,
+            problem: "not a string",
+        }),
+    }
+}
+
+/// Decodes a delivery. `max_bytes` bounds the body size.
+pub fn decode(routing_key: &str, body: &[u8], max_bytes: usize) -> Result<Event, DecodeError> {
+    if body.len() > max_bytes {
+        return Err(DecodeError::TooLarge {
+            size: body.len(),
+            limit: max_bytes,
+        });
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::Empty);
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(DecodeError::NotUtf8 {
+            at: e.valid_up_to(),
+        });
+    }
+    let body: Value =
+        serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let obj = body.as_object().ok_or(DecodeError::NotObject)?;
+    let change_type = match str_field(obj, "changeType")? {
+        Some(s) => ChangeType::parse(s).ok_or(DecodeError::Field {
+            field: "changeType",
+            problem: "not Created, Updated or Deleted",
+        })?,
+        None => {
+            return Err(DecodeError::Field {
+                field: "changeType",
+                problem: "missing",
+            })
+        }
+    };
+    let resource = match obj.get("resource") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(r)) => Some(r),
+        Some(_) => {
+            return Err(DecodeError::Field {
+                field: "resource",
+                problem: "not an object",
+            })
+        }
+    };
+    let resource_uri = match str_field(obj, "resourceUri")? {
+        Some(u) => u.to_string(),
+        None => match resource.and_then(|r| r.get("uri")).and_then(Value::as_str) {
+            Some(u) => u.to_string(),
+            None => {
+                return Err(DecodeError::Field {
+                    field: "resourceUri",
+                    problem: "missing",
+                })
+            }
+        },
+    };
+    // Fields the tools print or filter on must be strings or null when present.
+    for f in ["eTag", "timestamp", "newState"] {
+        str_field(obj, f)?;
+    }
+    let category = routing_key
+        .strip_prefix("scmb.")
+        .and_then(|rest| rest.split('.').next())
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            resource
+                .and_then(|r| r.get("category"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    Ok(Event {
+        routing_key: routing_key.to_string(),
+        category,
+        change_type,
+        resource_uri,
+        body,
+    })
+}
+
+impl Event {
+    /// `resource`, or an empty object.
+    pub fn resource(&self) -> &Value {
+        static EMPTY: Value = Value::Null;
+        self.body.get("resource").unwrap_or(&EMPTY)
+    }
+    pub fn str(&self, field: &str) -> Option<&str> {
+        self.body.get(field).and_then(Value::as_str)
+    }
+    /// `changedAttributes`, as strings.
+    pub fn changed_attributes(&self) -> impl Iterator<Item = &str> {
+        self.body
+            .get("changedAttributes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+    }
+    pub fn is_alert(&self) -> bool {
+        self.category == "alerts"
+    }
+}
+
+/// Formats an SCMB timestamp (`2026-11-25T10:00:00.123Z`, with or without milliseconds) as
+/// `YYYY-MM-DD HH:MM:SS` in UTC, like the HPE sample. Anything else is returned unchanged.
+pub fn sample_timestamp(ts: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(ts, &Rfc3339) {
+        Ok(t) => {
+            let t = t.to_offset(time::UtcOffset::UTC);
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        }
+        Err(_) => ts.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "scmb.alerts.Created./rest/alerts/1";
+
+    #[test]
+    fn a_real_message_decodes() {
+        let body = br#"{"resourceUri":"/rest/alerts/1","changeType":"Created","newState":"Active","eTag":"e","timestamp":"2026-11-25T10:00:00.123Z","resource":{"category":"alerts"},"data":null,"unknown":1}"#;
+        let e = decode(KEY, body, DEFAULT_MAX_BYTES).expect("decode");
+        assert_eq!(e.category, "alerts");
+        assert_eq!(e.change_type, ChangeType::Created);
+        assert_eq!(e.resource_uri, "/rest/alerts/1");
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_with_reasons() {
+        let cases: Vec<(&[u8], DecodeError)> = vec![
+            (b"", DecodeError::Empty),
+            (b"  ", DecodeError::Empty),
+            (&[0xff, 0xfe], DecodeError::NotUtf8 { at: 0 }),
+            (b"[1]", DecodeError::NotObject),
+            (
+                b"{}",
+                DecodeError::Field {
+                    field: "changeType",
+                    problem: "missing",
+                },
+            ),
+            (
+                br#"{"changeType":5}"#,
+                DecodeError::Field {
+                    field: "changeType",
+                    problem: "not a string",
+                },
+            ),
+            (
+                br#"{"changeType":"Exploded"}"#,
+                DecodeError::Field {
+                    field: "changeType",
+                    problem: "not Created, Updated or Deleted",
+                },
+            ),
+            (
+                br#"{"changeType":"Created"}"#,
+                DecodeError::Field {
+                    field: "resourceUri",
+                    problem: "missing",
+                },
+            ),
+            (
+                br#"{"changeType":"Created","resourceUri":"/x","resource":"s"}"#,
+                DecodeError::Field {
+                    field: "resource",
+                    problem: "not an object",
+                },
+            ),
+            (
+                br#"{"changeType":"Created","resourceUri":"/x","eTag":[]}"#,
+                DecodeError::Field {
+                    field: "eTag",
+                    problem: "not a string",
+                },
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(decode(KEY, body, 1000).expect_err("must fail"), want);
+        }
+        assert!(matches!(
+            decode(KEY, b"{\"changeType\": ", 1000),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert_eq!(
+            decode(KEY, &[b' '; 2000], 1000).expect_err("too large"),
+            DecodeError::TooLarge {
+                size: 2000,
+                limit: 1000
+            }
+        );
+    }
+
+    #[test]
+    fn nulls_are_tolerated_and_the_category_falls_back_to_the_resource() {
+        let body = br#"{"resourceUri":null,"changeType":"Updated","newState":null,"eTag":null,"resource":{"uri":"/rest/x/1","category":"server-hardware"}}"#;
+        let e = decode("weird.key", body, 1000).expect("decode");
+        assert_eq!(e.resource_uri, "/rest/x/1");
+        assert_eq!(e.category, "server-hardware");
+    }
+
+    #[test]
+    fn timestamps_print_like_the_sample() {
+        assert_eq!(
+            sample_timestamp("2026-11-25T10:00:00.123Z"),
+            "2026-11-25 10:00:00"
+        );
+        assert_eq!(
+            sample_timestamp("2018-02-12T20:12:03Z"),
+            "2018-02-12 20:12:03"
+        );
+        assert_eq!(sample_timestamp("garbage"), "garbage");
+    }
+}
