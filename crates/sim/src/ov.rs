@@ -129,7 +129,7 @@ fn not_found(what: &str) -> Response {
     ov_error(
         StatusCode::NOT_FOUND,
         "RESOURCE_NOT_FOUND",
-        &format!("The requested resource {what} could not be found."),
+        &format!("The requested resource {what} could not be found.").replace("  ", " "),
         &["Verify the URI of the resource and try again."],
     )
 }
@@ -430,9 +430,13 @@ pub fn router(state: Arc<OvState>) -> Router {
         .route("/rest/version", get(version))
         .route("/rest/appliance/eula/status", get(eula_status))
         .route("/rest/appliance/eula/save", post(eula_save))
-        .route("/rest/login-sessions", post(login).delete(logout))
+        .route(
+            "/rest/login-sessions",
+            post(login).delete(logout).put(reuse_session),
+        )
         .route("/rest/sessions/idle-timeout", get(get_idle).post(set_idle))
         .route("/rest/certificates/ca", get(ca))
+        .route("/rest/certificates/ca/{alias}", get(ca_by_alias))
         .route("/rest/certificates/client/rabbitmq", post(generate_keypair))
         .route(
             "/rest/certificates/client/rabbitmq/keypair/{alias}",
@@ -442,13 +446,21 @@ pub fn router(state: Arc<OvState>) -> Router {
             "/rest/certificates/client/rabbitmq/{alias}",
             get(client_cert),
         )
-        .route("/rest/alerts", get(list_alerts))
+        .route("/rest/alerts", get(list_alerts).delete(delete_alerts))
         .route(
             "/rest/alerts/{id}",
             get(get_alert).put(put_alert).delete(delete_alert),
         )
         .route("/rest/tasks/{id}", get(get_task))
-        .fallback(|| async { not_found("") })
+        .fallback(|uri: axum::http::Uri| async move { not_found(uri.path()) })
+        .method_not_allowed_fallback(|| async {
+            ov_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "The HTTP method is not supported on this resource.",
+                &["Check the API reference for the methods this URI accepts."],
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(state.clone(), faults))
         .with_state(state)
 }
@@ -589,6 +601,18 @@ async fn login(State(st): State<Arc<OvState>>, headers: HeaderMap, body: Bytes) 
     Json(json!({"sessionID": token, "partnerData": {}})).into_response()
 }
 
+/// `PUT /rest/login-sessions` with `Auth`: reuse (validate) an existing session.
+async fn reuse_session(State(st): State<Arc<OvState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = st.ctx(&headers) {
+        return r;
+    }
+    let token = headers
+        .get("auth")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Json(json!({"sessionID": token, "partnerData": {}})).into_response()
+}
+
 async fn logout(State(st): State<Arc<OvState>>, headers: HeaderMap) -> Response {
     if let Err(r) = st.ctx(&headers) {
         return r;
@@ -663,20 +687,48 @@ async fn ca(State(st): State<Arc<OvState>>, headers: HeaderMap, RawQuery(q): Raw
     };
     let mut member = json!({
         "type": "CertificateAuthorityInfo", "category": "certificate-authority",
-        "certType": "INTERNAL", "aliasName": "localhostSelfSignedCertificate",
-        "certStatus": "GOOD", "uri": "/rest/certificates/ca/localhostSelfSignedCertificate",
+        "certType": "INTERNAL", "aliasName": CA_ALIAS,
+        "certStatus": "GOOD", "uri": format!("/rest/certificates/ca/{CA_ALIAS}"),
         "eTag": null, "created": null, "modified": null,
     });
     if details {
-        member["certificateDetails"] = json!({
-            "type": "CertificateDetailV2", "base64Data": pem, "commonName": "OneView Simulator Internal CA",
-        });
+        member["certificateDetails"] = ca_details(&pem);
     }
     let members: Vec<Value> = [member].into_iter().filter(|m| expr.matches(m)).collect();
     Json(json!({
         "type": "CertificateAuthorityInfoCollection", "uri": "/rest/certificates/ca",
         "category": "certificate-authority", "start": 0, "count": members.len(),
         "total": members.len(), "nextPageUri": null, "prevPageUri": null, "members": members,
+    }))
+    .into_response()
+}
+
+/// `certificateDetails` of the internal CA, with the fields HPE's own examples read.
+fn ca_details(pem: &str) -> Value {
+    json!({
+        "type": "CertificateDetailV2", "aliasName": CA_ALIAS, "base64Data": pem,
+        "commonName": "OneView Simulator Internal CA", "certificateStatus": "GOOD",
+    })
+}
+
+const CA_ALIAS: &str = "localhostSelfSignedCertificate";
+
+async fn ca_by_alias(
+    State(st): State<Arc<OvState>>,
+    headers: HeaderMap,
+    Path(alias): Path<String>,
+) -> Response {
+    if let Err(r) = st.ctx(&headers) {
+        return r;
+    }
+    if alias != CA_ALIAS {
+        return not_found(&format!("/rest/certificates/ca/{alias}"));
+    }
+    Json(json!({
+        "type": "CertificateAuthorityInfo", "category": "certificate-authority",
+        "certType": "INTERNAL", "aliasName": CA_ALIAS, "certStatus": "GOOD",
+        "uri": format!("/rest/certificates/ca/{CA_ALIAS}"),
+        "certificateDetails": ca_details(&st.pki().ca_pem),
     }))
     .into_response()
 }
@@ -1086,6 +1138,38 @@ async fn delete_alert(
         Some(_) => StatusCode::NO_CONTENT.into_response(),
         None => not_found(&format!("/rest/alerts/{id}")),
     }
+}
+
+/// `DELETE /rest/alerts?filter=...`: deletes every matching alert (all with no filter).
+async fn delete_alerts(
+    State(st): State<Arc<OvState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if let Err(r) = st.ctx(&headers) {
+        return r;
+    }
+    let pairs = query_pairs(&q);
+    let expr = match filter::parse_all(
+        pairs
+            .iter()
+            .filter(|(k, _)| k == "filter")
+            .map(|(_, v)| v.as_str()),
+    ) {
+        Ok(e) => e,
+        Err(e) => return bad_filter(&e),
+    };
+    let ids: Vec<u64> = st
+        .lock()
+        .alerts
+        .iter()
+        .filter(|(_, a)| expr.matches(a))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in ids {
+        st.delete_alert(id);
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn get_task(

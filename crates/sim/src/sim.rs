@@ -264,11 +264,19 @@ impl Sim {
 
     /// The one-line ready message printed on stdout.
     pub fn ready_line(&self) -> String {
+        let amqps = if self.broker.is_some() {
+            format!(
+                "{}:{}",
+                self.info["amqpsHost"].as_str().unwrap_or(""),
+                self.amqps_port
+            )
+        } else {
+            "none".into()
+        };
         format!(
-            "ov-sim ready: rest={} amqps={}:{} sm={} state={}",
+            "ov-sim ready: rest={} amqps={} sm={} state={}",
             self.info["restUrl"].as_str().unwrap_or(""),
-            self.info["amqpsHost"].as_str().unwrap_or(""),
-            self.amqps_port,
+            amqps,
             self.info["smUrl"].as_str().unwrap_or("none"),
             self.info["stateDir"].as_str().unwrap_or(""),
         )

@@ -264,6 +264,15 @@ async fn ca_endpoint_has_both_forms_by_api_version() {
         json!(ca_pem)
     );
     assert_eq!(r.body["members"][0]["certType"], "INTERNAL");
+    // HPE's own SCMB example reads certificateDetails.aliasName.
+    assert_eq!(
+        r.body["members"][0]["certificateDetails"]["aliasName"],
+        "localhostSelfSignedCertificate"
+    );
+    let one = rest
+        .get(r.body["members"][0]["uri"].as_str().expect("member uri"))
+        .await;
+    assert_eq!(one.body["certificateDetails"]["base64Data"], json!(ca_pem));
     let r = rest
         .get("/rest/certificates/ca?filter=certType:EXTERNAL")
         .await;
@@ -578,6 +587,44 @@ async fn alert_put_takes_only_allowed_keys_checks_etags_and_appends_notes() {
         .await
         .body;
     assert_eq!(ok["alertState"], "Cleared");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sdk_session_reuse_bulk_delete_and_error_bodies_work() {
+    let (sim, mut rest) = rest_sim(|_| {}).await;
+    rest.login("Administrator", "admin123").await;
+    // PUT /rest/login-sessions re-validates a session (the SDKs' sessionID reuse).
+    let r = rest.req(Method::PUT, "/rest/login-sessions", None).await;
+    assert_eq!(r.body["sessionID"], json!(rest.session.clone()));
+    for sev in ["OK", "Critical", "OK"] {
+        rest.req(Method::POST, "/sim/alerts", Some(json!({"severity": sev})))
+            .await;
+    }
+    let r = rest
+        .req(
+            Method::DELETE,
+            &format!("/rest/alerts?filter={}", urlencode("alertState='Cleared'")),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        rest.get("/rest/alerts").await.body["total"],
+        1,
+        "only the cleared alerts went"
+    );
+    // Unsupported methods and unknown paths still answer a OneView error body.
+    assert_error_shape(
+        &rest.req(Method::PATCH, "/rest/alerts", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    );
+    let r = rest.get("/rest/nothing-here").await;
+    assert_error_shape(&r, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+    assert!(r.body["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("/rest/nothing-here")));
     sim.stop().await;
 }
 
