@@ -204,6 +204,21 @@ pub fn sample_timestamp(ts: &str) -> String {
     }
 }
 
+/// Formats an instant as SCMB does: `2026-11-25T10:00:00.123Z`.
+pub fn format_rfc3339_ms(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,226 @@
+//! Certificate bootstrap over REST: log in (EULA like the sample), generate the RabbitMQ client
+//! keypair (409 = already there), wait for the task, download the CA and the keypair. REST
+//! trust is the appliance CA (`--rest-ca`), a pinned fingerprint (trust on first use, stored per
+//! appliance; a changed fingerprint is refused loudly), or `--insecure` with a loud warning.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use scmb_oneview::{Client, Config, Credentials, Generation, Secret, Session};
+use scmb_tls::{Fingerprint, NameCheck, ServerTrust};
+
+use crate::certs::{self, CA_FILE, CERT_FILE, FINGERPRINT_FILE, KEY_FILE};
+use crate::cli::{ConnArgs, DEFAULT_USER};
+use crate::failure::{self, Failure};
+
+const TASK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How the REST API's certificate is trusted.
+pub async fn rest_trust(conn: &ConnArgs, host: &str, dir: &Path) -> Result<ServerTrust, Failure> {
+    if conn.insecure {
+        tracing::warn!(
+            host,
+            "--insecure: the REST API's certificate is NOT verified; anyone on the path can read the password"
+        );
+        return Ok(ServerTrust::Insecure);
+    }
+    if let Some(ca) = &conn.rest_ca {
+        return Ok(ServerTrust::Ca(scmb_tls::load_certs(ca)?));
+    }
+    if let Some(fp) = &conn.rest_fingerprint {
+        let fp: Fingerprint = fp
+            .parse()
+            .map_err(|e: scmb_tls::TlsError| Failure::new(failure::USAGE, e.to_string()))?;
+        return Ok(ServerTrust::Pinned(fp));
+    }
+    if let Some(stored) = certs::pinned_fingerprint(dir)? {
+        let fp: Fingerprint = stored.parse().map_err(|_| {
+            Failure::new(
+                failure::CERTS,
+                format!(
+                    "{} holds no valid fingerprint: delete it to trust the appliance again",
+                    dir.join(FINGERPRINT_FILE).display()
+                ),
+            )
+        })?;
+        return Ok(ServerTrust::Pinned(fp));
+    }
+    let fp = Client::server_fingerprint(host, Duration::from_secs(15)).await?;
+    tracing::warn!(
+        host,
+        fingerprint = %fp,
+        file = %dir.join(FINGERPRINT_FILE).display(),
+        "first connection to this appliance: trusting its REST certificate on first use; compare the fingerprint with the appliance's"
+    );
+    certs::pin_fingerprint(dir, &fp.to_string())?;
+    Ok(ServerTrust::Pinned(fp))
+}
+
+/// The password: `-p` (with a warning), `--password-file`, `$SCMB_PASSWORD`, or a prompt.
+pub fn password(conn: &ConnArgs) -> Result<Secret, Failure> {
+    if let Some(p) = &conn.password {
+        tracing::warn!("-p puts the password where `ps` shows it: prefer $SCMB_PASSWORD, --password-file or the prompt");
+        return Ok(Secret::new(p.clone()));
+    }
+    if let Some(f) = &conn.password_file {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            Failure::new(
+                failure::USAGE,
+                format!("cannot read the password file {}: {e}", f.display()),
+            )
+        })?;
+        return Ok(Secret::new(text.lines().next().unwrap_or("").to_string()));
+    }
+    if let Ok(p) = std::env::var("SCMB_PASSWORD") {
+        return Ok(Secret::new(p));
+    }
+    if std::io::stdin().is_terminal() {
+        return prompt("OneView password: ").map(Secret::new);
+    }
+    Err(Failure::new(
+        failure::USAGE,
+        "no password: set $SCMB_PASSWORD, give --password-file FILE, or run on a terminal to be asked",
+    ))
+}
+
+/// Reads a line from the terminal with echo off.
+fn prompt(label: &str) -> Result<String, Failure> {
+    use std::io::{BufRead, Write};
+    eprint!("{label}");
+    let _ = std::io::stderr().flush();
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: termios is plain data; we restore the saved settings before returning.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 {
+            None
+        } else {
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+            Some(saved)
+        }
+    };
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if let Some(s) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe {
+            libc::tcsetattr(fd, libc::TCSANOW, &s);
+        }
+    }
+    eprintln!();
+    read.map_err(|e| Failure::new(failure::USAGE, format!("cannot read the password: {e}")))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Connects, negotiates the API version, logs in and accepts the EULA like the sample.
+pub async fn login(conn: &ConnArgs, host: &str, dir: &Path) -> Result<Session, Failure> {
+    let trust = rest_trust(conn, host, dir).await?;
+    let mut cfg = Config::new(host, trust);
+    if let Some(n) = &conn.tls_server_name {
+        cfg.names = NameCheck::Name(n.clone());
+    }
+    let client = Client::connect(cfg).await.map_err(|e| pin_hint(e, dir))?;
+    tracing::info!(
+        host,
+        api_version = client.api_version(),
+        "connected to the appliance"
+    );
+    let creds = Credentials {
+        user: conn
+            .user
+            .clone()
+            .unwrap_or_else(|| DEFAULT_USER.to_string()),
+        password: password(conn)?,
+        domain: conn.login_domain.clone(),
+    };
+    let session = client.login(creds).await?;
+    if session.eula_status().await? {
+        if conn.no_accept_eula {
+            return Err(Failure::new(
+                failure::API,
+                "the appliance's EULA has not been accepted; accept it in the OneView UI, or run without --no-accept-eula",
+            ));
+        }
+        tracing::info!("accepting the EULA (support access: no), as the HPE sample does");
+        session.accept_eula(false).await?;
+    }
+    Ok(session)
+}
+
+/// A changed pinned fingerprint is an error the user must act on: say where the pin lives.
+fn pin_hint(e: scmb_oneview::OneViewError, dir: &Path) -> Failure {
+    let mut f = Failure::from(e);
+    if f.code == failure::TLS && f.message.contains("fingerprint") {
+        f.message = format!(
+            "REFUSING TO CONNECT: {}. If the appliance's certificate was legitimately replaced, delete {} (or pass --rest-fingerprint NEW) and try again",
+            f.message,
+            dir.join(FINGERPRINT_FILE).display()
+        );
+    }
+    f
+}
+
+/// `-g`: asks the appliance for the keypair; 409 means it is already there.
+pub async fn generate(session: &Session) -> Result<(), Failure> {
+    match session.generate_keypair().await? {
+        Generation::AlreadyExists => {
+            println!(
+                "The RabbitMQ client keypair already exists on the appliance (409): nothing to do."
+            );
+            Ok(())
+        }
+        Generation::Started { task_uri } => {
+            eprintln!("Generating the RabbitMQ client keypair ({task_uri})...");
+            let mut last = None;
+            session
+                .wait_task(&task_uri, TASK_TIMEOUT, |t| {
+                    if t.percent_complete != last {
+                        last = t.percent_complete;
+                        eprintln!("  {}: {}%", t.state, t.percent_complete.unwrap_or(0));
+                    }
+                })
+                .await?;
+            println!("The RabbitMQ client keypair has been generated.");
+            Ok(())
+        }
+    }
+}
+
+/// `-d`: writes caroot.pem, client.pem and key.pem (0600) into `dir`.
+pub async fn download(session: &Session, dir: &Path) -> Result<(), Failure> {
+    let ca = session.ca_certificate().await?;
+    let Some(kp) = session.keypair().await? else {
+        return Err(Failure::new(
+            failure::CERTS,
+            "the appliance has no RabbitMQ client keypair yet: run `scmb -a HOST -g` first (or `scmb setup`)",
+        ));
+    };
+    // Refuse to write what is not PEM (some clients wrote "[object Object]" here).
+    for (name, pem) in [(CA_FILE, &ca), (CERT_FILE, &kp.cert_pem)] {
+        scmb_tls::certs_from_pem(pem.as_bytes(), &dir.join(name))?;
+    }
+    certs::write_atomic(&dir.join(CA_FILE), ca.as_bytes(), 0o644)?;
+    certs::write_atomic(&dir.join(CERT_FILE), kp.cert_pem.as_bytes(), 0o644)?;
+    certs::write_atomic(&dir.join(KEY_FILE), kp.key_pem.as_bytes(), 0o600)?;
+    println!(
+        "Wrote {}, {} and {} (mode 0600) in {}",
+        CA_FILE,
+        CERT_FILE,
+        KEY_FILE,
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `setup` (or `-g -d`): GET the keypair; only if missing, generate and wait; then download.
+pub async fn setup(session: &Session, dir: &Path) -> Result<(), Failure> {
+    if session.keypair().await?.is_none() {
+        generate(session).await?;
+    } else {
+        tracing::info!("the appliance already has a RabbitMQ client keypair");
+    }
+    download(session, dir).await
+}

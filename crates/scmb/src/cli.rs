@@ -1,0 +1,184 @@
+//! The command line, as the user typed it: the HPE sample's flags (`-a -u -p -g -d -r`), kept
+//! verbatim, next to modern subcommands. Turned into [`crate::settings`] before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "scmb",
+    version,
+    about = "Listen to HPE OneView's State-Change Message Bus, and set up its certificates",
+    long_about = "Listen to HPE OneView's State-Change Message Bus (SCMB) and print the alerts you \
+                  care about, or set up the RabbitMQ client certificates it needs.\n\n\
+                  The HPE sample's command line works as it did:\n  \
+                  scmb -a HOST -u USER -p PASS -g      generate the client keypair on the appliance\n  \
+                  scmb -a HOST -u USER -p PASS -d      download caroot.pem, client.pem, key.pem\n  \
+                  scmb -a HOST [-r ROUTE]              listen (default route scmb.alerts.#)",
+    after_help = "Examples:\n  \
+                  scmb setup -a oneview.example.com            # generate (if needed) and download the certificates\n  \
+                  scmb watch -a oneview.example.com --severity Critical,Warning --state Active,Locked\n  \
+                  scmb -a 10.0.0.5 --no-verify-hostname -r 'scmb.alerts.#' -r 'scmb.server-hardware.#'\n  \
+                  scmb watch -a oneview.example.com --output json | jq .\n\n\
+                  Password: -p (visible in ps: avoid), $SCMB_PASSWORD, --password-file FILE, or a prompt.\n\
+                  Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 authentication failed, 4 certificates\n\
+                  missing or unusable, 5 appliance or bus unreachable, 6 TLS verification failed,\n\
+                  7 the appliance refused the request."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Generate the RabbitMQ client keypair on the appliance (HPE sample's -g).
+    #[arg(short = 'g', long = "gen", help_heading = "HPE sample")]
+    pub generate: bool,
+    /// Download the CA and the client certificate and key (HPE sample's -d).
+    #[arg(short = 'd', long = "download", help_heading = "HPE sample")]
+    pub download: bool,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Generate the keypair if the appliance has none, wait for it, and download everything.
+    Setup,
+    /// Generate, download or show the certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Listen and print the messages the filter admits (the default without -g/-d).
+    Watch,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCmd {
+    /// Ask the appliance to generate the RabbitMQ client keypair (409 "already there" is fine).
+    Generate,
+    /// Download caroot.pem, client.pem and key.pem.
+    Download,
+    /// Show where the certificates are, their subjects and expiry.
+    Show,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnArgs {
+    /// Appliance address: HOST or HOST:PORT of the REST API (port 443 by default).
+    #[arg(short = 'a', long = "appliance", value_name = "HOST", global = true)]
+    pub host: Option<String>,
+    /// OneView user.
+    #[arg(short = 'u', long = "user", value_name = "USER", global = true)]
+    pub user: Option<String>,
+    /// OneView password (visible in `ps`: prefer $SCMB_PASSWORD, --password-file or the prompt).
+    #[arg(short = 'p', long = "pass", value_name = "PASS", global = true)]
+    pub password: Option<String>,
+    /// Read the OneView password from this file (first line).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Login domain (default LOCAL).
+    #[arg(long, value_name = "DOMAIN", global = true)]
+    pub login_domain: Option<String>,
+    /// Where the certificates live (default: the user's config dir, per appliance).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cert_dir: Option<PathBuf>,
+    /// Keep the certificates in the current directory, like the HPE sample.
+    #[arg(long, global = true, conflicts_with = "cert_dir")]
+    pub cwd_certs: bool,
+    /// Port of the message bus.
+    #[arg(long, default_value_t = 5671, global = true)]
+    pub amqp_port: u16,
+    /// Check the broker's certificate against this name instead of HOST.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub tls_server_name: Option<String>,
+    /// Check the broker's certificate chain but not its name (appliances reached by an IP
+    /// their certificate does not list).
+    #[arg(long, global = true)]
+    pub no_verify_hostname: bool,
+    /// Verify the REST API's certificate against this CA file instead of a pinned fingerprint.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub rest_ca: Option<PathBuf>,
+    /// Pin the REST API's certificate to this SHA-256 fingerprint.
+    #[arg(long, value_name = "SHA256", global = true)]
+    pub rest_fingerprint: Option<String>,
+    /// DANGEROUS: do not verify the REST API's certificate at all.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// Do not accept the EULA when the appliance asks for it (the sample accepts it).
+    #[arg(long, global = true)]
+    pub no_accept_eula: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct WatchArgs {
+    /// Binding key (repeatable; default scmb.alerts.#).
+    #[arg(global = true, short = 'r', long = "route", value_name = "ROUTE")]
+    pub routes: Vec<String>,
+    /// Output format.
+    #[arg(global = true, long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    /// Admitted severities, comma-separated (default Critical; `*` = all).
+    #[arg(global = true, long, value_delimiter = ',', value_name = "LIST")]
+    pub severity: Vec<String>,
+    /// Admitted alert states, comma-separated (default Active; e.g. Active,Locked).
+    #[arg(
+        global = true,
+        long = "state",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub states: Vec<String>,
+    /// Admitted change types, comma-separated (default Created).
+    #[arg(
+        global = true,
+        long = "change-type",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub change_types: Vec<String>,
+    /// Also show Updated alerts whose severity changed into an admitted one.
+    #[arg(global = true, long)]
+    pub escalations: bool,
+    /// Admitted resource categories, comma-separated (default alerts; `*` = all).
+    #[arg(
+        global = true,
+        long = "category",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub categories: Vec<String>,
+    /// alertTypeID patterns with `*`, comma-separated.
+    #[arg(
+        global = true,
+        long = "alert-type",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub alert_types: Vec<String>,
+    /// AMQP heartbeat in seconds.
+    #[arg(global = true, long, default_value_t = 10)]
+    pub heartbeat: u16,
+    /// Unacknowledged messages the broker may send ahead.
+    #[arg(global = true, long, default_value_t = 256)]
+    pub prefetch: u16,
+    /// Exit after this many printed messages (for scripts and tests).
+    #[arg(global = true, long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Largest message accepted, in bytes.
+    #[arg(global = true, long, default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// The sample's fields, aligned; colour on a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line: routing key, receive time, the whole message.
+    Json,
+}
+
+/// The HPE sample spells `--pass` as `-p` and accepts `-sm`-style long flags with one dash in
+/// its companion tool; for scmb itself nothing needs rewriting, but the default user is
+/// `Administrator`.
+pub const DEFAULT_USER: &str = "Administrator";

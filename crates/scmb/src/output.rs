@@ -1,0 +1,141 @@
+//! Printing admitted messages: the HPE sample's fields, aligned (colour only on a terminal), or
+//! one JSON object per line for jq and log shippers. Output is buffered and flushed once per
+//! message, so a reader sees each alert as it arrives.
+
+use std::io::Write;
+
+use scmb_model::message::sample_timestamp;
+use scmb_model::{AlertView, Event};
+use serde_json::{json, Value};
+
+use crate::cli::Output;
+
+pub struct Printer<W: Write> {
+    out: std::io::BufWriter<W>,
+    format: Output,
+    colour: bool,
+}
+
+const NA: &str = "n/a";
+
+fn text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => NA.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(w: W, format: Output, colour: bool) -> Self {
+        Printer {
+            out: std::io::BufWriter::with_capacity(16 * 1024, w),
+            format,
+            colour,
+        }
+    }
+
+    /// Prints one message and flushes it.
+    pub fn print(&mut self, e: &Event, received_at: &str) -> std::io::Result<()> {
+        match self.format {
+            Output::Json => {
+                let line = json!({"routingKey": e.routing_key, "receivedAt": received_at, "message": e.body});
+                serde_json::to_writer(&mut self.out, &line)?;
+                self.out.write_all(b"\n")?;
+            }
+            Output::Human if e.is_alert() => self.alert(e)?,
+            Output::Human => self.generic(e)?,
+        }
+        self.out.flush()
+    }
+
+    fn row(&mut self, label: &str, value: &str) -> std::io::Result<()> {
+        writeln!(self.out, "  {label:<17} {value}")
+    }
+
+    fn severity(&self, sev: &str) -> String {
+        if !self.colour {
+            return sev.to_string();
+        }
+        let code = match sev {
+            "Critical" => "1;31",
+            "Warning" => "33",
+            "OK" => "32",
+            _ => "0",
+        };
+        format!("\x1b[{code}m{sev}\x1b[0m")
+    }
+
+    fn alert(&mut self, e: &Event) -> std::io::Result<()> {
+        let body = &e.body;
+        let a = AlertView(e.resource());
+        let ts = body
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .map(sample_timestamp)
+            .unwrap_or_else(|| NA.into());
+        let sev = self.severity(a.severity().unwrap_or(NA));
+        writeln!(
+            self.out,
+            "{ts}  {sev}  {}  {}",
+            e.change_type.as_str(),
+            e.resource_uri
+        )?;
+        self.row("changeType", e.change_type.as_str())?;
+        self.row("data", &text(body.get("data")))?;
+        self.row("eTag", &text(body.get("eTag")))?;
+        self.row("newState", &text(body.get("newState")))?;
+        self.row("resourceUri", &e.resource_uri)?;
+        self.row("alertState", a.alert_state().unwrap_or(NA))?;
+        self.row("alertTypeID", a.alert_type_id().unwrap_or(NA))?;
+        self.row("description", a.description().unwrap_or(NA))?;
+        self.row("changeLog", &text(a.change_log()))?;
+        self.row("severity", &sev)?;
+        self.row("resourceName", a.resource_name().unwrap_or(NA))?;
+        self.row("resourceCategory", a.resource_category().unwrap_or(NA))?;
+        self.row("uri", a.uri().unwrap_or(NA))?;
+        self.row("timestamp", &ts)?;
+        writeln!(self.out)
+    }
+
+    fn generic(&mut self, e: &Event) -> std::io::Result<()> {
+        let body = &e.body;
+        let r = e.resource();
+        let ts = body
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .map(sample_timestamp)
+            .unwrap_or_else(|| NA.into());
+        writeln!(
+            self.out,
+            "{ts}  {}  {}  {}",
+            e.category,
+            e.change_type.as_str(),
+            e.resource_uri
+        )?;
+        self.row("routingKey", &e.routing_key)?;
+        self.row("newState", &text(body.get("newState")))?;
+        self.row("name", &text(r.get("name")))?;
+        self.row("status", &text(r.get("status")))?;
+        self.row("changedAttributes", &text(body.get("changedAttributes")))?;
+        writeln!(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scmb_model::message::decode;
+
+    #[test]
+    fn nulls_print_as_na_and_never_panic() {
+        let body = br#"{"resourceUri":"/rest/alerts/1","changeType":"Created","newState":null,"eTag":null,"timestamp":null,"data":null,
+            "resource":{"severity":null,"alertState":"Active","description":null,"associatedResource":null,"changeLog":null}}"#;
+        let e = decode("scmb.alerts.Created./rest/alerts/1", body, 1 << 20).expect("decode");
+        let mut p = Printer::new(Vec::new(), Output::Human, false);
+        p.print(&e, "2026-11-25T10:00:00.000Z").expect("print");
+        let out = String::from_utf8(p.out.into_inner().expect("flush")).expect("utf8");
+        assert!(out.contains("description       n/a"), "{out}");
+        assert!(out.contains("resourceName      n/a"), "{out}");
+    }
+}

@@ -1,0 +1,522 @@
+//! `scmb` end to end, run as a process against simulated appliances: the HPE sample's command
+//! lines verbatim, certificate bootstrap, listening, filters, output formats, errors.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{appliance, cert_dir, read, run, Listening};
+use reqwest::Method;
+use scmb_sim::testkit::{shared_sim, start_in_background, temp_dir, SimInfo};
+use scmb_sim::SimConfig;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "admin123";
+
+/// A REST-only appliance: fresh keypair state, EULA not yet accepted.
+fn rest_only(api_version: u32, pregenerated: bool) -> SimInfo {
+    let mut cfg = SimConfig::new(temp_dir("scmb-rest"));
+    cfg.broker = false;
+    cfg.rest_port = 0;
+    cfg.sm_port = None;
+    cfg.keypair_pregenerated = pregenerated;
+    cfg.ov.current_version = api_version;
+    cfg.ov.task_duration = Duration::from_millis(600);
+    start_in_background(cfg)
+}
+
+fn assert_no_secret(r: &common::Run) {
+    assert!(
+        !r.stdout.contains(SECRET),
+        "the password leaked to stdout:\n{}",
+        r.stdout
+    );
+    assert!(
+        !r.stderr.contains(SECRET),
+        "the password leaked to stderr:\n{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn seed_generate_twice_then_download_writes_the_appliance_files() {
+    let sim = rest_only(4200, false);
+    let a = appliance(&sim.rest_url);
+    let dir = cert_dir("seed-g");
+    let d = dir.to_str().expect("utf8");
+    // -d before -g: the appliance has no keypair yet.
+    let r = run(
+        &[
+            "-a",
+            &a,
+            "-u",
+            "Administrator",
+            "-p",
+            SECRET,
+            "-d",
+            "--cert-dir",
+            d,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(4), "{r:?}");
+    assert!(
+        r.stderr.contains("run `scmb -a HOST -g` first"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("accepting the EULA"),
+        "the EULA is accepted like the sample: {}",
+        r.stderr
+    );
+    assert_no_secret(&r);
+
+    let r = run(
+        &[
+            "-a",
+            &a,
+            "-u",
+            "Administrator",
+            "-p",
+            SECRET,
+            "-g",
+            "--cert-dir",
+            d,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("has been generated"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("visible") || r.stderr.contains("`ps`"),
+        "-p must warn: {}",
+        r.stderr
+    );
+    assert_no_secret(&r);
+    // The REST certificate was pinned on first use.
+    assert!(dir.join("rest-fingerprint").exists());
+
+    let r = run(
+        &[
+            "-a",
+            &a,
+            "-u",
+            "Administrator",
+            "-p",
+            SECRET,
+            "-g",
+            "--cert-dir",
+            d,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "a second -g is not an error: {r:?}");
+    assert!(r.stdout.contains("already exists"), "{}", r.stdout);
+
+    let r = run(&["-a", &a, "-p", SECRET, "-d", "--cert-dir", d], &[]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_no_secret(&r);
+    let key = read(&dir.join("key.pem"));
+    assert!(
+        key.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "PKCS#1 as handed out"
+    );
+    let mode = std::fs::metadata(dir.join("key.pem"))
+        .expect("key")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        read(&dir.join("caroot.pem")),
+        read(&sim.pki_dir().join("ca.pem"))
+    );
+    assert_eq!(
+        read(&dir.join("client.pem")),
+        read(&sim.pki_dir().join("client-default.pem"))
+    );
+}
+
+#[test]
+fn setup_downloads_the_ca_string_form_of_api_300_with_the_password_from_the_environment() {
+    let sim = rest_only(300, false);
+    let a = appliance(&sim.rest_url);
+    let dir = cert_dir("setup300");
+    let r = run(
+        &["setup", "-a", &a, "--cert-dir", dir.to_str().expect("utf8")],
+        &[("SCMB_PASSWORD", SECRET)],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        !r.stderr.contains("`ps`"),
+        "no -p warning when the password comes from the environment"
+    );
+    assert_no_secret(&r);
+    assert_eq!(
+        read(&dir.join("caroot.pem")),
+        read(&sim.pki_dir().join("ca.pem"))
+    );
+    // -g -d together is the same one-step bootstrap, and idempotent.
+    let r = run(
+        &[
+            "-a",
+            &a,
+            "-g",
+            "-d",
+            "--cert-dir",
+            dir.to_str().expect("utf8"),
+        ],
+        &[("SCMB_PASSWORD", SECRET)],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+}
+
+#[test]
+fn wrong_password_is_one_line_and_exit_code_3() {
+    let sim = rest_only(4200, true);
+    let dir = cert_dir("wrongpw");
+    let r = run(
+        &[
+            "-a",
+            &appliance(&sim.rest_url),
+            "-d",
+            "--cert-dir",
+            dir.to_str().expect("utf8"),
+        ],
+        &[("SCMB_PASSWORD", "not-the-password"), ("RUST_LOG", "off")],
+    );
+    assert_eq!(r.code, Some(3), "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].starts_with("scmb: ") && lines[0].contains("Invalid username or password"),
+        "{}",
+        lines[0]
+    );
+    assert!(!r.stderr.contains("not-the-password"));
+}
+
+#[test]
+fn unreachable_appliance_and_missing_certificates_say_what_to_do() {
+    let dir = cert_dir("missing");
+    let r = run(
+        &[
+            "-a",
+            "127.0.0.1",
+            "--amqp-port",
+            "1",
+            "--cert-dir",
+            dir.to_str().expect("utf8"),
+        ],
+        &[("RUST_LOG", "off")],
+    );
+    assert_eq!(r.code, Some(4), "{r:?}");
+    assert!(
+        r.stderr.contains("scmb -a HOST -g") && r.stderr.contains("scmb setup"),
+        "{}",
+        r.stderr
+    );
+    // With certificates but nothing listening: unreachable, exit 5.
+    let sim = shared_sim();
+    for (src, dst) in [
+        ("ca.pem", "caroot.pem"),
+        ("client-default.pem", "client.pem"),
+        ("client-default-key.pem", "key.pem"),
+    ] {
+        std::fs::copy(sim.pki_dir().join(src), dir.join(dst)).expect("copy");
+    }
+    let r = run(
+        &[
+            "-a",
+            "127.0.0.1",
+            "--amqp-port",
+            "1",
+            "--cert-dir",
+            dir.to_str().expect("utf8"),
+        ],
+        &[("RUST_LOG", "off")],
+    );
+    assert_eq!(r.code, Some(5), "{r:?}");
+    assert!(r.stderr.contains("cannot reach"), "{}", r.stderr);
+    let r = run(&["-a", "", "-d"], &[("RUST_LOG", "off")]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+}
+
+/// Downloads the shared appliance's certificates with the seed command line.
+fn certs_for(sim: &SimInfo, name: &str) -> std::path::PathBuf {
+    let dir = cert_dir(name);
+    let r = run(
+        &[
+            "-a",
+            &appliance(&sim.rest_url),
+            "-u",
+            "Administrator",
+            "-d",
+            "--cert-dir",
+            dir.to_str().expect("utf8"),
+        ],
+        &[("SCMB_PASSWORD", SECRET)],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    dir
+}
+
+fn listen(sim: &SimInfo, dir: &std::path::Path, extra: &[&str]) -> Listening {
+    let port = sim.amqps_port.to_string();
+    let a = appliance(&sim.rest_url);
+    let mut args = vec![
+        "-a",
+        a.as_str(),
+        "-u",
+        "Administrator",
+        "--amqp-port",
+        port.as_str(),
+        "--cert-dir",
+        dir.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(extra);
+    let mut l = Listening::start(&args);
+    assert!(
+        l.wait_for("subscribed to the message bus", WAIT),
+        "not subscribed: {:?}",
+        l.stderr
+    );
+    l
+}
+
+async fn raise(c: &scmb_sim::client::SimClient, fields: Value) -> Value {
+    c.call(
+        Method::POST,
+        "/sim/alerts",
+        Some(serde_json::to_vec(&fields).expect("json")),
+    )
+    .await
+    .expect("raise")
+}
+
+async fn publish_raw(c: &scmb_sim::client::SimClient, key: &str, body: Vec<u8>) {
+    let resp = c
+        .http
+        .post(format!("{}/sim/publish?routingKey={}", c.rest_url, key))
+        .body(body)
+        .send()
+        .await
+        .expect("publish");
+    assert!(resp.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_prints_new_active_critical_alerts_and_survives_malformed_messages() {
+    let sim = shared_sim();
+    let dir = certs_for(sim, "listen");
+    let tag = format!("Test.listen.{}", rand::random::<u32>());
+    let pattern = format!("{tag}*");
+    let l = listen(
+        sim,
+        &dir,
+        &["--output", "json", "--count", "2", "--alert-type", &pattern],
+    );
+    let c = sim.client();
+    let key = "scmb.alerts.Created./rest/alerts/999999";
+    let huge = vec![b'{'; 5 << 20];
+    let malformed: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        vec![],
+        b"{\"changeType\":".to_vec(),
+        vec![0xff, 0xfe, 0xfd],
+        br#"{"changeType":7,"resourceUri":"/x"}"#.to_vec(),
+        br#"[1,2]"#.to_vec(),
+        huge,
+    ];
+    for m in &malformed[..3] {
+        publish_raw(&c, key, m.clone()).await;
+    }
+    raise(
+        &c,
+        json!({"severity": "Warning", "alertTypeID": format!("{tag}.warn")}),
+    )
+    .await;
+    let first = raise(
+        &c,
+        json!({"severity": "Critical", "alertTypeID": format!("{tag}.one"), "description": null}),
+    )
+    .await;
+    raise(&c, json!({"severity": "Critical", "alertState": "Cleared", "alertTypeID": format!("{tag}.cleared")})).await;
+    for m in &malformed[3..] {
+        publish_raw(&c, key, m.clone()).await;
+    }
+    let second = raise(
+        &c,
+        json!({"severity": "Critical", "alertTypeID": format!("{tag}.two")}),
+    )
+    .await;
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let lines: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let uris: Vec<&Value> = lines.iter().map(|l| &l["message"]["resourceUri"]).collect();
+    assert_eq!(uris, vec![&first["uri"], &second["uri"]], "{}", r.stdout);
+    assert_eq!(
+        lines[0]["routingKey"],
+        json!(format!(
+            "scmb.alerts.Created.{}",
+            first["uri"].as_str().expect("uri")
+        ))
+    );
+    assert!(lines[0]["receivedAt"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        r.stderr.matches("malformed message rejected").count() >= malformed.len(),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("larger than"),
+        "the 5 MB body is refused by size: {}",
+        r.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_and_escalation_filters_admit_what_they_promise() {
+    let sim = shared_sim();
+    let dir = certs_for(sim, "filters");
+    let tag = format!("Test.filter.{}", rand::random::<u32>());
+    let pattern = format!("{tag}*");
+    let l = listen(
+        sim,
+        &dir,
+        &[
+            "--output",
+            "json",
+            "--count",
+            "2",
+            "--alert-type",
+            &pattern,
+            "--state",
+            "Active,Locked",
+            "--escalations",
+        ],
+    );
+    let c = sim.client();
+    let locked = raise(&c, json!({"severity": "Critical", "alertState": "Locked", "alertTypeID": format!("{tag}.locked")})).await;
+    let warn = raise(
+        &c,
+        json!({"severity": "Warning", "alertTypeID": format!("{tag}.esc")}),
+    )
+    .await;
+    let id = warn["uri"]
+        .as_str()
+        .expect("uri")
+        .rsplit('/')
+        .next()
+        .expect("id")
+        .to_string();
+    // An unrelated update of a critical alert is not an escalation.
+    let other = raise(
+        &c,
+        json!({"severity": "Warning", "alertTypeID": format!("{tag}.note")}),
+    )
+    .await;
+    let other_id = other["uri"]
+        .as_str()
+        .expect("uri")
+        .rsplit('/')
+        .next()
+        .expect("id")
+        .to_string();
+    c.call(
+        Method::PATCH,
+        &format!("/sim/alerts/{other_id}"),
+        Some(br#"{"urgency":"High"}"#.to_vec()),
+    )
+    .await
+    .expect("update");
+    c.call(
+        Method::PATCH,
+        &format!("/sim/alerts/{id}"),
+        Some(br#"{"severity":"Critical"}"#.to_vec()),
+    )
+    .await
+    .expect("escalate");
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let got: Vec<(String, String)> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("json");
+            (
+                v["message"]["changeType"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                v["message"]["resourceUri"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "Created".to_string(),
+                locked["uri"].as_str().expect("u").to_string()
+            ),
+            (
+                "Updated".to_string(),
+                warn["uri"].as_str().expect("u").to_string()
+            )
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_output_formats_match_the_expected_output_in_testdata() {
+    let sim = shared_sim();
+    let dir = certs_for(sim, "formats");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata");
+    let input = std::fs::read(root.join("alert-critical.json")).expect("testdata");
+    let expected_human = read(&root.join("alert-critical.human"));
+    let key = "scmb.alerts.Created./rest/alerts/4242";
+    let c = sim.client();
+
+    let l = listen(sim, &dir, &["-r", key, "--count", "1"]);
+    publish_raw(&c, key, input.clone()).await;
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        r.stdout, expected_human,
+        "no colour when stdout is not a terminal"
+    );
+
+    let l = listen(sim, &dir, &["-r", key, "--count", "1", "--output", "json"]);
+    publish_raw(&c, key, input.clone()).await;
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim_end()).expect("json line");
+    assert_eq!(
+        v["message"],
+        serde_json::from_slice::<Value>(&input).expect("input")
+    );
+    assert_eq!(v["routingKey"], key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_listener_with_exit_0() {
+    let sim = shared_sim();
+    let dir = certs_for(sim, "sigterm");
+    let l = listen(sim, &dir, &["-r", "scmb.nothing.#"]);
+    l.terminate();
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}

@@ -1,0 +1,143 @@
+//! Running the `scmb` binary as a user would, against simulated appliances.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_scmb");
+
+/// A finished run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `scmb` to completion with `args` (and a clean environment apart from `env`).
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = command(args, env).output().expect("run scmb");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("SCMB_PASSWORD")
+        .env("RUST_LOG", "debug")
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// A running listener whose stderr is read line by line.
+pub struct Listening {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Listening {
+    pub fn start(args: &[&str]) -> Listening {
+        let mut child = command(args, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn scmb");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Listening {
+            child,
+            lines: rx,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        if self.stderr.iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(needle);
+                    self.stderr.push(l);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Waits for the process to exit; returns its code and stdout.
+    pub fn finish(mut self, timeout: Duration) -> Run {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = self.child.wait().expect("wait");
+        let mut stdout = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            use std::io::Read;
+            let _ = o.read_to_string(&mut stdout);
+        }
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.stderr.push(l);
+        }
+        Run {
+            code: status.code(),
+            stdout,
+            stderr: self.stderr.join("\n"),
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+}
+
+/// Host:port of a simulator's REST API, as `-a` takes it.
+pub fn appliance(rest_url: &str) -> String {
+    rest_url.trim_start_matches("https://").to_string()
+}
+
+pub fn cert_dir(name: &str) -> PathBuf {
+    scmb_sim::testkit::temp_dir(name)
+}
+
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
