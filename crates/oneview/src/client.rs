@@ -116,25 +116,25 @@ impl Client {
             OneViewError::Config(format!("{:?} is not a valid host name", target.host))
         })?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-        let unreachable = |source: Box<dyn std::error::Error + Send + Sync>| {
-            OneViewError::Unreachable {
+        let unreachable =
+            |source: Box<dyn std::error::Error + Send + Sync>| OneViewError::Unreachable {
                 host: target.display(),
                 source,
-            }
-        };
+            };
         let handshake = async {
             let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
                 .await
                 .map_err(|e| unreachable(Box::new(e)))?;
-            connector.connect(name, tcp).await.map_err(|e| {
-                match find_rustls(&e) {
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| match find_rustls(&e) {
                     Some(r) => OneViewError::Tls {
                         host: target.display(),
                         detail: r.to_string(),
                     },
                     None => unreachable(Box::new(e)),
-                }
-            })
+                })
         };
         let stream = tokio::time::timeout(timeout, handshake)
             .await
@@ -298,10 +298,7 @@ impl Transport {
     }
 
     /// Sends one request (with `Auth` when a session is given) and reads the whole answer.
-    pub(crate) async fn send(
-        &self,
-        req: &Request<'_>,
-    ) -> Result<Reply, OneViewError> {
+    pub(crate) async fn send(&self, req: &Request<'_>) -> Result<Reply, OneViewError> {
         self.send_auth(req, None).await
     }
 
@@ -377,7 +374,9 @@ impl Transport {
                     status: 400,
                     error_code,
                     ..
-                } => error_code.to_ascii_uppercase().starts_with("AUTHN_AUTH_FAIL"),
+                } => error_code
+                    .to_ascii_uppercase()
+                    .starts_with("AUTHN_AUTH_FAIL"),
                 _ => false,
             };
             let err = match err {
@@ -573,8 +572,14 @@ mod tests {
 
     #[test]
     fn rel_path_strips_scheme_and_host_and_adds_the_slash() {
-        assert_eq!(rel_path("https://ov.example:443/rest/tasks/1"), "/rest/tasks/1");
-        assert_eq!(rel_path("HTTPS://10.0.0.1/rest/tasks/2?x=1"), "/rest/tasks/2?x=1");
+        assert_eq!(
+            rel_path("https://ov.example:443/rest/tasks/1"),
+            "/rest/tasks/1"
+        );
+        assert_eq!(
+            rel_path("HTTPS://10.0.0.1/rest/tasks/2?x=1"),
+            "/rest/tasks/2?x=1"
+        );
         assert_eq!(rel_path("/rest/tasks/3"), "/rest/tasks/3");
         assert_eq!(rel_path("rest/tasks/4"), "/rest/tasks/4");
         assert_eq!(rel_path("https://host"), "/");

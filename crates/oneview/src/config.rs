@@ -139,8 +139,10 @@ pub(crate) async fn http_client(
                     "the TLS server name {name:?} must be a DNS name"
                 )));
             }
+            // URL hosts are lower-cased, and the override is looked up by the URL's host.
+            let name = name.to_ascii_lowercase();
             let addrs = resolve(target).await?;
-            builder = builder.resolve_to_addrs(name, &addrs);
+            builder = builder.resolve_to_addrs(&name, &addrs);
             format!("https://{name}:{}", target.port)
         }
         _ => format!("https://{}", target.display()),
@@ -155,10 +157,11 @@ async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, OneViewError> {
     if let Some(ip) = target.ip() {
         return Ok(vec![SocketAddr::new(ip, target.port)]);
     }
-    let unreachable = |source: Box<dyn std::error::Error + Send + Sync>| OneViewError::Unreachable {
-        host: target.display(),
-        source,
-    };
+    let unreachable =
+        |source: Box<dyn std::error::Error + Send + Sync>| OneViewError::Unreachable {
+            host: target.display(),
+            source,
+        };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
         .map_err(|e| unreachable(Box::new(e)))?

@@ -28,7 +28,9 @@ pub enum OneViewError {
         recommended_actions: Vec<String>,
     },
     /// The appliance refused the user name, password or login domain.
-    #[error("login as {user:?} refused: {message} (check the user name, password and login domain)")]
+    #[error(
+        "login as {user:?} refused: {message} (check the user name, password and login domain)"
+    )]
     AuthFailed { user: String, message: String },
     /// The session was refused (401) again right after a fresh login.
     #[error("the appliance keeps refusing the session (HTTP 401) even right after a new login")]
@@ -172,10 +174,17 @@ pub(crate) fn chain(e: &(dyn StdError + 'static)) -> String {
         }
         cur = err.source();
     }
-    if parts.len() > 1 && parts[0].starts_with("error sending request") {
-        parts.remove(0);
+    // reqwest's and hyper's own wrappers say nothing the cause below them does not.
+    if parts.len() > 1 {
+        parts.retain(|p| {
+            !(p.starts_with("error sending request") || p.starts_with("client error ("))
+        });
     }
-    let mut out = parts.join(": ");
+    let mut out = if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    };
     if let Some(re) = e.downcast_ref::<reqwest::Error>() {
         if re.is_timeout() {
             out.push_str(" (no answer within the request timeout)");
@@ -192,20 +201,24 @@ pub(crate) fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rus
         if let Some(r) = err.downcast_ref::<rustls::Error>() {
             return Some(r);
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(r) = inner.downcast_ref::<rustls::Error>() {
-                    return Some(r);
-                }
-            }
-        }
-        cur = err.source();
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
 
 /// Turns a failed handshake into a message that says what to change.
-pub(crate) fn tls_detail(e: &rustls::Error, trust: &ServerTrust, names: &NameCheck, host: &str) -> String {
+pub(crate) fn tls_detail(
+    e: &rustls::Error,
+    trust: &ServerTrust,
+    names: &NameCheck,
+    host: &str,
+) -> String {
     use rustls::CertificateError as C;
     let checked = match names {
         NameCheck::Name(n) => n.as_str(),

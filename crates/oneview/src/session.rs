@@ -145,7 +145,9 @@ impl Session {
     }
 
     async fn get_json(&self, path: &str) -> Result<Value, OneViewError> {
-        self.call(&Request::new(Method::GET, path)).await?.into_json()
+        self.call(&Request::new(Method::GET, path))
+            .await?
+            .into_json()
     }
 
     /// `GET /rest/appliance/eula/status`: `true` while the EULA must still be accepted.
@@ -167,8 +169,11 @@ impl Session {
         let req = if self.api_version() <= 500 {
             Request::new(Method::GET, "/rest/certificates/ca")
         } else {
-            Request::new(Method::GET, "/rest/certificates/ca?filter=certType%3AINTERNAL")
-                .header("If-Req-CertDetails", "true")
+            Request::new(
+                Method::GET,
+                "/rest/certificates/ca?filter=certType%3AINTERNAL",
+            )
+            .header("If-Req-CertDetails", "true")
         };
         let reply = self.call(&req).await?;
         if !reply.is_success() {
@@ -412,9 +417,7 @@ fn stale_etag(e: &OneViewError) -> bool {
         return false;
     }
     match e {
-        OneViewError::Api {
-            status: 412, ..
-        } => true,
+        OneViewError::Api { status: 412, .. } => true,
         OneViewError::Api {
             status: 400 | 409,
             error_code,
@@ -482,14 +485,20 @@ mod tests {
             {"certType": "INTERNAL", "certificateDetails": {"base64Data": PEM}},
         ]});
         assert_eq!(ca_pem(&coll), Some(format!("{PEM}\n")));
-        assert_eq!(ca_pem(&json!({"members": [{"certType": "INTERNAL"}]})), None);
+        assert_eq!(
+            ca_pem(&json!({"members": [{"certType": "INTERNAL"}]})),
+            None
+        );
         assert_eq!(ca_pem(&json!({"members": []})), None);
         assert_eq!(ca_pem(&json!({"certificateDetails": {}})), None);
         assert_eq!(ca_pem(&json!(null)), None);
         assert_eq!(ca_pem(&json!("[object Object]")), None);
         let bare = "A".repeat(100);
         let wrapped = ca_pem(&json!(bare)).expect("wrapped");
-        assert!(wrapped.starts_with("-----BEGIN CERTIFICATE-----\n") && wrapped.contains(&"A".repeat(64)));
+        assert!(
+            wrapped.starts_with("-----BEGIN CERTIFICATE-----\n")
+                && wrapped.contains(&"A".repeat(64))
+        );
     }
 
     #[test]
@@ -517,7 +526,14 @@ mod tests {
         let r: Result<(), _> = policy
             .run(|| {
                 calls += 1;
-                async { Err(OneViewError::Api { status: 503, error_code: String::new(), message: String::new(), recommended_actions: vec![] }) }
+                async {
+                    Err(OneViewError::Api {
+                        status: 503,
+                        error_code: String::new(),
+                        message: String::new(),
+                        recommended_actions: vec![],
+                    })
+                }
             })
             .await;
         assert!(r.is_err());

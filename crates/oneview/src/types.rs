@@ -132,8 +132,7 @@ mod tests {
     #[test]
     fn task_states_are_classified_in_any_case() {
         let t = |s: &str| {
-            Task::from_json(&json!({"taskState": s}), "/rest/tasks/1")
-                .map(|t| t.outcome())
+            Task::from_json(&json!({"taskState": s}), "/rest/tasks/1").map(|t| t.outcome())
         };
         assert_eq!(t("Completed"), Some(TaskOutcome::Succeeded));
         assert_eq!(t("WARNING"), Some(TaskOutcome::Succeeded));
@@ -168,6 +167,9 @@ mod tests {
         }))
         .expect("keypair");
         assert!(!format!("{k:?}").contains("SECRETKEY"));
-        assert!(Keypair::from_json(&json!({"base64SSLCertData": "x", "base64SSLKeyData": null})).is_none());
+        assert!(
+            Keypair::from_json(&json!({"base64SSLCertData": "x", "base64SSLKeyData": null}))
+                .is_none()
+        );
     }
 }

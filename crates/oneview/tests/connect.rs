@@ -31,7 +31,10 @@ async fn api_version_is_the_lower_of_the_appliance_current_and_the_highest_we_kn
     let s = start(|_| {}).await;
     let mut cfg = s.config();
     cfg.max_api_version = 600;
-    assert_eq!(Client::connect(cfg).await.expect("connect").api_version(), 600);
+    assert_eq!(
+        Client::connect(cfg).await.expect("connect").api_version(),
+        600
+    );
     s.stop().await;
 }
 
@@ -67,7 +70,10 @@ async fn wrong_password_is_auth_failed_and_the_password_appears_nowhere() {
     for text in [err.to_string(), format!("{err:?}")] {
         assert!(!text.contains(secret), "{text}");
     }
-    assert!(err.to_string().contains("Invalid username or password"), "{err}");
+    assert!(
+        err.to_string().contains("Invalid username or password"),
+        "{err}"
+    );
 
     // An unknown login domain is refused as well.
     let mut creds = Credentials::new(USER, PASSWORD);
@@ -101,7 +107,10 @@ async fn a_closed_port_is_unreachable() {
     let err = Client::connect(cfg).await.expect_err("nothing listens");
     assert!(matches!(err, OneViewError::Unreachable { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("cannot reach 127.0.0.1:{port}: ")), "{msg}");
+    assert!(
+        msg.starts_with(&format!("cannot reach 127.0.0.1:{port}: ")),
+        "{msg}"
+    );
     assert!(msg.to_lowercase().contains("refused"), "{msg}");
     assert!(err.is_transient());
 
@@ -130,9 +139,16 @@ async fn a_slow_appliance_hits_the_request_timeout_instead_of_hanging() {
     .await;
     let started = std::time::Instant::now();
     let err = session.alerts(&[], 10).await.expect_err("too slow");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(err, OneViewError::Unreachable { .. }), "{err:?}");
-    assert!(err.to_string().contains("timeout") || err.to_string().contains("timed out"), "{err}");
+    assert!(
+        err.to_string().contains("timeout") || err.to_string().contains("timed out"),
+        "{err}"
+    );
     s.control(reqwest::Method::DELETE, "/sim/faults/rest", None)
         .await;
     s.stop().await;
@@ -152,7 +168,10 @@ async fn the_appliance_ca_is_trusted_and_another_ca_is_a_tls_error() {
         let OneViewError::Tls { detail, .. } = &err else {
             panic!("expected a TLS error with {names:?}, got {err:?}");
         };
-        assert!(detail.contains("not signed by the configured appliance CA"), "{detail}");
+        assert!(
+            detail.contains("not signed by the configured appliance CA"),
+            "{detail}"
+        );
     }
     other.stop().await;
     s.stop().await;
@@ -163,7 +182,9 @@ async fn a_certificate_without_the_name_suggests_tls_server_name_or_no_verify_ho
     let s = start(|_| {}).await;
     let mut cfg = s.config();
     cfg.names = NameCheck::Name("ov.wrong.example".into());
-    let err = Client::connect(cfg).await.expect_err("name not in the certificate");
+    let err = Client::connect(cfg)
+        .await
+        .expect_err("name not in the certificate");
     let OneViewError::Tls { detail, .. } = &err else {
         panic!("expected a TLS error, got {err:?}");
     };
@@ -176,7 +197,7 @@ async fn a_certificate_without_the_name_suggests_tls_server_name_or_no_verify_ho
 async fn tls_server_name_dials_the_real_address_under_another_name() {
     let s = start(|_| {}).await;
     let mut cfg = s.config();
-    cfg.names = NameCheck::Name("localhost".into());
+    cfg.names = NameCheck::Name("LocalHost".into());
     assert_eq!(cfg.host, format!("127.0.0.1:{}", s.port));
     let session = Client::connect(cfg)
         .await
