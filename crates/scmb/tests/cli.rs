@@ -512,11 +512,49 @@ async fn both_output_formats_match_the_expected_output_in_testdata() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_the_listener_with_exit_0() {
+async fn sigterm_stops_the_listener_with_exit_0_and_leaves_no_queue_behind() {
     let sim = shared_sim();
     let dir = certs_for(sim, "sigterm");
     let l = listen(sim, &dir, &["-r", "scmb.nothing.#"]);
+    let queue = l
+        .stderr
+        .iter()
+        .find_map(|line| line.split("queue=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the queue name is logged")
+        .to_string();
+    assert!(queue.starts_with("amq.gen-"), "server-named: {queue}");
+    let admin = scmb_sim::bus::BusTarget {
+        cert: sim.pki_dir().join("admin.pem"),
+        key: sim.pki_dir().join("admin-key.pem"),
+        ..sim.default_target()
+    };
+    // A passive declare from another connection: 405 RESOURCE_LOCKED while the exclusive
+    // queue exists, 404 NOT_FOUND once it is gone.
+    let probe = |queue: String| {
+        let admin = admin.clone();
+        async move {
+            let (_c, ch) = scmb_sim::testkit::open(&admin).await.expect("admin");
+            let rec = scmb_sim::testkit::CloseRecorder::default();
+            ch.register_callback(rec.clone()).await.expect("callback");
+            let args = amqprs::channel::QueueDeclareArguments::new(&queue)
+                .passive(true)
+                .finish();
+            let _ = ch.queue_declare(args).await;
+            rec.wait(WAIT).await.map(|(code, _)| code)
+        }
+    };
+    assert_eq!(
+        probe(queue.clone()).await,
+        Some(405),
+        "exclusive queue exists while listening"
+    );
     l.terminate();
     let r = l.finish(WAIT);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        probe(queue).await,
+        Some(404),
+        "auto-delete: no orphan queue left behind"
+    );
 }
