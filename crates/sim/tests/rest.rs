@@ -1025,3 +1025,32 @@ async fn service_manager_incidents_persist_across_restart() {
     );
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn service_manager_can_serve_https_signed_by_the_appliance_ca() {
+    let (sim, _) = rest_sim(|c| c.sm_tls = true).await;
+    let url = sim.info["smUrl"].as_str().expect("sm url").to_string();
+    assert!(url.starts_with("https://"), "{url}");
+    let trusted = scmb_sim::client::http_client(Some(std::path::Path::new(
+        sim.info["caCert"].as_str().expect("ca"),
+    )))
+    .expect("client");
+    let r = trusted
+        .post(format!("{url}/SM/9/rest/incidents"))
+        .basic_auth("falcon", Some(""))
+        .json(&incident("over TLS"))
+        .send()
+        .await
+        .expect("https request");
+    assert_eq!(r.status(), StatusCode::OK);
+    let untrusted = scmb_sim::client::http_client(None).expect("client");
+    assert!(
+        untrusted
+            .get(format!("{url}/SM/9/rest/incidents"))
+            .send()
+            .await
+            .is_err(),
+        "verified against the CA"
+    );
+    sim.stop().await;
+}
