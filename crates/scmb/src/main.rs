@@ -1,195 +1,14 @@
 //! `scmb`: listens to HPE OneView's State-Change Message Bus and sets up its certificates,
-//! with the HPE sample's command line kept verbatim. Exit codes: see [`failure`].
-
-mod bootstrap;
-mod certs;
-mod cli;
-mod failure;
-mod listen;
-mod output;
+//! with the HPE sample's command line kept verbatim. Exit codes: see `scmb::failure`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use scmb_bus::BusConfig;
-use scmb_model::{ChangeType, Filter};
-use scmb_tls::NameCheck;
-
-use crate::cli::{CertsCmd, Cli, Cmd, WatchArgs};
-use crate::failure::Failure;
-
-enum Mode {
-    Generate,
-    Download,
-    Setup,
-    Show,
-    Watch,
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,scmb=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-    tracing::info!("stopping: finishing the message in hand");
-}
-
-fn filter(w: &WatchArgs) -> Result<Filter, Failure> {
-    let mut f = Filter::default();
-    if !w.severity.is_empty() {
-        f.severities = w.severity.clone();
-    }
-    if !w.states.is_empty() {
-        f.states = w.states.clone();
-    }
-    if !w.change_types.is_empty() {
-        f.change_types = w
-            .change_types
-            .iter()
-            .map(|c| {
-                ChangeType::parse(c).ok_or_else(|| {
-                    Failure::new(
-                        failure::USAGE,
-                        format!("--change-type {c:?}: use Created, Updated or Deleted"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    f.escalations = w.escalations;
-    if !w.categories.is_empty() {
-        f.categories = w.categories.clone();
-    }
-    f.alert_types = w.alert_types.clone();
-    Ok(f)
-}
-
-/// The bus host is the appliance host without any REST port.
-fn bus_host(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
-        _ => host,
-    }
-}
-
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let mode = match &cli.cmd {
-        Some(Cmd::Setup) => Mode::Setup,
-        Some(Cmd::Certs(CertsCmd::Generate)) => Mode::Generate,
-        Some(Cmd::Certs(CertsCmd::Download)) => Mode::Download,
-        Some(Cmd::Certs(CertsCmd::Show)) => Mode::Show,
-        Some(Cmd::Watch) => Mode::Watch,
-        None if cli.generate && cli.download => Mode::Setup,
-        None if cli.generate => Mode::Generate,
-        None if cli.download => Mode::Download,
-        None => Mode::Watch,
-    };
-    let conn = &cli.conn;
-    let host = conn
-        .host
-        .as_deref()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                failure::USAGE,
-                "the appliance address is missing: give -a HOST",
-            )
-        })?;
-    let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
-    match mode {
-        Mode::Generate => bootstrap::generate(&bootstrap::login(conn, host, &dir).await?).await,
-        Mode::Download => {
-            bootstrap::download(&bootstrap::login(conn, host, &dir).await?, &dir).await
-        }
-        Mode::Setup => bootstrap::setup(&bootstrap::login(conn, host, &dir).await?, &dir).await,
-        Mode::Show => show(&dir),
-        Mode::Watch => {
-            if conn.password.is_some() {
-                tracing::debug!("listening needs no REST login: the password is not used");
-            }
-            let w = &cli.watch;
-            let mut bus = BusConfig::new(bus_host(host), &dir);
-            bus.port = conn.amqp_port;
-            bus.names = match (&conn.tls_server_name, conn.no_verify_hostname) {
-                (Some(n), _) => NameCheck::Name(n.clone()),
-                (None, true) => NameCheck::Skip,
-                (None, false) => NameCheck::Host,
-            };
-            bus.heartbeat = w.heartbeat;
-            bus.prefetch = w.prefetch.max(1);
-            if !w.routes.is_empty() {
-                bus.routes = w.routes.clone();
-            }
-            let listener = listen::Listener {
-                bus,
-                filter: filter(w)?,
-                output: w.output,
-                max_bytes: w.max_message_bytes,
-                count: w.count,
-            };
-            let stats = listener.run(shutdown_signal()).await?;
-            tracing::info!(
-                received = stats.received,
-                printed = stats.printed,
-                malformed = stats.malformed,
-                reconnects = stats.reconnects,
-                "stopped"
-            );
-            Ok(())
-        }
-    }
-}
-
-fn show(dir: &std::path::Path) -> Result<(), Failure> {
-    println!("certificate directory: {}", dir.display());
-    for name in [
-        certs::CA_FILE,
-        certs::CERT_FILE,
-        certs::KEY_FILE,
-        certs::FINGERPRINT_FILE,
-    ] {
-        let p = dir.join(name);
-        match std::fs::metadata(&p) {
-            Ok(m) => {
-                use std::os::unix::fs::PermissionsExt;
-                println!(
-                    "  {name:<16} {:o} {} bytes",
-                    m.permissions().mode() & 0o777,
-                    m.len()
-                );
-            }
-            Err(_) => println!("  {name:<16} missing"),
-        }
-    }
-    for name in [certs::CA_FILE, certs::CERT_FILE] {
-        if let Ok(certs) = scmb_tls::load_certs(&dir.join(name)) {
-            for c in certs {
-                println!("  {name} SHA-256 {}", scmb_tls::Fingerprint::of(&c));
-            }
-        }
-    }
-    Ok(())
-}
+use scmb::{app, cli::Cli, failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    app::init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -201,24 +20,11 @@ fn main() -> ExitCode {
             return ExitCode::from(failure::UNEXPECTED);
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(app::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("scmb: {f}");
             ExitCode::from(f.code)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bus_host_drops_the_rest_port() {
-        assert_eq!(bus_host("oneview.example:8443"), "oneview.example");
-        assert_eq!(bus_host("10.0.0.5"), "10.0.0.5");
-        assert_eq!(bus_host("[::1]:443"), "::1");
-        assert_eq!(bus_host("fe80::1"), "fe80::1");
     }
 }

@@ -1,0 +1,12 @@
+//! scmb: HPE OneView's State-Change Message Bus turned into action. The library behind the
+//! `scmb` and `ov_to_sm` binaries: command lines, certificate bootstrap, the listener, output,
+//! the durable store and ticketing.
+
+pub mod app;
+pub mod bootstrap;
+pub mod certs;
+pub mod cli;
+pub mod failure;
+pub mod listen;
+pub mod output;
+pub mod store;

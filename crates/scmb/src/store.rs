@@ -1,0 +1,183 @@
+//! The durable record of what was done for each alert: alert uri → incident id and the step
+//! reached, in an embedded ACID database (redb) under the state directory. Every write is
+//! committed (fsync) before the call returns, so a crash at any instant leaves either the
+//! previous record or the new one — never a half — and a restart resumes from the last step.
+//!
+//! Blocking I/O: callers on the async runtime go through [`Store::call`] (a blocking thread).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}: {detail} (is another ov_to_sm using the same --state-dir?)")]
+    Open { path: PathBuf, detail: String },
+    #[error("state database error: {0}")]
+    Db(String),
+    #[error("corrupt record for {uri}: {detail}")]
+    Corrupt { uri: String, detail: String },
+}
+
+fn db<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// How far the work for one alert got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Step {
+    /// The incident exists in Service Manager; the note is not written yet.
+    Created,
+    /// The note carrying the incident id is in the alert's change log: done.
+    Noted,
+    /// Service Manager refused the incident for good (e.g. validation); not retried.
+    Failed,
+    /// The alert was cleared or deleted and its incident updated/resolved/closed.
+    Closed,
+}
+
+/// What is known about one alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub incident: Option<String>,
+    pub step: Step,
+    /// Why it failed, for [`Step::Failed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the record was last written (RFC 3339).
+    pub updated: String,
+}
+
+impl Record {
+    pub fn new(incident: Option<String>, step: Step) -> Record {
+        Record {
+            incident,
+            step,
+            reason: None,
+            updated: scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc()),
+        }
+    }
+}
+
+/// The state database. Cloning shares it.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |detail: String| StoreError::Open {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let database = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        let w = database.begin_write().map_err(db)?;
+        w.open_table(ALERTS).map_err(db)?;
+        w.commit().map_err(db)?;
+        Ok(Store {
+            db: Arc::new(database),
+        })
+    }
+
+    pub fn get(&self, uri: &str) -> Result<Option<Record>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(ALERTS).map_err(db)?;
+        let Some(v) = t.get(uri).map_err(db)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                uri: uri.to_string(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Writes `rec` for `uri`, durably.
+    pub fn put(&self, uri: &str, rec: &Record) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rec).map_err(db)?;
+        let w = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = w.open_table(ALERTS).map_err(db)?;
+            t.insert(uri, bytes.as_slice()).map_err(db)?;
+        }
+        w.commit().map_err(db)
+    }
+
+    /// Every record (for reports and tests).
+    pub fn all(&self) -> Result<Vec<(String, Record)>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(ALERTS).map_err(db)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let uri = k.value().to_string();
+            let rec = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                uri: uri.clone(),
+                detail: e.to_string(),
+            })?;
+            out.push((uri, rec));
+        }
+        Ok(out)
+    }
+
+    /// Runs a store operation on a blocking thread.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("scmb-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("state.redb");
+        {
+            let s = Store::open(&path).expect("open");
+            assert_eq!(s.get("/rest/alerts/1").expect("get"), None);
+            s.put(
+                "/rest/alerts/1",
+                &Record::new(Some("IM10001".into()), Step::Created),
+            )
+            .expect("put");
+            s.put(
+                "/rest/alerts/1",
+                &Record::new(Some("IM10001".into()), Step::Noted),
+            )
+            .expect("put");
+        }
+        let s = Store::open(&path).expect("reopen");
+        let r = s.get("/rest/alerts/1").expect("get").expect("record");
+        assert_eq!(r.incident.as_deref(), Some("IM10001"));
+        assert_eq!(r.step, Step::Noted);
+        assert_eq!(s.all().expect("all").len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
