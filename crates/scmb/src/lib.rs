@@ -9,4 +9,6 @@ pub mod cli;
 pub mod failure;
 pub mod listen;
 pub mod output;
+pub mod ovtosm;
 pub mod store;
+pub mod ticket;

@@ -28,7 +28,11 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(BIN);
+    command_for(BIN, args, env)
+}
+
+pub fn command_for(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin);
     c.args(args)
         .env_remove("SCMB_PASSWORD")
         .env("RUST_LOG", "debug")
@@ -49,7 +53,11 @@ pub struct Listening {
 
 impl Listening {
     pub fn start(args: &[&str]) -> Listening {
-        let mut child = command(args, &[])
+        Self::start_bin(BIN, args)
+    }
+
+    pub fn start_bin(bin: &str, args: &[&str]) -> Listening {
+        let mut child = command_for(bin, args, &[])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,414 @@
+//! The `ov_to_sm` command: the HPE sample's flags (`-a -u -p -r -g -d`, `-s/--sm` also spelled
+//! `-sm`, `-i/--id`, `-x/--spass`, `-l/--list`) plus ours, and its main loop: subscribe, decode,
+//! hand each alert to the lane of its uri (events of one alert stay in order, different alerts
+//! are ticketed in parallel), ack only when the lane says the work is recorded.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use scmb_bus::Delivery;
+use scmb_model::message::decode;
+use scmb_model::Event;
+use scmb_oneview::Secret;
+use scmb_servicemanager::{SmClient, SmConfig};
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::{ConnArgs, WatchArgs};
+use crate::failure::{self, Failure};
+use crate::store::Store;
+use crate::ticket::{OnClear, Outcome, Template, Ticketer};
+use crate::{app, bootstrap, certs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ov_to_sm",
+    version,
+    about = "Open one HP Service Manager incident per critical HPE OneView alert, and write its id back to the alert",
+    after_help = "Examples:\n  \
+                  ov_to_sm -a oneview.example.com -u Administrator -sm sm.example.com          # passwords from $SCMB_PASSWORD / $SM_PASSWORD\n  \
+                  ov_to_sm -a oneview.example.com -sm sm.example.com -l                       # list every incident\n  \
+                  ov_to_sm -a oneview.example.com -sm https://sm.example.com:13443 --sm-ca ca.pem --on-clear close\n\n\
+                  Exit codes as scmb's (see scmb --help)."
+)]
+pub struct OvToSmCli {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+    /// Generate the RabbitMQ client keypair on the appliance (HPE sample's -g).
+    #[arg(short = 'g', long = "gen")]
+    pub generate: bool,
+    /// Download the CA and the client certificate and key (HPE sample's -d).
+    #[arg(short = 'd', long = "download")]
+    pub download: bool,
+    /// Service Manager: HOST (http://HOST:13080 like the sample), HOST:PORT, or a URL.
+    #[arg(short = 's', long = "sm", value_name = "SMHOST")]
+    pub sm: Option<String>,
+    /// Service Manager user.
+    #[arg(
+        short = 'i',
+        long = "id",
+        default_value = "falcon",
+        value_name = "SMUSER"
+    )]
+    pub sm_user: String,
+    /// Service Manager password (visible in `ps`: prefer $SM_PASSWORD or --sm-password-file).
+    #[arg(short = 'x', long = "spass", value_name = "SMPASS")]
+    pub sm_password: Option<String>,
+    /// Read the Service Manager password from this file (first line).
+    #[arg(long, value_name = "FILE")]
+    pub sm_password_file: Option<PathBuf>,
+    /// Verify Service Manager's HTTPS certificate against this CA file.
+    #[arg(long, value_name = "FILE")]
+    pub sm_ca: Option<PathBuf>,
+    /// List every Service Manager incident and exit.
+    #[arg(short = 'l', long = "list")]
+    pub list: bool,
+    /// Where the durable record of alert → incident lives (default: next to the certificates).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Alerts ticketed in parallel.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// What a cleared or deleted alert does to its incident.
+    #[arg(long, value_enum, default_value_t = OnClear::Resolve)]
+    pub on_clear: OnClear,
+    /// Incident title.
+    #[arg(long, default_value = "OneView Alert")]
+    pub sm_title: String,
+    /// Incident assignment group.
+    #[arg(long, default_value = "Service Manager")]
+    pub sm_assignment_group: String,
+    /// Incident service.
+    #[arg(long, default_value = "MyDevices")]
+    pub sm_service: String,
+    /// Longest pause between retries of a failing call, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub retry_cap_secs: u64,
+}
+
+/// The sample's README spells `--sm` as `-sm`: accept it verbatim.
+pub fn normalise_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| if a == "-sm" { "--sm".to_string() } else { a })
+        .collect()
+}
+
+fn sm_password(cli: &OvToSmCli) -> Result<Secret, Failure> {
+    if let Some(p) = &cli.sm_password {
+        tracing::warn!("-x puts the Service Manager password where `ps` shows it: prefer $SM_PASSWORD or --sm-password-file");
+        return Ok(Secret::new(p.clone()));
+    }
+    if let Some(f) = &cli.sm_password_file {
+        let t = std::fs::read_to_string(f).map_err(|e| {
+            Failure::new(
+                failure::USAGE,
+                format!("cannot read the SM password file {}: {e}", f.display()),
+            )
+        })?;
+        return Ok(Secret::new(t.lines().next().unwrap_or("").to_string()));
+    }
+    Ok(Secret::new(
+        std::env::var("SM_PASSWORD").unwrap_or_default(),
+    ))
+}
+
+fn sm_client(cli: &OvToSmCli) -> Result<SmClient, Failure> {
+    let host = cli.sm.as_deref().ok_or_else(|| {
+        Failure::new(
+            failure::USAGE,
+            "the Service Manager host is missing: give -sm SMHOST",
+        )
+    })?;
+    let mut cfg = SmConfig::from_host(host, cli.sm_user.clone(), sm_password(cli)?);
+    if let Some(ca) = &cli.sm_ca {
+        cfg.trust = scmb_tls::ServerTrust::Ca(scmb_tls::load_certs(ca)?);
+    }
+    SmClient::new(cfg).map_err(|e| Failure::new(failure::USAGE, e.to_string()))
+}
+
+/// `-l`: every incident, as a table or JSON lines.
+async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
+    let sm = sm_client(cli)?;
+    let all = sm
+        .list(None, 100)
+        .await
+        .map_err(|e| Failure::new(failure::UNREACHABLE, e.to_string()))?;
+    if cli.watch.output == crate::cli::Output::Json {
+        for inc in &all {
+            println!("{}", serde_json::Value::Object(inc.fields.clone()));
+        }
+    } else {
+        println!(
+            "{:<10} {:<10} {:<7} {:<25} TITLE",
+            "ID", "STATUS", "URGENCY", "OPENED"
+        );
+        for inc in &all {
+            let f = |k: &str| {
+                inc.fields
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            println!(
+                "{:<10} {:<10} {:<7} {:<25} {}",
+                inc.id,
+                f("Status"),
+                f("Urgency"),
+                f("OpenTime"),
+                f("Title")
+            );
+        }
+        println!("{} incident(s)", all.len());
+    }
+    Ok(())
+}
+
+/// Reads the active and locked alerts over REST and feeds the ones the filter admits through
+/// the lanes, as if they had just been created; the store skips what was already handled.
+async fn catch_up(
+    t: &Ticketer,
+    senders: &[mpsc::Sender<(Option<Delivery>, Event)>],
+    lanes: usize,
+) -> Result<(), Failure> {
+    let mut fed = 0usize;
+    for state in ["Active", "Locked"] {
+        let filter = format!("alertState='{state}'");
+        let alerts = match t.ov.alerts(&[filter], 500).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts; continuing with the bus only");
+                continue;
+            }
+        };
+        for alert in alerts {
+            let Some(uri) = alert
+                .get("uri")
+                .and_then(|u| u.as_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let body = serde_json::json!({
+                "resourceUri": uri, "changeType": "Created", "newState": alert.get("alertState"),
+                "eTag": alert.get("eTag"), "timestamp": alert.get("created"), "resource": alert,
+                "changedAttributes": [], "data": null,
+            });
+            let ev = Event {
+                routing_key: format!("scmb.alerts.Created.{uri}"),
+                category: "alerts".into(),
+                change_type: scmb_model::ChangeType::Created,
+                resource_uri: uri,
+                body,
+            };
+            if !t.filter.admits(&ev) {
+                continue;
+            }
+            let lane = lane_of(&ev.resource_uri, lanes);
+            if senders[lane].send((None, ev)).await.is_err() {
+                return Err(Failure::new(
+                    failure::UNEXPECTED,
+                    "a ticketing lane stopped",
+                ));
+            }
+            fed += 1;
+        }
+    }
+    tracing::info!(
+        alerts = fed,
+        "catch-up: admitted alerts fed through the pipeline"
+    );
+    Ok(())
+}
+
+fn lane_of(uri: &str, lanes: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    uri.hash(&mut h);
+    (h.finish() % lanes.max(1) as u64) as usize
+}
+
+/// Runs the command.
+pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
+    if cli.list {
+        return list(&cli).await;
+    }
+    let conn = &cli.conn;
+    let host = app::host(conn)?;
+    let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
+    if cli.generate || cli.download {
+        let session = bootstrap::login(conn, host, &dir).await?;
+        return match (cli.generate, cli.download) {
+            (true, true) => bootstrap::setup(&session, &dir).await,
+            (true, false) => bootstrap::generate(&session).await,
+            _ => bootstrap::download(&session, &dir).await,
+        };
+    }
+    let sm = sm_client(&cli)?;
+    let state_dir = cli.state_dir.clone().unwrap_or_else(|| dir.clone());
+    let store = Store::open(&state_dir.join("ov_to_sm.redb"))
+        .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
+    let session = Arc::new(bootstrap::login(conn, host, &dir).await?);
+    let mut bus = app::bus_config(conn, &cli.watch, host, &dir);
+    let lanes = cli.concurrency.max(1);
+    bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let template = Template {
+        title: cli.sm_title.clone(),
+        assignment_group: cli.sm_assignment_group.clone(),
+        service: cli.sm_service.clone(),
+        ..Template::default()
+    };
+    let ticketer = Arc::new(Ticketer {
+        store,
+        sm,
+        ov: session,
+        template,
+        on_clear: cli.on_clear,
+        filter: app::filter(&cli.watch)?,
+        shutdown: stop_rx,
+        retry_base: Duration::from_millis(250),
+        retry_cap: Duration::from_secs(cli.retry_cap_secs.max(1)),
+    });
+    let printer = Arc::new(std::sync::Mutex::new(crate::output::Printer::new(
+        std::io::stdout(),
+        cli.watch.output,
+        false,
+    )));
+
+    // One lane per slot: a bounded queue each, so the in-flight window stays bounded.
+    let mut senders = Vec::with_capacity(lanes);
+    let mut workers = Vec::with_capacity(lanes);
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
+    for _ in 0..lanes {
+        let (tx, mut rx) = mpsc::channel::<(Option<Delivery>, Event)>(8);
+        senders.push(tx);
+        let t = ticketer.clone();
+        let printer = printer.clone();
+        let fatal = fatal_tx.clone();
+        workers.push(tokio::spawn(async move {
+            while let Some((d, ev)) = rx.recv().await {
+                match t.process(&ev).await {
+                    Ok(Outcome::Done(what)) => {
+                        if what.starts_with("ticketed as ") {
+                            if let Ok(mut p) = printer.lock() {
+                                let _ = p.print(&ev, &scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc()));
+                            }
+                            println!("{}: {what}; note written to the alert", ev.resource_uri);
+                        }
+                        tracing::debug!(alert = %ev.resource_uri, outcome = %what, "handled");
+                        if let Some(d) = d {
+                            if let Err(e) = d.ack().await {
+                                tracing::warn!(error = %e, "ack failed; the message will be redelivered and de-duplicated");
+                            }
+                        }
+                    }
+                    Ok(Outcome::Interrupted) => {}
+                    Err(e) => {
+                        let _ = fatal.send(Failure::new(failure::UNEXPECTED, e.to_string())).await;
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    drop(fatal_tx);
+
+    let shutdown = app::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut sub = scmb_bus::subscribe(&bus).await?;
+    let mut attempt = 0u32;
+    let result = 'outer: loop {
+        // Catch-up: alerts raised (or left unfinished) while we were not listening.
+        if let Err(f) = catch_up(&ticketer, &senders, lanes).await {
+            break 'outer Err(f);
+        }
+        loop {
+            let d = tokio::select! {
+                _ = &mut shutdown => break 'outer Ok(()),
+                f = fatal_rx.recv() => break 'outer Err(f.unwrap_or_else(|| Failure::new(failure::UNEXPECTED, "workers stopped"))),
+                d = sub.next() => d,
+            };
+            let Some(d) = d else { break };
+            match decode(&d.routing_key, &d.body, cli.watch.max_message_bytes) {
+                Err(reason) => {
+                    tracing::warn!(routing_key = %d.routing_key, error = %reason, "malformed message rejected");
+                    let _ = d.reject().await;
+                }
+                Ok(ev) => {
+                    let lane = lane_of(&ev.resource_uri, lanes);
+                    if senders[lane].send((Some(d), ev)).await.is_err() {
+                        break 'outer Err(Failure::new(
+                            failure::UNEXPECTED,
+                            "a ticketing lane stopped",
+                        ));
+                    }
+                }
+            }
+        }
+        tracing::warn!("connection to the message bus lost; reconnecting");
+        sub = loop {
+            let wait = scmb_servicemanager::backoff(
+                attempt,
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            );
+            tokio::select! {
+                _ = &mut shutdown => break 'outer Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match scmb_bus::subscribe(&bus).await {
+                Ok(s) => {
+                    attempt = 0;
+                    tracing::info!("reconnected to the message bus");
+                    break s;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, "reconnect failed");
+                }
+            }
+        };
+    };
+    // Stop: no new work; lanes finish what they hold (bounded), the rest is redelivered later.
+    let _ = stop_tx.send(true);
+    drop(senders);
+    let drain = async {
+        for w in workers {
+            let _ = w.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight work did not finish within 30 s; it will be redelivered");
+    }
+    sub.close().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_samples_dash_sm_spelling_is_accepted() {
+        let args =
+            normalise_args(["ov_to_sm", "-a", "h", "-sm", "smhost", "-x", "pw"].map(String::from));
+        let cli = OvToSmCli::try_parse_from(args).expect("parse");
+        assert_eq!(cli.sm.as_deref(), Some("smhost"));
+        assert_eq!(cli.sm_user, "falcon");
+        assert_eq!(cli.sm_password.as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn one_alert_always_maps_to_the_same_lane() {
+        assert_eq!(lane_of("/rest/alerts/1", 16), lane_of("/rest/alerts/1", 16));
+        assert!(lane_of("/rest/alerts/2", 16) < 16);
+    }
+}

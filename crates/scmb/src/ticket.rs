@@ -1,0 +1,439 @@
+//! Ticketing: every admitted alert becomes exactly one Service Manager incident, whose id is
+//! written back into the alert's notes; cleared or deleted alerts update or close their incident.
+//!
+//! Exactly-once rests on three things: the durable [`Store`] (alert uri → incident, step),
+//! consulted before any work and written after each step; the alert's own change log, searched
+//! for a note carrying an incident id before creating one (a wiped store or a second instance
+//! does not duplicate); and acking the delivery only once the work is recorded. A crash at any
+//! instant leaves an unacked message and a recorded step, and the redelivery finishes the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scmb_model::{AlertView, ChangeType, Event, Filter};
+use scmb_oneview::{OneViewError, Session};
+use scmb_servicemanager::{ErrorClass, SmClient, SmError};
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use crate::store::{Record, Step, Store, StoreError};
+
+/// The note written into the alert, exactly as the HPE sample writes it.
+pub const NOTE_PREFIX: &str = "Case automatically logged in HPE Service Manager with ID: ";
+
+pub fn note_for(incident: &str) -> String {
+    format!("{NOTE_PREFIX}{incident}")
+}
+
+/// The incident id of a note already in the alert's change log, if any.
+pub fn incident_in_change_log(alert: &Value) -> Option<String> {
+    alert
+        .get("changeLog")?
+        .as_array()?
+        .iter()
+        .filter_map(|e| e.get("notes").and_then(Value::as_str))
+        .find_map(|n| {
+            n.find(NOTE_PREFIX).map(|at| {
+                n[at + NOTE_PREFIX.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+        })
+        .filter(|id| !id.is_empty())
+}
+
+/// What the incident looks like; the defaults are the HPE sample's.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub title: String,
+    pub category: String,
+    pub area: String,
+    pub subarea: String,
+    pub impact: String,
+    pub assignment_group: String,
+    pub service: String,
+    /// Urgency by alert severity; others get `default_urgency`.
+    pub urgency: Vec<(String, String)>,
+    pub default_urgency: String,
+    /// Put the alert's resource name in `AffectedCI`.
+    pub affected_ci: bool,
+    /// Extra fields, added as they are.
+    pub extra: Map<String, Value>,
+}
+
+impl Default for Template {
+    fn default() -> Self {
+        Template {
+            title: "OneView Alert".into(),
+            category: "incident".into(),
+            area: "hardware".into(),
+            subarea: "hardware failure".into(),
+            impact: "4".into(),
+            assignment_group: "Service Manager".into(),
+            service: "MyDevices".into(),
+            urgency: vec![
+                ("Critical".into(), "1".into()),
+                ("Warning".into(), "2".into()),
+                ("OK".into(), "3".into()),
+            ],
+            default_urgency: "3".into(),
+            affected_ci: true,
+            extra: Map::new(),
+        }
+    }
+}
+
+const NA: &str = "n/a";
+
+impl Template {
+    /// The fields of `{"Incident": {...}}` for an alert; nulls never crash.
+    pub fn incident(&self, alert: &Value) -> Map<String, Value> {
+        let a = AlertView(alert);
+        let urgency = a
+            .severity()
+            .and_then(|s| self.urgency.iter().find(|(k, _)| k.eq_ignore_ascii_case(s)))
+            .map(|(_, u)| u.clone())
+            .unwrap_or_else(|| self.default_urgency.clone());
+        let mut m = Map::new();
+        m.insert("Title".into(), json!(self.title));
+        m.insert(
+            "Description".into(),
+            json!([
+                format!("resourceName: {}", a.resource_name().unwrap_or(NA)),
+                format!("Description: {}", a.description().unwrap_or(NA)),
+                format!("correctiveAction: {}", a.corrective_action().unwrap_or(NA)),
+                // Spelled as the HPE sample spells it, for continuity of existing SM rules.
+                format!("healthCatagory: {}", a.health_category().unwrap_or(NA)),
+                format!("alertUri: {}", a.uri().unwrap_or(NA)),
+            ]),
+        );
+        m.insert("Category".into(), json!(self.category));
+        m.insert("Area".into(), json!(self.area));
+        m.insert("Subarea".into(), json!(self.subarea));
+        m.insert("Impact".into(), json!(self.impact));
+        m.insert("Urgency".into(), json!(urgency));
+        m.insert("AssignmentGroup".into(), json!(self.assignment_group));
+        m.insert("Service".into(), json!(self.service));
+        if self.affected_ci {
+            if let Some(n) = a.resource_name() {
+                m.insert("AffectedCI".into(), json!(n));
+            }
+        }
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        m
+    }
+}
+
+/// What happens to an incident when its alert is cleared or deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnClear {
+    /// Nothing.
+    None,
+    /// A journal line.
+    Journal,
+    /// A journal line and the incident resolved.
+    Resolve,
+    /// A journal line and the incident closed.
+    Close,
+}
+
+/// What to do with the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Work done (or nothing to do) and recorded: ack.
+    Done(String),
+    /// Shutting down before the work could finish: leave it for redelivery.
+    Interrupted,
+}
+
+/// A failure that stops the tool (the store is unusable).
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Ticketer {
+    pub store: Store,
+    pub sm: SmClient,
+    pub ov: Arc<Session>,
+    pub template: Template,
+    pub on_clear: OnClear,
+    pub filter: Filter,
+    pub shutdown: watch::Receiver<bool>,
+    /// Retry delays: first and cap.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+enum Attempt<T> {
+    Ok(T),
+    Permanent(String),
+    Interrupted,
+}
+
+impl Ticketer {
+    /// Sleeps `d` unless shutdown comes first (then returns false).
+    async fn pause(&self, d: Duration) -> bool {
+        let mut rx = self.shutdown.clone();
+        if *rx.borrow() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = rx.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// Runs an SM call until it succeeds, fails for good, or shutdown comes.
+    async fn sm_retry<T, F, Fut>(&self, what: &str, mut f: F) -> Attempt<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SmError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match f().await {
+                Ok(v) => return Attempt::Ok(v),
+                Err(e) => match e.class() {
+                    ErrorClass::Permanent => return Attempt::Permanent(e.to_string()),
+                    ErrorClass::Unauthorized => {
+                        tracing::error!(error = %e, "Service Manager refused our credentials: check -i/--id and the SM password; pausing 30 s");
+                        if !self.pause(Duration::from_secs(30)).await {
+                            return Attempt::Interrupted;
+                        }
+                    }
+                    ErrorClass::Retryable => {
+                        let d =
+                            scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
+                        attempt += 1;
+                        tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, attempt, "{what} failed; retrying");
+                        if !self.pause(d).await {
+                            return Attempt::Interrupted;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Runs a OneView call until it succeeds, fails for good, or shutdown comes.
+    async fn ov_retry<T, F, Fut>(&self, what: &str, mut f: F) -> Attempt<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, OneViewError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match f().await {
+                Ok(v) => return Attempt::Ok(v),
+                Err(e) if e.is_transient() || matches!(e, OneViewError::BadResponse { .. }) => {
+                    let d = scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
+                    attempt += 1;
+                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, attempt, "{what} failed; retrying");
+                    if !self.pause(d).await {
+                        return Attempt::Interrupted;
+                    }
+                }
+                Err(e) => return Attempt::Permanent(e.to_string()),
+            }
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Result<Option<Record>, TicketError> {
+        let u = uri.to_string();
+        Ok(self.store.call(move |s| s.get(&u)).await?)
+    }
+
+    async fn put(&self, uri: &str, rec: Record) -> Result<(), TicketError> {
+        let u = uri.to_string();
+        Ok(self.store.call(move |s| s.put(&u, &rec)).await?)
+    }
+
+    /// Handles one decoded message. Returns when the delivery may be acked (or must be left).
+    pub async fn process(&self, ev: &Event) -> Result<Outcome, TicketError> {
+        if !ev.is_alert() {
+            return Ok(Outcome::Done("not an alert".into()));
+        }
+        let uri = ev.resource_uri.as_str();
+        let cleared = ev.change_type == ChangeType::Deleted
+            || (ev.change_type == ChangeType::Updated
+                && ev.body.get("newState").and_then(Value::as_str) == Some("Cleared"));
+        if cleared {
+            return self.lifecycle(ev, uri).await;
+        }
+        if !self.filter.admits(ev) {
+            return Ok(Outcome::Done("filtered out".into()));
+        }
+        self.ticket(uri).await
+    }
+
+    async fn ticket(&self, uri: &str) -> Result<Outcome, TicketError> {
+        let existing = self.get(uri).await?;
+        let incident = match existing {
+            Some(r) if matches!(r.step, Step::Noted | Step::Failed | Step::Closed) => {
+                return Ok(Outcome::Done(format!("already handled ({:?})", r.step)));
+            }
+            Some(Record {
+                incident: Some(id),
+                step: Step::Created,
+                ..
+            }) => id,
+            _ => {
+                let alert = match self
+                    .ov_retry("reading the alert", || self.ov.alert(uri))
+                    .await
+                {
+                    Attempt::Ok(Some(a)) => a,
+                    Attempt::Ok(None) => return Ok(Outcome::Done("alert gone".into())),
+                    Attempt::Permanent(e) => {
+                        tracing::error!(alert = uri, error = %e, "cannot read the alert; not ticketed");
+                        return Ok(Outcome::Done(format!("alert unreadable: {e}")));
+                    }
+                    Attempt::Interrupted => return Ok(Outcome::Interrupted),
+                };
+                if let Some(id) = incident_in_change_log(&alert) {
+                    tracing::info!(alert = uri, incident = %id, "the alert already carries an incident; not creating another");
+                    self.put(uri, Record::new(Some(id.clone()), Step::Noted))
+                        .await?;
+                    return Ok(Outcome::Done(format!("already ticketed as {id}")));
+                }
+                if alert.get("alertState").and_then(Value::as_str) == Some("Cleared") {
+                    return Ok(Outcome::Done("alert already cleared".into()));
+                }
+                let fields = self.template.incident(&alert);
+                let created = self
+                    .sm_retry("creating the incident", || self.sm.create_incident(&fields))
+                    .await;
+                let id = match created {
+                    Attempt::Ok(inc) => inc.id,
+                    Attempt::Permanent(reason) => {
+                        tracing::error!(alert = uri, error = %reason, "Service Manager rejected the incident; recorded as failed, not retried");
+                        let mut rec = Record::new(None, Step::Failed);
+                        rec.reason = Some(reason.clone());
+                        self.put(uri, rec).await?;
+                        return Ok(Outcome::Done(format!("failed: {reason}")));
+                    }
+                    Attempt::Interrupted => return Ok(Outcome::Interrupted),
+                };
+                self.put(uri, Record::new(Some(id.clone()), Step::Created))
+                    .await?;
+                tracing::info!(alert = uri, incident = %id, "incident created");
+                id
+            }
+        };
+        let note = note_for(&incident);
+        match self
+            .ov_retry("writing the note", || self.ov.add_alert_note(uri, &note))
+            .await
+        {
+            Attempt::Ok(_) => {}
+            Attempt::Permanent(e) => {
+                // The alert is gone or refuses notes: the incident exists, record it as done.
+                tracing::warn!(alert = uri, incident = %incident, error = %e, "could not write the note into the alert");
+            }
+            Attempt::Interrupted => return Ok(Outcome::Interrupted),
+        }
+        self.put(uri, Record::new(Some(incident.clone()), Step::Noted))
+            .await?;
+        tracing::info!(alert = uri, incident = %incident, "note written to the alert");
+        Ok(Outcome::Done(format!("ticketed as {incident}")))
+    }
+
+    async fn lifecycle(&self, ev: &Event, uri: &str) -> Result<Outcome, TicketError> {
+        let Some(rec) = self.get(uri).await? else {
+            return Ok(Outcome::Done("cleared, never ticketed".into()));
+        };
+        let Some(id) = rec
+            .incident
+            .clone()
+            .filter(|_| matches!(rec.step, Step::Created | Step::Noted))
+        else {
+            return Ok(Outcome::Done(format!(
+                "cleared, nothing to update ({:?})",
+                rec.step
+            )));
+        };
+        if self.on_clear == OnClear::None {
+            return Ok(Outcome::Done("cleared; incident left as is".into()));
+        }
+        let what = if ev.change_type == ChangeType::Deleted {
+            "deleted"
+        } else {
+            "cleared"
+        };
+        let line = format!(
+            "OneView alert {uri} was {what} at {}",
+            ev.body
+                .get("timestamp")
+                .and_then(Value::as_str)
+                .unwrap_or(NA)
+        );
+        let mut fields = Map::new();
+        fields.insert("JournalUpdates".into(), json!([line]));
+        let result = match self.on_clear {
+            OnClear::Journal | OnClear::None => {
+                self.sm_retry("journaling the incident", || {
+                    self.sm.update_incident(&id, &fields)
+                })
+                .await
+            }
+            OnClear::Resolve => {
+                fields.insert("Solution".into(), json!([line]));
+                self.sm_retry("resolving the incident", || self.sm.resolve(&id, &fields))
+                    .await
+            }
+            OnClear::Close => {
+                fields.insert("Solution".into(), json!([line]));
+                fields.insert("ClosureCode".into(), json!("Automatically Closed"));
+                self.sm_retry("closing the incident", || self.sm.close(&id, &fields))
+                    .await
+            }
+        };
+        match result {
+            Attempt::Ok(_) => {}
+            Attempt::Permanent(e) => {
+                tracing::error!(alert = uri, incident = %id, error = %e, "could not update the incident for the cleared alert");
+            }
+            Attempt::Interrupted => return Ok(Outcome::Interrupted),
+        }
+        self.put(uri, Record::new(Some(id.clone()), Step::Closed))
+            .await?;
+        tracing::info!(alert = uri, incident = %id, action = ?self.on_clear, "incident updated for the {what} alert");
+        Ok(Outcome::Done(format!("incident {id} updated ({what})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_incident_follows_the_sample_and_survives_nulls() {
+        let alert = json!({"uri": "/rest/alerts/1", "severity": "Critical", "description": null,
+            "correctiveAction": null, "healthCategory": null, "associatedResource": null});
+        let m = Template::default().incident(&alert);
+        assert_eq!(m["Title"], "OneView Alert");
+        assert_eq!(m["Urgency"], "1");
+        assert_eq!(m["Description"][1], "Description: n/a");
+        assert_eq!(m["Description"][0], "resourceName: n/a");
+        assert!(m.get("AffectedCI").is_none());
+        let warn = Template::default().incident(&json!({"severity": "Warning"}));
+        assert_eq!(warn["Urgency"], "2");
+    }
+
+    #[test]
+    fn an_existing_note_is_found_in_the_change_log() {
+        let a = json!({"changeLog": [{"notes": "hello"}, {"notes": note_for("IM10042")}]});
+        assert_eq!(incident_in_change_log(&a).as_deref(), Some("IM10042"));
+        assert_eq!(incident_in_change_log(&json!({"changeLog": null})), None);
+        assert_eq!(
+            incident_in_change_log(&json!({"changeLog": [{"notes": NOTE_PREFIX}]})),
+            None
+        );
+    }
+}
