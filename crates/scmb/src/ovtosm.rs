@@ -86,6 +86,9 @@ pub struct OvToSmCli {
     /// Incident service.
     #[arg(long, default_value = "MyDevices")]
     pub sm_service: String,
+    /// Incidents per page with -l.
+    #[arg(long, default_value_t = 100)]
+    pub list_page_size: usize,
     /// Longest pause between retries of a failing call, in seconds.
     #[arg(long, default_value_t = 30)]
     pub retry_cap_secs: u64,
@@ -135,7 +138,7 @@ fn sm_client(cli: &OvToSmCli) -> Result<SmClient, Failure> {
 async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
     let sm = sm_client(cli)?;
     let all = sm
-        .list(None, 100)
+        .list(None, cli.list_page_size.max(1))
         .await
         .map_err(|e| Failure::new(failure::UNREACHABLE, e.to_string()))?;
     if cli.watch.output == crate::cli::Output::Json {

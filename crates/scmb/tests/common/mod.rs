@@ -49,6 +49,9 @@ pub struct Listening {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     pub stderr: Vec<String>,
+    /// stdout, drained continuously so that a full pipe never blocks the tool.
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stdout_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Listening {
@@ -63,6 +66,17 @@ impl Listening {
             .spawn()
             .expect("spawn scmb");
         let err = child.stderr.take().expect("stderr");
+        let out = child.stdout.take().expect("stdout");
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stdout.clone();
+        let stdout_reader = Some(std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        }));
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
@@ -75,6 +89,8 @@ impl Listening {
             child,
             lines: rx,
             stderr: Vec::new(),
+            stdout,
+            stdout_reader,
         }
     }
 
@@ -113,11 +129,10 @@ impl Listening {
             std::thread::sleep(Duration::from_millis(50));
         }
         let status = self.child.wait().expect("wait");
-        let mut stdout = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            use std::io::Read;
-            let _ = o.read_to_string(&mut stdout);
+        if let Some(r) = self.stdout_reader.take() {
+            let _ = r.join();
         }
+        let stdout = self.stdout.lock().map(|s| s.clone()).unwrap_or_default();
         while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
             self.stderr.push(l);
         }
