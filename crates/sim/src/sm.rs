@@ -99,6 +99,15 @@ impl std::fmt::Debug for SmState {
     }
 }
 
+/// SM's timestamp form: `2026-11-25T10:00:00+00:00`.
+fn sm_now() -> String {
+    let fmt =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]+00:00");
+    time::OffsetDateTime::now_utc()
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
 fn sm_error(status: StatusCode, code: i64, msg: &str) -> Response {
     (status, Json(json!({"ReturnCode": code, "Messages": [msg]}))).into_response()
 }
@@ -332,9 +341,7 @@ async fn create(State(st): State<Arc<SmState>>, headers: HeaderMap, body: Bytes)
     let n = inner.next;
     inner.next += 1;
     let id = format!("IM{n}");
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let now = sm_now();
     fields.insert("IncidentID".into(), json!(id));
     fields.insert("Status".into(), json!("Open"));
     fields.insert("OpenTime".into(), json!(now));
@@ -412,9 +419,7 @@ fn apply(st: &SmState, id: &str, fields: Map<String, Value>, status: Option<&str
             obj.insert(k, v);
         }
     }
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let now = sm_now();
     obj.insert("UpdatedTime".into(), json!(now));
     if let Some(s) = status {
         obj.insert("Status".into(), json!(s));
