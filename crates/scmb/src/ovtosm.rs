@@ -86,6 +86,34 @@ pub struct OvToSmCli {
     /// Incident service.
     #[arg(long, default_value = "MyDevices")]
     pub sm_service: String,
+    /// Incident urgency by alert severity, e.g. Critical=1,Warning=2,OK=3 (others get 3).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "SEVERITY=N",
+        default_value = "Critical=1,Warning=2,OK=3"
+    )]
+    pub sm_urgency: Vec<String>,
+    /// Incident impact.
+    #[arg(long, default_value = "4")]
+    pub sm_impact: String,
+    /// Incident category, area and subarea.
+    #[arg(long, default_value = "incident")]
+    pub sm_category: String,
+    #[arg(long, default_value = "hardware")]
+    pub sm_area: String,
+    #[arg(long, default_value = "hardware failure")]
+    pub sm_subarea: String,
+    /// Do not set AffectedCI from the alert's resource name.
+    #[arg(long)]
+    pub no_affected_ci: bool,
+    /// An extra incident field, KEY=VALUE (repeatable).
+    #[arg(long = "sm-field", value_name = "KEY=VALUE")]
+    pub sm_fields: Vec<String>,
+    /// Add a journal line to the incident when someone else changes the alert (urgency,
+    /// assignment, a note).
+    #[arg(long)]
+    pub journal_updates: bool,
     /// Incidents per page with -l.
     #[arg(long, default_value_t = 100)]
     pub list_page_size: usize,
@@ -99,6 +127,39 @@ pub fn normalise_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
     args.into_iter()
         .map(|a| if a == "-sm" { "--sm".to_string() } else { a })
         .collect()
+}
+
+fn key_value(s: &str, flag: &str) -> Result<(String, String), Failure> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| Failure::new(failure::USAGE, format!("{flag} {s:?}: expected KEY=VALUE")))
+}
+
+/// The incident template from the flags (the sample's values by default).
+pub fn template(cli: &OvToSmCli) -> Result<Template, Failure> {
+    let mut extra = serde_json::Map::new();
+    for f in &cli.sm_fields {
+        let (k, v) = key_value(f, "--sm-field")?;
+        extra.insert(k, serde_json::Value::String(v));
+    }
+    Ok(Template {
+        title: cli.sm_title.clone(),
+        category: cli.sm_category.clone(),
+        area: cli.sm_area.clone(),
+        subarea: cli.sm_subarea.clone(),
+        impact: cli.sm_impact.clone(),
+        assignment_group: cli.sm_assignment_group.clone(),
+        service: cli.sm_service.clone(),
+        urgency: cli
+            .sm_urgency
+            .iter()
+            .map(|u| key_value(u, "--sm-urgency"))
+            .collect::<Result<_, _>>()?,
+        affected_ci: !cli.no_affected_ci,
+        extra,
+        ..Template::default()
+    })
 }
 
 fn sm_password(cli: &OvToSmCli) -> Result<Secret, Failure> {
@@ -260,18 +321,14 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
     let lanes = cli.concurrency.max(1);
     bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let template = Template {
-        title: cli.sm_title.clone(),
-        assignment_group: cli.sm_assignment_group.clone(),
-        service: cli.sm_service.clone(),
-        ..Template::default()
-    };
+    let template = template(&cli)?;
     let ticketer = Arc::new(Ticketer {
         store,
         sm,
         ov: session,
         template,
         on_clear: cli.on_clear,
+        journal_updates: cli.journal_updates,
         filter: app::filter(&cli.watch)?,
         shutdown: stop_rx,
         retry_base: Duration::from_millis(250),
@@ -407,6 +464,47 @@ mod tests {
         assert_eq!(cli.sm.as_deref(), Some("smhost"));
         assert_eq!(cli.sm_user, "falcon");
         assert_eq!(cli.sm_password.as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn the_template_is_configurable_and_defaults_to_the_sample() {
+        let parse = |extra: &[&str]| {
+            let mut a = vec!["ov_to_sm", "-a", "h", "--sm", "s"];
+            a.extend_from_slice(extra);
+            template(&OvToSmCli::try_parse_from(a).expect("parse")).expect("template")
+        };
+        let alert = serde_json::json!({"severity": "Warning", "associatedResource": {"resourceName": "Encl1"}});
+        let d = parse(&[]).incident(&alert);
+        assert_eq!(
+            (
+                d["Urgency"].as_str(),
+                d["Impact"].as_str(),
+                d["AffectedCI"].as_str()
+            ),
+            (Some("2"), Some("4"), Some("Encl1"))
+        );
+        let t = parse(&[
+            "--sm-urgency",
+            "Critical=2,Warning=3",
+            "--sm-impact",
+            "2",
+            "--sm-field",
+            "Priority=High",
+            "--no-affected-ci",
+        ])
+        .incident(&alert);
+        assert_eq!(
+            (
+                t["Urgency"].as_str(),
+                t["Impact"].as_str(),
+                t["Priority"].as_str()
+            ),
+            (Some("3"), Some("2"), Some("High"))
+        );
+        assert!(t.get("AffectedCI").is_none());
+        let bad = OvToSmCli::try_parse_from(["ov_to_sm", "-a", "h", "--sm-field", "novalue"])
+            .expect("parse");
+        assert!(template(&bad).is_err());
     }
 
     #[test]

@@ -163,6 +163,8 @@ pub struct Ticketer {
     pub ov: Arc<Session>,
     pub template: Template,
     pub on_clear: OnClear,
+    /// Journal other people's changes to a ticketed alert.
+    pub journal_updates: bool,
     pub filter: Filter,
     pub shutdown: watch::Receiver<bool>,
     /// Retry delays: first and cap.
@@ -267,6 +269,9 @@ impl Ticketer {
             return self.lifecycle(ev, uri).await;
         }
         if !self.filter.admits(ev) {
+            if self.journal_updates && ev.change_type == ChangeType::Updated {
+                return self.journal_update(ev, uri).await;
+            }
             return Ok(Outcome::Done("filtered out".into()));
         }
         self.ticket(uri).await
@@ -342,6 +347,75 @@ impl Ticketer {
             .await?;
         tracing::info!(alert = uri, incident = %incident, "note written to the alert");
         Ok(Outcome::Done(format!("ticketed as {incident}")))
+    }
+
+    /// A journal line for someone else's change to an alert we ticketed (urgency, assignment, a
+    /// note that is not ours). Our own note comes back as an `Updated` too: it is skipped.
+    async fn journal_update(&self, ev: &Event, uri: &str) -> Result<Outcome, TicketError> {
+        let Some(Record {
+            incident: Some(id),
+            step: Step::Noted | Step::Created,
+            ..
+        }) = self.get(uri).await?
+        else {
+            return Ok(Outcome::Done("update of an alert without incident".into()));
+        };
+        let a = AlertView(ev.resource());
+        let mut lines = Vec::new();
+        for attr in ev.changed_attributes() {
+            match attr {
+                "urgency" | "alertUrgency" => lines.push(format!(
+                    "OneView: urgency is now {}",
+                    ev.resource()
+                        .get("urgency")
+                        .and_then(Value::as_str)
+                        .unwrap_or(NA)
+                )),
+                "assignedToUser" => lines.push(format!(
+                    "OneView: assigned to {}",
+                    ev.resource()
+                        .get("assignedToUser")
+                        .and_then(Value::as_str)
+                        .unwrap_or("nobody")
+                )),
+                "changeLog" => {
+                    let last = a
+                        .change_log()
+                        .and_then(Value::as_array)
+                        .and_then(|l| l.last());
+                    let note = last
+                        .and_then(|e| e.get("notes"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    if !note.is_empty() && !note.starts_with(NOTE_PREFIX) {
+                        let who = last
+                            .and_then(|e| e.get("username"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("someone");
+                        lines.push(format!("OneView note by {who}: {note}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if lines.is_empty() {
+            return Ok(Outcome::Done("update not journaled".into()));
+        }
+        let mut fields = Map::new();
+        fields.insert("JournalUpdates".into(), json!(lines));
+        match self
+            .sm_retry("journaling an alert update", || {
+                self.sm.update_incident(&id, &fields)
+            })
+            .await
+        {
+            Attempt::Ok(_) => Ok(Outcome::Done(format!("journaled on {id}"))),
+            Attempt::Permanent(e) => {
+                tracing::warn!(alert = uri, incident = %id, error = %e, "could not journal the alert update");
+                Ok(Outcome::Done("journal failed".into()))
+            }
+            Attempt::Interrupted => Ok(Outcome::Interrupted),
+        }
     }
 
     async fn lifecycle(&self, ev: &Event, uri: &str) -> Result<Outcome, TicketError> {

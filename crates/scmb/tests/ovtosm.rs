@@ -145,6 +145,32 @@ async fn alert(c: &scmb_sim::client::SimClient, uri: &str) -> Value {
         .expect("json")
 }
 
+/// Adds a note to an alert as an operator would (GET for the eTag, PUT notes).
+async fn put_note(c: &scmb_sim::client::SimClient, uri: &str, text: &str) {
+    let a = alert(c, uri).await;
+    let session: Value = c
+        .http
+        .post(format!("{}/rest/login-sessions", c.rest_url))
+        .header("X-API-Version", "4200")
+        .json(&json!({"userName": "Administrator", "password": "admin123"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let r = c
+        .http
+        .put(format!("{}{uri}", c.rest_url))
+        .header("X-API-Version", "4200")
+        .header("auth", session["sessionID"].as_str().expect("sid"))
+        .json(&json!({"notes": text, "eTag": a["eTag"]}))
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success());
+}
+
 /// Waits until every uri has an incident (and its note), or the time is up.
 async fn wait_ticketed(
     c: &scmb_sim::client::SimClient,
@@ -189,7 +215,7 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     let tag = format!("Test.ovtosm.{}", rand::random::<u32>());
 
     // 1. The seed command line: one critical alert (with nulls) → one incident, note written back.
-    let mut l = start(sim, &dir, &state, &tag, &[]);
+    let mut l = start(sim, &dir, &state, &tag, &["--journal-updates"]);
     let uri = raise(&c, json!({"severity": "Critical", "alertTypeID": format!("{tag}.a"), "description": null, "correctiveAction": null})).await;
     let warn = raise(
         &c,
@@ -220,6 +246,27 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     let a = alert(&c, &uri).await;
     assert_eq!(a["alertState"], "Active", "state untouched");
     assert_eq!(a["assignedToUser"], Value::Null, "assignment untouched");
+
+    // Someone's note on the alert becomes a journal line; our own note did not.
+    put_note(&c, &uri, "enclosure power cycled by the night shift").await;
+    let deadline = Instant::now() + WAIT;
+    let mut journal = Value::Null;
+    while Instant::now() < deadline {
+        journal = incidents_by_alert(&c)
+            .await
+            .get(&uri)
+            .and_then(|v| v.first())
+            .map(|i| i["JournalUpdates"].clone())
+            .unwrap_or(Value::Null);
+        if !journal.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        journal,
+        json!(["OneView note by Administrator: enclosure power cycled by the night shift"])
+    );
 
     // 2. A cleared alert resolves its incident.
     let alert_id = uri.rsplit('/').next().expect("id").to_string();
