@@ -204,8 +204,8 @@ impl Ticketer {
                 Err(e) => match e.class() {
                     ErrorClass::Permanent => return Attempt::Permanent(e.to_string()),
                     ErrorClass::Unauthorized => {
-                        tracing::error!(error = %e, "Service Manager refused our credentials: check -i/--id and the SM password; pausing 30 s");
-                        if !self.pause(Duration::from_secs(30)).await {
+                        tracing::error!(error = %e, pause_secs = self.retry_cap.as_secs(), "Service Manager refused our credentials: check -i/--id and the SM password; pausing");
+                        if !self.pause(self.retry_cap).await {
                             return Attempt::Interrupted;
                         }
                     }

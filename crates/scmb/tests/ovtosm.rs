@@ -444,7 +444,56 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     );
     assert!(total > 3 * 64, "several pages: {total} incidents");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), total);
+    // 7. SM answers 401: a clear error and a pause, then the alert is ticketed once SM is fixed.
+    c.call_sm(
+        Method::POST,
+        "/sim/faults",
+        Some(br#"{"unauthorized":true}"#.to_vec()),
+    )
+    .await
+    .expect("401s");
+    let uri401 = raise(
+        &c,
+        json!({"severity": "Critical", "alertTypeID": format!("{tag}.auth")}),
+    )
+    .await;
+    assert!(
+        l.wait_for("refused our credentials", WAIT),
+        "{:?}",
+        l.stderr
+    );
+    c.call_sm(Method::DELETE, "/sim/faults", None)
+        .await
+        .expect("clear");
+    let by = wait_ticketed(&c, std::slice::from_ref(&uri401)).await;
+    assert_eq!(by.get(&uri401).map(Vec::len), Some(1));
     l.terminate();
     let r = l.finish(Duration::from_secs(40));
     assert_eq!(r.code, Some(0), "SIGTERM drains and exits 0: {}", r.stderr);
+
+    // 8. A validation error (SM requires a Title) is recorded as failed, reported, acked — not
+    //    retried forever.
+    let state3 = temp_dir("ovtosm-invalid");
+    let mut l = start(
+        sim,
+        &dir,
+        &state3,
+        &format!("{tag}.invalid"),
+        &["--sm-title", ""],
+    );
+    let bad = raise(
+        &c,
+        json!({"severity": "Critical", "alertTypeID": format!("{tag}.invalid")}),
+    )
+    .await;
+    assert!(l.wait_for("recorded as failed", WAIT), "{:?}", l.stderr);
+    assert!(
+        l.stderr.iter().any(|line| line.contains("Title")),
+        "the reason names the field: {:?}",
+        l.stderr
+    );
+    assert!(!incidents_by_alert(&c).await.contains_key(&bad));
+    l.terminate();
+    let r = l.finish(Duration::from_secs(40));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
