@@ -353,14 +353,20 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
         workers.push(tokio::spawn(async move {
             while let Some((d, ev)) = rx.recv().await {
                 match t.process(&ev).await {
-                    Ok(Outcome::Done(what)) => {
-                        if what.starts_with("ticketed as ") {
-                            if let Ok(mut p) = printer.lock() {
-                                let _ = p.print(&ev, &scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc()));
+                    Ok(done @ (Outcome::Done(_) | Outcome::Ticketed { .. })) => {
+                        if let Outcome::Ticketed { incident, alert } = &done {
+                            // The alert as updated (with its note), like the sample prints it.
+                            let mut shown = ev.clone();
+                            if let Some(a) = alert {
+                                shown.body["resource"] = a.clone();
                             }
-                            println!("{}: {what}; note written to the alert", ev.resource_uri);
+                            let now = scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc());
+                            if let Ok(mut p) = printer.lock() {
+                                let _ = p.print(&shown, &now);
+                            }
+                            println!("{}: ticketed as {incident}; note written to the alert", ev.resource_uri);
                         }
-                        tracing::debug!(alert = %ev.resource_uri, outcome = %what, "handled");
+                        tracing::debug!(alert = %ev.resource_uri, outcome = ?done, "handled");
                         if let Some(d) = d {
                             if let Err(e) = d.ack().await {
                                 tracing::warn!(error = %e, "ack failed; the message will be redelivered and de-duplicated");

@@ -146,6 +146,12 @@ pub enum OnClear {
 pub enum Outcome {
     /// Work done (or nothing to do) and recorded: ack.
     Done(String),
+    /// An incident was opened (or finished) and its id written into the alert: ack. Carries
+    /// the alert as it is after the note.
+    Ticketed {
+        incident: String,
+        alert: Option<Value>,
+    },
     /// Shutting down before the work could finish: leave it for redelivery.
     Interrupted,
 }
@@ -332,11 +338,12 @@ impl Ticketer {
             }
         };
         let note = note_for(&incident);
+        let mut updated = None;
         match self
             .ov_retry("writing the note", || self.ov.add_alert_note(uri, &note))
             .await
         {
-            Attempt::Ok(_) => {}
+            Attempt::Ok(a) => updated = Some(a),
             Attempt::Permanent(e) => {
                 // The alert is gone or refuses notes: the incident exists, record it as done.
                 tracing::warn!(alert = uri, incident = %incident, error = %e, "could not write the note into the alert");
@@ -346,7 +353,10 @@ impl Ticketer {
         self.put(uri, Record::new(Some(incident.clone()), Step::Noted))
             .await?;
         tracing::info!(alert = uri, incident = %incident, "note written to the alert");
-        Ok(Outcome::Done(format!("ticketed as {incident}")))
+        Ok(Outcome::Ticketed {
+            incident,
+            alert: updated,
+        })
     }
 
     /// A journal line for someone else's change to an alert we ticketed (urgency, assignment, a

@@ -470,6 +470,17 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     l.terminate();
     let r = l.finish(Duration::from_secs(40));
     assert_eq!(r.code, Some(0), "SIGTERM drains and exits 0: {}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("{uri401}: ticketed as IM")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("Case automatically logged in HPE Service Manager"),
+        "the updated alert is printed: {}",
+        r.stdout
+    );
 
     // 8. A validation error (SM requires a Title) is recorded as failed, reported, acked — not
     //    retried forever.
@@ -496,4 +507,8 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     l.terminate();
     let r = l.finish(Duration::from_secs(40));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("admin123") && !r.stdout.contains("admin123"),
+        "the password never shows"
+    );
 }
