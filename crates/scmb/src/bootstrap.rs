@@ -85,7 +85,7 @@ pub fn password(conn: &ConnArgs) -> Result<Secret, Failure> {
 }
 
 /// Reads a line from the terminal with echo off.
-fn prompt(label: &str) -> Result<String, Failure> {
+pub fn prompt(label: &str) -> Result<String, Failure> {
     use std::io::{BufRead, Write};
     eprint!("{label}");
     let _ = std::io::stderr().flush();

@@ -56,7 +56,8 @@ pub struct OvToSmCli {
         value_name = "SMUSER"
     )]
     pub sm_user: String,
-    /// Service Manager password (visible in `ps`: prefer $SM_PASSWORD or --sm-password-file).
+    /// Service Manager password (visible in `ps`: prefer $SM_PASSWORD, --sm-password-file or
+    /// the prompt; empty when none is given and there is no terminal).
     #[arg(short = 'x', long = "spass", value_name = "SMPASS")]
     pub sm_password: Option<String>,
     /// Read the Service Manager password from this file (first line).
