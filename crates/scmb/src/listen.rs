@@ -42,10 +42,9 @@ fn now() -> String {
     scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc())
 }
 
-fn backoff(attempt: u32) -> Duration {
-    let base = 500u64.saturating_mul(1 << attempt.min(6)).min(30_000);
-    let jitter = rand::random::<u64>() % (base / 2 + 1);
-    Duration::from_millis(base / 2 + jitter)
+/// Delay before reconnect attempt `attempt` (jittered, capped at 30 s).
+pub fn backoff(attempt: u32) -> Duration {
+    scmb_servicemanager::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30))
 }
 
 /// Whether retrying could help.

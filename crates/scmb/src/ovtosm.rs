@@ -419,11 +419,7 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
         }
         tracing::warn!("connection to the message bus lost; reconnecting");
         sub = loop {
-            let wait = scmb_servicemanager::backoff(
-                attempt,
-                Duration::from_millis(500),
-                Duration::from_secs(30),
-            );
+            let wait = crate::listen::backoff(attempt);
             tokio::select! {
                 _ = &mut shutdown => break 'outer Ok(()),
                 _ = tokio::time::sleep(wait) => {}
