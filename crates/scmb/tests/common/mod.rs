@@ -60,7 +60,11 @@ impl Listening {
     }
 
     pub fn start_bin(bin: &str, args: &[&str]) -> Listening {
-        let mut child = command_for(bin, args, &[])
+        Self::start_env(bin, args, &[])
+    }
+
+    pub fn start_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Listening {
+        let mut child = command_for(bin, args, env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,320 @@
+//! Fault injection: `ov_to_sm` against the simulated appliance and Service Manager while things
+//! break, one scenario after another. Each reports alerts raised, incidents created, duplicates,
+//! lost, and the time to recover after the fault ends, and fails on any loss or duplicate.
+//!
+//! CI runs shortened durations; `SCMB_FAULTS_FULL=1 cargo test -p scmb --test faults --
+//! --nocapture` runs the full ones (SM down 60 s, REST 503 for 30 s, 10,000 malformed messages).
+//! Results and method: docs/RELIABILITY.md.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{appliance, cert_dir, run, Listening};
+use reqwest::Method;
+use scmb_sim::client::SimClient;
+use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
+use serde_json::{json, Value};
+
+const OV_TO_SM: &str = env!("CARGO_BIN_EXE_ov_to_sm");
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn full() -> bool {
+    std::env::var("SCMB_FAULTS_FULL").is_ok_and(|v| v == "1")
+}
+
+fn start(sim: &SimInfo, dir: &std::path::Path, state: &std::path::Path, tag: &str) -> Listening {
+    let sm = sim
+        .sm_url
+        .clone()
+        .expect("sm")
+        .trim_start_matches("http://")
+        .to_string();
+    let a = appliance(&sim.rest_url);
+    let port = sim.amqps_port.to_string();
+    let pattern = format!("{tag}*");
+    let args = [
+        "-a",
+        a.as_str(),
+        "-u",
+        "Administrator",
+        "-sm",
+        sm.as_str(),
+        "--amqp-port",
+        port.as_str(),
+        "--cert-dir",
+        dir.to_str().expect("utf8"),
+        "--state-dir",
+        state.to_str().expect("utf8"),
+        "--alert-type",
+        pattern.as_str(),
+        "--retry-cap-secs",
+        "2",
+        "--heartbeat",
+        "5",
+    ];
+    let mut l = Listening::start_env(
+        OV_TO_SM,
+        &args,
+        &[
+            ("SCMB_PASSWORD", "admin123"),
+            ("SM_PASSWORD", ""),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    assert!(
+        l.wait_for("subscribed to the message bus", Duration::from_secs(60)),
+        "not subscribed: {:?}",
+        l.stderr
+    );
+    l
+}
+
+/// Incidents per alert uri (from the `alertUri:` description line), asking again while the SM
+/// port is closed by an outage.
+async fn incidents(c: &SimClient) -> HashMap<String, usize> {
+    loop {
+        if let Ok(all) = c.call_sm(Method::GET, "/sim/incidents", None).await {
+            let mut by = HashMap::new();
+            for inc in all["incidents"].as_array().cloned().unwrap_or_default() {
+                if let Some(u) = inc["Description"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .find_map(|l| l.strip_prefix("alertUri: "))
+                {
+                    *by.entry(u.to_string()).or_insert(0) += 1;
+                }
+            }
+            return by;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn storm(c: &SimClient, count: u64, rate: u64, tag: &str) -> Vec<String> {
+    let body = json!({"count": count, "rate": rate, "fields": {"alertTypeID": tag}});
+    let r = c
+        .call(
+            Method::POST,
+            "/sim/storm",
+            Some(serde_json::to_vec(&body).expect("json")),
+        )
+        .await
+        .expect("storm");
+    let first: u64 = r["firstUri"]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .and_then(|n| n.parse().ok())
+        .expect("first uri");
+    (first..first + count)
+        .map(|n| format!("/rest/alerts/{n}"))
+        .collect()
+}
+
+struct Report {
+    name: &'static str,
+    raised: usize,
+    created: usize,
+    duplicates: usize,
+    lost: usize,
+    recover: Duration,
+}
+
+/// Waits until every alert has an incident (or SETTLE passes) and reports.
+async fn settle(c: &SimClient, name: &'static str, uris: &[String], fault_end: Instant) -> Report {
+    let deadline = Instant::now() + SETTLE;
+    let by = loop {
+        let by = incidents(c).await;
+        if uris.iter().all(|u| by.contains_key(u)) || Instant::now() > deadline {
+            break by;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let recover = fault_end.elapsed();
+    let created: usize = uris.iter().map(|u| by.get(u).copied().unwrap_or(0)).sum();
+    let report = Report {
+        name,
+        raised: uris.len(),
+        created,
+        duplicates: uris
+            .iter()
+            .map(|u| by.get(u).copied().unwrap_or(0).saturating_sub(1))
+            .sum(),
+        lost: uris.iter().filter(|u| !by.contains_key(*u)).count(),
+        recover,
+    };
+    eprintln!(
+        "| {} | {} | {} | {} | {} | {:.1} s |",
+        report.name,
+        report.raised,
+        report.created,
+        report.duplicates,
+        report.lost,
+        report.recover.as_secs_f64()
+    );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_or_duplicated_through_broker_rest_sm_crash_and_garbage_faults() {
+    let sim = shared_sim();
+    let c = sim.client();
+    let dir = cert_dir("faults");
+    let r = run(
+        &[
+            "-a",
+            &appliance(&sim.rest_url),
+            "-d",
+            "--cert-dir",
+            dir.to_str().expect("utf8"),
+        ],
+        &[("SCMB_PASSWORD", "admin123")],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let state = temp_dir("faults-state");
+    let tag = format!("Fault.{}", rand::random::<u32>());
+    let mut l = start(sim, &dir, &state, &tag);
+    eprintln!("| scenario | alerts raised | incidents | duplicates | lost | recovered after the fault |\n|---|---|---|---|---|---|");
+    let mut reports = Vec::new();
+
+    // 1. The broker restarted 5 times during a 1,000-alert storm.
+    let c2 = c.clone();
+    let t = format!("{tag}.broker");
+    let raising = tokio::spawn(async move { storm(&c2, 1000, 50, &t).await });
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.call(Method::POST, "/sim/broker/restart", None)
+            .await
+            .expect("restart");
+    }
+    let uris = raising.await.expect("storm");
+    reports.push(
+        settle(
+            &c,
+            "broker restarted 5× during a 1,000-alert storm",
+            &uris,
+            Instant::now(),
+        )
+        .await,
+    );
+
+    // 2. Service Manager down in the middle of a storm.
+    let down = if full() { 60_000 } else { 5_000 };
+    let c2 = c.clone();
+    let t = format!("{tag}.sm");
+    let raising = tokio::spawn(async move { storm(&c2, 500, 100, &t).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.call_sm(
+        Method::POST,
+        "/sim/faults",
+        Some(serde_json::to_vec(&json!({"outageMs": down})).expect("json")),
+    )
+    .await
+    .expect("outage");
+    let fault_end = Instant::now() + Duration::from_millis(down);
+    let uris = raising.await.expect("storm");
+    tokio::time::sleep_until(fault_end.into()).await;
+    reports.push(settle(&c, "Service Manager down mid-storm", &uris, fault_end).await);
+
+    // 3. REST answering 503, and every session expired, mid-run.
+    let secs = if full() { 30.0 } else { 5.0 };
+    c.call(
+        Method::POST,
+        "/sim/faults/rest",
+        Some(serde_json::to_vec(&json!({"status": 503, "seconds": secs})).expect("json")),
+    )
+    .await
+    .expect("503");
+    let fault_end = Instant::now() + Duration::from_secs_f64(secs);
+    let uris = storm(&c, 200, 100, &format!("{tag}.rest")).await;
+    c.call(Method::POST, "/sim/sessions/expire", None)
+        .await
+        .expect("expire");
+    tokio::time::sleep_until(fault_end.into()).await;
+    c.call(Method::POST, "/sim/sessions/expire", None)
+        .await
+        .expect("expire");
+    reports.push(settle(&c, "REST 503 and all sessions expired", &uris, fault_end).await);
+
+    // 4. kill -9 mid-storm, then restart.
+    let c2 = c.clone();
+    let t = format!("{tag}.kill");
+    let raising = tokio::spawn(async move { storm(&c2, 500, 200, &t).await });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = l.child.kill();
+    let _ = l.finish(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let restarted = Instant::now();
+    let mut l = start(sim, &dir, &state, &tag);
+    let uris = raising.await.expect("storm");
+    reports.push(settle(&c, "kill -9 mid-storm, then restart", &uris, restarted).await);
+
+    // 5. Malformed messages interleaved with valid alerts.
+    let bad_count = if full() { 10_000 } else { 1_000 };
+    let bodies: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(), br#"{"changeType":"Created","resourceUri":"/rest/alerts/1","resource":{"severity":"#.to_vec(), vec![],
+        vec![b'{'; 10 << 20], br#"{"changeType":5,"resourceUri":"/x"}"#.to_vec(), br#"{"changeType":"Created","resourceUri":null,"resource":null}"#.to_vec(),
+        br#"{"changeType":"Created","resourceUri":"/rest/alerts/1","resource":{"severity":"Critical","alertState":"Active","alertTypeID":null},"extra":{"unknown":[1,2,3]}}"#.to_vec(),
+        vec![0xc3, 0x28, 0xa0, 0xa1], br#"[]"#.to_vec(),
+    ];
+    let keys = [
+        "scmb.alerts.Created./rest/alerts/424242",
+        "scmb.alerts.Bogus",
+        "scmb.alerts.Created.",
+        "scmb.alerts.Updated./rest/alerts/x y",
+    ];
+    let mut uris = Vec::new();
+    for i in 0..bad_count {
+        // The 10 MB body once; the rest small.
+        let body = if i == 3 {
+            bodies[3].clone()
+        } else if i % bodies.len() == 3 {
+            bodies[0].clone()
+        } else {
+            bodies[i % bodies.len()].clone()
+        };
+        let key = keys[i % keys.len()];
+        let resp = c
+            .http
+            .post(format!(
+                "{}/sim/publish?routingKey={}",
+                c.rest_url,
+                key.replace(' ', "%20")
+            ))
+            .body(body)
+            .send()
+            .await
+            .expect("publish");
+        assert!(resp.status().is_success());
+        if i % (bad_count / 100).max(1) == 0 {
+            uris.extend(storm(&c, 1, 0, &format!("{tag}.garbage")).await);
+        }
+    }
+    reports.push(
+        settle(
+            &c,
+            "malformed messages interleaved with valid alerts",
+            &uris,
+            Instant::now(),
+        )
+        .await,
+    );
+    assert!(l.wait_for("malformed message rejected", Duration::from_secs(10)));
+
+    l.terminate();
+    let r = l.finish(Duration::from_secs(40));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    for rep in &reports {
+        assert_eq!(
+            (rep.lost, rep.duplicates),
+            (0, 0),
+            "{}: lost or duplicated (created {})",
+            rep.name,
+            rep.created
+        );
+    }
+}
