@@ -115,6 +115,10 @@ pub struct OvToSmCli {
     /// assignment, a note).
     #[arg(long)]
     pub journal_updates: bool,
+    /// When the broker refuses the certificates on disk (the appliance regenerated them),
+    /// download the new ones over REST and carry on.
+    #[arg(long)]
+    pub auto_bootstrap: bool,
     /// Incidents per page with -l.
     #[arg(long, default_value_t = 100)]
     pub list_page_size: usize,
@@ -232,6 +236,31 @@ async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
         println!("{} incident(s)", all.len());
     }
     Ok(())
+}
+
+/// Whether a bus error means the appliance's certificates are no longer the ones on disk.
+fn certificates_changed(e: &scmb_bus::BusError) -> bool {
+    matches!(
+        e,
+        scmb_bus::BusError::UnknownCa { .. }
+            | scmb_bus::BusError::CertificateRefused { .. }
+            | scmb_bus::BusError::MissingFile { .. }
+    )
+}
+
+/// `--auto-bootstrap`: downloads the appliance's current certificates over REST.
+async fn refresh_certificates(t: &Ticketer, dir: &std::path::Path, e: &scmb_bus::BusError) -> bool {
+    tracing::warn!(error = %e, "the appliance's certificates changed: downloading them again (--auto-bootstrap)");
+    match bootstrap::download(&t.ov, dir).await {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "new certificates downloaded");
+            true
+        }
+        Err(f) => {
+            tracing::error!(error = %f, "cannot download the new certificates");
+            false
+        }
+    }
 }
 
 /// Reads the active and locked alerts over REST and feeds the ones the filter admits through
@@ -387,7 +416,16 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
 
     let shutdown = app::shutdown_signal();
     tokio::pin!(shutdown);
-    let mut sub = scmb_bus::subscribe(&bus).await?;
+    let mut sub = match scmb_bus::subscribe(&bus).await {
+        Ok(s) => s,
+        Err(e) if cli.auto_bootstrap && certificates_changed(&e) => {
+            if !refresh_certificates(&ticketer, &dir, &e).await {
+                return Err(e.into());
+            }
+            scmb_bus::subscribe(&bus).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut attempt = 0u32;
     let result = 'outer: loop {
         // Catch-up: alerts raised (or left unfinished) while we were not listening.
@@ -432,7 +470,13 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
                 }
                 Err(e) => {
                     attempt += 1;
-                    tracing::warn!(error = %e, "reconnect failed");
+                    if cli.auto_bootstrap && certificates_changed(&e) {
+                        if refresh_certificates(&ticketer, &dir, &e).await {
+                            attempt = 0;
+                        }
+                    } else {
+                        tracing::warn!(error = %e, "reconnect failed");
+                    }
                 }
             }
         };

@@ -53,6 +53,7 @@ fn start(sim: &SimInfo, dir: &std::path::Path, state: &std::path::Path, tag: &st
         "2",
         "--heartbeat",
         "5",
+        "--auto-bootstrap",
     ];
     let mut l = Listening::start_env(
         OV_TO_SM,
@@ -303,6 +304,33 @@ async fn nothing_is_lost_or_duplicated_through_broker_rest_sm_crash_and_garbage_
         .await,
     );
     assert!(l.wait_for("malformed message rejected", Duration::from_secs(10)));
+
+    // 6. Certificates regenerated on the appliance while connected: the broker restarts with a
+    //    new CA, the client certificate on disk is refused; --auto-bootstrap downloads the new
+    //    ones over REST (whose own certificate the appliance kept) and carries on.
+    c.call(
+        Method::POST,
+        "/sim/certificates/regenerate?keepRestCertificate=true",
+        None,
+    )
+    .await
+    .expect("regenerate");
+    let regenerated = Instant::now();
+    let uris = storm(&c, 100, 0, &format!("{tag}.certs")).await;
+    reports.push(
+        settle(
+            &c,
+            "certificates regenerated while connected",
+            &uris,
+            regenerated,
+        )
+        .await,
+    );
+    assert!(
+        l.wait_for("downloading them again", Duration::from_secs(10)),
+        "{:?}",
+        l.stderr
+    );
 
     l.terminate();
     let r = l.finish(Duration::from_secs(40));

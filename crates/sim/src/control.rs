@@ -24,7 +24,9 @@ pub struct Control {
     /// The endpoints, as written to the ready file.
     pub info: Value,
     /// Regenerates the PKI and restarts the broker.
-    pub regenerate: Box<dyn Fn() -> futures_lite::BoxedFuture<Result<(), String>> + Send + Sync>,
+    /// The argument keeps the REST certificate (`?keepRestCertificate=true`).
+    pub regenerate:
+        Box<dyn Fn(bool) -> futures_lite::BoxedFuture<Result<(), String>> + Send + Sync>,
 }
 
 /// A boxed future without pulling in a futures crate.
@@ -313,8 +315,15 @@ async fn restart_broker(State(c): State<Arc<Control>>) -> Response {
     .into_response()
 }
 
-async fn regenerate(State(c): State<Arc<Control>>) -> Response {
-    match (c.regenerate)().await {
+async fn regenerate(State(c): State<Arc<Control>>, RawQuery(q): RawQuery) -> Response {
+    let keep_rest = q
+        .as_deref()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .any(|(k, v)| k == "keepRestCertificate" && v == "true")
+        })
+        .unwrap_or(false);
+    match (c.regenerate)(keep_rest).await {
         Ok(()) => {
             Json(json!({"regenerated": true, "generation": c.ov.pki().generation})).into_response()
         }

@@ -185,7 +185,14 @@ enum BrokerCmd {
 
 #[derive(Subcommand, Debug)]
 enum CertsCmd {
-    Regenerate(StateArg),
+    Regenerate {
+        #[command(flatten)]
+        state: StateArg,
+        /// Keep the REST API's certificate (as when the appliance's web certificate is not
+        /// issued by its internal CA).
+        #[arg(long)]
+        keep_rest_certificate: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -534,13 +541,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             )
             .await
         }
-        Cmd::Certs(CertsCmd::Regenerate(s)) => {
-            show(
-                client(&s)?
-                    .call(Method::POST, "/sim/certificates/regenerate", None)
-                    .await,
-            )
-            .await
+        Cmd::Certs(CertsCmd::Regenerate {
+            state,
+            keep_rest_certificate,
+        }) => {
+            let path = if keep_rest_certificate {
+                "/sim/certificates/regenerate?keepRestCertificate=true"
+            } else {
+                "/sim/certificates/regenerate"
+            };
+            show(client(&state)?.call(Method::POST, path, None).await).await
         }
         Cmd::Publish(a) => {
             let data = match (&a.file, &a.body) {

@@ -324,13 +324,24 @@ impl Pki {
         broker_names: &BrokerCertNames,
         rest_sans: &[String],
     ) -> Result<(), PkiError> {
+        Self::generate_ca_and_certs(paths, broker_names, Some(rest_sans))
+    }
+
+    /// A new CA and everything it signs; the REST certificate only when `rest_sans` is given.
+    fn generate_ca_and_certs(
+        paths: &PkiPaths,
+        broker_names: &BrokerCertNames,
+        rest_sans: Option<&[String]>,
+    ) -> Result<(), PkiError> {
         let ca_key = KeyPair::generate()?;
         let ca_cert = ca_params()?.self_signed(&ca_key)?;
         write_atomic(&paths.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
         write_atomic(&paths.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
         let issuer = Issuer::new(ca_params()?, ca_key);
         Self::issue_broker(&issuer, paths, broker_names)?;
-        Self::issue_rest(&issuer, paths, rest_sans)?;
+        if let Some(sans) = rest_sans {
+            Self::issue_rest(&issuer, paths, sans)?;
+        }
         issue_rsa_client(&issuer, CLIENT_CN, &paths.client_cert, &paths.client_key)?;
         Self::issue_admin(&issuer, paths)
     }
@@ -376,15 +387,18 @@ impl Pki {
         )
     }
 
-    /// Regenerates the whole PKI (new CA, so certificates issued before no longer verify: the
-    /// old client certificate is refused by the broker once it restarts, like a revocation).
+    /// Regenerates the PKI (new CA, so certificates issued before no longer verify: the old
+    /// client certificate is refused by the broker once it restarts, like a revocation). With
+    /// `keep_rest` the REST API keeps its certificate, like an appliance whose web certificate
+    /// is not issued by its internal CA: clients that pinned it can still download the new ones.
     pub fn regenerate(
         &self,
         broker_names: &BrokerCertNames,
         rest_sans: &[String],
+        keep_rest: bool,
     ) -> Result<Pki, PkiError> {
         let dir = &self.paths.dir;
-        Self::generate_all(&self.paths, broker_names, rest_sans)?;
+        Self::generate_ca_and_certs(&self.paths, broker_names, (!keep_rest).then_some(rest_sans))?;
         let mut meta = read_meta(dir);
         meta.generation = self.generation + 1;
         meta.broker_names = Some(broker_names.clone());
@@ -441,7 +455,7 @@ mod tests {
         assert_eq!(again.ca_pem, pki.ca_pem);
         // Regeneration makes a new CA.
         let regen = again
-            .regenerate(&BrokerCertNames::default(), &["localhost".into()])
+            .regenerate(&BrokerCertNames::default(), &["localhost".into()], false)
             .expect("regen");
         assert_ne!(regen.ca_pem, pki.ca_pem);
         assert_eq!(regen.generation, pki.generation + 1);

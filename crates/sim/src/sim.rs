@@ -222,12 +222,12 @@ impl Sim {
         let ctl = Arc::new(Control {
             ov: ov.clone(),
             info: info.clone(),
-            regenerate: Box::new(move || {
+            regenerate: Box::new(move |keep_rest| {
                 let ov = regen_ov.clone();
                 let cert = regen_cert.clone();
                 let names = regen_names.clone();
                 let sans = regen_sans.clone();
-                Box::pin(async move { regenerate(&ov, &cert, &names, &sans).await })
+                Box::pin(async move { regenerate(&ov, &cert, &names, &sans, keep_rest).await })
             }),
         });
         let app = ov::router(ov.clone()).merge(control::router(ctl));
@@ -309,14 +309,17 @@ async fn regenerate(
     rest_cert: &SwappableCert,
     names: &BrokerCertNames,
     sans: &[String],
+    keep_rest: bool,
 ) -> Result<(), String> {
     let new = ov
         .pki()
-        .regenerate(names, sans)
+        .regenerate(names, sans, keep_rest)
         .map_err(|e| e.to_string())?;
-    rest_cert
-        .reload(&new.paths.rest_cert, &new.paths.rest_key)
-        .map_err(|e| format!("reloading the REST certificate: {e}"))?;
+    if !keep_rest {
+        rest_cert
+            .reload(&new.paths.rest_cert, &new.paths.rest_key)
+            .map_err(|e| format!("reloading the REST certificate: {e}"))?;
+    }
     *ov.pki.lock().unwrap_or_else(|p| p.into_inner()) = new;
     if let Some(b) = &ov.broker {
         b.restart().await.map_err(|e| e.to_string())?;
