@@ -19,9 +19,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cli::{ConnArgs, WatchArgs};
 use crate::failure::{self, Failure};
-use crate::store::Store;
+use crate::store::{Store, CHECKPOINT};
 use crate::ticket::{OnClear, Outcome, Template, Ticketer};
 use crate::{app, bootstrap, certs};
+use scmb_model::message::format_rfc3339_ms;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -119,6 +120,10 @@ pub struct OvToSmCli {
     /// download the new ones over REST and carry on.
     #[arg(long)]
     pub auto_bootstrap: bool,
+    /// At the first start (no checkpoint yet): ticket the alerts already active ("all", the
+    /// default), none of them ("none"), or those modified within a window (e.g. "24h", "90m").
+    #[arg(long, default_value = "all", value_name = "all|none|DURATION")]
+    pub look_back: String,
     /// Incidents per page with -l.
     #[arg(long, default_value_t = 100)]
     pub list_page_size: usize,
@@ -238,6 +243,55 @@ async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Parses `--look-back`: `None` = everything, else how far back.
+fn look_back(s: &str) -> Result<Option<time::Duration>, Failure> {
+    let bad = || {
+        Failure::new(
+            failure::USAGE,
+            format!("--look-back {s:?}: use all, none, or a duration like 24h, 90m, 7d"),
+        )
+    };
+    match s {
+        "all" => Ok(None),
+        "none" | "0" => Ok(Some(time::Duration::ZERO)),
+        _ => {
+            let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+            let n: i64 = n.parse().map_err(|_| bad())?;
+            let secs = match unit {
+                "s" => n,
+                "m" => n * 60,
+                "h" => n * 3600,
+                "d" => n * 86_400,
+                _ => return Err(bad()),
+            };
+            Ok(Some(time::Duration::seconds(secs)))
+        }
+    }
+}
+
+/// With no checkpoint yet, `--look-back` sets the first one.
+async fn first_start_checkpoint(store: &Store, look: &str) -> Result<(), Failure> {
+    let window = look_back(look)?;
+    let store_err = |e: crate::store::StoreError| Failure::new(failure::UNEXPECTED, e.to_string());
+    if store
+        .call(|s| s.meta(CHECKPOINT))
+        .await
+        .map_err(store_err)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    if let Some(w) = window {
+        let cp = format_rfc3339_ms(time::OffsetDateTime::now_utc() - w);
+        tracing::info!(checkpoint = %cp, "first start: catching up on alerts modified since");
+        store
+            .call(move |s| s.set_meta(CHECKPOINT, &cp))
+            .await
+            .map_err(store_err)?;
+    }
+    Ok(())
+}
+
 /// Whether a bus error means the appliance's certificates are no longer the ones on disk.
 fn certificates_changed(e: &scmb_bus::BusError) -> bool {
     matches!(
@@ -266,17 +320,31 @@ async fn refresh_certificates(t: &Ticketer, dir: &std::path::Path, e: &scmb_bus:
 /// Reads the active and locked alerts over REST and feeds the ones the filter admits through
 /// the lanes, as if they had just been created; the store skips what was already handled.
 async fn catch_up(
-    t: &Ticketer,
-    senders: &[mpsc::Sender<(Option<Delivery>, Event)>],
+    t: &Arc<Ticketer>,
+    senders: &[mpsc::Sender<Work>],
     lanes: usize,
 ) -> Result<(), Failure> {
+    let store = t.store.clone();
+    let checkpoint = store
+        .call(|s| s.meta(CHECKPOINT))
+        .await
+        .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
+    // Everything modified from here on (less a margin for clock skew) is either fed below or
+    // arrives on the queue; once the lanes have worked through what is fed, it becomes the
+    // next checkpoint.
+    let next = format_rfc3339_ms(time::OffsetDateTime::now_utc() - CLOCK_MARGIN);
     let mut fed = 0usize;
+    let mut complete = true;
     for state in ["Active", "Locked"] {
-        let filter = format!("alertState='{state}'");
-        let alerts = match t.ov.alerts(&[filter], 500).await {
+        let mut filters = vec![format!("alertState='{state}'")];
+        if let Some(cp) = &checkpoint {
+            filters.push(format!("modified GE '{cp}'"));
+        }
+        let alerts = match t.ov.alerts(&filters, 500).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts; continuing with the bus only");
+                complete = false;
                 continue;
             }
         };
@@ -304,7 +372,7 @@ async fn catch_up(
                 continue;
             }
             let lane = lane_of(&ev.resource_uri, lanes);
-            if senders[lane].send((None, ev)).await.is_err() {
+            if senders[lane].send(Work::Event(None, ev)).await.is_err() {
                 return Err(Failure::new(
                     failure::UNEXPECTED,
                     "a ticketing lane stopped",
@@ -313,12 +381,49 @@ async fn catch_up(
             fed += 1;
         }
     }
-    tracing::info!(
-        alerts = fed,
-        "catch-up: admitted alerts fed through the pipeline"
-    );
+    tracing::info!(alerts = fed, since = ?checkpoint, "catch-up: admitted alerts fed through the pipeline");
+    if !complete {
+        return Ok(());
+    }
+    // A barrier through every lane: when all have passed it, what was fed is handled.
+    let mut passed = Vec::with_capacity(lanes);
+    for tx in senders {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if tx.send(Work::Barrier(done)).await.is_err() {
+            return Err(Failure::new(
+                failure::UNEXPECTED,
+                "a ticketing lane stopped",
+            ));
+        }
+        passed.push(rx);
+    }
+    let shutdown = t.shutdown.clone();
+    tokio::spawn(async move {
+        for rx in passed {
+            if rx.await.is_err() {
+                return;
+            }
+        }
+        if *shutdown.borrow() {
+            return; // interrupted work may sit before the barrier
+        }
+        let cp = next.clone();
+        match store.call(move |s| s.set_meta(CHECKPOINT, &cp)).await {
+            Ok(()) => tracing::debug!(checkpoint = %next, "catch-up checkpoint saved"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the catch-up checkpoint"),
+        }
+    });
     Ok(())
 }
+
+/// Work for a lane: an event (with its delivery, or from the catch-up), or a barrier.
+enum Work {
+    Event(Option<Delivery>, Event),
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Margin for clock skew between us and the appliance when checkpointing.
+const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
 
 fn lane_of(uri: &str, lanes: usize) -> usize {
     let mut h = DefaultHasher::new();
@@ -346,6 +451,7 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(|| dir.clone());
     let store = Store::open(&state_dir.join("ov_to_sm.redb"))
         .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
+    first_start_checkpoint(&store, &cli.look_back).await?;
     let session = Arc::new(bootstrap::login(conn, host, &dir).await?);
     let mut bus = app::bus_config(conn, &cli.watch, host, &dir);
     let lanes = cli.concurrency.max(1);
@@ -375,13 +481,20 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
     let mut workers = Vec::with_capacity(lanes);
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
     for _ in 0..lanes {
-        let (tx, mut rx) = mpsc::channel::<(Option<Delivery>, Event)>(8);
+        let (tx, mut rx) = mpsc::channel::<Work>(8);
         senders.push(tx);
         let t = ticketer.clone();
         let printer = printer.clone();
         let fatal = fatal_tx.clone();
         workers.push(tokio::spawn(async move {
-            while let Some((d, ev)) = rx.recv().await {
+            while let Some(work) = rx.recv().await {
+                let (d, ev) = match work {
+                    Work::Barrier(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                    Work::Event(d, ev) => (d, ev),
+                };
                 match t.process(&ev).await {
                     Ok(done @ (Outcome::Done(_) | Outcome::Ticketed { .. })) => {
                         if let Outcome::Ticketed { incident, alert } = &done {
@@ -446,7 +559,7 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
                 }
                 Ok(ev) => {
                     let lane = lane_of(&ev.resource_uri, lanes);
-                    if senders[lane].send((Some(d), ev)).await.is_err() {
+                    if senders[lane].send(Work::Event(Some(d), ev)).await.is_err() {
                         break 'outer Err(Failure::new(
                             failure::UNEXPECTED,
                             "a ticketing lane stopped",
@@ -552,6 +665,19 @@ mod tests {
         let bad = OvToSmCli::try_parse_from(["ov_to_sm", "-a", "h", "--sm-field", "novalue"])
             .expect("parse");
         assert!(template(&bad).is_err());
+    }
+
+    #[test]
+    fn look_back_windows_parse() {
+        assert_eq!(look_back("all").ok(), Some(None));
+        assert_eq!(look_back("none").ok(), Some(Some(time::Duration::ZERO)));
+        assert_eq!(look_back("24h").ok(), Some(Some(time::Duration::hours(24))));
+        assert_eq!(
+            look_back("90m").ok(),
+            Some(Some(time::Duration::minutes(90)))
+        );
+        assert!(look_back("soon").is_err());
+        assert!(look_back("5y").is_err());
     }
 
     #[test]

@@ -12,6 +12,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// The catch-up checkpoint: every alert modified before it has been handled.
+pub const CHECKPOINT: &str = "checkpoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -90,6 +94,7 @@ impl Store {
         let database = Database::create(path).map_err(|e| open_err(e.to_string()))?;
         let w = database.begin_write().map_err(db)?;
         w.open_table(ALERTS).map_err(db)?;
+        w.open_table(META).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Store {
             db: Arc::new(database),
@@ -117,6 +122,21 @@ impl Store {
         {
             let mut t = w.open_table(ALERTS).map_err(db)?;
             t.insert(uri, bytes.as_slice()).map_err(db)?;
+        }
+        w.commit().map_err(db)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(META).map_err(db)?;
+        Ok(t.get(key).map_err(db)?.map(|v| v.value().to_string()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = w.open_table(META).map_err(db)?;
+            t.insert(key, value).map_err(db)?;
         }
         w.commit().map_err(db)
     }
@@ -178,6 +198,13 @@ mod tests {
         assert_eq!(r.incident.as_deref(), Some("IM10001"));
         assert_eq!(r.step, Step::Noted);
         assert_eq!(s.all().expect("all").len(), 1);
+        assert_eq!(s.meta(CHECKPOINT).expect("meta"), None);
+        s.set_meta(CHECKPOINT, "2026-11-25T10:00:00.000Z")
+            .expect("set");
+        assert_eq!(
+            s.meta(CHECKPOINT).expect("meta").as_deref(),
+            Some("2026-11-25T10:00:00.000Z")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
