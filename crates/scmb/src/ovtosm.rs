@@ -372,7 +372,11 @@ async fn catch_up(
                 continue;
             }
             let lane = lane_of(&ev.resource_uri, lanes);
-            if senders[lane].send(Work::Event(None, ev)).await.is_err() {
+            if senders[lane]
+                .send(Work::Event(None, Box::new(ev)))
+                .await
+                .is_err()
+            {
                 return Err(Failure::new(
                     failure::UNEXPECTED,
                     "a ticketing lane stopped",
@@ -418,7 +422,7 @@ async fn catch_up(
 
 /// Work for a lane: an event (with its delivery, or from the catch-up), or a barrier.
 enum Work {
-    Event(Option<Delivery>, Event),
+    Event(Option<Delivery>, Box<Event>),
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -493,7 +497,7 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
                         let _ = done.send(());
                         continue;
                     }
-                    Work::Event(d, ev) => (d, ev),
+                    Work::Event(d, ev) => (d, *ev),
                 };
                 match t.process(&ev).await {
                     Ok(done @ (Outcome::Done(_) | Outcome::Ticketed { .. })) => {
@@ -559,7 +563,11 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
                 }
                 Ok(ev) => {
                     let lane = lane_of(&ev.resource_uri, lanes);
-                    if senders[lane].send(Work::Event(Some(d), ev)).await.is_err() {
+                    if senders[lane]
+                        .send(Work::Event(Some(d), Box::new(ev)))
+                        .await
+                        .is_err()
+                    {
                         break 'outer Err(Failure::new(
                             failure::UNEXPECTED,
                             "a ticketing lane stopped",
