@@ -35,6 +35,9 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Step {
+    /// About to create the incident, tagged with `reference`: after a crash here, Service
+    /// Manager is asked for an incident with that reference before creating another.
+    Creating,
     /// The incident exists in Service Manager; the note is not written yet.
     Created,
     /// The note carrying the incident id is in the alert's change log: done.
@@ -51,6 +54,9 @@ pub enum Step {
 pub struct Record {
     pub incident: Option<String>,
     pub step: Step,
+    /// The correlation reference sent with the incident, for [`Step::Creating`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     /// Why it failed, for [`Step::Failed`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -63,6 +69,7 @@ impl Record {
         Record {
             incident,
             step,
+            reference: None,
             reason: None,
             updated: scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc()),
         }

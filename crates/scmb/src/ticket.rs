@@ -18,6 +18,10 @@ use tokio::sync::watch;
 
 use crate::store::{Record, Step, Store, StoreError};
 
+/// The incident field carrying our correlation reference (Service Manager has none of its own;
+/// unknown fields pass through and can be queried).
+pub const REFERENCE_FIELD: &str = "ExternalReference";
+
 /// The note written into the alert, exactly as the HPE sample writes it.
 pub const NOTE_PREFIX: &str = "Case automatically logged in HPE Service Manager with ID: ";
 
@@ -285,7 +289,7 @@ impl Ticketer {
 
     async fn ticket(&self, uri: &str) -> Result<Outcome, TicketError> {
         let existing = self.get(uri).await?;
-        let incident = match existing {
+        let incident = match existing.clone() {
             Some(r) if matches!(r.step, Step::Noted | Step::Failed | Step::Closed) => {
                 return Ok(Outcome::Done(format!("already handled ({:?})", r.step)));
             }
@@ -316,10 +320,51 @@ impl Ticketer {
                 if alert.get("alertState").and_then(Value::as_str) == Some("Cleared") {
                     return Ok(Outcome::Done("alert already cleared".into()));
                 }
-                let fields = self.template.incident(&alert);
-                let created = self
-                    .sm_retry("creating the incident", || self.sm.create_incident(&fields))
-                    .await;
+                let mut fields = self.template.incident(&alert);
+                // Tag the incident before creating it, and record the tag first: a crash between
+                // Service Manager's answer and our record is then resolved by looking it up.
+                let reference = match existing.as_ref() {
+                    Some(Record {
+                        step: Step::Creating,
+                        reference: Some(r),
+                        ..
+                    }) => r.clone(),
+                    _ => {
+                        let r = format!("scmb-{:016x}", rand::random::<u64>());
+                        let mut rec = Record::new(None, Step::Creating);
+                        rec.reference = Some(r.clone());
+                        self.put(uri, rec).await?;
+                        r
+                    }
+                };
+                fields.insert(REFERENCE_FIELD.into(), json!(reference));
+                let query = format!("{REFERENCE_FIELD}=\"{reference}\"");
+                let found = match existing.as_ref().map(|r| &r.step) {
+                    Some(Step::Creating) => match self
+                        .sm_retry("looking up an interrupted incident", || {
+                            self.sm.list(Some(&query), 10)
+                        })
+                        .await
+                    {
+                        Attempt::Ok(list) => list.into_iter().next(),
+                        Attempt::Permanent(e) => {
+                            tracing::warn!(alert = uri, error = %e, "cannot look up an interrupted incident; creating it");
+                            None
+                        }
+                        Attempt::Interrupted => return Ok(Outcome::Interrupted),
+                    },
+                    _ => None,
+                };
+                let created = match found {
+                    Some(inc) => {
+                        tracing::info!(alert = uri, incident = %inc.id, "found the incident created before an interruption");
+                        Attempt::Ok(inc)
+                    }
+                    None => {
+                        self.sm_retry("creating the incident", || self.sm.create_incident(&fields))
+                            .await
+                    }
+                };
                 let id = match created {
                     Attempt::Ok(inc) => inc.id,
                     Attempt::Permanent(reason) => {
