@@ -150,6 +150,14 @@ impl Session {
             .into_json()
     }
 
+    /// Keeps the session alive during long idle periods: an authenticated, cheap read
+    /// (`GET /rest/sessions/idle-timeout`), re-logging in if the session had expired anyway.
+    /// Returns the appliance's idle timeout in milliseconds when it says.
+    pub async fn keep_alive(&self) -> Result<Option<u64>, OneViewError> {
+        let v = self.get_json("/rest/sessions/idle-timeout").await?;
+        Ok(v.get("idleTimeout").and_then(Value::as_u64))
+    }
+
     /// `GET /rest/appliance/eula/status`: `true` while the EULA must still be accepted.
     pub async fn eula_status(&self) -> Result<bool, OneViewError> {
         self.client.inner.eula_status(Some(&self.token())).await

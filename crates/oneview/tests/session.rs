@@ -215,3 +215,22 @@ async fn an_html_503_is_a_bad_response_with_a_snippet_and_a_json_503_an_api_erro
     session.alerts(&[], 10).await.expect("recovered");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn keep_alive_reads_the_idle_timeout_and_survives_an_expired_session() {
+    let s = start(|c| c.ov.idle_timeout = Duration::from_secs(3600)).await;
+    let session = s.session().await;
+    assert_eq!(
+        session.keep_alive().await.expect("keep-alive"),
+        Some(3_600_000)
+    );
+    s.control(Method::POST, "/sim/sessions/expire", None).await;
+    assert_eq!(
+        session
+            .keep_alive()
+            .await
+            .expect("re-login, then keep-alive"),
+        Some(3_600_000)
+    );
+    s.stop().await;
+}

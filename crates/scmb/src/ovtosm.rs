@@ -124,6 +124,9 @@ pub struct OvToSmCli {
     /// default), none of them ("none"), or those modified within a window (e.g. "24h", "90m").
     #[arg(long, default_value = "all", value_name = "all|none|DURATION")]
     pub look_back: String,
+    /// Seconds between REST keep-alive calls during idle periods (0 = off).
+    #[arg(long, default_value_t = 600)]
+    pub keep_alive_secs: u64,
     /// Incidents per page with -l.
     #[arg(long, default_value_t = 100)]
     pub list_page_size: usize,
@@ -474,6 +477,26 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
         retry_base: Duration::from_millis(250),
         retry_cap: Duration::from_secs(cli.retry_cap_secs.max(1)),
     });
+    if cli.keep_alive_secs > 0 {
+        // The REST session must not expire while the bus is quiet for a day.
+        let t = ticketer.clone();
+        let every = Duration::from_secs(cli.keep_alive_secs);
+        tokio::spawn(async move {
+            let mut stop = t.shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                match t.ov.keep_alive().await {
+                    Ok(_) => tracing::debug!("REST keep-alive sent"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "REST keep-alive failed; the next call will log in again")
+                    }
+                }
+            }
+        });
+    }
     let printer = Arc::new(std::sync::Mutex::new(crate::output::Printer::new(
         std::io::stdout(),
         cli.watch.output,

@@ -215,7 +215,13 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     let tag = format!("Test.ovtosm.{}", rand::random::<u32>());
 
     // 1. The seed command line: one critical alert (with nulls) → one incident, note written back.
-    let mut l = start(sim, &dir, &state, &tag, &["--journal-updates"]);
+    let mut l = start(
+        sim,
+        &dir,
+        &state,
+        &tag,
+        &["--journal-updates", "--keep-alive-secs", "1"],
+    );
     let uri = raise(&c, json!({"severity": "Critical", "alertTypeID": format!("{tag}.a"), "description": null, "correctiveAction": null})).await;
     let warn = raise(
         &c,
@@ -246,6 +252,11 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     let a = alert(&c, &uri).await;
     assert_eq!(a["alertState"], "Active", "state untouched");
     assert_eq!(a["assignedToUser"], Value::Null, "assignment untouched");
+
+    assert!(
+        l.wait_for("REST keep-alive sent", WAIT),
+        "the REST session is kept alive when idle"
+    );
 
     // Someone's note on the alert becomes a journal line; our own note did not.
     put_note(&c, &uri, "enclosure power cycled by the night shift").await;
