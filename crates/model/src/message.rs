@@ -204,6 +204,24 @@ pub fn sample_timestamp(ts: &str) -> String {
     }
 }
 
+/// An alert read over REST (a catch-up) as if its `Created` message had just arrived, so that
+/// it goes through the same filter and pipeline. `None` when it has no `uri`.
+pub fn alert_as_created_event(alert: Value) -> Option<Event> {
+    let uri = alert.get("uri")?.as_str()?.to_string();
+    let body = serde_json::json!({
+        "resourceUri": uri, "changeType": "Created", "newState": alert.get("alertState"),
+        "eTag": alert.get("eTag"), "timestamp": alert.get("created"), "resource": alert,
+        "changedAttributes": [], "data": null,
+    });
+    Some(Event {
+        routing_key: format!("scmb.alerts.Created.{uri}"),
+        category: "alerts".into(),
+        change_type: ChangeType::Created,
+        resource_uri: uri,
+        body,
+    })
+}
+
 /// Formats an instant as SCMB does: `2026-11-25T10:00:00.123Z`.
 pub fn format_rfc3339_ms(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);

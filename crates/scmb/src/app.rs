@@ -145,7 +145,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 tracing::debug!("listening needs no REST login: the password is not used");
             }
             let w = &cli.watch;
+            let catch_up = if w.catch_up {
+                Some(listen::CatchUp {
+                    session: bootstrap::login(conn, host, &dir).await?,
+                    look_back: crate::ovtosm::look_back(w.look_back.as_deref().unwrap_or("none"))?,
+                })
+            } else {
+                None
+            };
             let listener = listen::Listener {
+                catch_up,
                 bus: bus_config(conn, w, host, &dir),
                 filter: filter(w)?,
                 output: w.output,

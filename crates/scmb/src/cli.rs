@@ -164,6 +164,14 @@ pub struct WatchArgs {
     /// Exit after this many printed messages (for scripts and tests).
     #[arg(global = true, long, value_name = "N")]
     pub count: Option<u64>,
+    /// After every (re)connect, read the alerts raised meanwhile over REST and print the ones
+    /// not printed yet (needs the OneView password).
+    #[arg(global = true, long)]
+    pub catch_up: bool,
+    /// At the first start, how far back to catch up: none, all active alerts, or a window
+    /// (24h, 90m). Default: none for scmb (with --catch-up), all for ov_to_sm.
+    #[arg(global = true, long, value_name = "none|all|DURATION")]
+    pub look_back: Option<String>,
     /// Largest message accepted, in bytes.
     #[arg(global = true, long, default_value_t = 4 << 20)]
     pub max_message_bytes: usize,

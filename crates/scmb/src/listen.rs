@@ -30,6 +30,34 @@ pub struct Listener {
     pub max_bytes: usize,
     /// Stop after printing this many messages.
     pub count: Option<u64>,
+    /// REST catch-up (list + watch), when asked for.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// Catch-up: alerts raised while the bus was not listened to, read over REST and printed like
+/// bus messages, de-duplicated by uri + eTag against what this run already printed.
+pub struct CatchUp {
+    pub session: scmb_oneview::Session,
+    /// At start: `None` = every active/locked alert, `Some(ZERO)` = none, else this far back.
+    pub look_back: Option<time::Duration>,
+}
+
+/// Margin for clock skew between us and the appliance.
+const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
+
+/// What was printed (uri, eTag), so the catch-up does not print it twice.
+#[derive(Default)]
+struct Seen(std::collections::HashSet<(String, String)>);
+
+impl Seen {
+    /// Records `ev`; false when it was seen before.
+    fn insert(&mut self, ev: &scmb_model::Event) -> bool {
+        if self.0.len() > 200_000 {
+            self.0.clear();
+        }
+        let etag = ev.str("eTag").unwrap_or("").to_string();
+        self.0.insert((ev.resource_uri.clone(), etag))
+    }
 }
 
 enum End {
@@ -65,10 +93,27 @@ impl Listener {
         let colour = self.output == Output::Human && stdout.is_terminal();
         let mut printer = Printer::new(stdout.lock(), self.output, colour);
         tokio::pin!(shutdown);
+        let mut seen = Seen::default();
         let mut sub = scmb_bus::subscribe(&self.bus).await?;
+        if let Some(c) = &self.catch_up {
+            let since = match c.look_back {
+                None => Some(None),
+                Some(w) if w.is_zero() => None,
+                Some(w) => Some(Some(time::OffsetDateTime::now_utc() - w)),
+            };
+            if let Some(since) = since {
+                if self
+                    .catch_up(c, since, &mut printer, &mut stats, &mut seen)
+                    .await?
+                {
+                    sub.close().await;
+                    return Ok(stats);
+                }
+            }
+        }
         loop {
             match self
-                .consume(&mut sub, &mut printer, &mut stats, &mut shutdown)
+                .consume(&mut sub, &mut printer, &mut stats, &mut shutdown, &mut seen)
                 .await?
             {
                 End::Shutdown | End::CountReached => {
@@ -79,6 +124,7 @@ impl Listener {
                     tracing::warn!(host = %self.bus.host, "connection to the message bus lost; reconnecting");
                 }
             }
+            let lost_at = time::OffsetDateTime::now_utc();
             let mut attempt = 0;
             sub = loop {
                 let wait = backoff(attempt);
@@ -93,6 +139,16 @@ impl Listener {
                             reconnects = stats.reconnects,
                             "reconnected to the message bus"
                         );
+                        if let Some(c) = &self.catch_up {
+                            let since = Some(lost_at - CLOCK_MARGIN);
+                            if self
+                                .catch_up(c, since, &mut printer, &mut stats, &mut seen)
+                                .await?
+                            {
+                                s.close().await;
+                                return Ok(stats);
+                            }
+                        }
                         break s;
                     }
                     Err(e) if transient(&e) => {
@@ -105,12 +161,62 @@ impl Listener {
         }
     }
 
+    /// Prints the admitted active/locked alerts modified since `since` (all when `None`) that
+    /// were not printed yet. Returns true when `--count` was reached.
+    async fn catch_up<W: std::io::Write>(
+        &self,
+        c: &CatchUp,
+        since: Option<time::OffsetDateTime>,
+        printer: &mut Printer<W>,
+        stats: &mut Stats,
+        seen: &mut Seen,
+    ) -> Result<bool, Failure> {
+        let mut printed = 0;
+        for state in ["Active", "Locked"] {
+            let mut filters = vec![format!("alertState='{state}'")];
+            if let Some(t) = since {
+                filters.push(format!(
+                    "modified GE '{}'",
+                    scmb_model::message::format_rfc3339_ms(t)
+                ));
+            }
+            let alerts = match c.session.alerts(&filters, 500).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts");
+                    continue;
+                }
+            };
+            for alert in alerts {
+                let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
+                    continue;
+                };
+                if self.filter.admits(&ev) && seen.insert(&ev) {
+                    printer.print(&ev, &now()).map_err(|e| {
+                        Failure::new(
+                            crate::failure::UNEXPECTED,
+                            format!("cannot write the output: {e}"),
+                        )
+                    })?;
+                    stats.printed += 1;
+                    printed += 1;
+                    if self.count.is_some_and(|n| stats.printed >= n) {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        tracing::info!(printed, "catch-up done");
+        Ok(false)
+    }
+
     async fn consume<W: std::io::Write>(
         &self,
         sub: &mut Subscription,
         printer: &mut Printer<W>,
         stats: &mut Stats,
         shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+        seen: &mut Seen,
     ) -> Result<End, Failure> {
         loop {
             let d = tokio::select! {
@@ -119,7 +225,7 @@ impl Listener {
             };
             let Some(d) = d else { return Ok(End::Lost) };
             stats.received += 1;
-            self.handle(&d, printer, stats).await?;
+            self.handle(&d, printer, stats, seen).await?;
             if self.count.is_some_and(|c| stats.printed >= c) {
                 return Ok(End::CountReached);
             }
@@ -131,6 +237,7 @@ impl Listener {
         d: &Delivery,
         printer: &mut Printer<W>,
         stats: &mut Stats,
+        seen: &mut Seen,
     ) -> Result<(), Failure> {
         match decode(&d.routing_key, &d.body, self.max_bytes) {
             Err(reason) => {
@@ -141,7 +248,7 @@ impl Listener {
                 }
             }
             Ok(ev) => {
-                if self.filter.admits(&ev) {
+                if self.filter.admits(&ev) && seen.insert(&ev) {
                     if let Err(e) = printer.print(&ev, &now()) {
                         // Not acked: the broker redelivers it to whoever listens next.
                         return Err(Failure::new(

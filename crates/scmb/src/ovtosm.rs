@@ -120,10 +120,6 @@ pub struct OvToSmCli {
     /// download the new ones over REST and carry on.
     #[arg(long)]
     pub auto_bootstrap: bool,
-    /// At the first start (no checkpoint yet): ticket the alerts already active ("all", the
-    /// default), none of them ("none"), or those modified within a window (e.g. "24h", "90m").
-    #[arg(long, default_value = "all", value_name = "all|none|DURATION")]
-    pub look_back: String,
     /// Seconds between REST keep-alive calls during idle periods (0 = off).
     #[arg(long, default_value_t = 600)]
     pub keep_alive_secs: u64,
@@ -247,7 +243,7 @@ async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
 }
 
 /// Parses `--look-back`: `None` = everything, else how far back.
-fn look_back(s: &str) -> Result<Option<time::Duration>, Failure> {
+pub fn look_back(s: &str) -> Result<Option<time::Duration>, Failure> {
     let bad = || {
         Failure::new(
             failure::USAGE,
@@ -352,24 +348,8 @@ async fn catch_up(
             }
         };
         for alert in alerts {
-            let Some(uri) = alert
-                .get("uri")
-                .and_then(|u| u.as_str())
-                .map(str::to_string)
-            else {
+            let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
                 continue;
-            };
-            let body = serde_json::json!({
-                "resourceUri": uri, "changeType": "Created", "newState": alert.get("alertState"),
-                "eTag": alert.get("eTag"), "timestamp": alert.get("created"), "resource": alert,
-                "changedAttributes": [], "data": null,
-            });
-            let ev = Event {
-                routing_key: format!("scmb.alerts.Created.{uri}"),
-                category: "alerts".into(),
-                change_type: scmb_model::ChangeType::Created,
-                resource_uri: uri,
-                body,
             };
             if !t.filter.admits(&ev) {
                 continue;
@@ -458,7 +438,8 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(|| dir.clone());
     let store = Store::open(&state_dir.join("ov_to_sm.redb"))
         .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
-    first_start_checkpoint(&store, &cli.look_back).await?;
+    // At the first start (no checkpoint yet): by default ticket the alerts already active.
+    first_start_checkpoint(&store, cli.watch.look_back.as_deref().unwrap_or("all")).await?;
     let session = Arc::new(bootstrap::login(conn, host, &dir).await?);
     let mut bus = app::bus_config(conn, &cli.watch, host, &dir);
     let lanes = cli.concurrency.max(1);
