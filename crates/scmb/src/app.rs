@@ -145,9 +145,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 tracing::debug!("listening needs no REST login: the password is not used");
             }
             let w = &cli.watch;
-            let catch_up = if w.catch_up {
+            let session = if w.catch_up || w.auto_bootstrap {
+                Some(std::sync::Arc::new(
+                    bootstrap::login(conn, host, &dir).await?,
+                ))
+            } else {
+                None
+            };
+            let catch_up = if let (true, Some(session)) = (w.catch_up, &session) {
                 Some(listen::CatchUp {
-                    session: bootstrap::login(conn, host, &dir).await?,
+                    session: session.clone(),
                     look_back: crate::ovtosm::look_back(w.look_back.as_deref().unwrap_or("none"))?,
                 })
             } else {
@@ -155,6 +162,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let listener = listen::Listener {
                 catch_up,
+                bootstrap: session.filter(|_| w.auto_bootstrap),
                 bus: bus_config(conn, w, host, &dir),
                 filter: filter(w)?,
                 output: w.output,

@@ -168,6 +168,10 @@ pub struct WatchArgs {
     /// not printed yet (needs the OneView password).
     #[arg(global = true, long)]
     pub catch_up: bool,
+    /// When the broker refuses the certificates on disk (the appliance regenerated them),
+    /// download the new ones over REST and carry on (needs the OneView password).
+    #[arg(global = true, long)]
+    pub auto_bootstrap: bool,
     /// At the first start, how far back to catch up: none, all active alerts, or a window
     /// (24h, 90m). Default: none for scmb (with --catch-up), all for ov_to_sm.
     #[arg(global = true, long, value_name = "none|all|DURATION")]

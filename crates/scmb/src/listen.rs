@@ -32,12 +32,14 @@ pub struct Listener {
     pub count: Option<u64>,
     /// REST catch-up (list + watch), when asked for.
     pub catch_up: Option<CatchUp>,
+    /// `--auto-bootstrap`: a session to download regenerated certificates with.
+    pub bootstrap: Option<std::sync::Arc<scmb_oneview::Session>>,
 }
 
 /// Catch-up: alerts raised while the bus was not listened to, read over REST and printed like
 /// bus messages, de-duplicated by uri + eTag against what this run already printed.
 pub struct CatchUp {
-    pub session: scmb_oneview::Session,
+    pub session: std::sync::Arc<scmb_oneview::Session>,
     /// At start: `None` = every active/locked alert, `Some(ZERO)` = none, else this far back.
     pub look_back: Option<time::Duration>,
 }
@@ -155,9 +157,33 @@ impl Listener {
                         attempt += 1;
                         tracing::warn!(error = %e, retry_in_ms = backoff(attempt).as_millis() as u64, "reconnect failed");
                     }
+                    Err(e) if self.refresh_certificates(&e).await => attempt = 0,
                     Err(e) => return Err(e.into()),
                 }
             };
+        }
+    }
+
+    /// `--auto-bootstrap`: when the broker refuses the certificates on disk, downloads the
+    /// appliance's current ones; true when that worked and a reconnect should follow.
+    async fn refresh_certificates(&self, e: &scmb_bus::BusError) -> bool {
+        let Some(session) = &self.bootstrap else {
+            return false;
+        };
+        if !matches!(
+            e,
+            scmb_bus::BusError::UnknownCa { .. } | scmb_bus::BusError::CertificateRefused { .. }
+        ) {
+            return false;
+        }
+        tracing::warn!(error = %e, "the appliance's certificates changed: downloading them again (--auto-bootstrap)");
+        let dir = self.bus.ca.parent().unwrap_or(std::path::Path::new("."));
+        match crate::bootstrap::download(session, dir).await {
+            Ok(()) => true,
+            Err(f) => {
+                tracing::error!(error = %f, "cannot download the new certificates");
+                false
+            }
         }
     }
 

@@ -116,10 +116,6 @@ pub struct OvToSmCli {
     /// assignment, a note).
     #[arg(long)]
     pub journal_updates: bool,
-    /// When the broker refuses the certificates on disk (the appliance regenerated them),
-    /// download the new ones over REST and carry on.
-    #[arg(long)]
-    pub auto_bootstrap: bool,
     /// Seconds between REST keep-alive calls during idle periods (0 = off).
     #[arg(long, default_value_t = 600)]
     pub keep_alive_secs: u64,
@@ -539,7 +535,7 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
     tokio::pin!(shutdown);
     let mut sub = match scmb_bus::subscribe(&bus).await {
         Ok(s) => s,
-        Err(e) if cli.auto_bootstrap && certificates_changed(&e) => {
+        Err(e) if cli.watch.auto_bootstrap && certificates_changed(&e) => {
             if !refresh_certificates(&ticketer, &dir, &e).await {
                 return Err(e.into());
             }
@@ -595,7 +591,7 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
                 }
                 Err(e) => {
                     attempt += 1;
-                    if cli.auto_bootstrap && certificates_changed(&e) {
+                    if cli.watch.auto_bootstrap && certificates_changed(&e) {
                         if refresh_certificates(&ticketer, &dir, &e).await {
                             attempt = 0;
                         }

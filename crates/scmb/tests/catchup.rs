@@ -103,4 +103,54 @@ async fn alerts_raised_while_disconnected_are_caught_up_once() {
         })
         .collect();
     assert_eq!(uris, vec![before, during, after], "each once, in order");
+
+    // --auto-bootstrap: the appliance regenerates its certificates while scmb listens; scmb
+    // downloads the new ones and carries on.
+    let mut l = Listening::start_env(
+        BIN,
+        &[
+            "-a",
+            &a,
+            "--amqp-port",
+            &port,
+            "--cert-dir",
+            d,
+            "--auto-bootstrap",
+            "--alert-type",
+            &pattern,
+            "--output",
+            "json",
+            "--count",
+            "1",
+            "--heartbeat",
+            "2",
+        ],
+        &env,
+    );
+    assert!(
+        l.wait_for("subscribed to the message bus", Duration::from_secs(30)),
+        "{:?}",
+        l.stderr
+    );
+    c.call(
+        Method::POST,
+        "/sim/certificates/regenerate?keepRestCertificate=true",
+        None,
+    )
+    .await
+    .expect("regenerate");
+    assert!(
+        l.wait_for("downloading them again", Duration::from_secs(60)),
+        "{:?}",
+        l.stderr
+    );
+    assert!(
+        l.wait_for("reconnected to the message bus", Duration::from_secs(60)),
+        "{:?}",
+        l.stderr
+    );
+    let rekeyed = raise("rekeyed").await;
+    let r = l.finish(Duration::from_secs(60));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains(&rekeyed), "{}", r.stdout);
 }
