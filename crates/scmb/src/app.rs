@@ -153,7 +153,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 None
             };
             let catch_up = if let (true, Some(session)) = (w.catch_up, &session) {
+                let store = crate::store::Store::open(&dir.join("scmb.redb"))
+                    .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
                 Some(listen::CatchUp {
+                    store: Some(store),
                     session: session.clone(),
                     look_back: crate::ovtosm::look_back(w.look_back.as_deref().unwrap_or("none"))?,
                 })

@@ -13,6 +13,7 @@ use scmb_model::Filter;
 use crate::cli::Output;
 use crate::failure::Failure;
 use crate::output::Printer;
+use crate::store::{Store, CHECKPOINT};
 
 /// Counters of one run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -40,6 +41,8 @@ pub struct Listener {
 /// bus messages, de-duplicated by uri + eTag against what this run already printed.
 pub struct CatchUp {
     pub session: std::sync::Arc<scmb_oneview::Session>,
+    /// Where the checkpoint and what was printed are kept across restarts.
+    pub store: Option<Store>,
     /// At start: `None` = every active/locked alert, `Some(ZERO)` = none, else this far back.
     pub look_back: Option<time::Duration>,
 }
@@ -47,18 +50,56 @@ pub struct CatchUp {
 /// Margin for clock skew between us and the appliance.
 const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
 
-/// What was printed (uri, eTag), so the catch-up does not print it twice.
+/// What was printed (uri, eTag), so the catch-up does not print it twice — in memory, and in
+/// the state store with `--catch-up` so that a restart does not print it again either.
 #[derive(Default)]
-struct Seen(std::collections::HashSet<(String, String)>);
+struct Seen {
+    mem: std::collections::HashSet<(String, String)>,
+    store: Option<Store>,
+}
 
 impl Seen {
-    /// Records `ev`; false when it was seen before.
-    fn insert(&mut self, ev: &scmb_model::Event) -> bool {
-        if self.0.len() > 200_000 {
-            self.0.clear();
+    /// Records `ev`; false when it was printed before.
+    async fn insert(&mut self, ev: &scmb_model::Event) -> bool {
+        if self.mem.len() > 200_000 {
+            self.mem.clear();
         }
         let etag = ev.str("eTag").unwrap_or("").to_string();
-        self.0.insert((ev.resource_uri.clone(), etag))
+        let key = (ev.resource_uri.clone(), etag.clone());
+        if self.mem.contains(&key) {
+            return false;
+        }
+        if let Some(store) = &self.store {
+            let uri = ev.resource_uri.clone();
+            let e2 = etag.clone();
+            let before = store.call(move |s| s.printed(&uri)).await.ok().flatten();
+            if before.as_deref() == Some(etag.as_str()) {
+                self.mem.insert(key);
+                return false;
+            }
+            let uri = ev.resource_uri.clone();
+            if let Err(e) = store.call(move |s| s.set_printed(&uri, &e2)).await {
+                tracing::warn!(error = %e, "cannot record a printed alert");
+            }
+        }
+        self.mem.insert(key);
+        true
+    }
+
+    /// Records that everything up to now was seen (the next start catches up from here).
+    async fn checkpoint(&self) {
+        if let Some(store) = &self.store {
+            let now = scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc());
+            if let Err(e) = store.call(move |s| s.set_meta(CHECKPOINT, &now)).await {
+                tracing::warn!(error = %e, "cannot save the catch-up checkpoint");
+            }
+        }
+    }
+
+    async fn last_checkpoint(&self) -> Option<time::OffsetDateTime> {
+        let store = self.store.as_ref()?;
+        let cp = store.call(|s| s.meta(CHECKPOINT)).await.ok()??;
+        time::OffsetDateTime::parse(&cp, &time::format_description::well_known::Rfc3339).ok()
     }
 }
 
@@ -95,13 +136,18 @@ impl Listener {
         let colour = self.output == Output::Human && stdout.is_terminal();
         let mut printer = Printer::new(stdout.lock(), self.output, colour);
         tokio::pin!(shutdown);
-        let mut seen = Seen::default();
+        let mut seen = Seen {
+            store: self.catch_up.as_ref().and_then(|c| c.store.clone()),
+            ..Seen::default()
+        };
         let mut sub = scmb_bus::subscribe(&self.bus).await?;
         if let Some(c) = &self.catch_up {
-            let since = match c.look_back {
-                None => Some(None),
-                Some(w) if w.is_zero() => None,
-                Some(w) => Some(Some(time::OffsetDateTime::now_utc() - w)),
+            // From the last checkpoint of a previous run; at the first start, the look-back.
+            let since = match (seen.last_checkpoint().await, c.look_back) {
+                (Some(cp), _) => Some(Some(cp - CLOCK_MARGIN)),
+                (None, None) => Some(None),
+                (None, Some(w)) if w.is_zero() => None,
+                (None, Some(w)) => Some(Some(time::OffsetDateTime::now_utc() - w)),
             };
             if let Some(since) = since {
                 if self
@@ -119,6 +165,7 @@ impl Listener {
                 .await?
             {
                 End::Shutdown | End::CountReached => {
+                    seen.checkpoint().await;
                     sub.close().await;
                     return Ok(stats);
                 }
@@ -221,7 +268,7 @@ impl Listener {
                 let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
                     continue;
                 };
-                if self.filter.admits(&ev) && seen.insert(&ev) {
+                if self.filter.admits(&ev) && seen.insert(&ev).await {
                     printer.print(&ev, &now()).map_err(|e| {
                         Failure::new(
                             crate::failure::UNEXPECTED,
@@ -236,6 +283,7 @@ impl Listener {
                 }
             }
         }
+        seen.checkpoint().await;
         tracing::info!(printed, "catch-up done");
         Ok(false)
     }
@@ -248,9 +296,13 @@ impl Listener {
         shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
         seen: &mut Seen,
     ) -> Result<End, Failure> {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let d = tokio::select! {
                 _ = shutdown.as_mut() => return Ok(End::Shutdown),
+                // While connected everything arrives on the queue: advance the checkpoint.
+                _ = tick.tick() => { seen.checkpoint().await; continue; }
                 d = sub.next() => d,
             };
             let Some(d) = d else { return Ok(End::Lost) };
@@ -278,7 +330,7 @@ impl Listener {
                 }
             }
             Ok(ev) => {
-                if self.filter.admits(&ev) && seen.insert(&ev) {
+                if self.filter.admits(&ev) && seen.insert(&ev).await {
                     if let Err(e) = printer.print(&ev, &now()) {
                         // Not acked: the broker redelivers it to whoever listens next.
                         return Err(Failure::new(

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// For `scmb --catch-up`: the eTag last printed for each alert uri.
+const PRINTED: TableDefinition<&str, &str> = TableDefinition::new("printed");
 
 /// The catch-up checkpoint: every alert modified before it has been handled.
 pub const CHECKPOINT: &str = "checkpoint";
@@ -102,6 +104,7 @@ impl Store {
         let w = database.begin_write().map_err(db)?;
         w.open_table(ALERTS).map_err(db)?;
         w.open_table(META).map_err(db)?;
+        w.open_table(PRINTED).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Store {
             db: Arc::new(database),
@@ -144,6 +147,22 @@ impl Store {
         {
             let mut t = w.open_table(META).map_err(db)?;
             t.insert(key, value).map_err(db)?;
+        }
+        w.commit().map_err(db)
+    }
+
+    /// The eTag last printed for `uri` (scmb's de-duplication across restarts).
+    pub fn printed(&self, uri: &str) -> Result<Option<String>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(PRINTED).map_err(db)?;
+        Ok(t.get(uri).map_err(db)?.map(|v| v.value().to_string()))
+    }
+
+    pub fn set_printed(&self, uri: &str, etag: &str) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = w.open_table(PRINTED).map_err(db)?;
+            t.insert(uri, etag).map_err(db)?;
         }
         w.commit().map_err(db)
     }

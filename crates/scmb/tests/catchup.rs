@@ -104,6 +104,39 @@ async fn alerts_raised_while_disconnected_are_caught_up_once() {
         .collect();
     assert_eq!(uris, vec![before, during, after], "each once, in order");
 
+    // A restart catches up from the checkpoint it saved, and does not print again what it
+    // printed before: the first line is the alert raised while scmb was not running.
+    let offline = raise("offline").await;
+    let l = Listening::start_env(
+        BIN,
+        &[
+            "-a",
+            &a,
+            "--amqp-port",
+            &port,
+            "--cert-dir",
+            d,
+            "--catch-up",
+            "--alert-type",
+            &pattern,
+            "--output",
+            "json",
+            "--count",
+            "1",
+        ],
+        &env,
+    );
+    // --count 1 is reached within the catch-up itself.
+    let r = l.finish(Duration::from_secs(30));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let first: Value = serde_json::from_str(r.stdout.lines().next().unwrap_or("{}")).expect("json");
+    assert_eq!(
+        first["message"]["resourceUri"],
+        json!(offline),
+        "{}",
+        r.stdout
+    );
+
     // --auto-bootstrap: the appliance regenerates its certificates while scmb listens; scmb
     // downloads the new ones and carries on.
     let mut l = Listening::start_env(
