@@ -56,6 +56,8 @@ const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
 struct Seen {
     mem: std::collections::HashSet<(String, String)>,
     store: Option<Store>,
+    /// The last catch-up was incomplete: the checkpoint must not advance until one succeeds.
+    frozen: bool,
 }
 
 impl Seen {
@@ -88,6 +90,9 @@ impl Seen {
 
     /// Records that everything up to now was seen (the next start catches up from here).
     async fn checkpoint(&self) {
+        if self.frozen {
+            return;
+        }
         if let Some(store) = &self.store {
             let now = scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc());
             if let Err(e) = store.call(move |s| s.set_meta(CHECKPOINT, &now)).await {
@@ -100,6 +105,39 @@ impl Seen {
         let store = self.store.as_ref()?;
         let cp = store.call(|s| s.meta(CHECKPOINT)).await.ok()??;
         time::OffsetDateTime::parse(&cp, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
+
+/// Lists alerts for a catch-up, retrying transient failures (503, unreachable, expired
+/// session is handled by the client) with backoff for about a minute.
+pub async fn list_with_retry(
+    session: &scmb_oneview::Session,
+    filters: &[String],
+) -> Result<Vec<serde_json::Value>, scmb_oneview::OneViewError> {
+    let mut attempt = 0;
+    loop {
+        match session.alerts(filters, 500).await {
+            Ok(mut a) => {
+                // Oldest first, as they happened (the appliance lists newest first).
+                a.sort_by(|x, y| x["created"].as_str().cmp(&y["created"].as_str()));
+                return Ok(a);
+            }
+            Err(e)
+                if attempt < 6
+                    && (e.is_transient()
+                        || matches!(e, scmb_oneview::OneViewError::BadResponse { .. })) =>
+            {
+                let d = scmb_servicemanager::backoff(
+                    attempt,
+                    Duration::from_millis(500),
+                    Duration::from_secs(16),
+                );
+                attempt += 1;
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "catch-up: listing alerts failed; retrying");
+                tokio::time::sleep(d).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -245,6 +283,7 @@ impl Listener {
         seen: &mut Seen,
     ) -> Result<bool, Failure> {
         let mut printed = 0;
+        let mut complete = true;
         for state in ["Active", "Locked"] {
             let mut filters = vec![format!("alertState='{state}'")];
             if let Some(t) = since {
@@ -253,14 +292,11 @@ impl Listener {
                     scmb_model::message::format_rfc3339_ms(t)
                 ));
             }
-            let alerts = match c.session.alerts(&filters, 500).await {
-                Ok(mut a) => {
-                    // Oldest first, as they happened (the appliance lists newest first).
-                    a.sort_by(|x, y| x["created"].as_str().cmp(&y["created"].as_str()));
-                    a
-                }
+            let alerts = match list_with_retry(&c.session, &filters).await {
+                Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts");
+                    tracing::error!(error = %e, "catch-up: cannot list the {state} alerts; the checkpoint stays where it was");
+                    complete = false;
                     continue;
                 }
             };
@@ -283,8 +319,10 @@ impl Listener {
                 }
             }
         }
+        // An incomplete catch-up must not move the checkpoint past what it missed.
+        seen.frozen = !complete;
         seen.checkpoint().await;
-        tracing::info!(printed, "catch-up done");
+        tracing::info!(printed, complete, "catch-up done");
         Ok(false)
     }
 

@@ -335,12 +335,8 @@ async fn catch_up(
         if let Some(cp) = &checkpoint {
             filters.push(format!("modified GE '{cp}'"));
         }
-        let alerts = match t.ov.alerts(&filters, 500).await {
-            Ok(mut a) => {
-                // Oldest first, as they happened (the appliance lists newest first).
-                a.sort_by(|x, y| x["created"].as_str().cmp(&y["created"].as_str()));
-                a
-            }
+        let alerts = match crate::listen::list_with_retry(&t.ov, &filters).await {
+            Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts; continuing with the bus only");
                 complete = false;
