@@ -507,7 +507,7 @@ pub(crate) fn rel_path(uri: &str) -> String {
 
 /// At most [`SNIPPET_MAX`] characters of a body for an error message: HTML reduced to its
 /// text, whitespace collapsed, anything from a private key on withheld.
-pub(crate) fn snippet(body: &[u8], content_type: Option<&str>) -> String {
+pub fn snippet(body: &[u8], content_type: Option<&str>) -> String {
     let text = String::from_utf8_lossy(body);
     let mut text: String = text.into_owned();
     if let Some(i) = text.find("PRIVATE KEY") {

@@ -164,7 +164,7 @@ fn task_errors(errors: &[String]) -> String {
 
 /// The causes of an error, joined by `: ` (reqwest's own top line, "error sending request
 /// for url", is skipped when there is something more telling below it).
-pub(crate) fn chain(e: &(dyn StdError + 'static)) -> String {
+pub fn chain(e: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
@@ -195,7 +195,7 @@ pub(crate) fn chain(e: &(dyn StdError + 'static)) -> String {
 
 /// The rustls error somewhere in the causes of `e` (tokio-rustls wraps it in an `io::Error`,
 /// whose `source()` skips it, hence the look inside).
-pub(crate) fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+pub fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     let mut cur: Option<&'a (dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(r) = err.downcast_ref::<rustls::Error>() {

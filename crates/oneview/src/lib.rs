@@ -35,3 +35,10 @@ pub use scmb_tls::{Fingerprint, NameCheck, ServerTrust};
 pub use secret::{Credentials, Secret};
 pub use session::Session;
 pub use types::{Generation, Keypair, Task, TaskOutcome};
+
+/// Helpers for turning HTTP failures into one-line explanations, shared with the other REST
+/// clients of the project (Service Manager).
+pub mod diagnostics {
+    pub use crate::client::snippet;
+    pub use crate::error::{chain, find_rustls};
+}

@@ -12,6 +12,7 @@ use std::time::Instant;
 use base64::Engine;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Method;
+use scmb_oneview::diagnostics::snippet;
 use scmb_oneview::Secret;
 use scmb_tls::{NameCheck, ServerTrust};
 use serde_json::{json, Map, Value};
@@ -19,9 +20,6 @@ use serde_json::{json, Map, Value};
 use crate::config::SmConfig;
 use crate::error::{find_rustls, tls_detail, SmError};
 use crate::incident::Incident;
-
-/// Longest body excerpt put into an error.
-const SNIPPET_MAX: usize = 200;
 
 /// A Service Manager REST client. Cheap to clone (the connection pool is shared); `Debug`
 /// shows the URL and user, never the password.
@@ -554,38 +552,6 @@ fn scrub(text: &str, password: &Secret) -> String {
         text.to_string()
     } else {
         text.replace(password.expose(), "***")
-    }
-}
-
-/// At most [`SNIPPET_MAX`] characters of a body for an error message, HTML reduced to its
-/// text, whitespace collapsed.
-pub(crate) fn snippet(body: &[u8], content_type: Option<&str>) -> String {
-    let mut text = String::from_utf8_lossy(body).into_owned();
-    let html = content_type.is_some_and(|c| c.to_ascii_lowercase().contains("html"))
-        || text.trim_start().starts_with('<');
-    if html {
-        let mut out = String::with_capacity(text.len());
-        let mut in_tag = false;
-        for c in text.chars() {
-            match c {
-                '<' => {
-                    in_tag = true;
-                    out.push(' ');
-                }
-                '>' => in_tag = false,
-                c if !in_tag => out.push(c),
-                _ => {}
-            }
-        }
-        text = out;
-    }
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if collapsed.chars().count() <= SNIPPET_MAX {
-        collapsed
-    } else {
-        let mut s: String = collapsed.chars().take(SNIPPET_MAX - 1).collect();
-        s.push('…');
-        s
     }
 }
 

@@ -6,6 +6,8 @@
 
 use std::error::Error as StdError;
 
+pub(crate) use scmb_oneview::diagnostics::{chain, find_rustls};
+
 /// What a caller should do about an [`SmError`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -195,55 +197,6 @@ fn bad_display(
     } else {
         format!("unexpected answer from Service Manager to {request}: {problem} (HTTP {status}, {ct}): {snippet}")
     }
-}
-
-/// The causes of an error joined by `: `, skipping reqwest's and hyper's wrappers when there
-/// is something more telling below them, and saying so when it was a timeout.
-pub(crate) fn chain(e: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    if parts.len() > 1 {
-        parts.retain(|p| {
-            !(p.starts_with("error sending request") || p.starts_with("client error ("))
-        });
-    }
-    let mut out = if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
-    };
-    if let Some(re) = e.downcast_ref::<reqwest::Error>() {
-        if re.is_timeout() {
-            out.push_str(" (no answer within the request timeout)");
-        }
-    }
-    out
-}
-
-/// The rustls error somewhere in the causes of `e` (tokio-rustls wraps it in an `io::Error`,
-/// whose `source()` skips it, hence the look inside).
-pub(crate) fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur: Option<&'a (dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(r) = err.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        cur = match err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => err.source(),
-        };
-    }
-    None
 }
 
 /// A failed handshake in words that say what to change.
