@@ -671,20 +671,15 @@ async fn ca(State(st): State<Arc<OvState>>, headers: HeaderMap, RawQuery(q): Raw
         return Json(json!(pem)).into_response();
     }
     let pairs = query_pairs(&q);
-    let filters: Vec<&str> = pairs
-        .iter()
-        .filter(|(k, _)| k == "filter")
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let (filters, expr) = match parse_filters(&pairs) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let details = !filters.is_empty()
         || headers
             .get("if-req-certdetails")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let expr = match filter::parse_all(filters.iter().copied()) {
-        Ok(e) => e,
-        Err(e) => return bad_filter(&e),
-    };
     let mut member = json!({
         "type": "CertificateAuthorityInfo", "category": "certificate-authority",
         "certType": "INTERNAL", "aliasName": CA_ALIAS,
@@ -731,6 +726,19 @@ async fn ca_by_alias(
         "certificateDetails": ca_details(&st.pki().ca_pem),
     }))
     .into_response()
+}
+
+/// Every `filter=` parameter, and their conjunction parsed (or the 400 to answer).
+fn parse_filters(pairs: &[(String, String)]) -> Result<(Vec<&str>, filter::Expr), Response> {
+    let filters: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "filter")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    match filter::parse_all(filters.iter().copied()) {
+        Ok(e) => Ok((filters, e)),
+        Err(e) => Err(bad_filter(&e)),
+    }
 }
 
 fn bad_filter(e: &filter::FilterError) -> Response {
@@ -901,14 +909,9 @@ async fn list_alerts(
     } else {
         (count as usize).min(st.cfg.page_limit)
     };
-    let filters: Vec<&str> = pairs
-        .iter()
-        .filter(|(k, _)| k == "filter")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let expr = match filter::parse_all(filters.iter().copied()) {
-        Ok(e) => e,
-        Err(e) => return bad_filter(&e),
+    let (filters, expr) = match parse_filters(&pairs) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     let sort = get("sort").unwrap_or("created:descending").to_string();
     let mut matching: Vec<Value> = {
@@ -1150,14 +1153,9 @@ async fn delete_alerts(
         return r;
     }
     let pairs = query_pairs(&q);
-    let expr = match filter::parse_all(
-        pairs
-            .iter()
-            .filter(|(k, _)| k == "filter")
-            .map(|(_, v)| v.as_str()),
-    ) {
-        Ok(e) => e,
-        Err(e) => return bad_filter(&e),
+    let expr = match parse_filters(&pairs) {
+        Ok((_, e)) => e,
+        Err(r) => return r,
     };
     let ids: Vec<u64> = st
         .lock()
