@@ -17,7 +17,34 @@ enum Mode {
     Watch,
 }
 
-pub fn init_tracing() {
+/// Runs a tool's async main on a small runtime and maps the outcome to its exit code, printing
+/// a failure as one line prefixed with the tool's name.
+pub fn run_to_exit(
+    name: &str,
+    main: impl std::future::Future<Output = Result<(), Failure>>,
+) -> std::process::ExitCode {
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(failure::UNEXPECTED);
+        }
+    };
+    match rt.block_on(main) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{name}: {f}");
+            std::process::ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,scmb=info"));

@@ -4,27 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use scmb::{app, cli::Cli, failure};
+use scmb::{app, cli::Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    app::init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("scmb: cannot start the async runtime: {e}");
-            return ExitCode::from(failure::UNEXPECTED);
-        }
-    };
-    match rt.block_on(app::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("scmb: {f}");
-            ExitCode::from(f.code)
-        }
-    }
+    app::run_to_exit("scmb", app::run(cli))
 }
