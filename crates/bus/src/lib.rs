@@ -65,6 +65,8 @@ impl BusConfig {
 pub enum BusError {
     #[error("{what} not found at {path}: download the certificates first (`scmb -a HOST -g` then `scmb -a HOST -d`, or `scmb setup`)")]
     MissingFile { what: &'static str, path: PathBuf },
+    #[error("the client key {path} is readable by group or others (mode {mode:03o}): run `chmod 600 {path}`")]
+    KeyReadable { path: PathBuf, mode: u32 },
     #[error(transparent)]
     Tls(#[from] scmb_tls::TlsError),
     #[error("cannot reach the message bus at {addr}: {detail} (is the appliance up and port {port} open?)")]
@@ -155,6 +157,17 @@ fn tls_adaptor(cfg: &BusConfig) -> Result<TlsAdaptor, BusError> {
             return Err(BusError::MissingFile {
                 what,
                 path: path.clone(),
+            });
+        }
+    }
+    // A private key others can read is refused, as ssh refuses one.
+    if let Ok(meta) = std::fs::metadata(&cfg.key) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(BusError::KeyReadable {
+                path: cfg.key.clone(),
+                mode,
             });
         }
     }

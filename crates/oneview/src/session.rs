@@ -359,13 +359,17 @@ impl Session {
         filters: &[String],
         page_size: usize,
     ) -> Result<Vec<Value>, OneViewError> {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        q.append_pair("start", "0");
-        q.append_pair("count", &page_size.max(1).to_string());
-        for f in filters {
-            q.append_pair("filter", f);
-        }
-        let mut next = Some(format!("/rest/alerts?{}", q.finish().replace('+', "%20")));
+        // The serializer is not Send: it must be gone before the first await.
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("start", "0");
+            q.append_pair("count", &page_size.max(1).to_string());
+            for f in filters {
+                q.append_pair("filter", f);
+            }
+            q.finish().replace('+', "%20")
+        };
+        let mut next = Some(format!("/rest/alerts?{query}"));
         let mut pages: HashSet<String> = HashSet::new();
         let mut seen: HashSet<String> = HashSet::new();
         let mut out = Vec::new();

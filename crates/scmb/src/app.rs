@@ -21,9 +21,10 @@ enum Mode {
 /// a failure as one line prefixed with the tool's name.
 pub fn run_to_exit(
     name: &str,
+    log: (String, crate::telemetry::LogFormat),
     main: impl std::future::Future<Output = Result<(), Failure>>,
 ) -> std::process::ExitCode {
-    init_tracing();
+    crate::telemetry::init_logging(&log.0, log.1);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -44,16 +45,23 @@ pub fn run_to_exit(
     }
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,scmb=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+/// The log settings from the flags (and their environment variables), `RUST_LOG` and a
+/// config file's `[log]`, in that order of precedence.
+pub fn log_settings(
+    flags: &crate::cli::LogArgs,
+    file: Option<&crate::config::LogConfig>,
+) -> (String, crate::telemetry::LogFormat) {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let level = crate::telemetry::log_level(
+        flags.log_level.as_deref(),
+        rust_log.as_deref(),
+        file.and_then(|f| f.level.as_deref()),
+    );
+    let format = flags
+        .log_format
+        .or(file.and_then(|f| f.format))
+        .unwrap_or_default();
+    (level, format)
 }
 
 pub async fn shutdown_signal() {
@@ -143,6 +151,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Cmd::Certs(CertsCmd::Download)) => Mode::Download,
         Some(Cmd::Certs(CertsCmd::Show)) => Mode::Show,
         Some(Cmd::Watch) => Mode::Watch,
+        Some(Cmd::Run(_) | Cmd::Check(_) | Cmd::Completions { .. } | Cmd::Man) => {
+            return Err(Failure::new(
+                failure::UNEXPECTED,
+                "this command is dispatched by main",
+            ))
+        }
         None if cli.generate && cli.download => Mode::Setup,
         None if cli.generate => Mode::Generate,
         None if cli.download => Mode::Download,

@@ -59,6 +59,9 @@ pub async fn rest_trust(conn: &ConnArgs, host: &str, dir: &Path) -> Result<Serve
 
 /// The password: `-p` (with a warning), `--password-file`, `$SCMB_PASSWORD`, or a prompt.
 pub fn password(conn: &ConnArgs) -> Result<Secret, Failure> {
+    if let Some(s) = &conn.secret {
+        return Ok(s.clone());
+    }
     if let Some(p) = &conn.password {
         tracing::warn!("-p puts the password where `ps` shows it: prefer $SCMB_PASSWORD, --password-file or the prompt");
         return Ok(Secret::new(p.clone()));

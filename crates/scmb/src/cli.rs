@@ -39,10 +39,24 @@ pub struct Cli {
     pub download: bool,
     #[command(flatten)]
     pub watch: WatchArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Run as a service: every appliance of a config file, with its sinks, metrics and health.
+    Run(DaemonArgs),
+    /// Check a config file, then each appliance: REST login, bus handshake, certificate
+    /// expiry, Service Manager. One line per check; exit 0 only when all pass.
+    Check(DaemonArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of scmb.
+    Man,
     /// Generate the keypair if the appliance has none, wait for it, and download everything.
     Setup,
     /// Generate, download or show the certificates.
@@ -50,6 +64,21 @@ pub enum Cmd {
     Certs(CertsCmd),
     /// Listen and print the messages the filter admits (the default without -g/-d).
     Watch,
+}
+
+/// `scmb run` and `scmb check`. Precedence: these flags > their environment variables > the
+/// config file > defaults.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// The config file (TOML; see docs/OPERATIONS.md and examples/scmb.toml).
+    #[arg(short = 'c', long, env = "SCMB_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Where the appliances keep their state (overrides state_dir).
+    #[arg(long, env = "SCMB_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz on this address (overrides metrics.listen).
+    #[arg(long, env = "SCMB_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +136,21 @@ pub struct ConnArgs {
     /// Do not accept the EULA when the appliance asks for it (the sample accepts it).
     #[arg(long, global = true)]
     pub no_accept_eula: bool,
+    /// The password already read (from a config file's env, file or systemd credential).
+    #[arg(skip)]
+    pub secret: Option<scmb_oneview::Secret>,
+}
+
+/// Logging, for every command.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LogArgs {
+    /// Log level or directives (info, debug, warn,scmb=debug); default RUST_LOG, then
+    /// warn,scmb=info.
+    #[arg(long, global = true, env = "SCMB_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, env = "SCMB_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::telemetry::LogFormat>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -181,7 +225,8 @@ pub struct WatchArgs {
     pub max_message_bytes: usize,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Output {
     /// The sample's fields, aligned; colour on a terminal.
     #[default]

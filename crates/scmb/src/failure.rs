@@ -52,7 +52,7 @@ impl Failure {
 impl From<BusError> for Failure {
     fn from(e: BusError) -> Self {
         let code = match &e {
-            BusError::MissingFile { .. } | BusError::Tls(_) => CERTS,
+            BusError::MissingFile { .. } | BusError::KeyReadable { .. } | BusError::Tls(_) => CERTS,
             BusError::Unreachable { .. } => UNREACHABLE,
             BusError::UnknownCa { .. }
             | BusError::NameMismatch { .. }

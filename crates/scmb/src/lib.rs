@@ -5,10 +5,15 @@
 pub mod app;
 pub mod bootstrap;
 pub mod certs;
+pub mod check;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod failure;
 pub mod listen;
 pub mod output;
 pub mod ovtosm;
+pub mod pipeline;
 pub mod store;
+pub mod telemetry;
 pub mod ticket;

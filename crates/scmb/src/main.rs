@@ -1,12 +1,51 @@
 //! `scmb`: listens to HPE OneView's State-Change Message Bus and sets up its certificates,
-//! with the HPE sample's command line kept verbatim. Exit codes: see `scmb::failure`.
+//! with the HPE sample's command line kept verbatim; `scmb run` serves many appliances as a
+//! service. Exit codes: see `scmb::failure`.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use scmb::{app, cli::Cli};
+use clap::{CommandFactory, Parser};
+use scmb::cli::{Cli, Cmd};
+use scmb::config::Config;
+use scmb::{app, check, daemon, failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    app::run_to_exit("scmb", app::run(cli))
+    match &cli.cmd {
+        Some(Cmd::Completions { shell }) => {
+            clap_complete::generate(*shell, &mut Cli::command(), "scmb", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Man) => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("scmb: cannot write the man page: {e}");
+                    ExitCode::from(failure::UNEXPECTED)
+                }
+            }
+        }
+        Some(Cmd::Run(args)) => {
+            let cfg = match Config::load(&args.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("scmb: {e}");
+                    return ExitCode::from(failure::USAGE);
+                }
+            };
+            let log = app::log_settings(&cli.log, Some(&cfg.log));
+            let args = args.clone();
+            app::run_to_exit("scmb", log, daemon::run(cfg, args))
+        }
+        Some(Cmd::Check(args)) => {
+            let cfg = Config::load(&args.config);
+            let log = app::log_settings(&cli.log, cfg.as_ref().ok().map(|c| &c.log));
+            let args = args.clone();
+            app::run_to_exit("scmb", log, check::run(cfg, args))
+        }
+        _ => {
+            let log = app::log_settings(&cli.log, None);
+            app::run_to_exit("scmb", log, app::run(cli))
+        }
+    }
 }

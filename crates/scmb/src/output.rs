@@ -14,6 +14,9 @@ pub struct Printer<W: Write> {
     out: std::io::BufWriter<W>,
     format: Output,
     colour: bool,
+    /// The appliance this printer speaks for (`scmb run`): every human line is prefixed with
+    /// `[label] `, every JSON line carries `"appliance"`.
+    label: Option<String>,
 }
 
 const NA: &str = "n/a";
@@ -32,19 +35,41 @@ impl<W: Write> Printer<W> {
             out: std::io::BufWriter::with_capacity(16 * 1024, w),
             format,
             colour,
+            label: None,
         }
+    }
+
+    /// Marks every line with the appliance it comes from.
+    pub fn with_label(mut self, label: &str) -> Self {
+        self.label = Some(label.to_string());
+        self
     }
 
     /// Prints one message and flushes it.
     pub fn print(&mut self, e: &Event, received_at: &str) -> std::io::Result<()> {
-        match self.format {
-            Output::Json => {
+        match (self.format, &self.label) {
+            (Output::Human, Some(label)) => {
+                // Rendered unlabelled, then each line prefixed.
+                let mut inner = Printer::new(Vec::with_capacity(1024), Output::Human, self.colour);
+                inner.print(e, received_at)?;
+                let text = inner.out.into_inner().map_err(|e| e.into_error())?;
+                for line in text.split_inclusive(|b| *b == b'\n') {
+                    write!(self.out, "[{label}] ")?;
+                    self.out.write_all(line)?;
+                }
+            }
+            (Output::Json, Some(label)) => {
+                let line = json!({"appliance": label, "routingKey": e.routing_key, "receivedAt": received_at, "message": e.body});
+                serde_json::to_writer(&mut self.out, &line)?;
+                self.out.write_all(b"\n")?;
+            }
+            (Output::Json, None) => {
                 let line = json!({"routingKey": e.routing_key, "receivedAt": received_at, "message": e.body});
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")?;
             }
-            Output::Human if e.is_alert() => self.alert(e)?,
-            Output::Human => self.generic(e)?,
+            (Output::Human, None) if e.is_alert() => self.alert(e)?,
+            (Output::Human, None) => self.generic(e)?,
         }
         self.out.flush()
     }
@@ -137,5 +162,22 @@ mod tests {
         let out = String::from_utf8(p.out.into_inner().expect("flush")).expect("utf8");
         assert!(out.contains("description       n/a"), "{out}");
         assert!(out.contains("resourceName      n/a"), "{out}");
+    }
+
+    #[test]
+    fn every_labelled_line_carries_its_appliance() {
+        let body = br#"{"resourceUri":"/rest/alerts/7","changeType":"Created","resource":{"severity":"Critical","alertState":"Active"}}"#;
+        let e = decode("scmb.alerts.Created./rest/alerts/7", body, 1 << 20).expect("decode");
+        let mut p = Printer::new(Vec::new(), Output::Human, false).with_label("ov-east");
+        p.print(&e, "2026-11-25T10:00:00.000Z").expect("print");
+        let out = String::from_utf8(p.out.into_inner().expect("flush")).expect("utf8");
+        assert!(out.lines().count() > 5);
+        assert!(out.lines().all(|l| l.starts_with("[ov-east] ")), "{out}");
+        let mut j = Printer::new(Vec::new(), Output::Json, false).with_label("ov-east");
+        j.print(&e, "t").expect("print");
+        let line = String::from_utf8(j.out.into_inner().expect("flush")).expect("utf8");
+        let v: Value = serde_json::from_str(line.trim()).expect("json");
+        assert_eq!(v["appliance"], "ov-east");
+        assert_eq!(v["message"]["resourceUri"], "/rest/alerts/7");
     }
 }

@@ -3,28 +3,18 @@
 //! hand each alert to the lane of its uri (events of one alert stay in order, different alerts
 //! are ticketed in parallel), ack only when the lane says the work is recorded.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
-use scmb_bus::Delivery;
-use scmb_model::message::decode;
-use scmb_model::Event;
 use scmb_oneview::Secret;
 use scmb_servicemanager::{SmClient, SmConfig};
-use tokio::sync::{mpsc, watch};
 
 use crate::cli::{ConnArgs, WatchArgs};
 use crate::failure::{self, Failure};
-use crate::store::{Store, CHECKPOINT};
-use crate::ticket::{OnClear, Outcome, Template, Ticketer};
+use crate::ticket::{OnClear, Template};
 use crate::{app, bootstrap, certs};
-use scmb_model::message::format_rfc3339_ms;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "ov_to_sm",
     version,
@@ -40,6 +30,8 @@ pub struct OvToSmCli {
     pub conn: ConnArgs,
     #[command(flatten)]
     pub watch: WatchArgs,
+    #[command(flatten)]
+    pub log: crate::cli::LogArgs,
     /// Generate the RabbitMQ client keypair on the appliance (HPE sample's -g).
     #[arg(short = 'g', long = "gen")]
     pub generate: bool,
@@ -61,6 +53,9 @@ pub struct OvToSmCli {
     /// the prompt; empty when none is given and there is no terminal).
     #[arg(short = 'x', long = "spass", value_name = "SMPASS")]
     pub sm_password: Option<String>,
+    /// The SM password already read (from a config file's env, file or systemd credential).
+    #[arg(skip)]
+    pub sm_secret: Option<Secret>,
     /// Read the Service Manager password from this file (first line).
     #[arg(long, value_name = "FILE")]
     pub sm_password_file: Option<PathBuf>,
@@ -168,6 +163,9 @@ pub fn template(cli: &OvToSmCli) -> Result<Template, Failure> {
 }
 
 fn sm_password(cli: &OvToSmCli) -> Result<Secret, Failure> {
+    if let Some(s) = &cli.sm_secret {
+        return Ok(s.clone());
+    }
     if let Some(p) = &cli.sm_password {
         tracing::warn!("-x puts the Service Manager password where `ps` shows it: prefer $SM_PASSWORD or --sm-password-file");
         return Ok(Secret::new(p.clone()));
@@ -186,7 +184,7 @@ fn sm_password(cli: &OvToSmCli) -> Result<Secret, Failure> {
     ))
 }
 
-fn sm_client(cli: &OvToSmCli) -> Result<SmClient, Failure> {
+pub(crate) fn sm_client(cli: &OvToSmCli) -> Result<SmClient, Failure> {
     let host = cli.sm.as_deref().ok_or_else(|| {
         Failure::new(
             failure::USAGE,
@@ -264,156 +262,6 @@ pub fn look_back(s: &str) -> Result<Option<time::Duration>, Failure> {
     }
 }
 
-/// With no checkpoint yet, `--look-back` sets the first one.
-async fn first_start_checkpoint(store: &Store, look: &str) -> Result<(), Failure> {
-    let window = look_back(look)?;
-    let store_err = |e: crate::store::StoreError| Failure::new(failure::UNEXPECTED, e.to_string());
-    if store
-        .call(|s| s.meta(CHECKPOINT))
-        .await
-        .map_err(store_err)?
-        .is_some()
-    {
-        return Ok(());
-    }
-    if let Some(w) = window {
-        let cp = format_rfc3339_ms(time::OffsetDateTime::now_utc() - w);
-        tracing::info!(checkpoint = %cp, "first start: catching up on alerts modified since");
-        store
-            .call(move |s| s.set_meta(CHECKPOINT, &cp))
-            .await
-            .map_err(store_err)?;
-    }
-    Ok(())
-}
-
-/// Whether a bus error means the appliance's certificates are no longer the ones on disk.
-fn certificates_changed(e: &scmb_bus::BusError) -> bool {
-    matches!(
-        e,
-        scmb_bus::BusError::UnknownCa { .. }
-            | scmb_bus::BusError::CertificateRefused { .. }
-            | scmb_bus::BusError::MissingFile { .. }
-    )
-}
-
-/// `--auto-bootstrap`: downloads the appliance's current certificates over REST.
-async fn refresh_certificates(t: &Ticketer, dir: &std::path::Path, e: &scmb_bus::BusError) -> bool {
-    tracing::warn!(error = %e, "the appliance's certificates changed: downloading them again (--auto-bootstrap)");
-    match bootstrap::download(&t.ov, dir).await {
-        Ok(()) => {
-            tracing::info!(dir = %dir.display(), "new certificates downloaded");
-            true
-        }
-        Err(f) => {
-            tracing::error!(error = %f, "cannot download the new certificates");
-            false
-        }
-    }
-}
-
-/// Reads the active and locked alerts over REST and feeds the ones the filter admits through
-/// the lanes, as if they had just been created; the store skips what was already handled.
-async fn catch_up(
-    t: &Arc<Ticketer>,
-    senders: &[mpsc::Sender<Work>],
-    lanes: usize,
-) -> Result<(), Failure> {
-    let store = t.store.clone();
-    let checkpoint = store
-        .call(|s| s.meta(CHECKPOINT))
-        .await
-        .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
-    // Everything modified from here on (less a margin for clock skew) is either fed below or
-    // arrives on the queue; once the lanes have worked through what is fed, it becomes the
-    // next checkpoint.
-    let next = format_rfc3339_ms(time::OffsetDateTime::now_utc() - CLOCK_MARGIN);
-    let mut fed = 0usize;
-    let mut complete = true;
-    for state in ["Active", "Locked"] {
-        let mut filters = vec![format!("alertState='{state}'")];
-        if let Some(cp) = &checkpoint {
-            filters.push(format!("modified GE '{cp}'"));
-        }
-        let alerts = match crate::listen::list_with_retry(&t.ov, &filters).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts; continuing with the bus only");
-                complete = false;
-                continue;
-            }
-        };
-        for alert in alerts {
-            let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
-                continue;
-            };
-            if !t.filter.admits(&ev) {
-                continue;
-            }
-            let lane = lane_of(&ev.resource_uri, lanes);
-            if senders[lane]
-                .send(Work::Event(None, Box::new(ev)))
-                .await
-                .is_err()
-            {
-                return Err(Failure::new(
-                    failure::UNEXPECTED,
-                    "a ticketing lane stopped",
-                ));
-            }
-            fed += 1;
-        }
-    }
-    tracing::info!(alerts = fed, since = ?checkpoint, "catch-up: admitted alerts fed through the pipeline");
-    if !complete {
-        return Ok(());
-    }
-    // A barrier through every lane: when all have passed it, what was fed is handled.
-    let mut passed = Vec::with_capacity(lanes);
-    for tx in senders {
-        let (done, rx) = tokio::sync::oneshot::channel();
-        if tx.send(Work::Barrier(done)).await.is_err() {
-            return Err(Failure::new(
-                failure::UNEXPECTED,
-                "a ticketing lane stopped",
-            ));
-        }
-        passed.push(rx);
-    }
-    let shutdown = t.shutdown.clone();
-    tokio::spawn(async move {
-        for rx in passed {
-            if rx.await.is_err() {
-                return;
-            }
-        }
-        if *shutdown.borrow() {
-            return; // interrupted work may sit before the barrier
-        }
-        let cp = next.clone();
-        match store.call(move |s| s.set_meta(CHECKPOINT, &cp)).await {
-            Ok(()) => tracing::debug!(checkpoint = %next, "catch-up checkpoint saved"),
-            Err(e) => tracing::warn!(error = %e, "cannot save the catch-up checkpoint"),
-        }
-    });
-    Ok(())
-}
-
-/// Work for a lane: an event (with its delivery, or from the catch-up), or a barrier.
-enum Work {
-    Event(Option<Delivery>, Box<Event>),
-    Barrier(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Margin for clock skew between us and the appliance when checkpointing.
-const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
-
-fn lane_of(uri: &str, lanes: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    uri.hash(&mut h);
-    (h.finish() % lanes.max(1) as u64) as usize
-}
-
 /// Runs the command.
 pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
     if cli.list {
@@ -430,194 +278,19 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
             _ => bootstrap::download(&session, &dir).await,
         };
     }
-    let sm = sm_client(&cli)?;
     let state_dir = cli.state_dir.clone().unwrap_or_else(|| dir.clone());
-    let store = Store::open(&state_dir.join("ov_to_sm.redb"))
-        .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
-    // At the first start (no checkpoint yet): by default ticket the alerts already active.
-    first_start_checkpoint(&store, cli.watch.look_back.as_deref().unwrap_or("all")).await?;
-    let session = Arc::new(bootstrap::login(conn, host, &dir).await?);
-    let mut bus = app::bus_config(conn, &cli.watch, host, &dir);
-    let lanes = cli.concurrency.max(1);
-    bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let template = template(&cli)?;
-    let ticketer = Arc::new(Ticketer {
-        store,
-        sm,
-        ov: session,
-        template,
-        on_clear: cli.on_clear,
-        journal_updates: cli.journal_updates,
-        filter: app::filter(&cli.watch)?,
-        shutdown: stop_rx,
-        retry_base: Duration::from_millis(250),
-        retry_cap: Duration::from_secs(cli.retry_cap_secs.max(1)),
-    });
-    if cli.keep_alive_secs > 0 {
-        // The REST session must not expire while the bus is quiet for a day.
-        let t = ticketer.clone();
-        let every = Duration::from_secs(cli.keep_alive_secs);
-        tokio::spawn(async move {
-            let mut stop = t.shutdown.clone();
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                match t.ov.keep_alive().await {
-                    Ok(_) => tracing::debug!("REST keep-alive sent"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "REST keep-alive failed; the next call will log in again")
-                    }
-                }
-            }
-        });
-    }
-    let printer = Arc::new(std::sync::Mutex::new(crate::output::Printer::new(
-        std::io::stdout(),
-        cli.watch.output,
-        false,
-    )));
-
-    // One lane per slot: a bounded queue each, so the in-flight window stays bounded.
-    let mut senders = Vec::with_capacity(lanes);
-    let mut workers = Vec::with_capacity(lanes);
-    let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
-    for _ in 0..lanes {
-        let (tx, mut rx) = mpsc::channel::<Work>(8);
-        senders.push(tx);
-        let t = ticketer.clone();
-        let printer = printer.clone();
-        let fatal = fatal_tx.clone();
-        workers.push(tokio::spawn(async move {
-            while let Some(work) = rx.recv().await {
-                let (d, ev) = match work {
-                    Work::Barrier(done) => {
-                        let _ = done.send(());
-                        continue;
-                    }
-                    Work::Event(d, ev) => (d, *ev),
-                };
-                match t.process(&ev).await {
-                    Ok(done @ (Outcome::Done(_) | Outcome::Ticketed { .. })) => {
-                        if let Outcome::Ticketed { incident, alert } = &done {
-                            // The alert as updated (with its note), like the sample prints it.
-                            let mut shown = ev.clone();
-                            if let Some(a) = alert {
-                                shown.body["resource"] = a.clone();
-                            }
-                            let now = scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc());
-                            if let Ok(mut p) = printer.lock() {
-                                let _ = p.print(&shown, &now);
-                            }
-                            println!("{}: ticketed as {incident}; note written to the alert", ev.resource_uri);
-                        }
-                        tracing::debug!(alert = %ev.resource_uri, outcome = ?done, "handled");
-                        if let Some(d) = d {
-                            if let Err(e) = d.ack().await {
-                                tracing::warn!(error = %e, "ack failed; the message will be redelivered and de-duplicated");
-                            }
-                        }
-                    }
-                    Ok(Outcome::Interrupted) => {}
-                    Err(e) => {
-                        let _ = fatal.send(Failure::new(failure::UNEXPECTED, e.to_string())).await;
-                        return;
-                    }
-                }
-            }
-        }));
-    }
-    drop(fatal_tx);
-
-    let shutdown = app::shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut sub = match scmb_bus::subscribe(&bus).await {
-        Ok(s) => s,
-        Err(e) if cli.watch.auto_bootstrap && certificates_changed(&e) => {
-            if !refresh_certificates(&ticketer, &dir, &e).await {
-                return Err(e.into());
-            }
-            scmb_bus::subscribe(&bus).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut attempt = 0u32;
-    let result = 'outer: loop {
-        // Catch-up: alerts raised (or left unfinished) while we were not listening.
-        if let Err(f) = catch_up(&ticketer, &senders, lanes).await {
-            break 'outer Err(f);
-        }
-        loop {
-            let d = tokio::select! {
-                _ = &mut shutdown => break 'outer Ok(()),
-                f = fatal_rx.recv() => break 'outer Err(f.unwrap_or_else(|| Failure::new(failure::UNEXPECTED, "workers stopped"))),
-                d = sub.next() => d,
-            };
-            let Some(d) = d else { break };
-            match decode(&d.routing_key, &d.body, cli.watch.max_message_bytes) {
-                Err(reason) => {
-                    tracing::warn!(routing_key = %d.routing_key, error = %reason, "malformed message rejected");
-                    let _ = d.reject().await;
-                }
-                Ok(ev) => {
-                    let lane = lane_of(&ev.resource_uri, lanes);
-                    if senders[lane]
-                        .send(Work::Event(Some(d), Box::new(ev)))
-                        .await
-                        .is_err()
-                    {
-                        break 'outer Err(Failure::new(
-                            failure::UNEXPECTED,
-                            "a ticketing lane stopped",
-                        ));
-                    }
-                }
-            }
-        }
-        tracing::warn!("connection to the message bus lost; reconnecting");
-        sub = loop {
-            let wait = crate::listen::backoff(attempt);
-            tokio::select! {
-                _ = &mut shutdown => break 'outer Ok(()),
-                _ = tokio::time::sleep(wait) => {}
-            }
-            match scmb_bus::subscribe(&bus).await {
-                Ok(s) => {
-                    attempt = 0;
-                    tracing::info!("reconnected to the message bus");
-                    break s;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    if cli.watch.auto_bootstrap && certificates_changed(&e) {
-                        if refresh_certificates(&ticketer, &dir, &e).await {
-                            attempt = 0;
-                        }
-                    } else {
-                        tracing::warn!(error = %e, "reconnect failed");
-                    }
-                }
-            }
-        };
-    };
-    // Stop: no new work; lanes finish what they hold (bounded), the rest is redelivered later.
-    let _ = stop_tx.send(true);
-    drop(senders);
-    let drain = async {
-        for w in workers {
-            let _ = w.await;
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(30), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight work did not finish within 30 s; it will be redelivered");
-    }
-    sub.close().await;
-    result
+    let metrics = crate::telemetry::Metrics::new().appliance(host);
+    let pipeline = crate::pipeline::Pipeline::build(crate::pipeline::Spec {
+        conn,
+        watch: &cli.watch,
+        sm: Some(&cli),
+        console: Some((true, None)),
+        jsonl: None,
+        store: state_dir.join("ov_to_sm.redb"),
+        metrics,
+    })
+    .await?;
+    pipeline.run(app::shutdown_signal()).await
 }
 
 #[cfg(test)]
@@ -686,11 +359,5 @@ mod tests {
         );
         assert!(look_back("soon").is_err());
         assert!(look_back("5y").is_err());
-    }
-
-    #[test]
-    fn one_alert_always_maps_to_the_same_lane() {
-        assert_eq!(lane_of("/rest/alerts/1", 16), lane_of("/rest/alerts/1", 16));
-        assert!(lane_of("/rest/alerts/2", 16) < 16);
     }
 }

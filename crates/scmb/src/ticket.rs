@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use crate::store::{Record, Step, Store, StoreError};
+use crate::telemetry::ApplianceMetrics;
 
 /// The incident field carrying our correlation reference (Service Manager has none of its own;
 /// unknown fields pass through and can be queried).
@@ -133,7 +134,8 @@ impl Template {
 }
 
 /// What happens to an incident when its alert is cleared or deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnClear {
     /// Nothing.
     None,
@@ -180,6 +182,8 @@ pub struct Ticketer {
     /// Retry delays: first and cap.
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// Where the ticketing events are logged and counted.
+    pub metrics: ApplianceMetrics,
 }
 
 enum Attempt<T> {
@@ -223,7 +227,8 @@ impl Ticketer {
                         let d =
                             scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
                         attempt += 1;
-                        tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, attempt, "{what} failed; retrying");
+                        self.metrics
+                            .retry("service_manager", what, attempt, d, &e.to_string());
                         if !self.pause(d).await {
                             return Attempt::Interrupted;
                         }
@@ -246,7 +251,8 @@ impl Ticketer {
                 Err(e) if e.is_transient() || matches!(e, OneViewError::BadResponse { .. }) => {
                     let d = scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
                     attempt += 1;
-                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, attempt, "{what} failed; retrying");
+                    self.metrics
+                        .retry("oneview", what, attempt, d, &e.to_string());
                     if !self.pause(d).await {
                         return Attempt::Interrupted;
                     }
@@ -312,7 +318,8 @@ impl Ticketer {
                     Attempt::Interrupted => return Ok(Outcome::Interrupted),
                 };
                 if let Some(id) = incident_in_change_log(&alert) {
-                    tracing::info!(alert = uri, incident = %id, "the alert already carries an incident; not creating another");
+                    self.metrics
+                        .incident_deduplicated(uri, &id, "its notes carry the incident");
                     self.put(uri, Record::new(Some(id.clone()), Step::Noted))
                         .await?;
                     return Ok(Outcome::Done(format!("already ticketed as {id}")));
@@ -357,7 +364,11 @@ impl Ticketer {
                 };
                 let created = match found {
                     Some(inc) => {
-                        tracing::info!(alert = uri, incident = %inc.id, "found the incident created before an interruption");
+                        self.metrics.incident_deduplicated(
+                            uri,
+                            &inc.id,
+                            "found the incident created before an interruption",
+                        );
                         Attempt::Ok(inc)
                     }
                     None => {
@@ -368,7 +379,7 @@ impl Ticketer {
                 let id = match created {
                     Attempt::Ok(inc) => inc.id,
                     Attempt::Permanent(reason) => {
-                        tracing::error!(alert = uri, error = %reason, "Service Manager rejected the incident; recorded as failed, not retried");
+                        self.metrics.incident_failed(uri, &reason);
                         let mut rec = Record::new(None, Step::Failed);
                         rec.reason = Some(reason.clone());
                         self.put(uri, rec).await?;
@@ -378,7 +389,7 @@ impl Ticketer {
                 };
                 self.put(uri, Record::new(Some(id.clone()), Step::Created))
                     .await?;
-                tracing::info!(alert = uri, incident = %id, "incident created");
+                self.metrics.incident_created(uri, &id);
                 id
             }
         };
@@ -532,7 +543,8 @@ impl Ticketer {
         }
         self.put(uri, Record::new(Some(id.clone()), Step::Closed))
             .await?;
-        tracing::info!(alert = uri, incident = %id, action = ?self.on_clear, "incident updated for the {what} alert");
+        self.metrics
+            .incident_resolved(uri, &id, &format!("{:?} ({what})", self.on_clear));
         Ok(Outcome::Done(format!("incident {id} updated ({what})")))
     }
 }

@@ -372,7 +372,7 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     assert!(resp.status().is_success());
     let mut l = l;
     assert!(
-        l.wait_for("already carries an incident", WAIT),
+        l.wait_for("already ticketed (its notes carry the incident)", WAIT),
         "{:?}",
         l.stderr
     );

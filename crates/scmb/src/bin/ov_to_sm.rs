@@ -9,5 +9,6 @@ use scmb::ovtosm::{self, OvToSmCli};
 
 fn main() -> ExitCode {
     let cli = OvToSmCli::parse_from(ovtosm::normalise_args(std::env::args()));
-    app::run_to_exit("ov_to_sm", ovtosm::run(cli))
+    let log = app::log_settings(&cli.log, None);
+    app::run_to_exit("ov_to_sm", log, ovtosm::run(cli))
 }

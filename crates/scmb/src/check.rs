@@ -1,0 +1,239 @@
+//! `scmb check --config FILE`: is everything in place before the service starts? Validates
+//! the config, then for each appliance logs in to REST, completes a TLS + EXTERNAL handshake
+//! with its broker (queue declared and bound, then closed), reports the certificates' expiry
+//! (a warning under 30 days) and checks Service Manager's reachability and credentials.
+//! One line per check on stdout; exit 0 only when none failed (warnings do not fail).
+
+use std::path::Path;
+use std::time::Duration;
+
+use x509_cert::der::Decode;
+
+use crate::cli::DaemonArgs;
+use crate::config::{ApplianceConfig, Config, ConfigError};
+use crate::failure::{self, Failure};
+use crate::{app, bootstrap, certs};
+
+/// Certificates expiring sooner than this are reported as a warning.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    /// The exit code of the first failure.
+    failed: Option<u8>,
+}
+
+impl Report {
+    fn line(&mut self, v: Verdict, who: &str, what: &str, detail: &str) {
+        let tag = match v {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        println!("{tag}  {who:<12} {what:<16} {detail}");
+    }
+
+    fn fail(&mut self, who: &str, what: &str, f: &Failure) {
+        self.line(Verdict::Fail, who, what, &f.message);
+        self.failed.get_or_insert(f.code);
+    }
+}
+
+/// When a PEM file's certificates expire: (subject, seconds since the epoch) for each.
+pub fn expiry(path: &Path) -> Result<Vec<(String, i64)>, String> {
+    let certs = scmb_tls::load_certs(path).map_err(|e| e.to_string())?;
+    certs
+        .iter()
+        .map(|c| {
+            let cert = x509_cert::Certificate::from_der(c.as_ref())
+                .map_err(|e| format!("{}: not a certificate: {e}", path.display()))?;
+            let tbs = &cert.tbs_certificate;
+            let not_after = tbs.validity.not_after.to_unix_duration().as_secs() as i64;
+            Ok((tbs.subject.to_string(), not_after))
+        })
+        .collect()
+}
+
+fn check_expiry(r: &mut Report, who: &str, dir: &Path) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for file in [certs::CA_FILE, certs::CERT_FILE] {
+        let path = dir.join(file);
+        match expiry(&path) {
+            Err(e) => r.fail(
+                who,
+                file,
+                &Failure::new(
+                    failure::CERTS,
+                    format!("{e} (run `scmb setup` for this appliance)"),
+                ),
+            ),
+            Ok(list) if list.is_empty() => r.fail(
+                who,
+                file,
+                &Failure::new(
+                    failure::CERTS,
+                    format!("{} holds no certificate", path.display()),
+                ),
+            ),
+            Ok(list) => {
+                for (subject, not_after) in list {
+                    let days = (not_after - now).div_euclid(86_400);
+                    let when = time::OffsetDateTime::from_unix_timestamp(not_after)
+                        .map(|t| t.date().to_string())
+                        .unwrap_or_else(|_| not_after.to_string());
+                    if not_after <= now {
+                        r.fail(
+                            who,
+                            file,
+                            &Failure::new(
+                                failure::CERTS,
+                                format!("{subject} EXPIRED on {when}: regenerate it on the appliance, then `scmb setup`"),
+                            ),
+                        );
+                    } else if days < EXPIRY_WARNING_DAYS {
+                        r.line(
+                            Verdict::Warn,
+                            who,
+                            file,
+                            &format!("{subject} expires on {when}, in {days} days: renew it soon"),
+                        );
+                    } else {
+                        r.line(
+                            Verdict::Ok,
+                            who,
+                            file,
+                            &format!("{subject} expires on {when} ({days} days)"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) {
+    let who = a.name.as_str();
+    let s = match a.settings(state_dir) {
+        Ok(s) => s,
+        Err(e) => return r.fail(who, "secrets", &Failure::new(failure::USAGE, e.to_string())),
+    };
+    let host = a.address.as_str();
+    let dir = match certs::cert_dir(s.conn.cert_dir.as_deref(), false, host) {
+        Ok(d) => d,
+        Err(e) => return r.fail(who, "cert dir", &e.into()),
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(60),
+        bootstrap::login(&s.conn, host, &dir),
+    )
+    .await
+    {
+        Ok(Ok(session)) => {
+            r.line(
+                Verdict::Ok,
+                who,
+                "rest login",
+                &format!(
+                    "logged in to {host} as {} (API version {})",
+                    a.user,
+                    session.api_version()
+                ),
+            );
+            let _ = session.logout().await;
+        }
+        Ok(Err(f)) => r.fail(who, "rest login", &f),
+        Err(_) => r.fail(
+            who,
+            "rest login",
+            &Failure::new(
+                failure::UNREACHABLE,
+                format!("{host} did not answer within 60 s"),
+            ),
+        ),
+    }
+    check_expiry(r, who, &dir);
+    let bus = app::bus_config(&s.conn, &s.watch, host, &dir);
+    match scmb_bus::subscribe(&bus).await {
+        Ok(sub) => {
+            r.line(
+                Verdict::Ok,
+                who,
+                "bus",
+                &format!(
+                    "TLS + EXTERNAL handshake with {}:{}, queue bound to {}",
+                    bus.host,
+                    bus.port,
+                    bus.routes.join(", ")
+                ),
+            );
+            sub.close().await;
+        }
+        Err(e) => r.fail(who, "bus", &e.into()),
+    }
+    if let Some(sm) = &s.sm {
+        match crate::ovtosm::sm_client(sm) {
+            Err(f) => r.fail(who, "service manager", &f),
+            // Reading an incident that cannot exist: 404 proves the address and the
+            // credentials, 401 the wrong credentials.
+            Ok(client) => match client.incident("SCMB-CHECK-PROBE").await {
+                Ok(_) => r.line(
+                    Verdict::Ok,
+                    who,
+                    "service manager",
+                    &format!(
+                        "{} answered and accepted user {}",
+                        client.base_url(),
+                        sm.sm_user
+                    ),
+                ),
+                Err(e) => {
+                    let code = match e.class() {
+                        scmb_servicemanager::ErrorClass::Unauthorized => failure::AUTH,
+                        scmb_servicemanager::ErrorClass::Retryable => failure::UNREACHABLE,
+                        scmb_servicemanager::ErrorClass::Permanent => failure::API,
+                    };
+                    r.fail(who, "service manager", &Failure::new(code, e.to_string()))
+                }
+            },
+        }
+    }
+}
+
+/// `scmb check`.
+pub async fn run(cfg: Result<Config, ConfigError>, args: DaemonArgs) -> Result<(), Failure> {
+    let mut r = Report { failed: None };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("-", "config", &Failure::new(failure::USAGE, e.to_string()));
+            return Err(Failure::new(failure::USAGE, "the config file is invalid"));
+        }
+    };
+    r.line(
+        Verdict::Ok,
+        "-",
+        "config",
+        &format!(
+            "{}: {} appliance(s)",
+            args.config.display(),
+            cfg.appliances.len()
+        ),
+    );
+    let state_dir = cfg.state_dir(args.state_dir.as_deref());
+    for a in &cfg.appliances {
+        check_appliance(&mut r, a, &state_dir).await;
+    }
+    match r.failed {
+        None => Ok(()),
+        Some(code) => Err(Failure::new(
+            code,
+            "some checks failed (see the FAIL lines)",
+        )),
+    }
+}

@@ -1,0 +1,772 @@
+//! The configuration file of `scmb run` and `scmb check` (TOML): the process's own settings and
+//! a list of appliances, each with its address, credentials, certificates, routes, filter and
+//! sinks. These structs are the user documentation: every field has its doc comment, and
+//! `docs/OPERATIONS.md` and `examples/scmb.toml` (kept valid by a test) follow them.
+//!
+//! Loading is two-staged: [`Config::load`] parses and checks (unknown keys are refused with
+//! their name and line), then [`ApplianceConfig::settings`] turns one appliance into the same
+//! settings the command lines produce, reading its secrets. Nothing here connects anywhere.
+//!
+//! Precedence for the process settings: flags > environment > file > defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::{ConnArgs, Output, WatchArgs, DEFAULT_USER};
+use crate::ovtosm::OvToSmCli;
+use crate::telemetry::LogFormat;
+use crate::ticket::OnClear;
+use scmb_oneview::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML parser's message names the key and shows its line.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("appliance {appliance:?}: {message}")]
+    Secret { appliance: String, message: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where each appliance keeps its durable state (`STATE_DIR/NAME/`: the store of what was
+    /// printed and ticketed, and by default its certificates). Default: `$STATE_DIRECTORY`
+    /// (set by systemd's `StateDirectory=`), else `$XDG_STATE_HOME/scmb`, else
+    /// `~/.local/state/scmb`. Overridden by `--state-dir` / `$SCMB_STATE_DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The HTTP endpoint for Prometheus and health checks.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The appliances, each `[[appliance]]` table one of them.
+    #[serde(default, rename = "appliance")]
+    pub appliances: Vec<ApplianceConfig>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Level or `RUST_LOG`-style directives (`info`, `debug`, `warn,scmb=debug`). Default
+    /// `warn,scmb=info`. Overridden by `RUST_LOG`, then by `--log-level` / `$SCMB_LOG_LEVEL`.
+    pub level: Option<String>,
+    /// `text` (default) or `json` (one object per line). Overridden by `--log-format` /
+    /// `$SCMB_LOG_FORMAT`.
+    pub format: Option<LogFormat>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address serving `/metrics`, `/healthz` and `/readyz`, e.g. `127.0.0.1:9464`. Default:
+    /// not served. Overridden by `--metrics-listen` / `$SCMB_METRICS_LISTEN`.
+    pub listen: Option<String>,
+}
+
+/// Where a password comes from: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// The name of an environment variable holding it.
+    pub password_env: Option<String>,
+    /// A file whose first line is it (keep it `chmod 600`).
+    pub password_file: Option<PathBuf>,
+    /// The name of a systemd credential (`LoadCredential=NAME:PATH` in the unit), read from
+    /// `$CREDENTIALS_DIRECTORY/NAME`.
+    pub password_credential: Option<String>,
+}
+
+impl SecretRef {
+    fn any(&self) -> bool {
+        self.password_env.is_some()
+            || self.password_file.is_some()
+            || self.password_credential.is_some()
+    }
+
+    /// Reads the secret now. Errors never contain it.
+    pub fn read(&self) -> Result<Secret, String> {
+        match (
+            &self.password_env,
+            &self.password_file,
+            &self.password_credential,
+        ) {
+            (Some(var), None, None) => std::env::var(var)
+                .map(Secret::new)
+                .map_err(|_| format!("password_env: the environment variable {var} is not set")),
+            (None, Some(file), None) => first_line(file),
+            (None, None, Some(name)) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    format!("password_credential {name:?}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for units with LoadCredential=)")
+                })?;
+                first_line(&Path::new(&dir).join(name))
+            }
+            (None, None, None) => Err(
+                "no password: set one of password_env, password_file or password_credential".into(),
+            ),
+            _ => Err("give only one of password_env, password_file and password_credential".into()),
+        }
+    }
+}
+
+fn first_line(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+    Ok(Secret::new(text.lines().next().unwrap_or("")))
+}
+
+/// `[[appliance]]`: one OneView appliance, listened to and acted upon independently.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    /// A short unique name (letters, digits, `.`, `-`, `_`): the `appliance` label of its
+    /// metrics, log lines and output lines, and its state directory.
+    pub name: String,
+    /// REST address, `HOST` or `HOST:PORT` (CLI `-a`). The bus is reached on the same host.
+    pub address: String,
+    /// OneView user (`-u`). Default `Administrator`.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Login domain (`--login-domain`). Default `LOCAL`.
+    pub login_domain: Option<String>,
+    /// The OneView password: `password_env`, `password_file` or `password_credential`.
+    #[serde(flatten)]
+    pub password: SecretRef,
+    /// Certificate directory (`--cert-dir`): caroot.pem, client.pem, key.pem and the pinned REST
+    /// fingerprint. Default `STATE_DIR/NAME`.
+    pub cert_dir: Option<PathBuf>,
+    /// Message bus port (`--amqp-port`). Default 5671.
+    #[serde(default = "default_amqp_port")]
+    pub amqp_port: u16,
+    /// Name the broker's certificate must carry, when not the address (`--tls-server-name`).
+    pub tls_server_name: Option<String>,
+    /// Check the broker certificate's name (default true); false checks the chain only
+    /// (`--no-verify-hostname`).
+    #[serde(default = "yes")]
+    pub verify_hostname: bool,
+    /// Verify the REST certificate against this CA file (`--rest-ca`). Default: pin the
+    /// fingerprint seen at the first connection (stored in the certificate directory).
+    pub rest_ca: Option<PathBuf>,
+    /// Pin the REST certificate to this SHA-256 fingerprint (`--rest-fingerprint`).
+    pub rest_fingerprint: Option<String>,
+    /// DANGEROUS: do not verify the REST certificate (`--insecure`). Default false.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Accept the EULA when the appliance asks (support access "no"), like the HPE sample.
+    /// Default true (`--no-accept-eula` sets false).
+    #[serde(default = "yes")]
+    pub accept_eula: bool,
+    /// Binding keys (`-r`). Default `["scmb.alerts.#"]`.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// AMQP heartbeat in seconds (`--heartbeat`). Default 10.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: u16,
+    /// Unacknowledged messages the broker may send ahead (`--prefetch`). Default 256.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Largest message accepted, in bytes (`--max-message-bytes`). Default 4 MiB.
+    #[serde(default = "default_max_bytes")]
+    pub max_message_bytes: usize,
+    /// After every (re)connect, read the alerts raised meanwhile over REST (`--catch-up`).
+    /// Default true.
+    #[serde(default = "yes")]
+    pub catch_up: bool,
+    /// At the first start, how far back to catch up: `none`, `all`, or a window like `24h`
+    /// (`--look-back`). Default `all` with a Service Manager sink, else `none`.
+    pub look_back: Option<String>,
+    /// Download the certificates again when the appliance regenerated them
+    /// (`--auto-bootstrap`). Default false.
+    #[serde(default)]
+    pub auto_bootstrap: bool,
+    /// Which messages the sinks see.
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// Print admitted messages on standard output, each line prefixed with the appliance.
+    pub console: Option<ConsoleConfig>,
+    /// Append admitted messages to a file as JSON lines.
+    pub jsonl: Option<JsonlConfig>,
+    /// Open an incident per admitted alert (what `ov_to_sm` does).
+    pub service_manager: Option<ServiceManagerConfig>,
+}
+
+/// `[appliance.filter]`; every list empty means the default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Admitted severities (`--severity`). Default `["Critical"]`; `["*"]` admits all.
+    #[serde(default)]
+    pub severities: Vec<String>,
+    /// Admitted alert states (`--state`). Default `["Active"]`.
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// Admitted change types: Created, Updated, Deleted (`--change-type`). Default `["Created"]`.
+    #[serde(default)]
+    pub change_types: Vec<String>,
+    /// Also admit Updated alerts whose severity changed into an admitted one (`--escalations`).
+    #[serde(default)]
+    pub escalations: bool,
+    /// Admitted resource categories (`--category`). Default `["alerts"]`; `["*"]` admits all.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// alertTypeID patterns with `*` (`--alert-type`). Default: all.
+    #[serde(default)]
+    pub alert_types: Vec<String>,
+}
+
+/// `[appliance.console]`
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// `human` (default) or `json` (`--output`).
+    #[serde(default)]
+    pub format: Output,
+}
+
+/// `[appliance.jsonl]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlConfig {
+    /// The file, created if missing (mode 0640) and appended to; a relative path is relative
+    /// to the appliance's state directory.
+    pub path: PathBuf,
+}
+
+/// `[appliance.service_manager]`: the `ov_to_sm` settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceManagerConfig {
+    /// `HOST` (meaning `http://HOST:13080`), `HOST:PORT`, or a URL (`-sm`).
+    pub address: String,
+    /// Service Manager user (`-i`). Default `falcon`.
+    #[serde(default = "default_sm_user")]
+    pub user: String,
+    /// Its password: `password_env`, `password_file` or `password_credential`.
+    #[serde(flatten)]
+    pub password: SecretRef,
+    /// Verify Service Manager's HTTPS certificate against this CA file (`--sm-ca`).
+    pub ca: Option<PathBuf>,
+    /// Alerts ticketed in parallel (`--concurrency`). Default 16.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// What a cleared or deleted alert does to its incident: `none`, `journal`, `resolve`
+    /// (default), `close` (`--on-clear`).
+    #[serde(default = "default_on_clear")]
+    pub on_clear: OnClear,
+    /// Journal other people's changes to a ticketed alert (`--journal-updates`). Default false.
+    #[serde(default)]
+    pub journal_updates: bool,
+    /// Seconds between REST keep-alive calls while idle; 0 = off (`--keep-alive-secs`).
+    /// Default 600.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// Longest pause between retries of a failing call, seconds (`--retry-cap-secs`). Default 30.
+    #[serde(default = "default_retry_cap")]
+    pub retry_cap_secs: u64,
+    /// Incidents per page when listing (`--list-page-size`). Default 100.
+    #[serde(default = "default_page")]
+    pub list_page_size: usize,
+    /// What the incident looks like.
+    #[serde(default)]
+    pub incident: IncidentConfig,
+}
+
+/// `[appliance.service_manager.incident]`; the defaults are the HPE sample's.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentConfig {
+    /// Title (`--sm-title`). Default `OneView Alert`.
+    pub title: Option<String>,
+    /// Category (`--sm-category`). Default `incident`.
+    pub category: Option<String>,
+    /// Area (`--sm-area`). Default `hardware`.
+    pub area: Option<String>,
+    /// Subarea (`--sm-subarea`). Default `hardware failure`.
+    pub subarea: Option<String>,
+    /// Impact (`--sm-impact`). Default `4`.
+    pub impact: Option<String>,
+    /// Assignment group (`--sm-assignment-group`). Default `Service Manager`.
+    pub assignment_group: Option<String>,
+    /// Service (`--sm-service`). Default `MyDevices`.
+    pub service: Option<String>,
+    /// Urgency by alert severity (`--sm-urgency`), e.g. `{ Critical = "1", Warning = "2" }`;
+    /// others get 3. Default Critical=1, Warning=2, OK=3.
+    #[serde(default)]
+    pub urgency: BTreeMap<String, String>,
+    /// Set AffectedCI from the alert's resource name (default true; `--no-affected-ci`).
+    pub affected_ci: Option<bool>,
+    /// Extra incident fields, added as they are (`--sm-field KEY=VALUE`).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+fn default_user() -> String {
+    DEFAULT_USER.into()
+}
+fn default_sm_user() -> String {
+    "falcon".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_amqp_port() -> u16 {
+    5671
+}
+fn default_heartbeat() -> u16 {
+    10
+}
+fn default_prefetch() -> u16 {
+    256
+}
+fn default_max_bytes() -> usize {
+    4 << 20
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_on_clear() -> OnClear {
+    OnClear::Resolve
+}
+fn default_keep_alive() -> u64 {
+    600
+}
+fn default_retry_cap() -> u64 {
+    30
+}
+fn default_page() -> usize {
+    100
+}
+
+impl Config {
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            // The parser's report: "TOML parse error at line N, column M", the line, and
+            // "unknown field `key`, expected one of ..."; folded onto one line.
+            message: e
+                .to_string()
+                .lines()
+                .map(str::trim_end)
+                .filter(|l| !l.trim().is_empty() && l.trim() != "|")
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        cfg.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.appliances.is_empty() {
+            return Err("no [[appliance]]: configure at least one".into());
+        }
+        if let Some(l) = &self.log.level {
+            if !crate::telemetry::valid_level(l) {
+                return Err(format!("log.level {l:?} is not a valid level or directive"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for a in &self.appliances {
+            let ctx = |m: String| format!("appliance {:?}: {m}", a.name);
+            if a.name.is_empty()
+                || !a
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+            {
+                return Err(format!(
+                    "appliance name {:?}: use letters, digits, '.', '-' and '_'",
+                    a.name
+                ));
+            }
+            if !names.insert(a.name.as_str()) {
+                return Err(format!("appliance name {:?} is used twice", a.name));
+            }
+            if a.address.trim().is_empty() {
+                return Err(ctx("address is empty".into()));
+            }
+            if !a.password.any() {
+                return Err(ctx(
+                    "no OneView password: set password_env, password_file or password_credential"
+                        .into(),
+                ));
+            }
+            if a.console.is_none() && a.jsonl.is_none() && a.service_manager.is_none() {
+                return Err(ctx(
+                    "no sink: add [appliance.console], [appliance.jsonl] or [appliance.service_manager]"
+                        .into(),
+                ));
+            }
+            // The same checks the command line gets.
+            let (conn, watch, _) = a.args(Path::new("/"), None);
+            crate::app::filter(&watch).map_err(|f| ctx(f.message))?;
+            if let Some(l) = &watch.look_back {
+                crate::ovtosm::look_back(l).map_err(|f| ctx(f.message))?;
+            }
+            if let Some(fp) = &conn.rest_fingerprint {
+                fp.parse::<scmb_tls::Fingerprint>()
+                    .map_err(|e| ctx(format!("rest_fingerprint: {e}")))?;
+            }
+            if let Some(sm) = &a.service_manager {
+                if !sm.password.any() {
+                    return Err(ctx("service_manager: no password: set password_env, password_file or password_credential".into()));
+                }
+                if sm.concurrency == 0 {
+                    return Err(ctx("service_manager.concurrency must be at least 1".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state directory: the one given (flag, environment or file), else the default.
+    pub fn state_dir(&self, over: Option<&Path>) -> PathBuf {
+        if let Some(d) = over.or(self.state_dir.as_deref()) {
+            return d.to_path_buf();
+        }
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        if let Some(d) = env("STATE_DIRECTORY") {
+            // systemd may list several, separated by ':'.
+            let first = d
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            return PathBuf::from(first);
+        }
+        env("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("scmb")
+    }
+}
+
+impl ApplianceConfig {
+    /// This appliance's state directory.
+    pub fn state_dir(&self, state_dir: &Path) -> PathBuf {
+        state_dir.join(&self.name)
+    }
+
+    /// The command-line settings this appliance amounts to (secrets not read), plus its
+    /// Service Manager settings when it has that sink.
+    fn args(
+        &self,
+        state_dir: &Path,
+        secrets: Option<(Secret, Option<Secret>)>,
+    ) -> (ConnArgs, WatchArgs, Option<OvToSmCli>) {
+        let (ov_secret, sm_secret) = match secrets {
+            Some((o, s)) => (Some(o), s),
+            None => (None, None),
+        };
+        let conn = ConnArgs {
+            host: Some(self.address.clone()),
+            user: Some(self.user.clone()),
+            password: None,
+            secret: ov_secret,
+            password_file: None,
+            login_domain: self.login_domain.clone(),
+            cert_dir: Some(
+                self.cert_dir
+                    .clone()
+                    .unwrap_or_else(|| self.state_dir(state_dir)),
+            ),
+            cwd_certs: false,
+            amqp_port: self.amqp_port,
+            tls_server_name: self.tls_server_name.clone(),
+            no_verify_hostname: !self.verify_hostname,
+            rest_ca: self.rest_ca.clone(),
+            rest_fingerprint: self.rest_fingerprint.clone(),
+            insecure: self.insecure,
+            no_accept_eula: !self.accept_eula,
+        };
+        let f = &self.filter;
+        let watch = WatchArgs {
+            routes: self.routes.clone(),
+            output: self.console.as_ref().map(|c| c.format).unwrap_or_default(),
+            severity: f.severities.clone(),
+            states: f.states.clone(),
+            change_types: f.change_types.clone(),
+            escalations: f.escalations,
+            categories: f.categories.clone(),
+            alert_types: f.alert_types.clone(),
+            heartbeat: self.heartbeat,
+            prefetch: self.prefetch,
+            count: None,
+            catch_up: self.catch_up,
+            auto_bootstrap: self.auto_bootstrap,
+            look_back: self.look_back.clone().or_else(|| {
+                Some(
+                    if self.service_manager.is_some() {
+                        "all"
+                    } else {
+                        "none"
+                    }
+                    .into(),
+                )
+            }),
+            max_message_bytes: self.max_message_bytes,
+        };
+        let sm = self.service_manager.as_ref().map(|sm| {
+            let i = &sm.incident;
+            let d = crate::ticket::Template::default();
+            OvToSmCli {
+                conn: conn.clone(),
+                watch: watch.clone(),
+                generate: false,
+                download: false,
+                sm: Some(sm.address.clone()),
+                sm_user: sm.user.clone(),
+                sm_password: None,
+                sm_secret,
+                sm_password_file: None,
+                sm_ca: sm.ca.clone(),
+                list: false,
+                state_dir: Some(self.state_dir(state_dir)),
+                concurrency: sm.concurrency,
+                on_clear: sm.on_clear,
+                sm_title: i.title.clone().unwrap_or(d.title),
+                sm_assignment_group: i.assignment_group.clone().unwrap_or(d.assignment_group),
+                sm_service: i.service.clone().unwrap_or(d.service),
+                sm_urgency: if i.urgency.is_empty() {
+                    d.urgency.iter().map(|(k, v)| format!("{k}={v}")).collect()
+                } else {
+                    i.urgency.iter().map(|(k, v)| format!("{k}={v}")).collect()
+                },
+                sm_impact: i.impact.clone().unwrap_or(d.impact),
+                sm_category: i.category.clone().unwrap_or(d.category),
+                sm_area: i.area.clone().unwrap_or(d.area),
+                sm_subarea: i.subarea.clone().unwrap_or(d.subarea),
+                no_affected_ci: !i.affected_ci.unwrap_or(true),
+                sm_fields: i.fields.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                journal_updates: sm.journal_updates,
+                keep_alive_secs: sm.keep_alive_secs,
+                list_page_size: sm.list_page_size,
+                retry_cap_secs: sm.retry_cap_secs,
+                log: Default::default(),
+            }
+        });
+        (conn, watch, sm)
+    }
+
+    /// The settings to run this appliance with, its passwords read now (from the
+    /// environment, a file or a systemd credential).
+    pub fn settings(&self, state_dir: &Path) -> Result<ApplianceSettings, ConfigError> {
+        let err = |message: String| ConfigError::Secret {
+            appliance: self.name.clone(),
+            message,
+        };
+        let ov = self.password.read().map_err(err)?;
+        let sm = match &self.service_manager {
+            Some(s) => Some(
+                s.password
+                    .read()
+                    .map_err(|m| err(format!("service_manager: {m}")))?,
+            ),
+            None => None,
+        };
+        let (conn, watch, sm) = self.args(state_dir, Some((ov, sm)));
+        Ok(ApplianceSettings {
+            name: self.name.clone(),
+            state_dir: self.state_dir(state_dir),
+            conn,
+            watch,
+            sm,
+            console: self.console.is_some(),
+            jsonl: self
+                .jsonl
+                .as_ref()
+                .map(|j| self.state_dir(state_dir).join(&j.path)),
+        })
+    }
+}
+
+/// One appliance, ready to run: the same settings the command lines give.
+#[derive(Debug, Clone)]
+pub struct ApplianceSettings {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub conn: ConnArgs,
+    pub watch: WatchArgs,
+    /// The Service Manager sink.
+    pub sm: Option<OvToSmCli>,
+    /// The console sink.
+    pub console: bool,
+    /// The JSON-lines sink's file.
+    pub jsonl: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[appliance]]
+name = "east"
+address = "oneview-east.example.com"
+password_env = "OV_EAST_PASSWORD"
+[appliance.console]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("scmb.toml"))
+    }
+
+    #[test]
+    fn a_minimal_file_takes_the_documented_defaults() {
+        let c = parse(MINIMAL).expect("parse");
+        let a = &c.appliances[0];
+        assert_eq!(a.user, "Administrator");
+        assert_eq!(a.amqp_port, 5671);
+        assert!(a.verify_hostname && a.accept_eula && a.catch_up && !a.insecure);
+        assert_eq!((a.heartbeat, a.prefetch), (10, 256));
+        let (conn, watch, sm) = a.args(Path::new("/var/lib/scmb"), None);
+        assert_eq!(
+            conn.cert_dir.as_deref(),
+            Some(Path::new("/var/lib/scmb/east"))
+        );
+        assert_eq!(watch.look_back.as_deref(), Some("none"));
+        assert!(sm.is_none());
+        assert_eq!(watch.output, Output::Human);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_name_and_line() {
+        let text = format!("{MINIMAL}\n[appliance.filter]\nseverity = [\"Critical\"]\n");
+        let e = parse(&text).expect_err("unknown key").to_string();
+        assert!(e.contains("severity"), "{e}");
+        assert!(e.contains("line 9"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        let e = parse("stat_dir = \"/x\"\n").expect_err("typo").to_string();
+        assert!(e.contains("stat_dir") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let two = format!("{MINIMAL}{MINIMAL}");
+        assert!(parse(&two)
+            .expect_err("dup")
+            .to_string()
+            .contains("used twice"));
+        let no_pw = MINIMAL.replace("password_env = \"OV_EAST_PASSWORD\"\n", "");
+        assert!(parse(&no_pw)
+            .expect_err("no pw")
+            .to_string()
+            .contains("password"));
+        let no_sink = MINIMAL.replace("[appliance.console]\n", "");
+        assert!(parse(&no_sink)
+            .expect_err("no sink")
+            .to_string()
+            .contains("no sink"));
+        let bad_filter = format!("{MINIMAL}[appliance.filter]\nchange_types = [\"Made\"]\n");
+        assert!(parse(&bad_filter)
+            .expect_err("filter")
+            .to_string()
+            .contains("Made"));
+        let bad_level = format!("[log]\nlevel = \"scmb=loudest\"\n{MINIMAL}");
+        assert!(parse(&bad_level)
+            .expect_err("level")
+            .to_string()
+            .contains("loudest"));
+        assert!(parse("")
+            .expect_err("empty")
+            .to_string()
+            .contains("no [[appliance]]"));
+    }
+
+    #[test]
+    fn a_service_manager_sink_becomes_ov_to_sm_settings() {
+        let text = format!(
+            "{MINIMAL}[appliance.service_manager]\naddress = \"sm.example.com\"\npassword_file = \"/run/sm\"\non_clear = \"close\"\n[appliance.service_manager.incident]\nurgency = {{ Critical = \"2\" }}\nfields = {{ Priority = \"High\" }}\n"
+        );
+        let c = parse(&text).expect("parse");
+        let (_, watch, sm) = c.appliances[0].args(Path::new("/s"), None);
+        let sm = sm.expect("sm");
+        assert_eq!(watch.look_back.as_deref(), Some("all"));
+        assert_eq!(sm.on_clear, OnClear::Close);
+        assert_eq!(sm.sm_user, "falcon");
+        let t = crate::ovtosm::template(&sm).expect("template");
+        let inc = t.incident(&serde_json::json!({"severity": "Critical"}));
+        assert_eq!(inc["Urgency"], "2");
+        assert_eq!(inc["Priority"], "High");
+        assert_eq!(inc["Title"], "OneView Alert");
+    }
+
+    #[test]
+    fn secrets_come_from_env_files_and_systemd_credentials_and_never_print() {
+        let dir = std::env::temp_dir().join(format!("scmb-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("ov-east"), "s3cret-from-credential\n").expect("write");
+        let file = SecretRef {
+            password_file: Some(dir.join("ov-east")),
+            ..SecretRef::default()
+        };
+        let s = file.read().expect("file");
+        assert_eq!(s.expose(), "s3cret-from-credential");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        std::env::set_var("SCMB_TEST_SECRET_VAR", "from-env");
+        let env = SecretRef {
+            password_env: Some("SCMB_TEST_SECRET_VAR".into()),
+            ..SecretRef::default()
+        };
+        assert_eq!(env.read().expect("env").expose(), "from-env");
+        let missing = SecretRef {
+            password_env: Some("SCMB_TEST_SECRET_UNSET".into()),
+            ..SecretRef::default()
+        };
+        assert!(missing
+            .read()
+            .expect_err("unset")
+            .contains("SCMB_TEST_SECRET_UNSET"));
+        let cred = SecretRef {
+            password_credential: Some("ov-east".into()),
+            ..SecretRef::default()
+        };
+        std::env::set_var("CREDENTIALS_DIRECTORY", &dir);
+        assert_eq!(
+            cred.read().expect("cred").expose(),
+            "s3cret-from-credential"
+        );
+        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        assert!(cred
+            .read()
+            .expect_err("no dir")
+            .contains("CREDENTIALS_DIRECTORY"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_example_file_in_the_repo_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/scmb.toml");
+        let c = Config::load(&path).expect("examples/scmb.toml must stay valid");
+        assert!(c.appliances.len() >= 2);
+        assert!(c.appliances.iter().any(|a| a.service_manager.is_some()));
+        assert!(c.appliances.iter().any(|a| a.jsonl.is_some()));
+    }
+}

@@ -1,0 +1,294 @@
+//! `scmb run --config FILE`: every configured appliance in one process, each in its own
+//! supervised task with its own connection, store, lanes and sinks, so that one appliance
+//! down, mis-configured or flooding never stops the others. Serves `/metrics`, `/healthz` and
+//! `/readyz`; tells systemd READY=1 after the first successful connection; SIGHUP reloads the
+//! config after validating it (an invalid one is refused and the running one stays).
+//!
+//! The supervisor never exits on an appliance's failure: it logs it, marks the appliance
+//! disconnected, and builds its pipeline again after a capped backoff.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::cli::DaemonArgs;
+use crate::config::{ApplianceConfig, Config};
+use crate::failure::{self, Failure};
+use crate::pipeline::{Pipeline, Spec};
+use crate::telemetry::{ApplianceMetrics, Metrics};
+
+/// The store of each appliance, in its state directory.
+pub const STORE_FILE: &str = "scmb.redb";
+
+/// How long a stopping appliance may take to finish its in-flight work.
+const DRAIN: Duration = Duration::from_secs(35);
+
+/// Sends a state line to systemd's notify socket, when there is one (`Type=notify`).
+pub fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        // An abstract socket name.
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = UnixDatagram::unbound().and_then(|s| {
+        let addr = addr?;
+        s.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, socket = %path, "cannot notify systemd");
+    }
+}
+
+struct Running {
+    config: ApplianceConfig,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Daemon {
+    state_dir: PathBuf,
+    metrics: Arc<Metrics>,
+    running: BTreeMap<String, Running>,
+}
+
+impl Daemon {
+    fn start(&mut self, a: ApplianceConfig) {
+        let (stop, stop_rx) = watch::channel(false);
+        let metrics = self.metrics.appliance(&a.name);
+        let span = tracing::info_span!("appliance", appliance = %a.name);
+        let task = tokio::spawn(
+            supervise(a.clone(), self.state_dir.clone(), metrics, stop_rx).instrument(span),
+        );
+        self.running.insert(
+            a.name.clone(),
+            Running {
+                config: a,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Stops the named appliances and waits for them (each drains, 35 s at most).
+    async fn stop(&mut self, names: &[String]) {
+        let mut tasks = Vec::new();
+        for n in names {
+            if let Some(r) = self.running.remove(n) {
+                let _ = r.stop.send(true);
+                tasks.push((n.clone(), r.task));
+            }
+        }
+        for (n, t) in tasks {
+            if tokio::time::timeout(DRAIN, t).await.is_err() {
+                tracing::warn!(appliance = %n, "did not stop in time; its unacked messages will be redelivered");
+            }
+        }
+    }
+
+    /// Applies a new, already validated config: removed and changed appliances stop, new and
+    /// changed ones start, unchanged ones carry on untouched.
+    async fn apply(&mut self, new: Config) {
+        let wanted: BTreeMap<String, ApplianceConfig> = new
+            .appliances
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect();
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(n, r)| wanted.get(*n) != Some(&r.config))
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.stop(&stale).await;
+        for n in &stale {
+            if !wanted.contains_key(n) {
+                self.metrics.remove(n);
+                tracing::info!(appliance = %n, "removed from the configuration: stopped");
+            }
+        }
+        let mut started = 0;
+        for (n, a) in wanted {
+            if !self.running.contains_key(&n) {
+                tracing::info!(appliance = %n, "starting");
+                self.start(a);
+                started += 1;
+            }
+        }
+        tracing::info!(
+            appliances = self.running.len(),
+            restarted_or_started = started,
+            stopped = stale.len(),
+            "configuration reloaded"
+        );
+    }
+}
+
+/// Runs one appliance until told to stop, rebuilding its pipeline after any failure.
+async fn supervise(
+    a: ApplianceConfig,
+    state_dir: PathBuf,
+    metrics: ApplianceMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        let outcome = run_once(&a, &state_dir, &metrics, stop.clone()).await;
+        if *stop.borrow() {
+            return;
+        }
+        let f = match outcome {
+            Ok(()) => Failure::new(failure::UNEXPECTED, "the pipeline stopped by itself"),
+            Err(f) => f,
+        };
+        if started.elapsed() > Duration::from_secs(120) {
+            attempt = 0; // it ran for a while: this is a new problem, start the backoff again
+        }
+        let wait = crate::listen::backoff(attempt).max(Duration::from_secs(1)) * 2;
+        attempt += 1;
+        metrics.disconnected(&f);
+        tracing::error!(error = %f, retry_in_ms = wait.as_millis() as u64, "appliance unavailable; the others carry on, retrying this one");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn run_once(
+    a: &ApplianceConfig,
+    state_dir: &Path,
+    metrics: &ApplianceMetrics,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    let s = a
+        .settings(state_dir)
+        .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
+    let pipeline = Pipeline::build(Spec {
+        conn: &s.conn,
+        watch: &s.watch,
+        sm: s.sm.as_ref(),
+        console: s.console.then_some((false, Some(s.name.as_str()))),
+        jsonl: s.jsonl.as_deref(),
+        store: s.state_dir.join(STORE_FILE),
+        metrics: metrics.clone(),
+    })
+    .await?;
+    pipeline
+        .run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+/// `scmb run`.
+pub async fn run(cfg: Config, args: DaemonArgs) -> Result<(), Failure> {
+    let state_dir = cfg.state_dir(args.state_dir.as_deref());
+    let metrics = Metrics::new();
+    let (down_tx, down_rx) = watch::channel(false);
+    let listen = args.metrics_listen.clone().or(cfg.metrics.listen.clone());
+    if let Some(addr) = listen.filter(|a| !a.is_empty()) {
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+            Failure::new(
+                failure::USAGE,
+                format!("cannot serve metrics on {addr}: {e} (change metrics.listen or --metrics-listen)"),
+            )
+        })?;
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+        tracing::info!(address = %local, "serving /metrics, /healthz and /readyz");
+        let m = metrics.clone();
+        let mut down = down_rx.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = down.wait_for(|d| *d).await;
+            };
+            if let Err(e) = crate::telemetry::serve(listener, m, stop).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
+    let mut daemon = Daemon {
+        state_dir: state_dir.clone(),
+        metrics: metrics.clone(),
+        running: BTreeMap::new(),
+    };
+    tracing::info!(state_dir = %state_dir.display(), appliances = cfg.appliances.len(), config = %args.config.display(), "starting");
+    let mut current = cfg.clone();
+    for a in cfg.appliances {
+        daemon.start(a);
+    }
+    {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            m.first_connect().await;
+            sd_notify("READY=1\nSTATUS=connected");
+        });
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Failure::new(failure::UNEXPECTED, format!("cannot watch SIGHUP: {e}")))?;
+    let shutdown = crate::app::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hup.recv() => {
+                tracing::info!(config = %args.config.display(), "SIGHUP: reloading the configuration");
+                match Config::load(&args.config) {
+                    Err(e) => {
+                        tracing::error!(error = %e, "the new configuration is invalid: refused; the running one stays");
+                    }
+                    Ok(new) => {
+                        sd_notify("RELOADING=1");
+                        if new.state_dir != current.state_dir
+                            || new.metrics != current.metrics
+                            || new.log != current.log
+                        {
+                            tracing::warn!("state_dir, [metrics] and [log] changes take effect at the next restart");
+                        }
+                        current = new.clone();
+                        daemon.apply(new).await;
+                        sd_notify("READY=1");
+                    }
+                }
+            }
+        }
+    }
+    sd_notify("STOPPING=1");
+    let all: Vec<String> = daemon.running.keys().cloned().collect();
+    daemon.stop(&all).await;
+    let _ = down_tx.send(true);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_hears_the_notification_on_its_socket() {
+        let dir = std::env::temp_dir().join(format!("scmb-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("notify");
+        let _ = std::fs::remove_file(&path);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        sd_notify("READY=1");
+        std::env::remove_var("NOTIFY_SOCKET");
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"READY=1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,608 @@
+//! One appliance's pipeline, as `ov_to_sm` and each appliance of `scmb run` use it: subscribe,
+//! decode, hand each event to the lane of its alert's uri (one alert's events stay in order,
+//! different alerts are worked on in parallel), pass it through the sinks (console, JSON
+//! lines, Service Manager), and ack only when every sink has recorded its outcome.
+//!
+//! After every (re)connect a REST catch-up feeds the alerts raised meanwhile through the same
+//! lanes; its checkpoint moves only once a barrier has passed every lane. The pipeline never
+//! reaches back into the bus beyond acking, and it never exits the process: it returns, and
+//! its caller decides (exit code for `ov_to_sm`, a supervised restart for `scmb run`).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scmb_bus::{BusConfig, Delivery};
+use scmb_model::message::{decode, format_rfc3339_ms};
+use scmb_model::{Event, Filter};
+use scmb_oneview::Session;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::{ConnArgs, Output, WatchArgs};
+use crate::failure::{self, Failure};
+use crate::output::Printer;
+use crate::ovtosm::OvToSmCli;
+use crate::store::{Store, StoreError, CHECKPOINT};
+use crate::telemetry::ApplianceMetrics;
+use crate::ticket::{Outcome, Ticketer};
+use crate::{app, bootstrap, certs};
+
+/// Standard output as a sink.
+pub struct Console {
+    pub printer: Mutex<Printer<std::io::Stdout>>,
+    /// Print only what was ticketed, with its note (`ov_to_sm`), instead of every admitted
+    /// message.
+    pub only_ticketed: bool,
+}
+
+/// Where admitted events go.
+#[derive(Default)]
+pub struct Sinks {
+    pub console: Option<Console>,
+    /// JSON lines appended to a file.
+    pub jsonl: Option<Mutex<Printer<std::fs::File>>>,
+    pub ticketer: Option<Arc<Ticketer>>,
+}
+
+impl Sinks {
+    /// Whether admitted events are printed (and so must not be printed twice by a catch-up).
+    fn prints_admitted(&self) -> bool {
+        self.jsonl.is_some() || self.console.as_ref().is_some_and(|c| !c.only_ticketed)
+    }
+}
+
+/// What every lane shares.
+struct Shared {
+    metrics: ApplianceMetrics,
+    filter: Filter,
+    store: Store,
+    sinks: Sinks,
+}
+
+/// A pipeline ready to run: logged in, store open, sinks built.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    bus: BusConfig,
+    cert_dir: PathBuf,
+    session: Arc<Session>,
+    max_bytes: usize,
+    lanes: usize,
+    catch_up: bool,
+    auto_bootstrap: bool,
+    keep_alive: Option<Duration>,
+    stop_tx: watch::Sender<bool>,
+}
+
+/// What to build a pipeline from: the command-line settings, and the sinks beyond them.
+pub struct Spec<'a> {
+    pub conn: &'a ConnArgs,
+    pub watch: &'a WatchArgs,
+    /// The Service Manager sink (`ov_to_sm`'s settings).
+    pub sm: Option<&'a OvToSmCli>,
+    /// Print on standard output, labelled with `label` when given.
+    pub console: Option<(bool, Option<&'a str>)>,
+    /// Append JSON lines to this file.
+    pub jsonl: Option<&'a Path>,
+    /// The store file.
+    pub store: PathBuf,
+    pub metrics: ApplianceMetrics,
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    Failure::new(failure::UNEXPECTED, e.to_string())
+}
+
+impl Pipeline {
+    /// Opens the store, logs in to REST and builds the sinks. Connects to nothing else.
+    pub async fn build(spec: Spec<'_>) -> Result<Pipeline, Failure> {
+        let conn = spec.conn;
+        let watch = spec.watch;
+        let host = app::host(conn)?;
+        let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
+        let filter = app::filter(watch)?;
+        let sm = spec.sm.map(crate::ovtosm::sm_client).transpose()?;
+        if let Some(parent) = spec.store.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Failure::new(
+                    failure::UNEXPECTED,
+                    format!(
+                        "cannot create the state directory {}: {e}",
+                        parent.display()
+                    ),
+                )
+            })?;
+        }
+        let store = Store::open(&spec.store).map_err(store_failure)?;
+        if watch.catch_up || spec.sm.is_some() {
+            // At the first start (no checkpoint yet), --look-back sets the first one.
+            first_start_checkpoint(&store, watch.look_back.as_deref().unwrap_or("none")).await?;
+        }
+        let session = Arc::new(bootstrap::login(conn, host, &dir).await?);
+        let mut bus = app::bus_config(conn, watch, host, &dir);
+        let lanes = spec.sm.map(|s| s.concurrency.max(1)).unwrap_or(1);
+        bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ticketer = match (spec.sm, sm) {
+            (Some(cli), Some(sm)) => Some(Arc::new(Ticketer {
+                store: store.clone(),
+                sm,
+                ov: session.clone(),
+                template: crate::ovtosm::template(cli)?,
+                on_clear: cli.on_clear,
+                journal_updates: cli.journal_updates,
+                filter: filter.clone(),
+                shutdown: stop_rx,
+                retry_base: Duration::from_millis(250),
+                retry_cap: Duration::from_secs(cli.retry_cap_secs.max(1)),
+                metrics: spec.metrics.clone(),
+            })),
+            _ => None,
+        };
+        let console = spec.console.map(|(only_ticketed, label)| {
+            let mut p = Printer::new(std::io::stdout(), watch.output, false);
+            if let Some(l) = label {
+                p = p.with_label(l);
+            }
+            Console {
+                printer: Mutex::new(p),
+                only_ticketed,
+            }
+        });
+        let jsonl = match spec.jsonl {
+            Some(path) => {
+                let file = open_append(path)?;
+                Some(Mutex::new(
+                    Printer::new(file, Output::Json, false).with_label(spec.metrics.name()),
+                ))
+            }
+            None => None,
+        };
+        let keep_alive = spec
+            .sm
+            .map(|s| s.keep_alive_secs)
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        Ok(Pipeline {
+            shared: Arc::new(Shared {
+                metrics: spec.metrics,
+                filter,
+                store,
+                sinks: Sinks {
+                    console,
+                    jsonl,
+                    ticketer,
+                },
+            }),
+            bus,
+            cert_dir: dir,
+            session,
+            max_bytes: watch.max_message_bytes,
+            lanes,
+            catch_up: watch.catch_up || spec.sm.is_some(),
+            auto_bootstrap: watch.auto_bootstrap,
+            keep_alive,
+            stop_tx,
+        })
+    }
+
+    /// Consumes until `shutdown` resolves (then drains in-flight work, 30 s at most) or a
+    /// failure that needs the caller (the first connection refused, the store unusable).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
+        let metrics = &self.shared.metrics;
+        if let Some(every) = self.keep_alive {
+            // The REST session must not expire while the bus is quiet for a day.
+            let session = self.session.clone();
+            let mut stop = self.stop_tx.subscribe();
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    match session.keep_alive().await {
+                        Ok(_) => tracing::debug!("REST keep-alive sent"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "REST keep-alive failed; the next call will log in again")
+                        }
+                    }
+                }
+            }));
+        }
+
+        // One lane per slot: a bounded queue each, so the in-flight window stays bounded.
+        let mut senders = Vec::with_capacity(self.lanes);
+        let mut workers = Vec::with_capacity(self.lanes);
+        let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
+        for _ in 0..self.lanes {
+            let (tx, rx) = mpsc::channel::<Work>(8);
+            senders.push(tx);
+            workers.push(tokio::spawn(tracing::Instrument::in_current_span(lane(
+                self.shared.clone(),
+                rx,
+                fatal_tx.clone(),
+            ))));
+        }
+        drop(fatal_tx);
+
+        tokio::pin!(shutdown);
+        let mut sub = match self.subscribe().await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics.disconnected(&e);
+                return Err(e.into());
+            }
+        };
+        metrics.connected(&sub.queue);
+        let mut attempt = 0u32;
+        let result = 'outer: loop {
+            // Catch-up: alerts raised (or left unfinished) while we were not listening.
+            if self.catch_up {
+                if let Err(f) = self.catch_up(&senders).await {
+                    break 'outer Err(f);
+                }
+            }
+            loop {
+                let d = tokio::select! {
+                    _ = &mut shutdown => break 'outer Ok(()),
+                    f = fatal_rx.recv() => break 'outer Err(f.unwrap_or_else(|| Failure::new(failure::UNEXPECTED, "workers stopped"))),
+                    d = sub.next() => d,
+                };
+                let Some(d) = d else { break };
+                metrics.received();
+                match decode(&d.routing_key, &d.body, self.max_bytes) {
+                    Err(reason) => {
+                        metrics.malformed(&d.routing_key, d.body.len(), &reason);
+                        if d.reject().await.is_ok() {
+                            metrics.rejected();
+                        }
+                    }
+                    Ok(ev) => {
+                        let lane = lane_of(&ev.resource_uri, self.lanes);
+                        if senders[lane]
+                            .send(Work::Event(Some(d), Box::new(ev)))
+                            .await
+                            .is_err()
+                        {
+                            break 'outer Err(Failure::new(
+                                failure::UNEXPECTED,
+                                "a pipeline lane stopped",
+                            ));
+                        }
+                    }
+                }
+            }
+            metrics.disconnected(&"the connection to the message bus was lost; reconnecting");
+            sub = loop {
+                let wait = crate::listen::backoff(attempt);
+                tokio::select! {
+                    _ = &mut shutdown => break 'outer Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                match self.subscribe().await {
+                    Ok(s) => {
+                        attempt = 0;
+                        metrics.reconnected(&s.queue);
+                        break s;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, retry_in_ms = crate::listen::backoff(attempt).as_millis() as u64, "reconnect failed");
+                    }
+                }
+            };
+        };
+        // Stop: no new work; lanes finish what they hold (bounded), the rest is redelivered.
+        let _ = self.stop_tx.send(true);
+        drop(senders);
+        let drain = async {
+            for w in workers {
+                let _ = w.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight work did not finish within 30 s; it will be redelivered");
+        }
+        sub.close().await;
+        metrics.disconnected(&"stopped");
+        result
+    }
+
+    /// Subscribes; with `--auto-bootstrap`, downloads the certificates again when the broker
+    /// refuses the ones on disk.
+    async fn subscribe(&self) -> Result<scmb_bus::Subscription, scmb_bus::BusError> {
+        match scmb_bus::subscribe(&self.bus).await {
+            Err(e) if self.auto_bootstrap && certificates_changed(&e) => {
+                tracing::warn!(error = %e, "the appliance's certificates changed: downloading them again (--auto-bootstrap)");
+                match bootstrap::download(&self.session, &self.cert_dir).await {
+                    Ok(()) => {
+                        tracing::info!(dir = %self.cert_dir.display(), "new certificates downloaded");
+                        scmb_bus::subscribe(&self.bus).await
+                    }
+                    Err(f) => {
+                        tracing::error!(error = %f, "cannot download the new certificates");
+                        Err(e)
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Reads the active and locked alerts over REST and feeds the ones the filter admits
+    /// through the lanes, as if they had just been created; the store skips what was already
+    /// handled. The checkpoint moves once every lane has worked through them.
+    async fn catch_up(&self, senders: &[mpsc::Sender<Work>]) -> Result<(), Failure> {
+        let store = self.shared.store.clone();
+        let checkpoint = store
+            .call(|s| s.meta(CHECKPOINT))
+            .await
+            .map_err(store_failure)?;
+        // Everything modified from here on (less a margin for clock skew) is either fed below
+        // or arrives on the queue; once the lanes are through it, it is the next checkpoint.
+        let next = format_rfc3339_ms(time::OffsetDateTime::now_utc() - CLOCK_MARGIN);
+        let mut fed = 0usize;
+        let mut complete = true;
+        for state in ["Active", "Locked"] {
+            let mut filters = vec![format!("alertState='{state}'")];
+            if let Some(cp) = &checkpoint {
+                filters.push(format!("modified GE '{cp}'"));
+            }
+            let alerts = match crate::listen::list_with_retry(&self.session, &filters).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts; continuing with the bus only");
+                    complete = false;
+                    continue;
+                }
+            };
+            for alert in alerts {
+                let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
+                    continue;
+                };
+                if !self.shared.filter.admits(&ev) {
+                    continue;
+                }
+                let lane = lane_of(&ev.resource_uri, self.lanes);
+                if senders[lane]
+                    .send(Work::Event(None, Box::new(ev)))
+                    .await
+                    .is_err()
+                {
+                    return Err(Failure::new(failure::UNEXPECTED, "a pipeline lane stopped"));
+                }
+                fed += 1;
+            }
+        }
+        self.shared.metrics.catch_up(fed, complete);
+        if !complete {
+            return Ok(());
+        }
+        // A barrier through every lane: when all have passed it, what was fed is handled.
+        let mut passed = Vec::with_capacity(senders.len());
+        for tx in senders {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            if tx.send(Work::Barrier(done)).await.is_err() {
+                return Err(Failure::new(failure::UNEXPECTED, "a pipeline lane stopped"));
+            }
+            passed.push(rx);
+        }
+        let stopping = self.stop_tx.subscribe();
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            for rx in passed {
+                if rx.await.is_err() {
+                    return;
+                }
+            }
+            if *stopping.borrow() {
+                return; // interrupted work may sit before the barrier
+            }
+            let cp = next.clone();
+            match store.call(move |s| s.set_meta(CHECKPOINT, &cp)).await {
+                Ok(()) => tracing::debug!(checkpoint = %next, "catch-up checkpoint saved"),
+                Err(e) => tracing::warn!(error = %e, "cannot save the catch-up checkpoint"),
+            }
+        }));
+        Ok(())
+    }
+}
+
+/// Work for a lane: an event (with its delivery, or from the catch-up), or a barrier.
+enum Work {
+    Event(Option<Delivery>, Box<Event>),
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// One lane: each event through the sinks, then its ack.
+async fn lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Work>, fatal: mpsc::Sender<Failure>) {
+    while let Some(work) = rx.recv().await {
+        let (d, ev) = match work {
+            Work::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Work::Event(d, ev) => (d, *ev),
+        };
+        match shared.handle(&ev).await {
+            Ok(true) => {
+                if let Some(d) = d {
+                    match d.ack().await {
+                        Ok(()) => shared.metrics.acked(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ack failed; the message will be redelivered and de-duplicated")
+                        }
+                    }
+                }
+            }
+            Ok(false) => {} // interrupted by shutdown: left for redelivery
+            Err(f) => {
+                let _ = fatal.send(f).await;
+                return;
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Passes one event through the sinks; true when it may be acked.
+    async fn handle(&self, ev: &Event) -> Result<bool, Failure> {
+        let admitted = self.filter.admits(ev);
+        if admitted {
+            self.metrics.matched();
+            if self.sinks.prints_admitted() && self.first_time(ev).await? {
+                let now = format_rfc3339_ms(time::OffsetDateTime::now_utc());
+                if let Some(c) = self.sinks.console.as_ref().filter(|c| !c.only_ticketed) {
+                    let t = Instant::now();
+                    print(&c.printer, ev, &now)?;
+                    self.metrics.sink_latency("console", t.elapsed());
+                }
+                if let Some(j) = &self.sinks.jsonl {
+                    let t = Instant::now();
+                    print(j, ev, &now)?;
+                    self.metrics.sink_latency("jsonl", t.elapsed());
+                }
+                self.mark_printed(ev).await?;
+            }
+        }
+        let Some(t) = &self.sinks.ticketer else {
+            return Ok(true);
+        };
+        let started = Instant::now();
+        let outcome = t
+            .process(ev)
+            .await
+            .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
+        if admitted {
+            self.metrics
+                .sink_latency("service_manager", started.elapsed());
+        }
+        match outcome {
+            Outcome::Interrupted => Ok(false),
+            Outcome::Done(what) => {
+                tracing::debug!(alert = %ev.resource_uri, outcome = %what, "handled");
+                Ok(true)
+            }
+            Outcome::Ticketed { incident, alert } => {
+                if let Some(c) = self.sinks.console.as_ref().filter(|c| c.only_ticketed) {
+                    // The alert as updated (with its note), like the sample prints it.
+                    let mut shown = ev.clone();
+                    if let Some(a) = alert {
+                        shown.body["resource"] = a;
+                    }
+                    let now = format_rfc3339_ms(time::OffsetDateTime::now_utc());
+                    print(&c.printer, &shown, &now)?;
+                    println!(
+                        "{}: ticketed as {incident}; note written to the alert",
+                        ev.resource_uri
+                    );
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// False when this alert, as it is now (uri + eTag), was printed before: a catch-up after
+    /// a reconnect or a restart does not print it again.
+    async fn first_time(&self, ev: &Event) -> Result<bool, Failure> {
+        let uri = ev.resource_uri.clone();
+        let before = self
+            .store
+            .call(move |s| s.printed(&uri))
+            .await
+            .map_err(store_failure)?;
+        Ok(before.as_deref() != Some(ev.str("eTag").unwrap_or("")))
+    }
+
+    async fn mark_printed(&self, ev: &Event) -> Result<(), Failure> {
+        let uri = ev.resource_uri.clone();
+        let etag = ev.str("eTag").unwrap_or("").to_string();
+        self.store
+            .call(move |s| s.set_printed(&uri, &etag))
+            .await
+            .map_err(store_failure)
+    }
+}
+
+fn print<W: std::io::Write>(p: &Mutex<Printer<W>>, ev: &Event, now: &str) -> Result<(), Failure> {
+    let mut p = p
+        .lock()
+        .map_err(|_| Failure::new(failure::UNEXPECTED, "an output sink panicked"))?;
+    // Not acked on failure: the message is redelivered, or found again by the catch-up.
+    p.print(ev, now)
+        .map_err(|e| Failure::new(failure::UNEXPECTED, format!("cannot write the output: {e}")))
+}
+
+/// Opens a JSON-lines file for appending (created 0640).
+fn open_append(path: &Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| {
+            Failure::new(
+                failure::USAGE,
+                format!("cannot open the JSON-lines file {}: {e}", path.display()),
+            )
+        })
+}
+
+/// With no checkpoint yet, `--look-back` sets the first one.
+async fn first_start_checkpoint(store: &Store, look: &str) -> Result<(), Failure> {
+    let window = crate::ovtosm::look_back(look)?;
+    if store
+        .call(|s| s.meta(CHECKPOINT))
+        .await
+        .map_err(store_failure)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    if let Some(w) = window {
+        let cp = format_rfc3339_ms(time::OffsetDateTime::now_utc() - w);
+        tracing::info!(checkpoint = %cp, "first start: catching up on alerts modified since");
+        store
+            .call(move |s| s.set_meta(CHECKPOINT, &cp))
+            .await
+            .map_err(store_failure)?;
+    }
+    Ok(())
+}
+
+/// Whether a bus error means the appliance's certificates are no longer the ones on disk.
+fn certificates_changed(e: &scmb_bus::BusError) -> bool {
+    matches!(
+        e,
+        scmb_bus::BusError::UnknownCa { .. }
+            | scmb_bus::BusError::CertificateRefused { .. }
+            | scmb_bus::BusError::MissingFile { .. }
+    )
+}
+
+/// Margin for clock skew between us and the appliance when checkpointing.
+const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
+
+fn lane_of(uri: &str, lanes: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    uri.hash(&mut h);
+    (h.finish() % lanes.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_alert_always_maps_to_the_same_lane() {
+        assert_eq!(lane_of("/rest/alerts/1", 16), lane_of("/rest/alerts/1", 16));
+        assert!(lane_of("/rest/alerts/2", 16) < 16);
+    }
+}

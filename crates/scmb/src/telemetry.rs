@@ -1,0 +1,532 @@
+//! What the running tools tell their operators: logs (text or JSON, through `tracing`), the
+//! Prometheus metrics and the health of each appliance's connection.
+//!
+//! The important events go through one method of [`ApplianceMetrics`] that both logs and
+//! counts, so the logs and the metrics never disagree. Every metric carries the `appliance`
+//! label; every log line of an appliance's tasks carries its `appliance` span field.
+//! This module does no work of its own: it never blocks the pipeline (counters are atomics).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colour on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The level used when neither `--log-level`, `RUST_LOG` nor the config file sets one.
+pub const DEFAULT_LOG_LEVEL: &str = "warn,scmb=info";
+
+/// The log level by precedence: `--log-level` (or `$SCMB_LOG_LEVEL`), then `RUST_LOG`, then
+/// the config file's `log.level`, then [`DEFAULT_LOG_LEVEL`].
+pub fn log_level(flag: Option<&str>, rust_log: Option<&str>, file: Option<&str>) -> String {
+    [flag, rust_log, file]
+        .into_iter()
+        .flatten()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(DEFAULT_LOG_LEVEL)
+        .to_string()
+}
+
+/// Installs the process's log subscriber, writing to stderr. `level` is an `EnvFilter`
+/// directive (`info`, `debug`, `warn,scmb=debug`); an invalid one falls back to the default
+/// with a warning.
+pub fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let (filter, bad) = match EnvFilter::try_new(level) {
+        Ok(f) => (f, false),
+        Err(_) => (EnvFilter::new(DEFAULT_LOG_LEVEL), true),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    if bad {
+        tracing::warn!(level, "invalid log level; using {DEFAULT_LOG_LEVEL}");
+    }
+}
+
+/// Checks a log level directive before it is used.
+pub fn valid_level(level: &str) -> bool {
+    tracing_subscriber::EnvFilter::try_new(level).is_ok()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApplianceLabel {
+    appliance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    appliance: String,
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    appliance: String,
+    target: String,
+}
+
+type Counters = Family<ApplianceLabel, Counter>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~16 s: a console write is sub-millisecond, a ticket with retries can take seconds.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
+/// Connection state of one appliance, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Connected,
+    Disconnected,
+}
+
+impl ConnState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Connected => "connected",
+            ConnState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// The process's metrics registry and appliance states.
+pub struct Metrics {
+    registry: Registry,
+    received: Counters,
+    matched: Counters,
+    malformed: Counters,
+    acks: Counters,
+    rejects: Counters,
+    created: Counters,
+    failed: Counters,
+    deduplicated: Counters,
+    resolved: Counters,
+    retries: Family<TargetLabel, Counter>,
+    reconnects: Counters,
+    catch_up_runs: Counters,
+    catch_up_alerts: Counters,
+    latency: Family<SinkLabel, Histogram, fn() -> Histogram>,
+    connected: Family<ApplianceLabel, Gauge>,
+    states: Mutex<BTreeMap<String, ConnState>>,
+    /// Becomes true at the first successful connection of any appliance (systemd's READY).
+    first_connect: watch::Sender<bool>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("scmb");
+        let mut counter = |name: &str, help: &str| {
+            let f = Counters::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let received = counter("messages_received", "Messages delivered by the bus");
+        let matched = counter("messages_matched", "Messages the filter admitted");
+        let malformed = counter(
+            "messages_malformed",
+            "Messages rejected as malformed (not JSON, too big, no resource)",
+        );
+        let acks = counter("acks", "Messages acknowledged after their work was done");
+        let rejects = counter("rejects", "Messages rejected without requeue");
+        let created = counter("incidents_created", "Service Manager incidents created");
+        let failed = counter(
+            "incidents_failed",
+            "Alerts Service Manager refused to ticket (recorded as failed)",
+        );
+        let deduplicated = counter(
+            "incidents_deduplicated",
+            "Alerts found already ticketed (alert notes or an interrupted create), not ticketed again",
+        );
+        let resolved = counter(
+            "incidents_resolved",
+            "Incidents journaled, resolved or closed because their alert cleared",
+        );
+        let reconnects = counter("reconnects", "Reconnections to the message bus");
+        let catch_up_runs = counter("catch_up_runs", "REST catch-ups run after a (re)connect");
+        let catch_up_alerts = counter(
+            "catch_up_alerts",
+            "Admitted alerts found by REST catch-ups and fed through the pipeline",
+        );
+        let retries = Family::<TargetLabel, Counter>::default();
+        registry.register(
+            "retries",
+            "Retried calls, by target (service_manager, oneview)",
+            retries.clone(),
+        );
+        let latency: Family<SinkLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "sink_latency_seconds",
+            "Time a sink took for one message, retries included",
+            latency.clone(),
+        );
+        let connected = Family::<ApplianceLabel, Gauge>::default();
+        registry.register(
+            "bus_connected",
+            "1 while connected to the appliance's message bus, else 0",
+            connected.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            received,
+            matched,
+            malformed,
+            acks,
+            rejects,
+            created,
+            failed,
+            deduplicated,
+            resolved,
+            retries,
+            reconnects,
+            catch_up_runs,
+            catch_up_alerts,
+            latency,
+            connected,
+            states: Mutex::new(BTreeMap::new()),
+            first_connect: watch::channel(false).0,
+        })
+    }
+
+    /// The handle an appliance's tasks count through.
+    pub fn appliance(self: &Arc<Self>, name: &str) -> ApplianceMetrics {
+        let l = ApplianceLabel {
+            appliance: name.to_string(),
+        };
+        let c = |f: &Counters| f.get_or_create(&l).clone();
+        let m = ApplianceMetrics {
+            name: name.to_string(),
+            received: c(&self.received),
+            matched: c(&self.matched),
+            malformed: c(&self.malformed),
+            acks: c(&self.acks),
+            rejects: c(&self.rejects),
+            created: c(&self.created),
+            failed: c(&self.failed),
+            deduplicated: c(&self.deduplicated),
+            resolved: c(&self.resolved),
+            reconnects: c(&self.reconnects),
+            catch_up_runs: c(&self.catch_up_runs),
+            catch_up_alerts: c(&self.catch_up_alerts),
+            connected: self.connected.get_or_create(&l).clone(),
+            parent: self.clone(),
+        };
+        m.set_state(ConnState::Connecting);
+        m
+    }
+
+    /// Forgets an appliance removed from the configuration (its health, not its counters).
+    pub fn remove(&self, name: &str) {
+        if let Ok(mut s) = self.states.lock() {
+            s.remove(name);
+        }
+        self.connected.remove(&ApplianceLabel {
+            appliance: name.to_string(),
+        });
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Each appliance's connection state.
+    pub fn states(&self) -> BTreeMap<String, ConnState> {
+        self.states.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Ready when every configured appliance is connected.
+    pub fn ready(&self) -> bool {
+        let s = self.states();
+        !s.is_empty() && s.values().all(|c| *c == ConnState::Connected)
+    }
+
+    /// Resolves once any appliance has connected.
+    pub async fn first_connect(&self) {
+        let mut rx = self.first_connect.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+/// One appliance's counters and state, cheap to clone; every method is an event that is
+/// logged and counted in one place.
+#[derive(Clone)]
+pub struct ApplianceMetrics {
+    name: String,
+    received: Counter,
+    matched: Counter,
+    malformed: Counter,
+    acks: Counter,
+    rejects: Counter,
+    created: Counter,
+    failed: Counter,
+    deduplicated: Counter,
+    resolved: Counter,
+    reconnects: Counter,
+    catch_up_runs: Counter,
+    catch_up_alerts: Counter,
+    connected: Gauge,
+    parent: Arc<Metrics>,
+}
+
+impl ApplianceMetrics {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_state(&self, s: ConnState) {
+        self.connected
+            .set(i64::from(matches!(s, ConnState::Connected)));
+        if let Ok(mut m) = self.parent.states.lock() {
+            m.insert(self.name.clone(), s);
+        }
+        if s == ConnState::Connected {
+            self.parent.first_connect.send_replace(true);
+        }
+    }
+
+    pub fn received(&self) {
+        self.received.inc();
+    }
+
+    pub fn matched(&self) {
+        self.matched.inc();
+    }
+
+    pub fn malformed(&self, routing_key: &str, bytes: usize, reason: &dyn std::fmt::Display) {
+        self.malformed.inc();
+        tracing::warn!(routing_key, bytes, error = %reason, "malformed message rejected");
+    }
+
+    pub fn acked(&self) {
+        self.acks.inc();
+    }
+
+    pub fn rejected(&self) {
+        self.rejects.inc();
+    }
+
+    pub fn incident_created(&self, alert: &str, incident: &str) {
+        self.created.inc();
+        tracing::info!(alert, incident, "incident created");
+    }
+
+    pub fn incident_failed(&self, alert: &str, reason: &str) {
+        self.failed.inc();
+        tracing::error!(alert, error = %reason, "Service Manager rejected the incident; recorded as failed, not retried");
+    }
+
+    pub fn incident_deduplicated(&self, alert: &str, incident: &str, how: &str) {
+        self.deduplicated.inc();
+        tracing::info!(
+            alert,
+            incident,
+            "the alert is already ticketed ({how}); not creating another"
+        );
+    }
+
+    pub fn incident_resolved(&self, alert: &str, incident: &str, action: &str) {
+        self.resolved.inc();
+        tracing::info!(
+            alert,
+            incident,
+            action,
+            "incident updated for the cleared alert"
+        );
+    }
+
+    /// A failed call that will be retried after `delay`.
+    pub fn retry(&self, target: &str, what: &str, attempt: u32, delay: Duration, error: &str) {
+        self.parent
+            .retries
+            .get_or_create(&TargetLabel {
+                appliance: self.name.clone(),
+                target: target.to_string(),
+            })
+            .inc();
+        tracing::warn!(
+            error,
+            attempt,
+            retry_in_ms = delay.as_millis() as u64,
+            "{what} failed; retrying"
+        );
+    }
+
+    pub fn connected(&self, queue: &str) {
+        self.set_state(ConnState::Connected);
+        tracing::info!(queue, "connected to the message bus");
+    }
+
+    pub fn reconnected(&self, queue: &str) {
+        self.reconnects.inc();
+        self.set_state(ConnState::Connected);
+        tracing::info!(queue, "reconnected to the message bus");
+    }
+
+    pub fn disconnected(&self, error: &dyn std::fmt::Display) {
+        self.set_state(ConnState::Disconnected);
+        tracing::warn!(error = %error, "not connected to the message bus");
+    }
+
+    pub fn catch_up(&self, alerts: usize, complete: bool) {
+        self.catch_up_runs.inc();
+        self.catch_up_alerts.inc_by(alerts as u64);
+        tracing::info!(
+            alerts,
+            complete,
+            "catch-up: admitted alerts fed through the pipeline"
+        );
+    }
+
+    /// How long `sink` took for one message.
+    pub fn sink_latency(&self, sink: &str, took: Duration) {
+        self.parent
+            .latency
+            .get_or_create(&SinkLabel {
+                appliance: self.name.clone(),
+                sink: sink.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (the process is alive and serving) and `/readyz` (every
+/// appliance is connected; 503 with each state otherwise) until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let m1 = metrics.clone();
+    let m2 = metrics;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m1.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = m2.clone();
+                async move {
+                    let body: String = m
+                        .states()
+                        .iter()
+                        .map(|(n, s)| format!("{n} {}\n", s.as_str()))
+                        .collect();
+                    let code = if m.ready() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, body)
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_level_is_the_flag_then_rust_log_then_the_file_then_the_default() {
+        assert_eq!(
+            log_level(Some("debug"), Some("trace"), Some("error")),
+            "debug"
+        );
+        assert_eq!(log_level(None, Some("trace"), Some("error")), "trace");
+        assert_eq!(log_level(None, Some(""), Some("error")), "error");
+        assert_eq!(log_level(None, None, None), DEFAULT_LOG_LEVEL);
+    }
+
+    #[test]
+    fn every_metric_carries_its_appliance() {
+        let m = Metrics::new();
+        let a = m.appliance("ov-east");
+        let b = m.appliance("ov-west");
+        a.received();
+        a.received();
+        b.received();
+        a.retry("service_manager", "creating", 0, Duration::ZERO, "503");
+        a.sink_latency("console", Duration::from_millis(2));
+        let text = m.encode();
+        assert!(text.contains("scmb_messages_received_total{appliance=\"ov-east\"} 2"));
+        assert!(text.contains("scmb_messages_received_total{appliance=\"ov-west\"} 1"));
+        assert!(
+            text.contains("scmb_retries_total{appliance=\"ov-east\",target=\"service_manager\"} 1")
+        );
+        assert!(text
+            .contains("scmb_sink_latency_seconds_count{appliance=\"ov-east\",sink=\"console\"} 1"));
+        assert!(text.contains("scmb_bus_connected{appliance=\"ov-west\"} 0"));
+    }
+
+    #[test]
+    fn ready_only_when_every_appliance_is_connected() {
+        let m = Metrics::new();
+        assert!(!m.ready(), "no appliance is not ready");
+        let a = m.appliance("a");
+        let b = m.appliance("b");
+        a.connected("q1");
+        assert!(!m.ready());
+        b.connected("q2");
+        assert!(m.ready());
+        b.disconnected(&"broker gone");
+        assert!(!m.ready());
+        assert_eq!(m.states()["b"], ConnState::Disconnected);
+        m.remove("b");
+        assert!(m.ready());
+    }
+}
