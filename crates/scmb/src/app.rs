@@ -151,7 +151,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Cmd::Certs(CertsCmd::Download)) => Mode::Download,
         Some(Cmd::Certs(CertsCmd::Show)) => Mode::Show,
         Some(Cmd::Watch) => Mode::Watch,
-        Some(Cmd::Run(_) | Cmd::Check(_) | Cmd::Completions { .. } | Cmd::Man) => {
+        Some(Cmd::Run(_) | Cmd::Check(_) | Cmd::Completions { .. } | Cmd::Man { .. }) => {
             return Err(Failure::new(
                 failure::UNEXPECTED,
                 "this command is dispatched by main",

@@ -50,13 +50,19 @@ pub enum Cmd {
     /// Check a config file, then each appliance: REST login, bus handshake, certificate
     /// expiry, Service Manager. One line per check; exit 0 only when all pass.
     Check(DaemonArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) for scmb or
+    /// ov_to_sm, e.g. `scmb completions bash > /etc/bash_completion.d/scmb`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+        #[arg(value_enum, default_value_t = Tool::Scmb)]
+        tool: Tool,
     },
-    /// Print the man page (roff) of scmb.
-    Man,
+    /// Print the man page (roff) of scmb or ov_to_sm, e.g. `scmb man > scmb.1`.
+    Man {
+        #[arg(value_enum, default_value_t = Tool::Scmb)]
+        tool: Tool,
+    },
     /// Generate the keypair if the appliance has none, wait for it, and download everything.
     Setup,
     /// Generate, download or show the certificates.
@@ -64,6 +70,25 @@ pub enum Cmd {
     Certs(CertsCmd),
     /// Listen and print the messages the filter admits (the default without -g/-d).
     Watch,
+}
+
+/// The binaries whose completions and man pages `scmb` prints.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Scmb,
+    #[value(name = "ov_to_sm")]
+    OvToSm,
+}
+
+impl Tool {
+    /// The command definition, and the binary's name.
+    pub fn command(self) -> (clap::Command, &'static str) {
+        use clap::CommandFactory;
+        match self {
+            Tool::Scmb => (Cli::command(), "scmb"),
+            Tool::OvToSm => (crate::ovtosm::OvToSmCli::command(), "ov_to_sm"),
+        }
+    }
 }
 
 /// `scmb run` and `scmb check`. Precedence: these flags > their environment variables > the

@@ -364,15 +364,15 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            // The parser's report: "TOML parse error at line N, column M", the line, and
-            // "unknown field `key`, expected one of ..."; folded onto one line.
-            message: e
-                .to_string()
-                .lines()
-                .map(str::trim_end)
-                .filter(|l| !l.trim().is_empty() && l.trim() != "|")
-                .collect::<Vec<_>>()
-                .join(" "),
+            // "line N: unknown field `key`, expected one of ...", on one line.
+            message: match e.span() {
+                Some(span) => format!(
+                    "line {}: {}",
+                    text[..span.start.min(text.len())].matches('\n').count() + 1,
+                    e.message().trim()
+                ),
+                None => e.message().trim().to_string(),
+            },
         })?;
         cfg.check().map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -442,6 +442,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The metrics address: the one given (flag or environment), else the file's, else none.
+    pub fn metrics_listen(&self, over: Option<&str>) -> Option<String> {
+        over.map(str::to_string)
+            .or_else(|| self.metrics.listen.clone())
+            .filter(|a| !a.is_empty())
     }
 
     /// The state directory: the one given (flag, environment or file), else the default.
@@ -759,6 +766,83 @@ password_env = "OV_EAST_PASSWORD"
             .expect_err("no dir")
             .contains("CREDENTIALS_DIRECTORY"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn precedence_is_flags_then_environment_then_file_then_defaults() {
+        use clap::Parser;
+        let file = parse(&format!(
+            "state_dir = \"/from/file\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[log]\nlevel = \"error\"\nformat = \"json\"\n{MINIMAL}"
+        ))
+        .expect("parse");
+        let args = |extra: &[&str]| {
+            let mut a = vec!["scmb", "run", "--config", "scmb.toml"];
+            a.extend_from_slice(extra);
+            let cli = crate::cli::Cli::try_parse_from(a).expect("parse");
+            match cli.cmd {
+                Some(crate::cli::Cmd::Run(d)) => (d, cli.log),
+                _ => panic!("not run"),
+            }
+        };
+        // Defaults, then the file.
+        assert_eq!(Config::default().metrics_listen(None), None);
+        let (d, log) = args(&[]);
+        assert_eq!(
+            file.metrics_listen(d.metrics_listen.as_deref()).as_deref(),
+            Some("127.0.0.1:1")
+        );
+        assert_eq!(
+            file.state_dir(d.state_dir.as_deref()),
+            PathBuf::from("/from/file")
+        );
+        let (level, format) = crate::app::log_settings(&log, Some(&file.log));
+        if std::env::var_os("RUST_LOG").is_none() {
+            assert_eq!(level, "error");
+        }
+        assert_eq!(format, LogFormat::Json);
+        // The environment beats the file.
+        std::env::set_var("SCMB_METRICS_LISTEN", "127.0.0.1:2");
+        std::env::set_var("SCMB_STATE_DIR", "/from/env");
+        std::env::set_var("SCMB_LOG_FORMAT", "text");
+        let (d, log) = args(&[]);
+        assert_eq!(
+            file.metrics_listen(d.metrics_listen.as_deref()).as_deref(),
+            Some("127.0.0.1:2")
+        );
+        assert_eq!(
+            file.state_dir(d.state_dir.as_deref()),
+            PathBuf::from("/from/env")
+        );
+        assert_eq!(
+            crate::app::log_settings(&log, Some(&file.log)).1,
+            LogFormat::Text
+        );
+        // Flags beat the environment.
+        let (d, log) = args(&[
+            "--metrics-listen",
+            "127.0.0.1:3",
+            "--state-dir",
+            "/from/flag",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ]);
+        std::env::remove_var("SCMB_METRICS_LISTEN");
+        std::env::remove_var("SCMB_STATE_DIR");
+        std::env::remove_var("SCMB_LOG_FORMAT");
+        assert_eq!(
+            file.metrics_listen(d.metrics_listen.as_deref()).as_deref(),
+            Some("127.0.0.1:3")
+        );
+        assert_eq!(
+            file.state_dir(d.state_dir.as_deref()),
+            PathBuf::from("/from/flag")
+        );
+        assert_eq!(
+            crate::app::log_settings(&log, Some(&file.log)),
+            ("debug".to_string(), LogFormat::Json)
+        );
     }
 
     #[test]

@@ -197,8 +197,7 @@ pub async fn run(cfg: Config, args: DaemonArgs) -> Result<(), Failure> {
     let state_dir = cfg.state_dir(args.state_dir.as_deref());
     let metrics = Metrics::new();
     let (down_tx, down_rx) = watch::channel(false);
-    let listen = args.metrics_listen.clone().or(cfg.metrics.listen.clone());
-    if let Some(addr) = listen.filter(|a| !a.is_empty()) {
+    if let Some(addr) = cfg.metrics_listen(args.metrics_listen.as_deref()) {
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
             Failure::new(
                 failure::USAGE,

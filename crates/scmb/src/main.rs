@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use scmb::cli::{Cli, Cmd};
 use scmb::config::Config;
 use scmb::{app, check, daemon, failure};
@@ -12,12 +12,13 @@ use scmb::{app, check, daemon, failure};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.cmd {
-        Some(Cmd::Completions { shell }) => {
-            clap_complete::generate(*shell, &mut Cli::command(), "scmb", &mut std::io::stdout());
+        Some(Cmd::Completions { shell, tool }) => {
+            let (mut cmd, name) = tool.command();
+            clap_complete::generate(*shell, &mut cmd, name, &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Some(Cmd::Man) => {
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+        Some(Cmd::Man { tool }) => {
+            match clap_mangen::Man::new(tool.command().0).render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("scmb: cannot write the man page: {e}");

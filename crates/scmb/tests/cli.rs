@@ -558,3 +558,28 @@ async fn sigterm_stops_the_listener_with_exit_0_and_leaves_no_queue_behind() {
         "auto-delete: no orphan queue left behind"
     );
 }
+
+#[test]
+fn completions_and_man_pages_are_generated_from_the_cli_definition() {
+    let bash = run(&["completions", "bash"], &[]);
+    assert_eq!(bash.code, Some(0), "{bash:?}");
+    for word in ["setup", "watch", "run", "check", "--severity", "--cert-dir"] {
+        assert!(bash.stdout.contains(word), "bash completion lacks {word}");
+    }
+    let zsh = run(&["completions", "zsh", "ov_to_sm"], &[]);
+    assert!(zsh.stdout.contains("#compdef ov_to_sm") && zsh.stdout.contains("--spass"));
+    let man = run(&["man"], &[]);
+    assert_eq!(man.code, Some(0), "{man:?}");
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH scmb"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+    assert!(man.stdout.contains("State\\-Change") || man.stdout.contains("State-Change"));
+    let man = run(&["man", "ov_to_sm"], &[]);
+    assert!(
+        man.stdout.contains(".TH ov_to_sm"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+}

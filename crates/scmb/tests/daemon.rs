@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{appliance, run, Listening, BIN};
 use reqwest::Method;
-use scmb_sim::testkit::{shared_sim, start_in_background, temp_dir, SimInfo};
+use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
 use scmb_sim::SimConfig;
 use serde_json::{json, Value};
 
@@ -167,11 +167,11 @@ async fn ticketed(sim: &SimInfo) -> Vec<String> {
         .collect()
 }
 
-async fn wait_ticketed(sim: &SimInfo, uris: &[String]) -> bool {
+async fn wait_ticketed(sim: &SimInfo, uri: &str) -> bool {
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
         let have: HashSet<String> = ticketed(sim).await.into_iter().collect();
-        if uris.iter().all(|u| have.contains(u)) {
+        if have.contains(uri) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -180,7 +180,19 @@ async fn wait_ticketed(sim: &SimInfo, uris: &[String]) -> bool {
 }
 
 async fn get(url: &str) -> (u16, String) {
-    match reqwest::get(url).await {
+    // Plain HTTP, but reqwest still wants a crypto provider chosen.
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(
+            scmb_tls::client_config(
+                &scmb_tls::ServerTrust::Insecure,
+                &scmb_tls::NameCheck::Skip,
+                None,
+            )
+            .expect("tls"),
+        )
+        .build()
+        .expect("client");
+    match client.get(url).send().await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(e) => (0, e.to_string()),
     }
@@ -241,14 +253,13 @@ async fn two_appliances_in_one_process_one_stopped_the_other_keeps_ticketing_wit
     // Both appliances ticket, each into its own Service Manager.
     let ua = raise(a, &tag).await;
     let ub = raise(&b.info, &tag).await;
-    assert!(wait_ticketed(a, &[ua.clone()]).await, "east ticketed");
-    assert!(wait_ticketed(&b.info, &[ub.clone()]).await, "west ticketed");
+    assert!(wait_ticketed(a, &ua).await, "east ticketed");
+    assert!(wait_ticketed(&b.info, &ub).await, "west ticketed");
 
     // West's appliance goes away entirely (REST, broker and Service Manager).
     b.stop();
     assert!(
-        l.wait_for("appliance unavailable; the others carry on", WAIT)
-            || l.wait_for("not connected to the message bus", WAIT),
+        l.wait_for("not connected to the message bus", WAIT),
         "{:?}",
         l.stderr
     );
@@ -311,7 +322,7 @@ async fn two_appliances_in_one_process_one_stopped_the_other_keeps_ticketing_wit
     l.terminate();
     let r = l.finish(WAIT);
     assert_eq!(r.code, Some(0), "SIGTERM exits 0: {}", r.stderr);
-    assert!(r.stdout.contains(&format!("[east] ")), "{}", r.stdout);
+    assert!(r.stdout.contains("[east] "), "{}", r.stdout);
     assert!(
         r.stdout
             .lines()
@@ -323,7 +334,7 @@ async fn two_appliances_in_one_process_one_stopped_the_other_keeps_ticketing_wit
     assert!(
         r.stderr
             .lines()
-            .any(|l| l.contains("appliance{appliance=west}") && l.contains("retrying")),
+            .any(|l| l.contains("appliance{appliance=west}") && l.contains("reconnect failed")),
         "{}",
         r.stderr
     );
@@ -433,7 +444,7 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
     };
 
     // Invalid: refused, and the running appliance carries on.
-    std::fs::write(&config, format!("{one}\n[appliance.filter]\nsevrity = 1\n")).expect("cfg");
+    std::fs::write(&config, format!("{one}\n[log]\nlevl = \"debug\"\n")).expect("cfg");
     hup(&l);
     assert!(
         l.wait_for("refused; the running one stays", WAIT),
@@ -441,7 +452,7 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
         l.stderr
     );
     let u1 = raise(a, &tag).await;
-    assert!(wait_ticketed(a, &[u1.clone()]).await, "still ticketing");
+    assert!(wait_ticketed(a, &u1).await, "still ticketing");
 
     // Valid: a second appliance (same simulator, JSON lines only) starts; the first carries on.
     let jsonl = format!(
@@ -465,20 +476,16 @@ path = "events.jsonl"
     std::fs::write(&config, format!("{one}{jsonl}")).expect("cfg");
     hup(&l);
     assert!(l.wait_for("configuration reloaded", WAIT), "{:?}", l.stderr);
-    let deadline = Instant::now() + WAIT;
-    while !l
-        .stderr
-        .iter()
-        .any(|x| x.contains("appliance=second") && x.contains("connected to the message bus"))
-        && Instant::now() < deadline
-    {
-        l.wait_for("connected to the message bus", Duration::from_secs(1));
-    }
-    let u2 = raise(a, &tag).await;
     assert!(
-        wait_ticketed(a, &[u2.clone()]).await,
-        "the first still tickets"
+        l.wait_for(
+            "appliance{appliance=second}: connected to the message bus",
+            WAIT
+        ),
+        "{:?}",
+        l.stderr
     );
+    let u2 = raise(a, &tag).await;
+    assert!(wait_ticketed(a, &u2).await, "the first still tickets");
     let file = dir.join("state/second/events.jsonl");
     let deadline = Instant::now() + WAIT;
     let mut text = String::new();
