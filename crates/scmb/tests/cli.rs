@@ -241,6 +241,30 @@ fn unreachable_appliance_and_missing_certificates_say_what_to_do() {
     );
     assert_eq!(r.code, Some(5), "{r:?}");
     assert!(r.stderr.contains("cannot reach"), "{}", r.stderr);
+    // A key others can read is refused before any connection, with the chmod that fixes it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.join("key.pem");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let r = run(
+            &[
+                "-a",
+                "127.0.0.1",
+                "--amqp-port",
+                "1",
+                "--cert-dir",
+                dir.to_str().expect("utf8"),
+            ],
+            &[("RUST_LOG", "off")],
+        );
+        assert_eq!(r.code, Some(4), "{r:?}");
+        assert!(
+            r.stderr.contains("readable by group or others")
+                && r.stderr.contains(&format!("chmod 600 {}", key.display())),
+            "{}",
+            r.stderr
+        );
+    }
     let r = run(&["-a", "", "-d"], &[("RUST_LOG", "off")]);
     assert_eq!(r.code, Some(2), "{r:?}");
 }

@@ -432,9 +432,10 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
         appliance_toml("first", a, &certs_dir, &tag, "")
     );
     std::fs::write(&config, &one).expect("cfg");
-    let mut l = start_daemon(&config, &[]);
+    // Logs as JSON here: every line an object, each appliance's with its span.
+    let mut l = start_daemon(&config, &[("SCMB_LOG_FORMAT", "json")]);
     assert!(
-        l.wait_for("connected to the message bus", WAIT),
+        l.wait_until(|x| connected_json(x, "first"), WAIT),
         "{:?}",
         l.stderr
     );
@@ -449,6 +450,13 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
     assert!(
         l.wait_for("refused; the running one stays", WAIT),
         "{:?}",
+        l.stderr
+    );
+    assert!(
+        l.stderr
+            .iter()
+            .any(|x| x.contains("levl") && x.contains("\"level\":\"ERROR\"")),
+        "the key is named: {:?}",
         l.stderr
     );
     let u1 = raise(a, &tag).await;
@@ -477,10 +485,7 @@ path = "events.jsonl"
     hup(&l);
     assert!(l.wait_for("configuration reloaded", WAIT), "{:?}", l.stderr);
     assert!(
-        l.wait_for(
-            "appliance{appliance=second}: connected to the message bus",
-            WAIT
-        ),
+        l.wait_until(|x| connected_json(x, "second"), WAIT),
         "{:?}",
         l.stderr
     );
@@ -507,13 +512,28 @@ path = "events.jsonl"
     l.terminate();
     let r = l.finish(WAIT);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    // The first appliance was not restarted by the reload.
+    // Every log line is JSON; the first appliance was not restarted by the reload.
+    for line in r.stderr.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
     assert_eq!(
         r.stderr
-            .matches("appliance{appliance=first}: connected to the message bus")
+            .lines()
+            .filter(|x| connected_json(x, "first"))
             .count(),
         1,
         "{}",
         r.stderr
     );
+}
+
+/// A JSON log line saying `appliance` connected to its bus.
+fn connected_json(line: &str, appliance: &str) -> bool {
+    serde_json::from_str::<Value>(line).is_ok_and(|v| {
+        v["span"]["appliance"] == appliance
+            && v["fields"]["message"] == "connected to the message bus"
+    })
 }

@@ -100,16 +100,21 @@ impl Listening {
 
     /// Waits for a stderr line containing `needle`.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.wait_until(|l| l.contains(needle), timeout)
+    }
+
+    /// Waits for a stderr line for which `hit` holds (lines read before count too).
+    pub fn wait_until(&mut self, hit: impl Fn(&str) -> bool, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        if self.stderr.iter().any(|l| l.contains(needle)) {
+        if self.stderr.iter().any(|l| hit(l)) {
             return true;
         }
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
-                    let hit = l.contains(needle);
+                    let found = hit(&l);
                     self.stderr.push(l);
-                    if hit {
+                    if found {
                         return true;
                     }
                 }
