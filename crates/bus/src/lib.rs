@@ -39,6 +39,9 @@ pub struct BusConfig {
     /// Binding keys, e.g. `scmb.alerts.#`.
     pub routes: Vec<String>,
     pub connect_timeout: Duration,
+    /// Consume this existing queue (declared and bound by someone else, e.g. a durable
+    /// `amq.gen-…` queue that outlives us) instead of declaring a server-named exclusive one.
+    pub queue: Option<String>,
 }
 
 impl BusConfig {
@@ -55,6 +58,7 @@ impl BusConfig {
             exchange: "scmb".into(),
             routes: vec!["scmb.alerts.#".into()],
             connect_timeout: Duration::from_secs(15),
+            queue: None,
         }
     }
 }
@@ -282,25 +286,31 @@ pub async fn subscribe(cfg: &BusConfig) -> Result<Subscription, BusError> {
         .basic_qos(BasicQosArguments::new(0, cfg.prefetch, false))
         .await
         .map_err(amqp)?;
-    let declare = QueueDeclareArguments::new("")
-        .exclusive(true)
-        .auto_delete(true)
-        .durable(false)
-        .finish();
-    let (queue, _, _) = channel
-        .queue_declare(declare)
-        .await
-        .map_err(amqp)?
-        .ok_or_else(|| BusError::Amqp("the broker did not name the queue".into()))?;
-    for r in &cfg.routes {
-        channel
-            .queue_bind(QueueBindArguments::new(&queue, &cfg.exchange, r))
-            .await
-            .map_err(amqp)?;
-    }
+    let queue = match &cfg.queue {
+        Some(q) => q.clone(),
+        None => {
+            let declare = QueueDeclareArguments::new("")
+                .exclusive(true)
+                .auto_delete(true)
+                .durable(false)
+                .finish();
+            let (queue, _, _) = channel
+                .queue_declare(declare)
+                .await
+                .map_err(amqp)?
+                .ok_or_else(|| BusError::Amqp("the broker did not name the queue".into()))?;
+            for r in &cfg.routes {
+                channel
+                    .queue_bind(QueueBindArguments::new(&queue, &cfg.exchange, r))
+                    .await
+                    .map_err(amqp)?;
+            }
+            queue
+        }
+    };
     let consume = BasicConsumeArguments::new(&queue, "")
         .manual_ack(true)
-        .exclusive(true)
+        .exclusive(cfg.queue.is_none())
         .finish();
     let (_, rx) = channel.basic_consume_rx(consume).await.map_err(amqp)?;
     tracing::info!(host = %cfg.host, port = cfg.port, queue = %queue, routes = ?cfg.routes, "subscribed to the message bus");

@@ -6,6 +6,7 @@
 
 use crate::alert::AlertView;
 use crate::message::{ChangeType, Event};
+use crate::peek::Peek;
 
 /// A message filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,23 +69,52 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 impl Filter {
     /// Whether `e` is wanted.
     pub fn admits(&self, e: &Event) -> bool {
-        if !contains_ci(&self.categories, Some(&e.category)) {
+        let a = AlertView(e.resource());
+        self.admits_fields(
+            &e.category,
+            e.change_type,
+            || e.changed_attributes().any(|c| c == "severity"),
+            [a.severity(), a.alert_state(), a.alert_type_id()],
+        )
+    }
+
+    /// Whether the message behind `p` is wanted: the same answer as [`Filter::admits`] gives
+    /// for its full decoding.
+    pub fn admits_peek(&self, p: &Peek<'_>) -> bool {
+        self.admits_fields(
+            &p.category,
+            p.change_type,
+            || p.severity_changed,
+            [
+                p.severity.as_deref(),
+                p.alert_state.as_deref(),
+                p.alert_type_id.as_deref(),
+            ],
+        )
+    }
+
+    /// `alert` is severity, alertState and alertTypeID.
+    fn admits_fields(
+        &self,
+        category: &str,
+        change_type: ChangeType,
+        severity_changed: impl FnOnce() -> bool,
+        alert: [Option<&str>; 3],
+    ) -> bool {
+        if !contains_ci(&self.categories, Some(category)) {
             return false;
         }
-        if !e.is_alert() {
-            return self.change_types.contains(&e.change_type);
+        if category != "alerts" {
+            return self.change_types.contains(&change_type);
         }
-        let a = AlertView(e.resource());
-        let change_ok = self.change_types.contains(&e.change_type)
-            || (self.escalations
-                && e.change_type == ChangeType::Updated
-                && e.changed_attributes().any(|c| c == "severity"));
+        let [severity, state, alert_type] = alert;
+        let change_ok = self.change_types.contains(&change_type)
+            || (self.escalations && change_type == ChangeType::Updated && severity_changed());
         change_ok
-            && contains_ci(&self.severities, a.severity())
-            && contains_ci(&self.states, a.alert_state())
+            && contains_ci(&self.severities, severity)
+            && contains_ci(&self.states, state)
             && (self.alert_types.is_empty()
-                || a.alert_type_id()
-                    .is_some_and(|t| self.alert_types.iter().any(|p| glob(p, t))))
+                || alert_type.is_some_and(|t| self.alert_types.iter().any(|p| glob(p, t))))
     }
 }
 

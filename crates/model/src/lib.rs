@@ -6,7 +6,9 @@
 pub mod alert;
 pub mod filter;
 pub mod message;
+pub mod peek;
 
 pub use alert::AlertView;
 pub use filter::Filter;
 pub use message::{ChangeType, DecodeError, Event};
+pub use peek::{peek, Peek};

@@ -5,7 +5,7 @@
 //! large, or without a usable `changeType`/`resourceUri` is a [`DecodeError`] with the reason,
 //! so that the caller can reject it and carry on.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// `changeType` of an SCMB message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,95 +68,18 @@ pub struct Event {
 /// The default limit on a message body (real SCMB messages are a few KB).
 pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 
-fn str_field<'a>(
-    obj: &'a Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<&'a str>, DecodeError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(DecodeError::Field {
-            field,
-            problem: "not a string",
-        }),
-    }
-}
-
-/// Decodes a delivery. `max_bytes` bounds the body size.
+/// Decodes a delivery. `max_bytes` bounds the body size. Accepts exactly what
+/// [`crate::peek::peek`] accepts (it does the checking), then keeps the whole body.
 pub fn decode(routing_key: &str, body: &[u8], max_bytes: usize) -> Result<Event, DecodeError> {
-    if body.len() > max_bytes {
-        return Err(DecodeError::TooLarge {
-            size: body.len(),
-            limit: max_bytes,
-        });
-    }
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(DecodeError::Empty);
-    }
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(DecodeError::NotUtf8 {
-            at: e.valid_up_to(),
-        });
-    }
-    let body: Value =
+    let p = crate::peek::peek(routing_key, body, max_bytes)?;
+    let value: Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let obj = body.as_object().ok_or(DecodeError::NotObject)?;
-    let change_type = match str_field(obj, "changeType")? {
-        Some(s) => ChangeType::parse(s).ok_or(DecodeError::Field {
-            field: "changeType",
-            problem: "not Created, Updated or Deleted",
-        })?,
-        None => {
-            return Err(DecodeError::Field {
-                field: "changeType",
-                problem: "missing",
-            })
-        }
-    };
-    let resource = match obj.get("resource") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(r)) => Some(r),
-        Some(_) => {
-            return Err(DecodeError::Field {
-                field: "resource",
-                problem: "not an object",
-            })
-        }
-    };
-    let resource_uri = match str_field(obj, "resourceUri")? {
-        Some(u) => u.to_string(),
-        None => match resource.and_then(|r| r.get("uri")).and_then(Value::as_str) {
-            Some(u) => u.to_string(),
-            None => {
-                return Err(DecodeError::Field {
-                    field: "resourceUri",
-                    problem: "missing",
-                })
-            }
-        },
-    };
-    // Fields the tools print or filter on must be strings or null when present.
-    for f in ["eTag", "timestamp", "newState"] {
-        str_field(obj, f)?;
-    }
-    let category = routing_key
-        .strip_prefix("scmb.")
-        .and_then(|rest| rest.split('.').next())
-        .filter(|c| !c.is_empty())
-        .map(str::to_string)
-        .or_else(|| {
-            resource
-                .and_then(|r| r.get("category"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
     Ok(Event {
         routing_key: routing_key.to_string(),
-        category,
-        change_type,
-        resource_uri,
-        body,
+        category: p.category.into_owned(),
+        change_type: p.change_type,
+        resource_uri: p.resource_uri.into_owned(),
+        body: value,
     })
 }
 

@@ -117,6 +117,7 @@ pub fn bus_config(conn: &ConnArgs, w: &WatchArgs, host: &str, dir: &std::path::P
     if !w.routes.is_empty() {
         bus.routes = w.routes.clone();
     }
+    bus.queue = w.queue.clone();
     bus
 }
 

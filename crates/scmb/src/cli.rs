@@ -245,6 +245,10 @@ pub struct WatchArgs {
     /// (24h, 90m). Default: none for scmb (with --catch-up), all for ov_to_sm.
     #[arg(global = true, long, value_name = "none|all|DURATION")]
     pub look_back: Option<String>,
+    /// Consume this existing queue (declared and bound by someone else) instead of a
+    /// server-named exclusive one of our own; -r is then ignored.
+    #[arg(global = true, long, value_name = "QUEUE")]
+    pub queue: Option<String>,
     /// Largest message accepted, in bytes.
     #[arg(global = true, long, default_value_t = 4 << 20)]
     pub max_message_bytes: usize,

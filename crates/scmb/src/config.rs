@@ -178,6 +178,9 @@ pub struct ApplianceConfig {
     /// Unacknowledged messages the broker may send ahead (`--prefetch`). Default 256.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
+    /// Consume this existing queue, declared and bound by someone else, instead of a
+    /// server-named exclusive one of our own (`--queue`); `routes` is then ignored.
+    pub queue: Option<String>,
     /// Largest message accepted, in bytes (`--max-message-bytes`). Default 4 MiB.
     #[serde(default = "default_max_bytes")]
     pub max_message_bytes: usize,
@@ -539,6 +542,7 @@ impl ApplianceConfig {
                 )
             }),
             max_message_bytes: self.max_message_bytes,
+            queue: self.queue.clone(),
         };
         let sm = self.service_manager.as_ref().map(|sm| {
             let i = &sm.incident;

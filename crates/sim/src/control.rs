@@ -265,6 +265,9 @@ struct FaultReq {
     latency_ms: u64,
     #[serde(default)]
     html: bool,
+    /// Only calls with this HTTP method (e.g. PUT) get the fault; default all.
+    #[serde(default)]
+    method: Option<String>,
 }
 
 async fn set_fault(State(c): State<Arc<Control>>, body: Bytes) -> Response {
@@ -281,8 +284,9 @@ async fn set_fault(State(c): State<Arc<Control>>, body: Bytes) -> Response {
         html: f.html,
         latency: Duration::from_millis(f.latency_ms),
         until,
+        method: f.method.as_ref().map(|m| m.to_ascii_uppercase()),
     });
-    Json(json!({"status": f.status, "seconds": f.seconds, "latencyMs": f.latency_ms, "html": f.html}))
+    Json(json!({"status": f.status, "seconds": f.seconds, "latencyMs": f.latency_ms, "html": f.html, "method": f.method}))
         .into_response()
 }
 

@@ -280,6 +280,9 @@ struct RestFaultArgs {
     /// Latency added to every call.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Only calls with this HTTP method (e.g. PUT); default all.
+    #[arg(long)]
+    method: Option<String>,
     /// Answer an HTML page instead of JSON.
     #[arg(long)]
     html: bool,
@@ -530,7 +533,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             if a.clear {
                 return show(c.call(Method::DELETE, "/sim/faults/rest", None).await).await;
             }
-            let req = json!({"status": a.status, "seconds": a.seconds, "latencyMs": a.latency_ms, "html": a.html});
+            let req = json!({"status": a.status, "seconds": a.seconds, "latencyMs": a.latency_ms, "html": a.html, "method": a.method});
             show(c.call(Method::POST, "/sim/faults/rest", body(req)).await).await
         }
         Cmd::Broker(BrokerCmd::Restart(s)) => {

@@ -80,6 +80,8 @@ pub struct RestFault {
     /// Extra latency on every REST call.
     pub latency: Duration,
     pub until: Option<Instant>,
+    /// Only calls with this method (upper case) are affected; `None` = all.
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -468,6 +470,13 @@ pub fn router(state: Arc<OvState>) -> Router {
 /// Applies the REST fault window (503s, latency) to every REST call.
 async fn faults(State(st): State<Arc<OvState>>, req: Request, next: Next) -> Response {
     let fault = st.current_fault();
+    if fault
+        .method
+        .as_deref()
+        .is_some_and(|m| m != req.method().as_str())
+    {
+        return next.run(req).await;
+    }
     if !fault.latency.is_zero() {
         tokio::time::sleep(fault.latency).await;
     }
