@@ -323,20 +323,38 @@ pub async fn subscribe(cfg: &BusConfig) -> Result<Subscription, BusError> {
 }
 
 impl Subscription {
+    fn delivery(&self, m: ConsumerMessage) -> Option<Delivery> {
+        let deliver = m.deliver?;
+        Some(Delivery {
+            routing_key: deliver.routing_key().to_string(),
+            body: m.content.unwrap_or_default(),
+            delivery_tag: deliver.delivery_tag(),
+            redelivered: deliver.redelivered(),
+            channel: self.channel.clone(),
+        })
+    }
+
+    /// A delivery already received, without waiting: `None` when there is none right now.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        while let Ok(m) = self.rx.try_recv() {
+            if let Some(d) = self.delivery(m) {
+                return Some(d);
+            }
+        }
+        None
+    }
+
     /// The next delivery, or `None` once the connection or channel is gone.
     pub async fn next(&mut self) -> Option<Delivery> {
+        if let Some(d) = self.try_next() {
+            return Some(d);
+        }
         loop {
             tokio::select! {
                 m = self.rx.recv() => {
-                    let m = m?;
-                    let Some(deliver) = m.deliver else { continue };
-                    return Some(Delivery {
-                        routing_key: deliver.routing_key().to_string(),
-                        body: m.content.unwrap_or_default(),
-                        delivery_tag: deliver.delivery_tag(),
-                        redelivered: deliver.redelivered(),
-                        channel: self.channel.clone(),
-                    });
+                    if let Some(d) = self.delivery(m?) {
+                        return Some(d);
+                    }
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if !self.conn.is_open() || !self.channel.is_open() {
@@ -345,6 +363,15 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// Acks every delivery up to and including `tag` in one frame (AMQP `multiple`). Only for
+    /// a consumer that finishes its deliveries in order: each one's work must be done.
+    pub async fn ack_through(&self, tag: u64) -> Result<(), BusError> {
+        self.channel
+            .basic_ack(BasicAckArguments::new(tag, true))
+            .await
+            .map_err(|e| BusError::Amqp(e.to_string()))
     }
 
     pub fn is_open(&self) -> bool {

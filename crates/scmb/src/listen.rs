@@ -7,8 +7,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use scmb_bus::{BusConfig, BusError, Delivery, Subscription};
-use scmb_model::message::decode;
-use scmb_model::Filter;
+use scmb_model::{peek, Filter};
 
 use crate::cli::Output;
 use crate::failure::Failure;
@@ -54,6 +53,8 @@ const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
 /// the state store with `--catch-up` so that a restart does not print it again either.
 #[derive(Default)]
 struct Seen {
+    /// Only a catch-up can print something twice: without one there is nothing to track.
+    enabled: bool,
     mem: std::collections::HashSet<(String, String)>,
     store: Option<Store>,
     /// The last catch-up was incomplete: the checkpoint must not advance until one succeeds.
@@ -61,26 +62,27 @@ struct Seen {
 }
 
 impl Seen {
-    /// Records `ev`; false when it was printed before.
-    async fn insert(&mut self, ev: &scmb_model::Event) -> bool {
+    /// Records the alert `uri` as it is at `etag`; false when it was printed before.
+    async fn insert(&mut self, uri: &str, etag: &str) -> bool {
+        if !self.enabled {
+            return true;
+        }
         if self.mem.len() > 200_000 {
             self.mem.clear();
         }
-        let etag = ev.str("eTag").unwrap_or("").to_string();
-        let key = (ev.resource_uri.clone(), etag.clone());
+        let key = (uri.to_string(), etag.to_string());
         if self.mem.contains(&key) {
             return false;
         }
         if let Some(store) = &self.store {
-            let uri = ev.resource_uri.clone();
-            let e2 = etag.clone();
-            let before = store.call(move |s| s.printed(&uri)).await.ok().flatten();
-            if before.as_deref() == Some(etag.as_str()) {
+            let u = uri.to_string();
+            let before = store.call(move |s| s.printed(&u)).await.ok().flatten();
+            if before.as_deref() == Some(etag) {
                 self.mem.insert(key);
                 return false;
             }
-            let uri = ev.resource_uri.clone();
-            if let Err(e) = store.call(move |s| s.set_printed(&uri, &e2)).await {
+            let (u, e) = key.clone();
+            if let Err(e) = store.call(move |s| s.set_printed(&u, &e)).await {
                 tracing::warn!(error = %e, "cannot record a printed alert");
             }
         }
@@ -175,6 +177,7 @@ impl Listener {
         let mut printer = Printer::new(stdout.lock(), self.output, colour);
         tokio::pin!(shutdown);
         let mut seen = Seen {
+            enabled: self.catch_up.is_some(),
             store: self.catch_up.as_ref().and_then(|c| c.store.clone()),
             ..Seen::default()
         };
@@ -304,7 +307,11 @@ impl Listener {
                 let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
                     continue;
                 };
-                if self.filter.admits(&ev) && seen.insert(&ev).await {
+                if self.filter.admits(&ev)
+                    && seen
+                        .insert(&ev.resource_uri, ev.str("eTag").unwrap_or(""))
+                        .await
+                {
                     printer.print(&ev, &now()).map_err(|e| {
                         Failure::new(
                             crate::failure::UNEXPECTED,
@@ -336,53 +343,105 @@ impl Listener {
     ) -> Result<End, Failure> {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut acks = Acks {
+            through: None,
+            pending: 0,
+            batch: (usize::from(self.bus.prefetch) / 2).clamp(1, ACK_BATCH),
+        };
         loop {
-            let d = tokio::select! {
-                _ = shutdown.as_mut() => return Ok(End::Shutdown),
-                // While connected everything arrives on the queue: advance the checkpoint.
-                _ = tick.tick() => { seen.checkpoint().await; continue; }
-                d = sub.next() => d,
+            let d = match sub.try_next() {
+                Some(d) => d,
+                None => {
+                    // Nothing waiting: settle what is done before waiting.
+                    acks.flush(sub).await;
+                    tokio::select! {
+                        _ = shutdown.as_mut() => return Ok(End::Shutdown),
+                        // While connected everything arrives on the queue: advance the checkpoint.
+                        _ = tick.tick() => { seen.checkpoint().await; continue; }
+                        d = sub.next() => match d {
+                            Some(d) => d,
+                            None => return Ok(End::Lost),
+                        },
+                    }
+                }
             };
-            let Some(d) = d else { return Ok(End::Lost) };
             stats.received += 1;
-            self.handle(&d, printer, stats, seen).await?;
+            if self.handle(&d, printer, stats, seen).await? {
+                acks.done(d.delivery_tag);
+                if acks.pending >= acks.batch {
+                    acks.flush(sub).await;
+                }
+            }
             if self.count.is_some_and(|c| stats.printed >= c) {
+                acks.flush(sub).await;
                 return Ok(End::CountReached);
             }
         }
     }
 
+    /// Decodes only what the filter needs; prints what it admits. True when the delivery's
+    /// work is done and it may be acked (a malformed one is rejected here instead).
     async fn handle<W: std::io::Write>(
         &self,
         d: &Delivery,
         printer: &mut Printer<W>,
         stats: &mut Stats,
         seen: &mut Seen,
-    ) -> Result<(), Failure> {
-        match decode(&d.routing_key, &d.body, self.max_bytes) {
+    ) -> Result<bool, Failure> {
+        match peek(&d.routing_key, &d.body, self.max_bytes) {
             Err(reason) => {
                 stats.malformed += 1;
                 tracing::warn!(routing_key = %d.routing_key, bytes = d.body.len(), error = %reason, malformed = stats.malformed, "malformed message rejected");
                 if let Err(e) = d.reject().await {
                     tracing::error!(error = %e, "reject failed");
                 }
+                Ok(false)
             }
-            Ok(ev) => {
-                if self.filter.admits(&ev) && seen.insert(&ev).await {
-                    if let Err(e) = printer.print(&ev, &now()) {
-                        // Not acked: the broker redelivers it to whoever listens next.
-                        return Err(Failure::new(
-                            crate::failure::UNEXPECTED,
-                            format!("cannot write the output: {e}"),
-                        ));
-                    }
+            Ok(p) => {
+                if self.filter.admits_peek(&p)
+                    && seen
+                        .insert(&p.resource_uri, p.etag.as_deref().unwrap_or(""))
+                        .await
+                {
+                    // Not acked on failure: the broker redelivers it to whoever listens next.
+                    printer
+                        .print_delivery(&d.routing_key, &d.body, &now())
+                        .map_err(|e| {
+                            Failure::new(
+                                crate::failure::UNEXPECTED,
+                                format!("cannot write the output: {e}"),
+                            )
+                        })?;
                     stats.printed += 1;
                 }
-                if let Err(e) = d.ack().await {
-                    tracing::error!(error = %e, routing_key = %d.routing_key, "ack failed; the message will be redelivered");
-                }
+                Ok(true)
             }
         }
-        Ok(())
+    }
+}
+
+/// Most deliveries settled by one `multiple` ack.
+const ACK_BATCH: usize = 64;
+
+/// Acks owed: every delivery up to `through` is done (deliveries are handled in order).
+struct Acks {
+    through: Option<u64>,
+    pending: usize,
+    batch: usize,
+}
+
+impl Acks {
+    fn done(&mut self, tag: u64) {
+        self.through = Some(tag);
+        self.pending += 1;
+    }
+
+    async fn flush(&mut self, sub: &Subscription) {
+        if let Some(tag) = self.through.take() {
+            self.pending = 0;
+            if let Err(e) = sub.ack_through(tag).await {
+                tracing::error!(error = %e, "ack failed; the messages will be redelivered");
+            }
+        }
     }
 }

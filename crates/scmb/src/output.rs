@@ -74,6 +74,36 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
+    /// Prints a delivery whose body is known to be valid JSON: in JSON mode the body is
+    /// written as it came (no tree, no copy) unless it spans lines; otherwise it is decoded.
+    pub fn print_delivery(
+        &mut self,
+        routing_key: &str,
+        body: &[u8],
+        received_at: &str,
+    ) -> std::io::Result<()> {
+        if self.format == Output::Json && !body.contains(&b'\n') && !body.contains(&b'\r') {
+            self.out.write_all(b"{")?;
+            if let Some(label) = &self.label {
+                self.out.write_all(b"\"appliance\":")?;
+                serde_json::to_writer(&mut self.out, label)?;
+                self.out.write_all(b",")?;
+            }
+            self.out.write_all(b"\"routingKey\":")?;
+            serde_json::to_writer(&mut self.out, routing_key)?;
+            self.out.write_all(b",\"receivedAt\":")?;
+            serde_json::to_writer(&mut self.out, received_at)?;
+            self.out.write_all(b",\"message\":")?;
+            self.out.write_all(body.trim_ascii())?;
+            self.out.write_all(b"}\n")?;
+            return self.out.flush();
+        }
+        match scmb_model::message::decode(routing_key, body, usize::MAX) {
+            Ok(e) => self.print(&e, received_at),
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+    }
+
     fn row(&mut self, label: &str, value: &str) -> std::io::Result<()> {
         writeln!(self.out, "  {label:<17} {value}")
     }
@@ -162,6 +192,49 @@ mod tests {
         let out = String::from_utf8(p.out.into_inner().expect("flush")).expect("utf8");
         assert!(out.contains("description       n/a"), "{out}");
         assert!(out.contains("resourceName      n/a"), "{out}");
+    }
+
+    #[test]
+    fn a_delivery_printed_as_it_came_is_the_same_json_as_the_decoded_one() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/alert-critical.json"
+        ))
+        .expect("testdata");
+        let rk = "scmb.alerts.Created./rest/alerts/1";
+        for label in [None, Some("ov-east")] {
+            let mut raw = Printer::new(Vec::new(), Output::Json, false);
+            let mut full = Printer::new(Vec::new(), Output::Json, false);
+            if let Some(l) = label {
+                raw = raw.with_label(l);
+                full = full.with_label(l);
+            }
+            let compact =
+                serde_json::to_vec(&serde_json::from_slice::<Value>(&body).expect("json"))
+                    .expect("compact");
+            raw.print_delivery(rk, &compact, "t").expect("raw");
+            full.print(&decode(rk, &body, 1 << 20).expect("decode"), "t")
+                .expect("full");
+            let text = |p: Printer<Vec<u8>>| {
+                String::from_utf8(p.out.into_inner().expect("flush")).expect("utf8")
+            };
+            let (a, b) = (text(raw), text(full));
+            assert_eq!(a.lines().count(), 1, "{a}");
+            let (a, b): (Value, Value) = (
+                serde_json::from_str(&a).expect("raw line"),
+                serde_json::from_str(&b).expect("full line"),
+            );
+            assert_eq!(a, b);
+        }
+        // A body spanning lines is decoded, so that the output stays one line per message.
+        let pretty =
+            serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&body).expect("json"))
+                .expect("pretty");
+        assert!(pretty.contains(&b'\n'));
+        let mut p = Printer::new(Vec::new(), Output::Json, false);
+        p.print_delivery(rk, &pretty, "t").expect("multi-line body");
+        let out = String::from_utf8(p.out.into_inner().expect("flush")).expect("utf8");
+        assert_eq!(out.lines().count(), 1);
     }
 
     #[test]

@@ -607,3 +607,80 @@ fn completions_and_man_pages_are_generated_from_the_cli_definition() {
         &man.stdout[..200.min(man.stdout.len())]
     );
 }
+
+/// Batched (`multiple`) acks settle every delivery whose work is done: after `--count` is
+/// reached on an existing queue (`--queue`), nothing is left in it to be redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_acks_leave_nothing_unacked_on_an_existing_queue() {
+    use amqprs::channel::{QueueBindArguments, QueueDeclareArguments};
+    let sim = shared_sim();
+    let c = sim.client();
+    let dir = certs_for(sim, "batched-acks");
+    // A server-named queue that outlives its declarer, as an operator would keep one.
+    let (conn, ch) = scmb_sim::testkit::open(&sim.default_target())
+        .await
+        .expect("open");
+    let (queue, _, _) = ch
+        .queue_declare(QueueDeclareArguments::new("").durable(false).finish())
+        .await
+        .expect("declare")
+        .expect("named");
+    let tag = format!("batched{}", rand::random::<u32>());
+    ch.queue_bind(QueueBindArguments::new(
+        &queue,
+        "scmb",
+        &format!("scmb.alerts.Created.{tag}.#"),
+    ))
+    .await
+    .expect("bind");
+    // 300 messages, every third critical, the last one too: --count 100 ends at the last.
+    for i in 0..300u32 {
+        let sev = if i % 3 == 2 { "Critical" } else { "Warning" };
+        let uri = format!("/rest/alerts/{tag}{i}");
+        let body = json!({"resourceUri": uri, "changeType": "Created", "eTag": "1",
+            "resource": {"uri": uri, "severity": sev, "alertState": "Active", "alertTypeID": "x"}});
+        publish_raw(
+            &c,
+            &format!("scmb.alerts.Created.{tag}.{i}"),
+            serde_json::to_vec(&body).expect("json"),
+        )
+        .await;
+    }
+    let ready = |ch: amqprs::channel::Channel, q: String| async move {
+        ch.queue_declare(QueueDeclareArguments::new(&q).passive(true).finish())
+            .await
+            .expect("passive")
+            .map(|(_, n, _)| n)
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while ready(ch.clone(), queue.clone()).await < 300 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let port = sim.amqps_port.to_string();
+    let r = run(
+        &[
+            "watch",
+            "-a",
+            &appliance(&sim.rest_url),
+            "--amqp-port",
+            &port,
+            "--cert-dir",
+            dir.to_str().expect("utf8"),
+            "--queue",
+            &queue,
+            "--count",
+            "100",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(r.stdout.lines().count(), 100);
+    // Every delivery was acked before the connection closed: none came back to the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ready(ch.clone(), queue.clone()).await, 0);
+    let _ = ch.close().await;
+    let _ = conn.close().await;
+}
