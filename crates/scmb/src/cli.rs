@@ -112,7 +112,7 @@ pub enum CertsCmd {
     Generate,
     /// Download caroot.pem, client.pem and key.pem.
     Download,
-    /// Show where the certificates are, their subjects and expiry.
+    /// Show where the certificates are, their modes, sizes and SHA-256 fingerprints.
     Show,
 }
 

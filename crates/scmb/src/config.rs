@@ -77,9 +77,8 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
-/// Where a password comes from: exactly one of the three.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Where a password comes from: exactly one of the three (the `password_*` keys of a table).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SecretRef {
     /// The name of an environment variable holding it.
     pub password_env: Option<String>,
@@ -91,10 +90,21 @@ pub struct SecretRef {
 }
 
 impl SecretRef {
-    fn any(&self) -> bool {
-        self.password_env.is_some()
-            || self.password_file.is_some()
-            || self.password_credential.is_some()
+    /// Exactly one source is given.
+    fn check(&self) -> Result<(), String> {
+        match [
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+            self.password_credential.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count()
+        {
+            1 => Ok(()),
+            0 => Err("no password: set password_env, password_file or password_credential".into()),
+            _ => Err("give only one of password_env, password_file and password_credential".into()),
+        }
     }
 
     /// Reads the secret now. Errors never contain it.
@@ -142,9 +152,14 @@ pub struct ApplianceConfig {
     pub user: String,
     /// Login domain (`--login-domain`). Default `LOCAL`.
     pub login_domain: Option<String>,
-    /// The OneView password: `password_env`, `password_file` or `password_credential`.
-    #[serde(flatten)]
-    pub password: SecretRef,
+    /// The OneView password: the name of an environment variable holding it. Exactly one of
+    /// `password_env`, `password_file`, `password_credential`.
+    pub password_env: Option<String>,
+    /// The OneView password: a file whose first line is it (keep it `chmod 600`).
+    pub password_file: Option<PathBuf>,
+    /// The OneView password: a systemd credential name (`LoadCredential=NAME:PATH`), read from
+    /// `$CREDENTIALS_DIRECTORY/NAME`.
+    pub password_credential: Option<String>,
     /// Certificate directory (`--cert-dir`): caroot.pem, client.pem, key.pem and the pinned REST
     /// fingerprint. Default `STATE_DIR/NAME`.
     pub cert_dir: Option<PathBuf>,
@@ -257,9 +272,14 @@ pub struct ServiceManagerConfig {
     /// Service Manager user (`-i`). Default `falcon`.
     #[serde(default = "default_sm_user")]
     pub user: String,
-    /// Its password: `password_env`, `password_file` or `password_credential`.
-    #[serde(flatten)]
-    pub password: SecretRef,
+    /// The Service Manager password: the name of an environment variable holding it. Exactly one of
+    /// `password_env`, `password_file`, `password_credential`.
+    pub password_env: Option<String>,
+    /// The Service Manager password: a file whose first line is it (keep it `chmod 600`).
+    pub password_file: Option<PathBuf>,
+    /// The Service Manager password: a systemd credential name (`LoadCredential=NAME:PATH`), read from
+    /// `$CREDENTIALS_DIRECTORY/NAME`.
+    pub password_credential: Option<String>,
     /// Verify Service Manager's HTTPS certificate against this CA file (`--sm-ca`).
     pub ca: Option<PathBuf>,
     /// Alerts ticketed in parallel (`--concurrency`). Default 16.
@@ -279,7 +299,8 @@ pub struct ServiceManagerConfig {
     /// Longest pause between retries of a failing call, seconds (`--retry-cap-secs`). Default 30.
     #[serde(default = "default_retry_cap")]
     pub retry_cap_secs: u64,
-    /// Incidents per page when listing (`--list-page-size`). Default 100.
+    /// Incidents per page when listing (`--list-page-size`; only `ov_to_sm -l` lists).
+    /// Default 100.
     #[serde(default = "default_page")]
     pub list_page_size: usize,
     /// What the incident looks like.
@@ -413,12 +434,9 @@ impl Config {
             if a.address.trim().is_empty() {
                 return Err(ctx("address is empty".into()));
             }
-            if !a.password.any() {
-                return Err(ctx(
-                    "no OneView password: set password_env, password_file or password_credential"
-                        .into(),
-                ));
-            }
+            a.password()
+                .check()
+                .map_err(|m| ctx(format!("OneView {m}")))?;
             if a.console.is_none() && a.jsonl.is_none() && a.service_manager.is_none() {
                 return Err(ctx(
                     "no sink: add [appliance.console], [appliance.jsonl] or [appliance.service_manager]"
@@ -436,9 +454,9 @@ impl Config {
                     .map_err(|e| ctx(format!("rest_fingerprint: {e}")))?;
             }
             if let Some(sm) = &a.service_manager {
-                if !sm.password.any() {
-                    return Err(ctx("service_manager: no password: set password_env, password_file or password_credential".into()));
-                }
+                sm.password()
+                    .check()
+                    .map_err(|m| ctx(format!("service_manager: {m}")))?;
                 if sm.concurrency == 0 {
                     return Err(ctx("service_manager.concurrency must be at least 1".into()));
                 }
@@ -477,6 +495,23 @@ impl Config {
             .join("scmb")
     }
 }
+
+/// The `password_*` keys of a table.
+macro_rules! secret_ref {
+    ($t:ty) => {
+        impl $t {
+            pub fn password(&self) -> SecretRef {
+                SecretRef {
+                    password_env: self.password_env.clone(),
+                    password_file: self.password_file.clone(),
+                    password_credential: self.password_credential.clone(),
+                }
+            }
+        }
+    };
+}
+secret_ref!(ApplianceConfig);
+secret_ref!(ServiceManagerConfig);
 
 impl ApplianceConfig {
     /// This appliance's state directory.
@@ -593,10 +628,10 @@ impl ApplianceConfig {
             appliance: self.name.clone(),
             message,
         };
-        let ov = self.password.read().map_err(err)?;
+        let ov = self.password().read().map_err(err)?;
         let sm = match &self.service_manager {
             Some(s) => Some(
-                s.password
+                s.password()
                     .read()
                     .map_err(|m| err(format!("service_manager: {m}")))?,
             ),
@@ -674,6 +709,12 @@ password_env = "OV_EAST_PASSWORD"
         assert!(e.contains("severity"), "{e}");
         assert!(e.contains("line 9"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
+        let in_appliance = MINIMAL.replace(
+            "[appliance.console]",
+            "pasword_file = \"/x\"\n[appliance.console]",
+        );
+        let e = parse(&in_appliance).expect_err("unknown key").to_string();
+        assert!(e.contains("pasword_file") && e.contains("line 6"), "{e}");
         let e = parse("stat_dir = \"/x\"\n").expect_err("typo").to_string();
         assert!(e.contains("stat_dir") && e.contains("line 1"), "{e}");
     }
@@ -690,6 +731,14 @@ password_env = "OV_EAST_PASSWORD"
             .expect_err("no pw")
             .to_string()
             .contains("password"));
+        let two_pw = MINIMAL.replace(
+            "[appliance.console]",
+            "password_file = \"/x\"\n[appliance.console]",
+        );
+        assert!(parse(&two_pw)
+            .expect_err("two")
+            .to_string()
+            .contains("only one"));
         let no_sink = MINIMAL.replace("[appliance.console]\n", "");
         assert!(parse(&no_sink)
             .expect_err("no sink")

@@ -80,19 +80,23 @@ impl Daemon {
         );
     }
 
-    /// Stops the named appliances and waits for them (each drains, 35 s at most).
+    /// Stops the named appliances and waits for them: they drain in parallel, 35 s at most
+    /// in all.
     async fn stop(&mut self, names: &[String]) {
         let mut tasks = Vec::new();
         for n in names {
             if let Some(r) = self.running.remove(n) {
                 let _ = r.stop.send(true);
-                tasks.push((n.clone(), r.task));
+                tasks.push(r.task);
             }
         }
-        for (n, t) in tasks {
-            if tokio::time::timeout(DRAIN, t).await.is_err() {
-                tracing::warn!(appliance = %n, "did not stop in time; its unacked messages will be redelivered");
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
             }
+        };
+        if tokio::time::timeout(DRAIN, all).await.is_err() {
+            tracing::warn!(appliances = ?names, "not every appliance stopped in time; unacked work is left to a redelivery or the next catch-up");
         }
     }
 
@@ -157,7 +161,7 @@ async fn supervise(
         }
         let wait = crate::listen::backoff(attempt).max(Duration::from_secs(1)) * 2;
         attempt += 1;
-        metrics.disconnected(&f);
+        metrics.unavailable();
         tracing::error!(error = %f, retry_in_ms = wait.as_millis() as u64, "appliance unavailable; the others carry on, retrying this one");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -175,7 +179,7 @@ async fn run_once(
     let s = a
         .settings(state_dir)
         .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
-    let pipeline = Pipeline::build(Spec {
+    let build = Pipeline::build(Spec {
         conn: &s.conn,
         watch: &s.watch,
         sm: s.sm.as_ref(),
@@ -183,8 +187,13 @@ async fn run_once(
         jsonl: s.jsonl.as_deref(),
         store: s.state_dir.join(STORE_FILE),
         metrics: metrics.clone(),
-    })
-    .await?;
+    });
+    // A stop while logging in (a slow or hanging appliance) ends the attempt at once.
+    let mut waiting = stop.clone();
+    let pipeline = tokio::select! {
+        p = build => p?,
+        _ = waiting.wait_for(|s| *s) => return Ok(()),
+    };
     pipeline
         .run(async move {
             let _ = stop.wait_for(|s| *s).await;

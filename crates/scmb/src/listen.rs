@@ -81,8 +81,7 @@ impl Seen {
                 self.mem.insert(key);
                 return false;
             }
-            let (u, e) = key.clone();
-            if let Err(e) = store.call(move |s| s.set_printed(&u, &e)).await {
+            if let Err(e) = store.set_printed_async(uri, etag).await {
                 tracing::warn!(error = %e, "cannot record a printed alert");
             }
         }
@@ -440,7 +439,7 @@ impl Acks {
         if let Some(tag) = self.through.take() {
             self.pending = 0;
             if let Err(e) = sub.ack_through(tag).await {
-                tracing::error!(error = %e, "ack failed; the messages will be redelivered");
+                tracing::error!(error = %e, "ack failed; the messages may come again on a redelivery");
             }
         }
     }

@@ -305,10 +305,13 @@ impl Pipeline {
             .await
             .is_err()
         {
-            tracing::warn!("in-flight work did not finish within 30 s; it will be redelivered");
+            tracing::warn!("in-flight work did not finish within 30 s; it stays unacked for a redelivery or the next catch-up");
         }
         sub.close().await;
-        metrics.disconnected(&"stopped");
+        match &result {
+            Ok(()) => metrics.stopped(),
+            Err(f) => metrics.disconnected(f),
+        }
         result
     }
 
@@ -433,7 +436,7 @@ async fn lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Work>, fatal: mpsc::Se
                     match d.ack().await {
                         Ok(()) => shared.metrics.acked(),
                         Err(e) => {
-                            tracing::warn!(error = %e, "ack failed; the message will be redelivered and de-duplicated")
+                            tracing::warn!(error = %e, "ack failed; the message may come again (a redelivery or the next catch-up) and is de-duplicated")
                         }
                     }
                 }
@@ -518,10 +521,8 @@ impl Shared {
     }
 
     async fn mark_printed(&self, ev: &Event) -> Result<(), Failure> {
-        let uri = ev.resource_uri.clone();
-        let etag = ev.str("eTag").unwrap_or("").to_string();
         self.store
-            .call(move |s| s.set_printed(&uri, &etag))
+            .set_printed_async(&ev.resource_uri, ev.str("eTag").unwrap_or(""))
             .await
             .map_err(store_failure)
     }

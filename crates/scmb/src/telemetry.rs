@@ -398,6 +398,17 @@ impl ApplianceMetrics {
         tracing::info!(queue, "reconnected to the message bus");
     }
 
+    /// Not connected, for a reason the caller logs itself (e.g. the appliance cannot start).
+    pub fn unavailable(&self) {
+        self.set_state(ConnState::Disconnected);
+    }
+
+    /// Stopped on request.
+    pub fn stopped(&self) {
+        self.set_state(ConnState::Disconnected);
+        tracing::info!("stopped");
+    }
+
     pub fn disconnected(&self, error: &dyn std::fmt::Display) {
         self.set_state(ConnState::Disconnected);
         tracing::warn!(error = %error, "not connected to the message bus");

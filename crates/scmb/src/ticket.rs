@@ -248,7 +248,35 @@ impl Ticketer {
         loop {
             match f().await {
                 Ok(v) => return Attempt::Ok(v),
-                Err(e) if e.is_transient() || matches!(e, OneViewError::BadResponse { .. }) => {
+                // Credentials or rights withdrawn: an operator must act; nothing is dropped
+                // meanwhile (the message stays unacked and the work is retried).
+                Err(e)
+                    if matches!(
+                        e,
+                        OneViewError::AuthFailed { .. }
+                            | OneViewError::SessionExpired
+                            | OneViewError::Api {
+                                status: 401 | 403,
+                                ..
+                            }
+                    ) =>
+                {
+                    tracing::error!(error = %e, pause_secs = self.retry_cap.as_secs(), "OneView refused our credentials or rights while {what}: check the user and password; pausing");
+                    if !self.pause(self.retry_cap).await {
+                        return Attempt::Interrupted;
+                    }
+                }
+                Err(e)
+                    if e.is_transient()
+                        || matches!(
+                            e,
+                            OneViewError::BadResponse { .. }
+                                | OneViewError::Api {
+                                    status: 408 | 429 | 500..=599,
+                                    ..
+                                }
+                        ) =>
+                {
                     let d = scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
                     attempt += 1;
                     self.metrics
@@ -268,8 +296,7 @@ impl Ticketer {
     }
 
     async fn put(&self, uri: &str, rec: Record) -> Result<(), TicketError> {
-        let u = uri.to_string();
-        Ok(self.store.call(move |s| s.put(&u, &rec)).await?)
+        Ok(self.store.put_async(uri, &rec).await?)
     }
 
     /// Handles one decoded message. Returns when the delivery may be acked (or must be left).
