@@ -8,8 +8,7 @@
 //! reaches back into the bus beyond acking, and it never exits the process: it returns, and
 //! its caller decides (exit code for `ov_to_sm`, a supervised restart for `scmb run`).
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use scmb_bus::{BusConfig, Delivery};
 use scmb_model::message::{decode, format_rfc3339_ms};
 use scmb_model::{Event, Filter};
 use scmb_oneview::Session;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::cli::{ConnArgs, Output, WatchArgs};
 use crate::failure::{self, Failure};
@@ -211,20 +210,9 @@ impl Pipeline {
             }));
         }
 
-        // One lane per slot: a bounded queue each, so the in-flight window stays bounded.
-        let mut senders = Vec::with_capacity(self.lanes);
-        let mut workers = Vec::with_capacity(self.lanes);
+        // At most `lanes` events in work at once; one alert's events one after another.
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
-        for _ in 0..self.lanes {
-            let (tx, rx) = mpsc::channel::<Work>(8);
-            senders.push(tx);
-            workers.push(tokio::spawn(tracing::Instrument::in_current_span(lane(
-                self.shared.clone(),
-                rx,
-                fatal_tx.clone(),
-            ))));
-        }
-        drop(fatal_tx);
+        let lanes = Dispatcher::new(self.shared.clone(), self.lanes, fatal_tx);
 
         tokio::pin!(shutdown);
         let mut sub = match self.subscribe().await {
@@ -239,7 +227,7 @@ impl Pipeline {
         let result = 'outer: loop {
             // Catch-up: alerts raised (or left unfinished) while we were not listening.
             if self.catch_up {
-                if let Err(f) = self.catch_up(&senders).await {
+                if let Err(f) = self.catch_up(&lanes).await {
                     break 'outer Err(f);
                 }
             }
@@ -259,17 +247,7 @@ impl Pipeline {
                         }
                     }
                     Ok(ev) => {
-                        let lane = lane_of(&ev.resource_uri, self.lanes);
-                        if senders[lane]
-                            .send(Work::Event(Some(d), Box::new(ev)))
-                            .await
-                            .is_err()
-                        {
-                            break 'outer Err(Failure::new(
-                                failure::UNEXPECTED,
-                                "a pipeline lane stopped",
-                            ));
-                        }
+                        lanes.dispatch(Some(d), ev).await;
                     }
                 }
             }
@@ -293,15 +271,9 @@ impl Pipeline {
                 }
             };
         };
-        // Stop: no new work; lanes finish what they hold (bounded), the rest is redelivered.
+        // Stop: no new work; what is in work finishes (bounded), the rest stays unacked.
         let _ = self.stop_tx.send(true);
-        drop(senders);
-        let drain = async {
-            for w in workers {
-                let _ = w.await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(30), drain)
+        if tokio::time::timeout(Duration::from_secs(30), lanes.idle())
             .await
             .is_err()
         {
@@ -339,7 +311,7 @@ impl Pipeline {
     /// Reads the active and locked alerts over REST and feeds the ones the filter admits
     /// through the lanes, as if they had just been created; the store skips what was already
     /// handled. The checkpoint moves once every lane has worked through them.
-    async fn catch_up(&self, senders: &[mpsc::Sender<Work>]) -> Result<(), Failure> {
+    async fn catch_up(&self, lanes: &Dispatcher) -> Result<(), Failure> {
         let store = self.shared.store.clone();
         let checkpoint = store
             .call(|s| s.meta(CHECKPOINT))
@@ -370,14 +342,7 @@ impl Pipeline {
                 if !self.shared.filter.admits(&ev) {
                     continue;
                 }
-                let lane = lane_of(&ev.resource_uri, self.lanes);
-                if senders[lane]
-                    .send(Work::Event(None, Box::new(ev)))
-                    .await
-                    .is_err()
-                {
-                    return Err(Failure::new(failure::UNEXPECTED, "a pipeline lane stopped"));
-                }
+                lanes.dispatch(None, ev).await;
                 fed += 1;
             }
         }
@@ -385,22 +350,11 @@ impl Pipeline {
         if !complete {
             return Ok(());
         }
-        // A barrier through every lane: when all have passed it, what was fed is handled.
-        let mut passed = Vec::with_capacity(senders.len());
-        for tx in senders {
-            let (done, rx) = tokio::sync::oneshot::channel();
-            if tx.send(Work::Barrier(done)).await.is_err() {
-                return Err(Failure::new(failure::UNEXPECTED, "a pipeline lane stopped"));
-            }
-            passed.push(rx);
-        }
+        // When nothing is in work any more, what was fed is handled.
+        let idle = lanes.idle_owned();
         let stopping = self.stop_tx.subscribe();
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            for rx in passed {
-                if rx.await.is_err() {
-                    return;
-                }
-            }
+            idle.await;
             if *stopping.borrow() {
                 return; // interrupted work may sit before the barrier
             }
@@ -414,39 +368,120 @@ impl Pipeline {
     }
 }
 
-/// Work for a lane: an event (with its delivery, or from the catch-up), or a barrier.
-enum Work {
-    Event(Option<Delivery>, Box<Event>),
-    Barrier(tokio::sync::oneshot::Sender<()>),
+/// An event, with its delivery (none for a catch-up).
+type Item = (Option<Delivery>, Event);
+
+/// Runs events with at most `lanes` in work at once, any free lane taking the next event,
+/// except that the events of one alert (uri) run one after another, in arrival order: an
+/// event whose alert is in work waits behind it. (Fixed lanes by a hash of the uri keep alerts
+/// in order too, but a storm spreads unevenly over them and the busiest lane sets the pace.)
+struct Dispatcher {
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    lanes: u32,
+    /// Alerts in work, with the events waiting behind them.
+    busy: Arc<Mutex<HashMap<String, VecDeque<Item>>>>,
+    fatal: mpsc::Sender<Failure>,
 }
 
-/// One lane: each event through the sinks, then its ack.
-async fn lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Work>, fatal: mpsc::Sender<Failure>) {
-    while let Some(work) = rx.recv().await {
-        let (d, ev) = match work {
-            Work::Barrier(done) => {
-                let _ = done.send(());
-                continue;
-            }
-            Work::Event(d, ev) => (d, *ev),
+impl Dispatcher {
+    fn new(shared: Arc<Shared>, lanes: usize, fatal: mpsc::Sender<Failure>) -> Dispatcher {
+        let lanes = lanes.clamp(1, 4096) as u32;
+        Dispatcher {
+            shared,
+            permits: Arc::new(Semaphore::new(lanes as usize)),
+            lanes,
+            busy: Arc::new(Mutex::new(HashMap::new())),
+            fatal,
+        }
+    }
+
+    /// Queues `ev` behind its alert's events in work, or starts it once a lane is free.
+    async fn dispatch(&self, d: Option<Delivery>, ev: Event) {
+        let mut item = Some((d, ev));
+        let uri = item
+            .as_ref()
+            .map(|i| i.1.resource_uri.clone())
+            .unwrap_or_default();
+        if self.wait_behind(&uri, &mut item, false) {
+            return;
+        }
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
         };
-        match shared.handle(&ev).await {
-            Ok(true) => {
-                if let Some(d) = d {
-                    match d.ack().await {
-                        Ok(()) => shared.metrics.acked(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "ack failed; the message may come again (a redelivery or the next catch-up) and is de-duplicated")
+        if self.wait_behind(&uri, &mut item, true) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let busy = self.busy.clone();
+        let fatal = self.fatal.clone();
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let mut next = item;
+            while let Some((d, ev)) = next.take() {
+                match shared.handle(&ev).await {
+                    Ok(true) => {
+                        if let Some(d) = d {
+                            match d.ack().await {
+                                Ok(()) => shared.metrics.acked(),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "ack failed; the message may come again (a redelivery or the next catch-up) and is de-duplicated")
+                                }
+                            }
                         }
+                    }
+                    Ok(false) => {} // interrupted by a stop: left unacked
+                    Err(f) => {
+                        if let Ok(mut b) = busy.lock() {
+                            b.remove(&uri);
+                        }
+                        let _ = fatal.try_send(f);
+                        return;
+                    }
+                }
+                if let Ok(mut b) = busy.lock() {
+                    next = b.get_mut(&uri).and_then(VecDeque::pop_front);
+                    if next.is_none() {
+                        b.remove(&uri);
                     }
                 }
             }
-            Ok(false) => {} // interrupted by shutdown: left for redelivery
-            Err(f) => {
-                let _ = fatal.send(f).await;
-                return;
+            drop(permit);
+        }));
+    }
+
+    /// Puts the item behind its alert's events in work (true); else, with `claim`, marks the
+    /// alert in work (false: the caller runs it).
+    fn wait_behind(&self, uri: &str, item: &mut Option<Item>, claim: bool) -> bool {
+        let Ok(mut busy) = self.busy.lock() else {
+            return false;
+        };
+        match (busy.get_mut(uri), item.take()) {
+            (Some(waiting), Some(i)) => {
+                waiting.push_back(i);
+                true
             }
+            (None, i) => {
+                if claim {
+                    busy.insert(uri.to_string(), VecDeque::new());
+                }
+                *item = i;
+                false
+            }
+            (Some(_), None) => true,
         }
+    }
+
+    /// Resolves when nothing is in work (every lane free).
+    fn idle_owned(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let permits = self.permits.clone();
+        let lanes = self.lanes;
+        async move {
+            let _ = permits.acquire_many(lanes).await;
+        }
+    }
+
+    async fn idle(&self) {
+        self.idle_owned().await
     }
 }
 
@@ -590,20 +625,3 @@ fn certificates_changed(e: &scmb_bus::BusError) -> bool {
 
 /// Margin for clock skew between us and the appliance when checkpointing.
 const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
-
-fn lane_of(uri: &str, lanes: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    uri.hash(&mut h);
-    (h.finish() % lanes.max(1) as u64) as usize
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_alert_always_maps_to_the_same_lane() {
-        assert_eq!(lane_of("/rest/alerts/1", 16), lane_of("/rest/alerts/1", 16));
-        assert!(lane_of("/rest/alerts/2", 16) < 16);
-    }
-}
