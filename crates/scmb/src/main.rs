@@ -40,7 +40,11 @@ fn main() -> ExitCode {
         }
         Some(Cmd::Check(args)) => {
             let cfg = Config::load(&args.config);
-            let log = app::log_settings(&cli.log, cfg.as_ref().ok().map(|c| &c.log));
+            let mut log = app::log_settings(&cli.log, cfg.as_ref().ok().map(|c| &c.log));
+            if log.0 == scmb::telemetry::DEFAULT_LOG_LEVEL {
+                // The check lines are the report; routine log lines would only interleave.
+                log.0 = "warn".into();
+            }
             let args = args.clone();
             app::run_to_exit("scmb", log, check::run(cfg, args))
         }
