@@ -350,9 +350,19 @@ impl Listener {
         loop {
             let d = match sub.try_next() {
                 Some(d) => d,
+                None if acks.pending > 0 => {
+                    // Nothing waiting yet, but more is probably on its way: settle what is done
+                    // after a short linger rather than with a frame per message.
+                    tokio::select! {
+                        _ = shutdown.as_mut() => { acks.flush(sub).await; return Ok(End::Shutdown) }
+                        _ = tokio::time::sleep(ACK_LINGER) => { acks.flush(sub).await; continue; }
+                        d = sub.next() => match d {
+                            Some(d) => d,
+                            None => return Ok(End::Lost),
+                        },
+                    }
+                }
                 None => {
-                    // Nothing waiting: settle what is done before waiting.
-                    acks.flush(sub).await;
                     tokio::select! {
                         _ = shutdown.as_mut() => return Ok(End::Shutdown),
                         // While connected everything arrives on the queue: advance the checkpoint.
@@ -421,6 +431,9 @@ impl Listener {
 
 /// Most deliveries settled by one `multiple` ack.
 const ACK_BATCH: usize = 64;
+
+/// How long done work may wait for its ack when no delivery is waiting.
+const ACK_LINGER: Duration = Duration::from_millis(5);
 
 /// Acks owed: every delivery up to `through` is done (deliveries are handled in order).
 struct Acks {

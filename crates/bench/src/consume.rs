@@ -1,0 +1,200 @@
+//! Measurement 1, consume: drain a pre-filled queue as fast as possible with (a) the no-op
+//! reference consumer, (b) `scmb watch --queue`, (c) the HPE sample's py-amqp loop, each on a
+//! freshly filled queue, measuring wall time from spawn to exit and the child's own CPU and
+//! peak RSS (`wait4`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::amqp::Amqp;
+use crate::msgs::{criticals, envelope, kind_of};
+use crate::procs::{spawn, Stdout};
+use crate::util::{fixed, thousands, unix_ms};
+use crate::Ctx;
+
+#[derive(Debug, Clone)]
+pub struct ConsumeFig {
+    pub run: usize,
+    pub client: &'static str,
+    pub messages: u64,
+    pub criticals: u64,
+    pub wall_s: f64,
+    pub user_s: f64,
+    pub sys_s: f64,
+    pub maxrss_kb: i64,
+    /// Messages still in the queue after the client exited (0 when it drained it).
+    pub left: u32,
+}
+
+impl ConsumeFig {
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.wall_s
+    }
+    pub fn cpu_us_per_msg(&self) -> f64 {
+        (self.user_s + self.sys_s) * 1e6 / self.messages as f64
+    }
+    pub fn json(&self) -> Value {
+        json!({
+            "run": self.run, "client": self.client, "messages": self.messages,
+            "criticals": self.criticals, "wallSecs": self.wall_s, "msgPerSec": self.rate(),
+            "cpuUserSecs": self.user_s, "cpuSysSecs": self.sys_s,
+            "cpuMicrosPerMsg": self.cpu_us_per_msg(), "peakRssKb": self.maxrss_kb,
+            "leftInQueue": self.left,
+        })
+    }
+}
+
+/// Declares a fresh shared queue as CN `default`, fills it with `n` messages as the admin and
+/// waits until the broker reports them all.
+async fn fill(ctx: &Ctx, admin: &Amqp, n: u64) -> Result<String> {
+    let started = Instant::now();
+    let reader = Amqp::open(&ctx.app.bus_target(false)).await?;
+    let queue = reader.declare_bound_queue(false).await?;
+    reader.close().await;
+    let base = ctx.next_ids(n);
+    let t0 = unix_ms() - n as i64;
+    for i in 0..n {
+        let (key, body) = envelope(base + i, kind_of(i, n), t0 + i as i64, None);
+        admin.publish(key, body).await?;
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    admin
+        .wait_len(&queue, n as u32, Duration::from_secs(120 + n / 1000))
+        .await?;
+    println!(
+        "    filled {queue} with {} messages: published in {} s, all queued after {} s",
+        thousands(n as f64),
+        fixed(publish_s, 1),
+        fixed(started.elapsed().as_secs_f64(), 1)
+    );
+    Ok(queue)
+}
+
+/// One run of the three consumers.
+pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
+    let n = ctx.settings.messages;
+    let crit = criticals(n);
+    let admin = Amqp::open(&ctx.app.bus_target(true)).await?;
+    let mut figs = Vec::new();
+    let port = ctx.app.amqps_port.to_string();
+    let timeout = Duration::from_secs(60 + n / 200);
+    let mut clients: Vec<&'static str> = vec!["no-op", "scmb"];
+    if ctx.python.is_some() {
+        clients.push("py-amqp");
+    }
+    for client in clients {
+        let queue = fill(ctx, &admin, n).await?;
+        let child = match client {
+            "no-op" => {
+                let pki = &ctx.app.pki;
+                let args: Vec<String> = vec![
+                    "noop-consumer".into(),
+                    "--port".into(),
+                    port.clone(),
+                    "--ca".into(),
+                    pki.join("ca.pem").display().to_string(),
+                    "--cert".into(),
+                    pki.join("client-default.pem").display().to_string(),
+                    "--key".into(),
+                    pki.join("client-default-key.pem").display().to_string(),
+                    "--queue".into(),
+                    queue.clone(),
+                    "--count".into(),
+                    n.to_string(),
+                ];
+                spawn("the no-op consumer", &ctx.bench, &args, &[], Stdout::Null)?
+            }
+            "scmb" => {
+                let mut args = vec!["watch".to_string()];
+                args.extend(ctx.tool_args());
+                args.extend(
+                    [
+                        "--queue",
+                        &queue,
+                        "--count",
+                        &crit.to_string(),
+                        "--output",
+                        "json",
+                    ]
+                    .map(String::from),
+                );
+                spawn("scmb watch", &ctx.scmb, &args, &[], Stdout::Null)?
+            }
+            _ => {
+                let (python, script) = ctx
+                    .python
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("python is not available"))?;
+                let d = &ctx.cert_dir;
+                let args: Vec<String> = vec![
+                    script.display().to_string(),
+                    "--host".into(),
+                    "127.0.0.1".into(),
+                    "--port".into(),
+                    port.clone(),
+                    "--server-name".into(),
+                    "localhost".into(),
+                    "--ca".into(),
+                    d.join("caroot.pem").display().to_string(),
+                    "--cert".into(),
+                    d.join("client.pem").display().to_string(),
+                    "--key".into(),
+                    d.join("key.pem").display().to_string(),
+                    "--queue".into(),
+                    queue.clone(),
+                    "--count".into(),
+                    crit.to_string(),
+                ];
+                spawn("the py-amqp consumer", &python, &args, &[], Stdout::Null)?
+            }
+        };
+        let exit = child.wait_ok(timeout).await?;
+        let left = admin.queue_len(&queue).await?;
+        admin.delete_queue(&queue).await?;
+        let fig = ConsumeFig {
+            run,
+            client,
+            messages: n,
+            criticals: crit,
+            wall_s: exit.wall.as_secs_f64(),
+            user_s: exit.user_s,
+            sys_s: exit.sys_s,
+            maxrss_kb: exit.maxrss_kb,
+            left,
+        };
+        println!(
+            "  run {run}  {client:<8} {} msgs in {} s = {} msg/s; CPU {} s user + {} s sys = {} µs/msg; peak RSS {} KB{}",
+            thousands(n as f64),
+            fixed(fig.wall_s, 2),
+            thousands(fig.rate()),
+            fixed(fig.user_s, 2),
+            fixed(fig.sys_s, 2),
+            fixed(fig.cpu_us_per_msg(), 2),
+            thousands(fig.maxrss_kb as f64),
+            if left > 0 {
+                format!("; WARNING: {left} messages left in the queue")
+            } else {
+                String::new()
+            }
+        );
+        figs.push(fig);
+    }
+    admin.close().await;
+    let get = |c: &str| figs.iter().find(|f| f.client == c);
+    if let (Some(s), Some(o)) = (get("scmb"), get("no-op")) {
+        println!(
+            "  run {run}  scmb/no-op throughput {} %",
+            fixed(100.0 * s.rate() / o.rate(), 1)
+        );
+    }
+    if let (Some(s), Some(p)) = (get("scmb"), get("py-amqp")) {
+        println!(
+            "  run {run}  scmb/py-amqp CPU per message {} (py-amqp uses {}× the CPU)",
+            fixed(s.cpu_us_per_msg() / p.cpu_us_per_msg(), 3),
+            fixed(p.cpu_us_per_msg() / s.cpu_us_per_msg(), 1)
+        );
+    }
+    Ok(figs)
+}
