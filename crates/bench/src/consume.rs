@@ -1,7 +1,8 @@
 //! Measurement 1, consume: drain a pre-filled queue as fast as possible with (a) the no-op
 //! reference consumer, (b) `scmb watch --queue`, (c) the HPE sample's py-amqp loop, each on a
-//! freshly filled queue, measuring wall time from spawn to exit and the child's own CPU and
-//! peak RSS (`wait4`).
+//! freshly filled queue, measuring wall time from spawn to exit, the child's own CPU (`wait4`)
+//! and its own peak RSS (the last `/proc/PID/status` `VmHWM` read while it ran; `wait4`'s
+//! `ru_maxrss` would include the forked harness's RSS from before `exec`, see `procs`).
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,14 @@ pub struct ConsumeFig {
     pub wall_s: f64,
     pub user_s: f64,
     pub sys_s: f64,
-    pub maxrss_kb: i64,
+    /// The program's own peak RSS (`VmHWM`), KB; `None` when it exited before the first sample.
+    pub peak_rss_kb: Option<u64>,
+    /// `VmRSS` at the last sample, KB.
+    pub last_rss_kb: Option<u64>,
+    pub rss_samples: u32,
+    /// `wait4`'s `ru_maxrss`, which includes the forked harness's RSS before `exec`: JSON only,
+    /// under a name that says so.
+    pub ru_maxrss_incl_pre_exec_kb: i64,
     /// Messages still in the queue after the client exited (0 when it drained it).
     pub left: u32,
 }
@@ -35,12 +43,19 @@ impl ConsumeFig {
     pub fn cpu_us_per_msg(&self) -> f64 {
         (self.user_s + self.sys_s) * 1e6 / self.messages as f64
     }
+    /// Peak RSS in KB, NaN when unknown.
+    pub fn peak_rss_kb(&self) -> f64 {
+        self.peak_rss_kb.map_or(f64::NAN, |k| k as f64)
+    }
     pub fn json(&self) -> Value {
         json!({
             "run": self.run, "client": self.client, "messages": self.messages,
             "criticals": self.criticals, "wallSecs": self.wall_s, "msgPerSec": self.rate(),
             "cpuUserSecs": self.user_s, "cpuSysSecs": self.sys_s,
-            "cpuMicrosPerMsg": self.cpu_us_per_msg(), "peakRssKb": self.maxrss_kb,
+            "cpuMicrosPerMsg": self.cpu_us_per_msg(), "peakRssKb": self.peak_rss_kb,
+            "peakRssSource": "VmHWM", "lastRssKb": self.last_rss_kb,
+            "rssSamples": self.rss_samples,
+            "ruMaxrssKbInclPreExec": self.ru_maxrss_incl_pre_exec_kb,
             "leftInQueue": self.left,
         })
     }
@@ -161,18 +176,22 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
             wall_s: exit.wall.as_secs_f64(),
             user_s: exit.user_s,
             sys_s: exit.sys_s,
-            maxrss_kb: exit.maxrss_kb,
+            peak_rss_kb: exit.peak_rss_kb,
+            last_rss_kb: exit.last_rss_kb,
+            rss_samples: exit.rss_samples,
+            ru_maxrss_incl_pre_exec_kb: exit.ru_maxrss_incl_pre_exec_kb,
             left,
         };
         println!(
-            "  run {run}  {client:<8} {} msgs in {} s = {} msg/s; CPU {} s user + {} s sys = {} µs/msg; peak RSS {} KB{}",
+            "  run {run}  {client:<8} {} msgs in {} s = {} msg/s; CPU {} s user + {} s sys = {} µs/msg; peak RSS {} KB (VmHWM, {} samples){}",
             thousands(n as f64),
             fixed(fig.wall_s, 2),
             thousands(fig.rate()),
             fixed(fig.user_s, 2),
             fixed(fig.sys_s, 2),
             fixed(fig.cpu_us_per_msg(), 2),
-            thousands(fig.maxrss_kb as f64),
+            thousands(fig.peak_rss_kb()),
+            fig.rss_samples,
             if left > 0 {
                 format!("; WARNING: {left} messages left in the queue")
             } else {

@@ -1,6 +1,15 @@
 //! Child processes under measurement: spawned with their output drained (a full pipe would
-//! stall the tool and falsify the figures), waited for with `wait4` so that their own CPU time
-//! and peak RSS come back with the exit status, killed (and reaped) if the harness gives up.
+//! stall the tool and falsify the figures), their memory sampled from `/proc/PID/status` while
+//! they run, waited for with `wait4` so that their own CPU time comes back with the exit
+//! status, killed (and reaped) if the harness gives up.
+//!
+//! Peak RSS is the last `VmHWM` read before the child exited, not `wait4`'s `ru_maxrss`. On
+//! Linux `ru_maxrss` is the largest high-water mark of every address space the process had:
+//! `exec` folds the pre-exec one into it (`exec_mmap` → `setmax_mm_hiwater_rss`). Before
+//! `exec` a child runs in a copy of this harness (see `spawn`), whose RSS holds the in-process
+//! simulator and grows during the run, so `ru_maxrss` reported the harness's size at spawn
+//! time (a no-op consumer showed 13 MB or 25 MB depending on when it was started). `VmHWM`
+//! belongs to the address space that `exec` created and starts again from zero there.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -31,8 +40,16 @@ pub struct Exit {
     pub wall: Duration,
     pub user_s: f64,
     pub sys_s: f64,
-    /// Peak resident set size, KB.
-    pub maxrss_kb: i64,
+    /// Peak resident set size of the program itself, KB: the last `VmHWM` sampled before it
+    /// exited (see `RSS_SAMPLE_EVERY`); `None` when it exited before the first sample.
+    pub peak_rss_kb: Option<u64>,
+    /// The last `VmRSS` sampled before it exited, KB.
+    pub last_rss_kb: Option<u64>,
+    /// How many `/proc/PID/status` samples were read.
+    pub rss_samples: u32,
+    /// `wait4`'s `ru_maxrss`, KB. NOT the program's own peak: it includes the RSS of the
+    /// forked harness before `exec` (see the module comment). Kept for diagnosis only.
+    pub ru_maxrss_incl_pre_exec_kb: i64,
 }
 
 impl Exit {
@@ -55,10 +72,91 @@ pub struct Child {
     pub started: Instant,
     tail: Arc<Mutex<VecDeque<String>>>,
     stderr_lines: mpsc::UnboundedReceiver<(Instant, String)>,
+    /// Taken (stopped) just before the child is reaped.
+    sampler: Option<RssSampler>,
     reaped: bool,
 }
 
 const TAIL: usize = 40;
+
+/// How often a running child's `/proc/PID/status` is read. `VmHWM` only grows, so the last
+/// read is the peak up to that moment; what the child adds in its last interval (at most this
+/// long before it exits: a zombie has no memory figures left to read) is missed.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// What the sampler has read so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct RssSamples {
+    hwm_kb: Option<u64>,
+    rss_kb: Option<u64>,
+    count: u32,
+}
+
+/// A thread reading a child's `VmHWM` and `VmRSS` every `RSS_SAMPLE_EVERY` from spawn until
+/// `finish`. The child must stay unreaped until `finish` (or drop) has returned, so that the
+/// pid read is never a reused one.
+struct RssSampler {
+    shared: Arc<(Mutex<(bool, RssSamples)>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pid: i32) -> RssSampler {
+        let shared: Arc<(Mutex<(bool, RssSamples)>, Condvar)> = Arc::default();
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("rss-{pid}"))
+                .spawn(move || {
+                    let (lock, cv) = &*shared;
+                    loop {
+                        // A zombie's status has no Vm* lines: the previous figures stand.
+                        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+                        let field = |f| status.as_deref().and_then(|s| status_kb(s, f));
+                        let (hwm, rss) = (field("VmHWM"), field("VmRSS"));
+                        let Ok(mut g) = lock.lock() else { return };
+                        if hwm.is_some() {
+                            g.1.hwm_kb = hwm;
+                            g.1.rss_kb = rss;
+                            g.1.count += 1;
+                        }
+                        let Ok((g, _)) = cv.wait_timeout_while(g, RSS_SAMPLE_EVERY, |s| !s.0)
+                        else {
+                            return;
+                        };
+                        if g.0 {
+                            return;
+                        }
+                    }
+                })
+                .ok()
+        };
+        RssSampler { shared, thread }
+    }
+
+    /// Stops the thread (waiting for a read under way) and returns the last figures.
+    fn finish(mut self) -> RssSamples {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> RssSamples {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut g) = lock.lock() {
+            g.0 = true;
+        }
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        lock.lock().map(|g| g.1).unwrap_or_default()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 /// Spawns `program args` with `env` added (and `RUST_LOG` removed unless given), stdin closed,
 /// stderr read line by line.
@@ -81,6 +179,17 @@ pub fn spawn(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // How std spawns this (Rust 1.95, Linux/glibc): the `pre_exec` closure below rules out
+    // its posix_spawn path (taken only without closures, uid/gid, groups, chroot, or a PATH
+    // override with a bare program name), so it is fork(2) (a plain clone, no CLONE_VM) and
+    // execvp in the child. The child thus starts as a copy-on-write copy of this harness,
+    // the harness's resident anonymous pages counted as its own until exec. posix_spawn or
+    // vfork would not cure ru_maxrss: with CLONE_VM the pre-exec address space is the
+    // harness's own, and exec folds its high-water mark in all the same (measured on Linux
+    // 6.18: after the parent touched 200 MB, /bin/true's ru_maxrss was ~200 MB by fork,
+    // vfork and posix_spawn alike). Hence the `VmHWM` sampling. `spawn()` returns only once
+    // exec has succeeded (std waits for its close-on-exec socket to close, which exec does
+    // after switching address spaces), so every sample is of the new program.
     // SAFETY: prctl is async-signal-safe; the child gets SIGTERM if the harness dies, so a
     // crashed benchmark leaves no listener behind.
     unsafe {
@@ -126,6 +235,7 @@ pub fn spawn(
         started,
         tail,
         stderr_lines: rx,
+        sampler: Some(RssSampler::start(pid)),
         reaped: false,
     })
 }
@@ -175,9 +285,11 @@ impl Child {
     async fn reap(&mut self, timeout: Duration) -> Result<(Exit, bool)> {
         let pid = self.pid;
         let started = self.started;
-        let res = tokio::task::spawn_blocking(move || wait_blocking(pid, started, timeout))
-            .await
-            .context("waiting for a child")?;
+        let sampler = self.sampler.take();
+        let res =
+            tokio::task::spawn_blocking(move || wait_blocking(pid, started, timeout, sampler))
+                .await
+                .context("waiting for a child")?;
         // Whatever happened, wait_blocking reaped it or it is not ours to reap any more.
         self.reaped = true;
         res.with_context(|| format!("waiting for {}", self.name))
@@ -216,6 +328,8 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         if !self.reaped {
+            // Before the pid is reaped and may be reused.
+            drop(self.sampler.take());
             // SAFETY: plain syscalls on our own unreaped child.
             unsafe {
                 libc::kill(self.pid, libc::SIGKILL);
@@ -227,9 +341,14 @@ impl Drop for Child {
 }
 
 /// Blocks until `pid` exits (SIGKILL after `timeout`), then reaps it with `wait4`. The exit is
-/// first observed without reaping (`waitid` + `WNOWAIT`), so the watchdog can never signal a
-/// reaped, possibly reused, pid.
-fn wait_blocking(pid: i32, started: Instant, timeout: Duration) -> Result<(Exit, bool)> {
+/// first observed without reaping (`waitid` + `WNOWAIT`), so neither the watchdog nor the RSS
+/// sampler can ever touch a reaped, possibly reused, pid.
+fn wait_blocking(
+    pid: i32,
+    started: Instant,
+    timeout: Duration,
+    sampler: Option<RssSampler>,
+) -> Result<(Exit, bool)> {
     let done = Arc::new((Mutex::new((false, false)), Condvar::new()));
     let watchdog = {
         let done = done.clone();
@@ -274,6 +393,7 @@ fn wait_blocking(pid: i32, started: Instant, timeout: Duration) -> Result<(Exit,
             }
             cv.notify_all();
             let _ = watchdog.join();
+            drop(sampler);
             bail!("waitid({pid}): {e}");
         }
     }
@@ -291,6 +411,8 @@ fn wait_blocking(pid: i32, started: Instant, timeout: Duration) -> Result<(Exit,
         killed
     };
     let _ = watchdog.join();
+    // The child is a zombie now: its memory is gone, the last sample stands.
+    let mem = sampler.map(RssSampler::finish).unwrap_or_default();
     let mut status = 0;
     // SAFETY: zeroed rusage is a valid out-parameter for wait4.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -311,7 +433,10 @@ fn wait_blocking(pid: i32, started: Instant, timeout: Duration) -> Result<(Exit,
         wall,
         user_s: tv(ru.ru_utime),
         sys_s: tv(ru.ru_stime),
-        maxrss_kb: ru.ru_maxrss,
+        peak_rss_kb: mem.hwm_kb,
+        last_rss_kb: mem.rss_kb,
+        rss_samples: mem.count,
+        ru_maxrss_incl_pre_exec_kb: ru.ru_maxrss,
     };
     Ok((exit, timed_out))
 }
@@ -363,13 +488,15 @@ pub fn proc_sched_cpu_s(pid: i32) -> Result<f64> {
 pub fn proc_status_kb(pid: i32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)
-                .and_then(|r| r.strip_prefix(':'))
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    status_kb(&status, field).with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// A field of a `/proc/PID/status` text, in KB.
+fn status_kb(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|r| r.strip_prefix(':'))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    })
 }

@@ -122,7 +122,7 @@ impl Report {
             thousands(self.settings.messages as f64),
             "msg/s",
             "CPU µs/msg",
-            "peak RSS KB"
+            "peak RSS KB (VmHWM)"
         );
         for client in ["no-op", "scmb", "py-amqp"] {
             let rate = self.consume_of(client, ConsumeFig::rate);
@@ -130,7 +130,7 @@ impl Report {
                 continue;
             }
             let cpu = self.consume_of(client, ConsumeFig::cpu_us_per_msg);
-            let rss = self.consume_of(client, |c| c.maxrss_kb as f64);
+            let rss = self.consume_of(client, ConsumeFig::peak_rss_kb);
             println!(
                 "  {client:<24} {:>28} {:>24} {:>26}",
                 triple(&rate, thousands),
