@@ -171,11 +171,16 @@ impl Ctx {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The no-op consumer runs on one thread, as scmb watch does: the leanest a Rust consumer
+    // gets, so that it stays the physical limit. The harness (with the simulator) uses two.
+    let mut builder = if matches!(cli.cmd, Some(Cmd::NoopConsumer(_))) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("scmb-bench: error: cannot start the runtime: {e}");

@@ -54,7 +54,7 @@ impl BusConfig {
             key: cert_dir.join("key.pem"),
             names: NameCheck::Host,
             heartbeat: 10,
-            prefetch: 256,
+            prefetch: 1000,
             exchange: "scmb".into(),
             routes: vec!["scmb.alerts.#".into()],
             connect_timeout: Duration::from_secs(15),

@@ -24,12 +24,26 @@ pub fn run_to_exit(
     log: (String, crate::telemetry::LogFormat),
     main: impl std::future::Future<Output = Result<(), Failure>>,
 ) -> std::process::ExitCode {
+    run_to_exit_on(name, log, false, main)
+}
+
+/// [`run_to_exit`] on a single-threaded runtime when `single` (one consumer, in order: no
+/// cross-thread wake-ups between the AMQP reader and the consumer), else on two workers.
+pub fn run_to_exit_on(
+    name: &str,
+    log: (String, crate::telemetry::LogFormat),
+    single: bool,
+    main: impl std::future::Future<Output = Result<(), Failure>>,
+) -> std::process::ExitCode {
     crate::telemetry::init_logging(&log.0, log.1);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start the async runtime: {e}");

@@ -228,7 +228,7 @@ pub struct WatchArgs {
     #[arg(global = true, long, default_value_t = 10)]
     pub heartbeat: u16,
     /// Unacknowledged messages the broker may send ahead.
-    #[arg(global = true, long, default_value_t = 256)]
+    #[arg(global = true, long, default_value_t = 1000)]
     pub prefetch: u16,
     /// Exit after this many printed messages (for scripts and tests).
     #[arg(global = true, long, value_name = "N")]

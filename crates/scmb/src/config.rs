@@ -190,7 +190,7 @@ pub struct ApplianceConfig {
     /// AMQP heartbeat in seconds (`--heartbeat`). Default 10.
     #[serde(default = "default_heartbeat")]
     pub heartbeat: u16,
-    /// Unacknowledged messages the broker may send ahead (`--prefetch`). Default 256.
+    /// Unacknowledged messages the broker may send ahead (`--prefetch`). Default 1000.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
     /// Consume this existing queue, declared and bound by someone else, instead of a
@@ -353,7 +353,7 @@ fn default_heartbeat() -> u16 {
     10
 }
 fn default_prefetch() -> u16 {
-    256
+    1000
 }
 fn default_max_bytes() -> usize {
     4 << 20
@@ -691,7 +691,7 @@ password_env = "OV_EAST_PASSWORD"
         assert_eq!(a.user, "Administrator");
         assert_eq!(a.amqp_port, 5671);
         assert!(a.verify_hostname && a.accept_eula && a.catch_up && !a.insecure);
-        assert_eq!((a.heartbeat, a.prefetch), (10, 256));
+        assert_eq!((a.heartbeat, a.prefetch), (10, 1000));
         let (conn, watch, sm) = a.args(Path::new("/var/lib/scmb"), None);
         assert_eq!(
             conn.cert_dir.as_deref(),

@@ -52,6 +52,9 @@ pub fn sd_notify(state: &str) {
 
 struct Running {
     config: ApplianceConfig,
+    /// The passwords as read when it started: a reload restarts it when they changed (a
+    /// rotated password file or credential), even with the config unchanged.
+    secrets: Option<Secrets>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -60,6 +63,18 @@ struct Daemon {
     state_dir: PathBuf,
     metrics: Arc<Metrics>,
     running: BTreeMap<String, Running>,
+}
+
+/// An appliance's OneView and Service Manager passwords.
+type Secrets = (scmb_oneview::Secret, Option<scmb_oneview::Secret>);
+
+fn read_secrets(a: &ApplianceConfig) -> Option<Secrets> {
+    let ov = a.password().read().ok()?;
+    let sm = match &a.service_manager {
+        Some(sm) => Some(sm.password().read().ok()?),
+        None => None,
+    };
+    Some((ov, sm))
 }
 
 impl Daemon {
@@ -73,6 +88,7 @@ impl Daemon {
         self.running.insert(
             a.name.clone(),
             Running {
+                secrets: read_secrets(&a),
                 config: a,
                 stop,
                 task,
@@ -111,7 +127,16 @@ impl Daemon {
         let stale: Vec<String> = self
             .running
             .iter()
-            .filter(|(n, r)| wanted.get(*n) != Some(&r.config))
+            .filter(|(n, r)| match wanted.get(*n) {
+                Some(a) if *a == r.config => {
+                    let changed = read_secrets(a) != r.secrets;
+                    if changed {
+                        tracing::info!(appliance = %n, "its password changed: restarting it");
+                    }
+                    changed
+                }
+                _ => true,
+            })
             .map(|(n, _)| n.clone())
             .collect();
         self.stop(&stale).await;

@@ -345,7 +345,7 @@ impl Listener {
         let mut acks = Acks {
             through: None,
             pending: 0,
-            batch: (usize::from(self.bus.prefetch) / 2).clamp(1, ACK_BATCH),
+            batch: (usize::from(self.bus.prefetch) / 4).clamp(1, ACK_BATCH),
         };
         loop {
             let d = match sub.try_next() {
@@ -429,8 +429,9 @@ impl Listener {
     }
 }
 
-/// Most deliveries settled by one `multiple` ack.
-const ACK_BATCH: usize = 64;
+/// Most deliveries settled by one `multiple` ack (a quarter of the prefetch, at most this):
+/// the broker keeps sending while earlier deliveries await their ack.
+const ACK_BATCH: usize = 250;
 
 /// How long done work may wait for its ack when no delivery is waiting.
 const ACK_LINGER: Duration = Duration::from_millis(5);

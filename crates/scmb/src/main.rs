@@ -48,9 +48,11 @@ fn main() -> ExitCode {
             let args = args.clone();
             app::run_to_exit("scmb", log, check::run(cfg, args))
         }
-        _ => {
+        cmd => {
             let log = app::log_settings(&cli.log, None);
-            app::run_to_exit("scmb", log, app::run(cli))
+            let listening =
+                matches!(cmd, None | Some(Cmd::Watch)) && !cli.generate && !cli.download;
+            app::run_to_exit_on("scmb", log, listening, app::run(cli))
         }
     }
 }

@@ -463,12 +463,14 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
     assert!(wait_ticketed(a, &u1).await, "still ticketing");
 
     // Valid: a second appliance (same simulator, JSON lines only) starts; the first carries on.
+    let pw_file = dir.join("second-password");
+    std::fs::write(&pw_file, "admin123\n").expect("password file");
     let jsonl = format!(
         r#"
 [[appliance]]
 name = "second"
 address = "{}"
-password_env = "OV_PASSWORD"
+password_file = "{}"
 cert_dir = "{}"
 amqp_port = {}
 catch_up = false
@@ -478,6 +480,7 @@ alert_types = ["{tag}*"]
 path = "events.jsonl"
 "#,
         appliance(&a.rest_url),
+        pw_file.display(),
         certs_dir.display(),
         a.amqps_port
     );
@@ -509,6 +512,31 @@ path = "events.jsonl"
     .expect("json line");
     assert_eq!(line["appliance"], "second");
     assert_eq!(line["message"]["resourceUri"], u2.as_str());
+
+    // A rotated password file, config unchanged: the reload restarts that appliance with the
+    // new password (a wrong one here, so its login now fails) and leaves the first alone.
+    std::fs::write(&pw_file, "rotated-wrong\n").expect("rotate");
+    hup(&l);
+    assert!(
+        l.wait_for("its password changed: restarting it", WAIT),
+        "{:?}",
+        l.stderr
+    );
+    assert!(
+        l.wait_until(
+            |x| serde_json::from_str::<Value>(x).is_ok_and(|v| v["span"]["appliance"] == "second"
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("appliance unavailable"))),
+            WAIT
+        ),
+        "{:?}",
+        l.stderr
+    );
+    assert!(
+        !l.stderr.iter().any(|x| x.contains("rotated-wrong")),
+        "never logged"
+    );
     l.terminate();
     let r = l.finish(WAIT);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
