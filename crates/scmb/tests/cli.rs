@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{appliance, cert_dir, read, run, Listening};
+use common::{appliance, cert_dir, download_certs, read, run, Listening};
 use reqwest::Method;
 use scmb_sim::testkit::{shared_sim, start_in_background, temp_dir, SimInfo};
 use scmb_sim::SimConfig;
@@ -269,25 +269,6 @@ fn unreachable_appliance_and_missing_certificates_say_what_to_do() {
     assert_eq!(r.code, Some(2), "{r:?}");
 }
 
-/// Downloads the shared appliance's certificates with the seed command line.
-fn certs_for(sim: &SimInfo, name: &str) -> std::path::PathBuf {
-    let dir = cert_dir(name);
-    let r = run(
-        &[
-            "-a",
-            &appliance(&sim.rest_url),
-            "-u",
-            "Administrator",
-            "-d",
-            "--cert-dir",
-            dir.to_str().expect("utf8"),
-        ],
-        &[("SCMB_PASSWORD", SECRET)],
-    );
-    assert_eq!(r.code, Some(0), "{r:?}");
-    dir
-}
-
 fn listen(sim: &SimInfo, dir: &std::path::Path, extra: &[&str]) -> Listening {
     let port = sim.amqps_port.to_string();
     let a = appliance(&sim.rest_url);
@@ -335,7 +316,7 @@ async fn publish_raw(c: &scmb_sim::client::SimClient, key: &str, body: Vec<u8>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listening_prints_new_active_critical_alerts_and_survives_malformed_messages() {
     let sim = shared_sim();
-    let dir = certs_for(sim, "listen");
+    let dir = download_certs(&sim.rest_url, "listen");
     let tag = format!("Test.listen.{}", rand::random::<u32>());
     let pattern = format!("{tag}*");
     let l = listen(
@@ -411,7 +392,7 @@ async fn listening_prints_new_active_critical_alerts_and_survives_malformed_mess
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locked_and_escalation_filters_admit_what_they_promise() {
     let sim = shared_sim();
-    let dir = certs_for(sim, "filters");
+    let dir = download_certs(&sim.rest_url, "filters");
     let tag = format!("Test.filter.{}", rand::random::<u32>());
     let pattern = format!("{tag}*");
     let l = listen(
@@ -507,7 +488,7 @@ async fn locked_and_escalation_filters_admit_what_they_promise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_output_formats_match_the_expected_output_in_testdata() {
     let sim = shared_sim();
-    let dir = certs_for(sim, "formats");
+    let dir = download_certs(&sim.rest_url, "formats");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata");
     let input = std::fs::read(root.join("alert-critical.json")).expect("testdata");
     let expected_human = read(&root.join("alert-critical.human"));
@@ -538,7 +519,7 @@ async fn both_output_formats_match_the_expected_output_in_testdata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_listener_with_exit_0_and_leaves_no_queue_behind() {
     let sim = shared_sim();
-    let dir = certs_for(sim, "sigterm");
+    let dir = download_certs(&sim.rest_url, "sigterm");
     let l = listen(sim, &dir, &["-r", "scmb.nothing.#"]);
     let queue = l
         .stderr
@@ -615,7 +596,7 @@ async fn batched_acks_leave_nothing_unacked_on_an_existing_queue() {
     use amqprs::channel::{QueueBindArguments, QueueDeclareArguments};
     let sim = shared_sim();
     let c = sim.client();
-    let dir = certs_for(sim, "batched-acks");
+    let dir = download_certs(&sim.rest_url, "batched-acks");
     // A server-named queue that outlives its declarer, as an operator would keep one.
     let (conn, ch) = scmb_sim::testkit::open(&sim.default_target())
         .await

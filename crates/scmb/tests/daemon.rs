@@ -5,85 +5,26 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{appliance, run, Listening, BIN};
+use common::{appliance, download_certs, run, Listening, BIN};
 use reqwest::Method;
-use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
+use scmb_sim::testkit::{shared_sim, start_stoppable, temp_dir, SimInfo, Stopper};
 use scmb_sim::SimConfig;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A second simulated appliance, which the test can stop.
-struct Stoppable {
-    info: SimInfo,
-    stop: std::sync::mpsc::Sender<()>,
-    stopped: std::sync::mpsc::Receiver<()>,
-}
-
-impl Stoppable {
-    fn start(name: &str) -> Stoppable {
-        let mut cfg = SimConfig::new(temp_dir(name));
-        cfg.rest_port = 0;
-        cfg.amqps_port = 0;
-        cfg.sm_port = Some(0);
-        cfg.keypair_pregenerated = true;
-        cfg.ov.eula_pending = false;
-        let state_dir = cfg.state_dir.clone();
-        let (info_tx, info_rx) = std::sync::mpsc::channel();
-        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
-        let (stopped_tx, stopped) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let sim = scmb_sim::Sim::start(cfg).await.expect("second simulator");
-                let _ = info_tx.send((sim.info.clone(), sim.amqps_port));
-                let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                sim.stop().await;
-                let _ = stopped_tx.send(());
-            });
-        });
-        let (ready, amqps_port) = info_rx.recv_timeout(WAIT * 2).expect("second simulator");
-        Stoppable {
-            info: SimInfo {
-                rest_url: ready["restUrl"].as_str().unwrap_or_default().to_string(),
-                sm_url: ready["smUrl"].as_str().map(str::to_string),
-                ready,
-                state_dir,
-                amqps_port,
-            },
-            stop,
-            stopped,
-        }
-    }
-
-    fn stop(&self) {
-        let _ = self.stop.send(());
-        self.stopped.recv_timeout(WAIT).expect("simulator stopped");
-    }
-}
-
-/// Downloads the appliance's certificates into a fresh directory.
-fn certs(sim: &SimInfo, name: &str) -> PathBuf {
-    let dir = temp_dir(name);
-    let r = run(
-        &[
-            "-a",
-            &appliance(&sim.rest_url),
-            "-d",
-            "--cert-dir",
-            dir.to_str().expect("utf8"),
-        ],
-        &[("SCMB_PASSWORD", "admin123")],
-    );
-    assert_eq!(r.code, Some(0), "{r:?}");
-    dir
+fn stoppable(name: &str) -> (SimInfo, Stopper) {
+    let mut cfg = SimConfig::new(temp_dir(name));
+    cfg.rest_port = 0;
+    cfg.amqps_port = 0;
+    cfg.sm_port = Some(0);
+    cfg.keypair_pregenerated = true;
+    cfg.ov.eula_pending = false;
+    start_stoppable(cfg)
 }
 
 /// One `[[appliance]]` table: console and Service Manager sinks, alerts of `tag` only.
@@ -208,7 +149,7 @@ fn metric(text: &str, series: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_appliances_in_one_process_one_stopped_the_other_keeps_ticketing_with_metrics() {
     let a = shared_sim();
-    let b = Stoppable::start("daemon-b");
+    let (b, b_stopper) = stoppable("daemon-b");
     let tag = format!("daemon{}", rand::random::<u32>());
     let dir = temp_dir("daemon-run");
     let port = free_port();
@@ -217,8 +158,20 @@ async fn two_appliances_in_one_process_one_stopped_the_other_keeps_ticketing_wit
         &config,
         format!(
             "state_dir = \"{state}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}{}",
-            appliance_toml("east", a, &certs(a, "daemon-a-certs"), &tag, ""),
-            appliance_toml("west", &b.info, &certs(&b.info, "daemon-b-certs"), &tag, ""),
+            appliance_toml(
+                "east",
+                a,
+                &download_certs(&a.rest_url, "daemon-a-certs"),
+                &tag,
+                ""
+            ),
+            appliance_toml(
+                "west",
+                &b,
+                &download_certs(&b.rest_url, "daemon-b-certs"),
+                &tag,
+                ""
+            ),
             state = dir.join("state").display(),
         ),
     )
@@ -252,12 +205,12 @@ async fn two_appliances_in_one_process_one_stopped_the_other_keeps_ticketing_wit
 
     // Both appliances ticket, each into its own Service Manager.
     let ua = raise(a, &tag).await;
-    let ub = raise(&b.info, &tag).await;
+    let ub = raise(&b, &tag).await;
     assert!(wait_ticketed(a, &ua).await, "east ticketed");
-    assert!(wait_ticketed(&b.info, &ub).await, "west ticketed");
+    assert!(wait_ticketed(&b, &ub).await, "west ticketed");
 
     // West's appliance goes away entirely (REST, broker and Service Manager).
-    b.stop();
+    b_stopper.stop();
     assert!(
         l.wait_for("not connected to the message bus", WAIT),
         "{:?}",
@@ -346,7 +299,13 @@ async fn check_reports_a_good_and_a_broken_appliance_one_line_per_check() {
     let a = shared_sim();
     let tag = "check";
     let dir = temp_dir("daemon-check");
-    let good = appliance_toml("good", a, &certs(a, "check-certs"), tag, "");
+    let good = appliance_toml(
+        "good",
+        a,
+        &download_certs(&a.rest_url, "check-certs"),
+        tag,
+        "",
+    );
     let config = dir.join("scmb.toml");
     std::fs::write(
         &config,
@@ -424,7 +383,7 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
     let a = shared_sim();
     let tag = format!("reload{}", rand::random::<u32>());
     let dir = temp_dir("daemon-reload");
-    let certs_dir = certs(a, "reload-certs");
+    let certs_dir = download_certs(&a.rest_url, "reload-certs");
     let config = dir.join("scmb.toml");
     let one = format!(
         "state_dir = \"{}\"\n{}",

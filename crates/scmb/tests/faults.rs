@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{appliance, cert_dir, run, Listening};
+use common::{appliance, download_certs, Listening};
 use reqwest::Method;
 use scmb_sim::client::SimClient;
 use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
@@ -163,18 +163,7 @@ async fn settle(c: &SimClient, name: &'static str, uris: &[String], fault_end: I
 async fn nothing_is_lost_or_duplicated_through_broker_rest_sm_crash_and_garbage_faults() {
     let sim = shared_sim();
     let c = sim.client();
-    let dir = cert_dir("faults");
-    let r = run(
-        &[
-            "-a",
-            &appliance(&sim.rest_url),
-            "-d",
-            "--cert-dir",
-            dir.to_str().expect("utf8"),
-        ],
-        &[("SCMB_PASSWORD", "admin123")],
-    );
-    assert_eq!(r.code, Some(0), "{r:?}");
+    let dir = download_certs(&sim.rest_url, "faults");
     let state = temp_dir("faults-state");
     let tag = format!("Fault.{}", rand::random::<u32>());
     let mut l = start(sim, &dir, &state, &tag);

@@ -7,29 +7,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{appliance, cert_dir, run, Listening};
+use common::{appliance, download_certs, Listening};
 use reqwest::Method;
 use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 const OV_TO_SM: &str = env!("CARGO_BIN_EXE_ov_to_sm");
-
-fn certs(sim: &SimInfo) -> std::path::PathBuf {
-    let dir = cert_dir("ovtosm");
-    let r = run(
-        &[
-            "-a",
-            &appliance(&sim.rest_url),
-            "-d",
-            "--cert-dir",
-            dir.to_str().expect("utf8"),
-        ],
-        &[("SCMB_PASSWORD", "admin123")],
-    );
-    assert_eq!(r.code, Some(0), "{r:?}");
-    dir
-}
 
 /// Starts ov_to_sm with the sample's spelling (`-sm`, `-x`, no `-i`).
 fn start(
@@ -210,7 +194,7 @@ async fn wait_note(c: &scmb_sim::client::SimClient, uri: &str) -> Vec<String> {
 async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_restarts() {
     let sim = shared_sim();
     let c = sim.client();
-    let dir = certs(sim);
+    let dir = download_certs(&sim.rest_url, "ovtosm");
     let state = temp_dir("ovtosm-state");
     let tag = format!("Test.ovtosm.{}", rand::random::<u32>());
 

@@ -63,7 +63,34 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// Starts a simulator on a thread of its own that lives as long as the test process (the
 /// RabbitMQ child gets SIGTERM from the kernel when the process ends).
 pub fn start_in_background(cfg: SimConfig) -> SimInfo {
+    let (info, stopper) = start_stoppable(cfg);
+    // Never stopped: the sender lives on, so the simulator's thread waits forever.
+    std::mem::forget(stopper);
+    info
+}
+
+/// Stops a simulator started by [`start_stoppable`].
+pub struct Stopper {
+    stop: std::sync::mpsc::Sender<()>,
+    stopped: std::sync::mpsc::Receiver<()>,
+}
+
+impl Stopper {
+    /// Stops the simulator (REST, broker, Service Manager) and waits until it is down.
+    pub fn stop(&self) {
+        let _ = self.stop.send(());
+        self.stopped
+            .recv_timeout(Duration::from_secs(60))
+            .expect("simulator stopped");
+    }
+}
+
+/// Starts a simulator on a thread of its own, which the test can stop (an appliance that
+/// goes away entirely); dropping the [`Stopper`] stops it too.
+pub fn start_stoppable(cfg: SimConfig) -> (SimInfo, Stopper) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
     let state_dir = cfg.state_dir.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -75,9 +102,9 @@ pub fn start_in_background(cfg: SimConfig) -> SimInfo {
             match Sim::start(cfg).await {
                 Ok(sim) => {
                     let _ = tx.send(Ok((sim.info.clone(), sim.amqps_port)));
-                    // Keep it running for the life of the process.
-                    std::future::pending::<()>().await;
-                    drop(sim);
+                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                    sim.stop().await;
+                    let _ = stopped_tx.send(());
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));
@@ -89,13 +116,14 @@ pub fn start_in_background(cfg: SimConfig) -> SimInfo {
         .recv_timeout(Duration::from_secs(120))
         .expect("simulator start timed out")
         .unwrap_or_else(|e| panic!("simulator did not start: {e}"));
-    SimInfo {
+    let info = SimInfo {
         rest_url: ready["restUrl"].as_str().unwrap_or_default().to_string(),
         sm_url: ready["smUrl"].as_str().map(str::to_string),
         ready,
         state_dir,
         amqps_port,
-    }
+    };
+    (info, Stopper { stop, stopped })
 }
 
 /// One full simulated appliance shared by every test of a test binary.

@@ -170,6 +170,26 @@ pub fn cert_dir(name: &str) -> PathBuf {
     scmb_sim::testkit::temp_dir(name)
 }
 
+/// Downloads a simulated appliance's certificates with the HPE sample's `-d` into a fresh
+/// directory named after `name`.
+pub fn download_certs(rest_url: &str, name: &str) -> PathBuf {
+    let dir = cert_dir(name);
+    let r = run(
+        &[
+            "-a",
+            &appliance(rest_url),
+            "-u",
+            "Administrator",
+            "-d",
+            "--cert-dir",
+            dir.to_str().expect("utf8"),
+        ],
+        &[("SCMB_PASSWORD", "admin123")],
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    dir
+}
+
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
