@@ -202,17 +202,21 @@ fn wrong_password_is_one_line_and_exit_code_3() {
 #[test]
 fn unreachable_appliance_and_missing_certificates_say_what_to_do() {
     let dir = cert_dir("missing");
-    let r = run(
-        &[
-            "-a",
-            "127.0.0.1",
-            "--amqp-port",
-            "1",
-            "--cert-dir",
-            dir.to_str().expect("utf8"),
-        ],
-        &[("RUST_LOG", "off")],
-    );
+    // Listening on a port where nothing answers, with whatever is in `dir`.
+    let listen = || {
+        run(
+            &[
+                "-a",
+                "127.0.0.1",
+                "--amqp-port",
+                "1",
+                "--cert-dir",
+                dir.to_str().expect("utf8"),
+            ],
+            &[("RUST_LOG", "off")],
+        )
+    };
+    let r = listen();
     assert_eq!(r.code, Some(4), "{r:?}");
     assert!(
         r.stderr.contains("scmb -a HOST -g") && r.stderr.contains("scmb setup"),
@@ -228,17 +232,7 @@ fn unreachable_appliance_and_missing_certificates_say_what_to_do() {
     ] {
         std::fs::copy(sim.pki_dir().join(src), dir.join(dst)).expect("copy");
     }
-    let r = run(
-        &[
-            "-a",
-            "127.0.0.1",
-            "--amqp-port",
-            "1",
-            "--cert-dir",
-            dir.to_str().expect("utf8"),
-        ],
-        &[("RUST_LOG", "off")],
-    );
+    let r = listen();
     assert_eq!(r.code, Some(5), "{r:?}");
     assert!(r.stderr.contains("cannot reach"), "{}", r.stderr);
     // A key others can read is refused before any connection, with the chmod that fixes it.
@@ -246,17 +240,7 @@ fn unreachable_appliance_and_missing_certificates_say_what_to_do() {
         use std::os::unix::fs::PermissionsExt;
         let key = dir.join("key.pem");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let r = run(
-            &[
-                "-a",
-                "127.0.0.1",
-                "--amqp-port",
-                "1",
-                "--cert-dir",
-                dir.to_str().expect("utf8"),
-            ],
-            &[("RUST_LOG", "off")],
-        );
+        let r = listen();
         assert_eq!(r.code, Some(4), "{r:?}");
         assert!(
             r.stderr.contains("readable by group or others")

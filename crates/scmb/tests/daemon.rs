@@ -10,22 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::{appliance, download_certs, run, Listening, BIN};
 use reqwest::Method;
-use scmb_sim::testkit::{shared_sim, start_stoppable, temp_dir, SimInfo, Stopper};
-use scmb_sim::SimConfig;
+use scmb_sim::testkit::{shared_sim, start_stoppable, temp_dir, test_config, SimInfo};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A second simulated appliance, which the test can stop.
-fn stoppable(name: &str) -> (SimInfo, Stopper) {
-    let mut cfg = SimConfig::new(temp_dir(name));
-    cfg.rest_port = 0;
-    cfg.amqps_port = 0;
-    cfg.sm_port = Some(0);
-    cfg.keypair_pregenerated = true;
-    cfg.ov.eula_pending = false;
-    start_stoppable(cfg)
-}
 
 /// One `[[appliance]]` table: console and Service Manager sinks, alerts of `tag` only.
 fn appliance_toml(name: &str, sim: &SimInfo, certs: &Path, tag: &str, extra: &str) -> String {
@@ -149,7 +137,8 @@ fn metric(text: &str, series: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_appliances_in_one_process_one_stopped_the_other_keeps_ticketing_with_metrics() {
     let a = shared_sim();
-    let (b, b_stopper) = stoppable("daemon-b");
+    // A second simulated appliance, which the test stops.
+    let (b, b_stopper) = start_stoppable(test_config("daemon-b"));
     let tag = format!("daemon{}", rand::random::<u32>());
     let dir = temp_dir("daemon-run");
     let port = free_port();

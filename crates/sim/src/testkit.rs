@@ -126,18 +126,22 @@ pub fn start_stoppable(cfg: SimConfig) -> (SimInfo, Stopper) {
     (info, Stopper { stop, stopped })
 }
 
+/// A full simulated appliance for tests: every port chosen by the kernel, the client keypair
+/// already generated, the EULA already accepted, state in a fresh directory named after `name`.
+pub fn test_config(name: &str) -> SimConfig {
+    let mut cfg = SimConfig::new(temp_dir(name));
+    cfg.rest_port = 0;
+    cfg.amqps_port = 0;
+    cfg.sm_port = Some(0);
+    cfg.keypair_pregenerated = true;
+    cfg.ov.eula_pending = false;
+    cfg
+}
+
 /// One full simulated appliance shared by every test of a test binary.
 pub fn shared_sim() -> &'static SimInfo {
     static SIM: OnceLock<SimInfo> = OnceLock::new();
-    SIM.get_or_init(|| {
-        let mut cfg = SimConfig::new(temp_dir("shared"));
-        cfg.rest_port = 0;
-        cfg.amqps_port = 0;
-        cfg.sm_port = Some(0);
-        cfg.keypair_pregenerated = true;
-        cfg.ov.eula_pending = false;
-        start_in_background(cfg)
-    })
+    SIM.get_or_init(|| start_in_background(test_config("shared")))
 }
 
 /// A consumer of the SCMB with a server-named, exclusive, auto-delete queue.
