@@ -114,7 +114,9 @@ impl Pipeline {
             })?;
         }
         let store = Store::open(&spec.store).map_err(store_failure)?;
-        if watch.catch_up || spec.sm.is_some() {
+        // Ticketing always catches up: an alert raised while down must still get its incident.
+        let catch_up = watch.catch_up || spec.sm.is_some();
+        if catch_up {
             // At the first start (no checkpoint yet), --look-back sets the first one.
             first_start_checkpoint(&store, watch.look_back.as_deref().unwrap_or("none")).await?;
         }
@@ -179,7 +181,7 @@ impl Pipeline {
             session,
             max_bytes: watch.max_message_bytes,
             lanes,
-            catch_up: watch.catch_up || spec.sm.is_some(),
+            catch_up,
             auto_bootstrap: watch.auto_bootstrap,
             keep_alive,
             stop_tx,
