@@ -38,6 +38,90 @@ impl Default for Filter {
     }
 }
 
+/// The severities OneView gives alerts.
+pub const SEVERITIES: [&str; 5] = ["Critical", "Warning", "OK", "Unknown", "Disabled"];
+
+/// The states OneView gives alerts (Locked: active, and not clearable by users).
+pub const STATES: [&str; 3] = ["Active", "Locked", "Cleared"];
+
+/// Resource categories OneView is known to publish on the SCMB (routing keys
+/// `scmb.<category>.…`). The set is open: newer appliances add categories, so another value
+/// is only warned about.
+pub const KNOWN_CATEGORIES: [&str; 34] = [
+    "alerts",
+    "tasks",
+    "appliance",
+    "connection-templates",
+    "datacenters",
+    "drive-enclosures",
+    "enclosure-groups",
+    "enclosures",
+    "ethernet-networks",
+    "fabrics",
+    "fc-networks",
+    "fcoe-networks",
+    "firmware-drivers",
+    "hypervisor-cluster-profiles",
+    "hypervisor-managers",
+    "interconnects",
+    "logical-enclosures",
+    "logical-interconnect-groups",
+    "logical-interconnects",
+    "network-sets",
+    "power-devices",
+    "racks",
+    "sas-interconnects",
+    "sas-logical-interconnects",
+    "server-hardware",
+    "server-hardware-types",
+    "server-profile-templates",
+    "server-profiles",
+    "storage-pools",
+    "storage-systems",
+    "storage-volume-templates",
+    "storage-volumes",
+    "switches",
+    "uplink-sets",
+];
+
+/// What [`Filter::check`] found wrong with the values a user gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterProblem {
+    /// A value of a closed set that OneView never sends: the filter would admit nothing.
+    Unknown {
+        /// `severity` or `state`.
+        field: &'static str,
+        value: String,
+        valid: &'static [&'static str],
+    },
+}
+
+impl std::fmt::Display for FilterProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterProblem::Unknown {
+                field,
+                value,
+                valid,
+            } => write!(
+                f,
+                "{field} {value:?} is not one OneView sends: use {} (or *)",
+                valid.join(", ")
+            ),
+        }
+    }
+}
+
+fn is_alert_type_pattern_plausible(p: &str) -> bool {
+    // alertTypeIDs are dotted identifiers (Trap.cpqHe3FltTolPowerSupplyFailed,
+    // hpris.emRegister.…): a pattern that could match one has only such characters, and a
+    // dot unless a `*` stands in for it.
+    !p.is_empty()
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-*".contains(c))
+        && (p.contains('.') || p.contains('*'))
+}
+
 fn contains_ci(list: &[String], v: Option<&str>) -> bool {
     v.is_some_and(|v| list.iter().any(|x| x == "*" || x.eq_ignore_ascii_case(v)))
 }
@@ -67,6 +151,44 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 impl Filter {
+    /// Checks the values against what OneView sends. Severities and states are closed sets: a
+    /// value outside them (a typo) is an error. Categories and alert types are open sets:
+    /// values OneView is not known to send come back as warnings.
+    pub fn check(&self) -> Result<Vec<String>, FilterProblem> {
+        let closed = [
+            ("severity", &self.severities, &SEVERITIES[..]),
+            ("state", &self.states, &STATES[..]),
+        ];
+        for (field, values, valid) in closed {
+            if let Some(v) = values
+                .iter()
+                .find(|v| *v != "*" && !valid.iter().any(|k| k.eq_ignore_ascii_case(v)))
+            {
+                return Err(FilterProblem::Unknown {
+                    field,
+                    value: v.clone(),
+                    valid,
+                });
+            }
+        }
+        let mut warnings = Vec::new();
+        for c in &self.categories {
+            if c != "*" && !KNOWN_CATEGORIES.iter().any(|k| k.eq_ignore_ascii_case(c)) {
+                warnings.push(format!(
+                    "category {c:?} is not one OneView is known to send (e.g. alerts, tasks, server-hardware, enclosures): nothing may match it"
+                ));
+            }
+        }
+        for p in &self.alert_types {
+            if !is_alert_type_pattern_plausible(p) {
+                warnings.push(format!(
+                    "alert type {p:?} does not look like a OneView alertTypeID (dotted names like Trap.cpqHe3FltTolPowerSupplyFailed; `*` matches any run): nothing may match it"
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+
     /// Whether `e` is wanted.
     pub fn admits(&self, e: &Event) -> bool {
         let a = AlertView(e.resource());
@@ -185,5 +307,37 @@ mod tests {
         };
         assert!(f.admits(&hw));
         assert!(glob("a*c*e", "abcde") && !glob("a*c*e", "abcd") && glob("*", ""));
+    }
+
+    #[test]
+    fn filter_typos_are_refused_and_unknown_open_values_warned() {
+        assert_eq!(Filter::default().check(), Ok(vec![]));
+        let typo = |sev: &str, state: &str| Filter {
+            severities: vec![sev.into()],
+            states: vec![state.into()],
+            ..Filter::default()
+        };
+        let e = typo("Critcal", "Active").check().expect_err("typo");
+        assert!(
+            e.to_string().contains("\"Critcal\"") && e.to_string().contains("Critical, Warning"),
+            "{e}"
+        );
+        let e = typo("critical", "Actve").check().expect_err("typo");
+        assert!(
+            e.to_string().contains("Actve") && e.to_string().contains("Locked"),
+            "{e}"
+        );
+        assert!(typo("*", "locked").check().is_ok());
+        let open = Filter {
+            categories: vec!["server-hardwar".into(), "enclosures".into()],
+            alert_types: vec!["Trap.cpq*".into(), "power supply".into()],
+            ..Filter::default()
+        };
+        let w = open.check().expect("warnings only");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("server-hardwar") && w[1].contains("power supply"),
+            "{w:?}"
+        );
     }
 }

@@ -9,6 +9,6 @@ pub mod message;
 pub mod peek;
 
 pub use alert::AlertView;
-pub use filter::Filter;
+pub use filter::{Filter, FilterProblem};
 pub use message::{ChangeType, DecodeError, Event};
 pub use peek::{peek, Peek};

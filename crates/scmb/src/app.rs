@@ -5,23 +5,22 @@ use scmb_bus::BusConfig;
 use scmb_model::{ChangeType, Filter};
 use scmb_tls::NameCheck;
 
-use crate::cli::{CertsCmd, Cli, Cmd, ConnArgs, WatchArgs};
+use crate::cli::{BusArgs, CertsCmd, Cli, Cmd, ConnArgs, FilterArgs, ListenArgs};
 use crate::failure::{self, Failure};
 use crate::{bootstrap, certs, listen};
 
-enum Mode {
+/// What a REST-only command does.
+pub enum Mode {
     Generate,
     Download,
     Setup,
-    Show,
-    Watch,
 }
 
 /// Runs a tool's async main on a small runtime and maps the outcome to its exit code, printing
 /// a failure as one line prefixed with the tool's name.
 pub fn run_to_exit(
     name: &str,
-    log: (String, crate::telemetry::LogFormat),
+    log: LogSettings,
     main: impl std::future::Future<Output = Result<(), Failure>>,
 ) -> std::process::ExitCode {
     run_to_exit_on(name, log, false, main)
@@ -31,11 +30,11 @@ pub fn run_to_exit(
 /// cross-thread wake-ups between the AMQP reader and the consumer), else on two workers.
 pub fn run_to_exit_on(
     name: &str,
-    log: (String, crate::telemetry::LogFormat),
+    log: LogSettings,
     single: bool,
     main: impl std::future::Future<Output = Result<(), Failure>>,
 ) -> std::process::ExitCode {
-    crate::telemetry::init_logging(&log.0, log.1);
+    crate::telemetry::init_logging(&log.0, log.1, log.2);
     let mut builder = if single {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -59,12 +58,15 @@ pub fn run_to_exit_on(
     }
 }
 
+/// Level, format and colour of the logs.
+pub type LogSettings = (String, crate::telemetry::LogFormat, crate::cli::Color);
+
 /// The log settings from the flags (and their environment variables), `RUST_LOG` and a
 /// config file's `[log]`, in that order of precedence.
 pub fn log_settings(
     flags: &crate::cli::LogArgs,
     file: Option<&crate::config::LogConfig>,
-) -> (String, crate::telemetry::LogFormat) {
+) -> LogSettings {
     let rust_log = std::env::var("RUST_LOG").ok();
     let level = crate::telemetry::log_level(
         flags.log_level.as_deref(),
@@ -75,7 +77,7 @@ pub fn log_settings(
         .log_format
         .or(file.and_then(|f| f.format))
         .unwrap_or_default();
-    (level, format)
+    (level, format, flags.color)
 }
 
 pub async fn shutdown_signal() {
@@ -87,7 +89,19 @@ pub async fn shutdown_signal() {
     tracing::info!("stopping: finishing the message in hand");
 }
 
-pub fn filter(w: &WatchArgs) -> Result<Filter, Failure> {
+/// The filter from the flags (or a config file's table), checked: a value of a closed set
+/// that OneView never sends is a usage error; an unknown category or alert type is warned
+/// about.
+pub fn filter(w: &FilterArgs) -> Result<Filter, Failure> {
+    let (f, warnings) = checked_filter(w)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(f)
+}
+
+/// [`filter`], with the warnings returned instead of logged.
+pub fn checked_filter(w: &FilterArgs) -> Result<(Filter, Vec<String>), Failure> {
     let mut f = Filter::default();
     if !w.severity.is_empty() {
         f.severities = w.severity.clone();
@@ -103,7 +117,7 @@ pub fn filter(w: &WatchArgs) -> Result<Filter, Failure> {
                 ChangeType::parse(c).ok_or_else(|| {
                     Failure::new(
                         failure::USAGE,
-                        format!("--change-type {c:?}: use Created, Updated or Deleted"),
+                        format!("change type {c:?} is not one OneView sends: use Created, Updated or Deleted"),
                     )
                 })
             })
@@ -114,24 +128,27 @@ pub fn filter(w: &WatchArgs) -> Result<Filter, Failure> {
         f.categories = w.categories.clone();
     }
     f.alert_types = w.alert_types.clone();
-    Ok(f)
+    let warnings = f
+        .check()
+        .map_err(|p| Failure::new(failure::USAGE, p.to_string()))?;
+    Ok((f, warnings))
 }
 
 /// The message bus settings from the flags.
-pub fn bus_config(conn: &ConnArgs, w: &WatchArgs, host: &str, dir: &std::path::Path) -> BusConfig {
+pub fn bus_config(conn: &ConnArgs, b: &BusArgs, host: &str, dir: &std::path::Path) -> BusConfig {
     let mut bus = BusConfig::new(bus_host(host), dir);
-    bus.port = conn.amqp_port;
-    bus.names = match (&conn.tls_server_name, conn.no_verify_hostname) {
+    bus.port = b.amqp_port;
+    bus.names = match (&conn.tls_server_name, b.no_verify_hostname) {
         (Some(n), _) => NameCheck::Name(n.clone()),
         (None, true) => NameCheck::Skip,
         (None, false) => NameCheck::Host,
     };
-    bus.heartbeat = w.heartbeat;
-    bus.prefetch = w.prefetch.max(1);
-    if !w.routes.is_empty() {
-        bus.routes = w.routes.clone();
+    bus.heartbeat = b.heartbeat.as_secs().min(u16::MAX as u64) as u16;
+    bus.prefetch = b.prefetch.max(1);
+    if !b.routes.is_empty() {
+        bus.routes = b.routes.clone();
     }
-    bus.queue = w.queue.clone();
+    bus.queue = b.queue.clone();
     bus
 }
 
@@ -140,12 +157,7 @@ pub fn host(conn: &ConnArgs) -> Result<&str, Failure> {
     conn.host
         .as_deref()
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                failure::USAGE,
-                "the appliance address is missing: give -a HOST",
-            )
-        })
+        .ok_or_else(missing_host)
 }
 
 /// The bus host is the appliance host without any REST port.
@@ -159,86 +171,100 @@ pub fn bus_host(host: &str) -> &str {
     }
 }
 
+/// The commands that are not `run`, `check`, `completions` or `man`.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
-    let mode = match &cli.cmd {
-        Some(Cmd::Setup) => Mode::Setup,
-        Some(Cmd::Certs(CertsCmd::Generate)) => Mode::Generate,
-        Some(Cmd::Certs(CertsCmd::Download)) => Mode::Download,
-        Some(Cmd::Certs(CertsCmd::Show)) => Mode::Show,
-        Some(Cmd::Watch) => Mode::Watch,
-        Some(Cmd::Run(_) | Cmd::Check(_) | Cmd::Completions { .. } | Cmd::Man { .. }) => {
-            return Err(Failure::new(
-                failure::UNEXPECTED,
-                "this command is dispatched by main",
-            ))
+    match cli.cmd {
+        Some(Cmd::Setup(c)) => rest_command(Mode::Setup, &c.conn).await,
+        Some(Cmd::Certs(CertsCmd::Generate(c))) => rest_command(Mode::Generate, &c.conn).await,
+        Some(Cmd::Certs(CertsCmd::Download(c))) => rest_command(Mode::Download, &c.conn).await,
+        Some(Cmd::Certs(CertsCmd::Show(s))) => {
+            let host = s
+                .host
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(missing_host)?;
+            show(&certs::cert_dir(s.cert_dir.as_deref(), s.cwd_certs, host)?)
         }
-        None if cli.generate && cli.download => Mode::Setup,
-        None if cli.generate => Mode::Generate,
-        None if cli.download => Mode::Download,
-        None => Mode::Watch,
-    };
-    let conn = &cli.conn;
-    let host = conn
-        .host
-        .as_deref()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                failure::USAGE,
-                "the appliance address is missing: give -a HOST",
-            )
-        })?;
-    let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
-    match mode {
-        Mode::Generate => bootstrap::generate(&bootstrap::login(conn, host, &dir).await?).await,
-        Mode::Download => {
-            bootstrap::download(&bootstrap::login(conn, host, &dir).await?, &dir).await
-        }
-        Mode::Setup => bootstrap::setup(&bootstrap::login(conn, host, &dir).await?, &dir).await,
-        Mode::Show => show(&dir),
-        Mode::Watch => {
-            if conn.password.is_some() {
-                tracing::debug!("listening needs no REST login: the password is not used");
-            }
-            let w = &cli.watch;
-            let session = if w.catch_up || w.auto_bootstrap {
-                Some(std::sync::Arc::new(
-                    bootstrap::login(conn, host, &dir).await?,
-                ))
-            } else {
-                None
-            };
-            let catch_up = if let (true, Some(session)) = (w.catch_up, &session) {
-                let store = crate::store::Store::open(&dir.join("scmb.redb"))
-                    .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
-                Some(listen::CatchUp {
-                    store: Some(store),
-                    session: session.clone(),
-                    look_back: crate::ovtosm::look_back(w.look_back.as_deref().unwrap_or("none"))?,
-                })
-            } else {
-                None
-            };
-            let listener = listen::Listener {
-                catch_up,
-                bootstrap: session.filter(|_| w.auto_bootstrap),
-                bus: bus_config(conn, w, host, &dir),
-                filter: filter(w)?,
-                output: w.output,
-                max_bytes: w.max_message_bytes,
-                count: w.count,
-            };
-            let stats = listener.run(shutdown_signal()).await?;
-            tracing::info!(
-                received = stats.received,
-                printed = stats.printed,
-                malformed = stats.malformed,
-                reconnects = stats.reconnects,
-                "stopped"
-            );
-            Ok(())
-        }
+        Some(Cmd::Watch(w)) => watch(&w.conn, &w.listen).await,
+        Some(Cmd::Run(_) | Cmd::Check(_) | Cmd::Completions { .. } | Cmd::Man { .. }) => Err(
+            Failure::new(failure::UNEXPECTED, "this command is dispatched by main"),
+        ),
+        None if cli.generate && cli.download => rest_command(Mode::Setup, &cli.conn).await,
+        None if cli.generate => rest_command(Mode::Generate, &cli.conn).await,
+        None if cli.download => rest_command(Mode::Download, &cli.conn).await,
+        None => watch(&cli.conn, &cli.listen).await,
     }
+}
+
+fn missing_host() -> Failure {
+    Failure::new(
+        failure::USAGE,
+        "the appliance address is missing: give -a HOST",
+    )
+}
+
+/// `-g`, `-d`, `setup` (and `ov_to_sm -g/-d`): log in, act, print what was done.
+pub async fn rest_command(mode: Mode, conn: &ConnArgs) -> Result<(), Failure> {
+    let host = host(conn)?;
+    let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
+    let session = bootstrap::login(conn, host, &dir).await?;
+    let said = match mode {
+        Mode::Generate => vec![bootstrap::generate(&session).await?.to_string()],
+        Mode::Download => vec![bootstrap::download(&session, &dir).await?],
+        Mode::Setup => bootstrap::setup(&session, &dir).await?,
+    };
+    for line in said {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The listener.
+async fn watch(conn: &ConnArgs, w: &ListenArgs) -> Result<(), Failure> {
+    let host = host(conn)?;
+    let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
+    let filter = filter(&w.filter)?;
+    if conn.password.is_some() && !w.catch_up && !w.bus.auto_bootstrap {
+        tracing::debug!("listening needs no REST login: the password is not used");
+    }
+    let session = if w.catch_up || w.bus.auto_bootstrap {
+        Some(std::sync::Arc::new(
+            bootstrap::login(conn, host, &dir).await?,
+        ))
+    } else {
+        None
+    };
+    let catch_up = if let (true, Some(session)) = (w.catch_up, &session) {
+        let store = crate::store::Store::open(&dir.join("scmb.redb"))
+            .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
+        Some(listen::CatchUp {
+            store: Some(store),
+            session: session.clone(),
+            look_back: w
+                .look_back
+                .unwrap_or(crate::duration::LookBack::default_for(false)),
+        })
+    } else {
+        None
+    };
+    let listener = listen::Listener {
+        catch_up,
+        bootstrap: session.filter(|_| w.bus.auto_bootstrap),
+        bus: bus_config(conn, &w.bus, host, &dir),
+        filter,
+        output: w.output,
+        max_bytes: w.bus.max_message_bytes,
+        count: w.count,
+    };
+    let stats = listener.run(shutdown_signal()).await?;
+    tracing::info!(
+        received = stats.received,
+        printed = stats.printed,
+        malformed = stats.malformed,
+        reconnects = stats.reconnects,
+        "stopped"
+    );
+    Ok(())
 }
 
 fn show(dir: &std::path::Path) -> Result<(), Failure> {

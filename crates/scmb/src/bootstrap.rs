@@ -166,34 +166,32 @@ fn pin_hint(e: scmb_oneview::OneViewError, dir: &Path) -> Failure {
     f
 }
 
-/// `-g`: asks the appliance for the keypair; 409 means it is already there.
-pub async fn generate(session: &Session) -> Result<(), Failure> {
+/// `-g`: asks the appliance for the keypair (409 means it is already there) and waits for the
+/// task; returns what happened, for the caller to print or log. Progress goes to the log.
+pub async fn generate(session: &Session) -> Result<&'static str, Failure> {
     match session.generate_keypair().await? {
         Generation::AlreadyExists => {
-            println!(
-                "The RabbitMQ client keypair already exists on the appliance (409): nothing to do."
-            );
-            Ok(())
+            Ok("The RabbitMQ client keypair already exists on the appliance (409): nothing to do.")
         }
         Generation::Started { task_uri } => {
-            eprintln!("Generating the RabbitMQ client keypair ({task_uri})...");
+            tracing::info!(task = %task_uri, "generating the RabbitMQ client keypair");
             let mut last = None;
             session
                 .wait_task(&task_uri, TASK_TIMEOUT, |t| {
                     if t.percent_complete != last {
                         last = t.percent_complete;
-                        eprintln!("  {}: {}%", t.state, t.percent_complete.unwrap_or(0));
+                        tracing::info!(state = %t.state, percent = t.percent_complete.unwrap_or(0), "keypair generation");
                     }
                 })
                 .await?;
-            println!("The RabbitMQ client keypair has been generated.");
-            Ok(())
+            Ok("The RabbitMQ client keypair has been generated.")
         }
     }
 }
 
-/// `-d`: writes caroot.pem, client.pem and key.pem (0600) into `dir`.
-pub async fn download(session: &Session, dir: &Path) -> Result<(), Failure> {
+/// `-d`: writes caroot.pem, client.pem and key.pem (0600) into `dir`; returns what was written,
+/// for the caller to print (a command) or log (a service: its standard output is for events).
+pub async fn download(session: &Session, dir: &Path) -> Result<String, Failure> {
     let ca = session.ca_certificate().await?;
     let Some(kp) = session.keypair().await? else {
         return Err(Failure::new(
@@ -208,22 +206,47 @@ pub async fn download(session: &Session, dir: &Path) -> Result<(), Failure> {
     certs::write_atomic(&dir.join(CA_FILE), ca.as_bytes(), 0o644)?;
     certs::write_atomic(&dir.join(CERT_FILE), kp.cert_pem.as_bytes(), 0o644)?;
     certs::write_atomic(&dir.join(KEY_FILE), kp.key_pem.as_bytes(), 0o600)?;
-    println!(
-        "Wrote {}, {} and {} (mode 0600) in {}",
-        CA_FILE,
-        CERT_FILE,
-        KEY_FILE,
+    Ok(format!(
+        "Wrote {CA_FILE}, {CERT_FILE} and {KEY_FILE} (mode 0600) in {}",
         dir.display()
-    );
-    Ok(())
+    ))
 }
 
 /// `setup` (or `-g -d`): GET the keypair; only if missing, generate and wait; then download.
-pub async fn setup(session: &Session, dir: &Path) -> Result<(), Failure> {
+/// Returns the lines to print.
+pub async fn setup(session: &Session, dir: &Path) -> Result<Vec<String>, Failure> {
+    let mut said = Vec::new();
     if session.keypair().await?.is_none() {
-        generate(session).await?;
+        said.push(generate(session).await?.to_string());
     } else {
         tracing::info!("the appliance already has a RabbitMQ client keypair");
     }
-    download(session, dir).await
+    said.push(download(session, dir).await?);
+    Ok(said)
+}
+
+/// `--auto-bootstrap` / `auto_bootstrap`: when the broker refuses the certificates on disk
+/// (the appliance regenerated them) or there are none yet, downloads the appliance's current
+/// ones. True when that worked and a (re)connect should follow. Everything is logged: a
+/// service's standard output carries only events.
+pub async fn refresh_certificates(session: &Session, dir: &Path, e: &scmb_bus::BusError) -> bool {
+    match e {
+        scmb_bus::BusError::MissingFile { .. } => {
+            tracing::info!(dir = %dir.display(), "no client certificates here yet: downloading them from the appliance (auto-bootstrap)")
+        }
+        scmb_bus::BusError::UnknownCa { .. } | scmb_bus::BusError::CertificateRefused { .. } => {
+            tracing::warn!(error = %e, "the broker refused the certificates on disk (the appliance regenerated them?): downloading the current ones (auto-bootstrap)")
+        }
+        _ => return false,
+    }
+    match download(session, dir).await {
+        Ok(wrote) => {
+            tracing::info!("{wrote}");
+            true
+        }
+        Err(f) => {
+            tracing::error!(error = %f, "cannot download the certificates");
+            false
+        }
+    }
 }

@@ -124,13 +124,13 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         Err(e) => return r.fail(who, "secrets", &Failure::new(failure::USAGE, e.to_string())),
     };
     let host = a.address.as_str();
-    let dir = match certs::cert_dir(s.conn.cert_dir.as_deref(), false, host) {
+    let dir = match certs::cert_dir(s.args.conn.cert_dir.as_deref(), false, host) {
         Ok(d) => d,
         Err(e) => return r.fail(who, "cert dir", &e.into()),
     };
     match tokio::time::timeout(
         Duration::from_secs(60),
-        bootstrap::login(&s.conn, host, &dir),
+        bootstrap::login(&s.args.conn, host, &dir),
     )
     .await
     {
@@ -158,7 +158,7 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         ),
     }
     check_expiry(r, who, &dir);
-    let bus = app::bus_config(&s.conn, &s.watch, host, &dir);
+    let bus = app::bus_config(&s.args.conn, &s.args.bus, host, &dir);
     match scmb_bus::subscribe(&bus).await {
         Ok(sub) => {
             r.line(
@@ -176,13 +176,11 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         }
         Err(e) => r.fail(who, "bus", &e.into()),
     }
-    if let Some(sm) = &s.sm {
+    if let Some(sm) = &s.args.sm {
         match crate::ovtosm::sm_client(sm) {
             Err(f) => r.fail(who, "service manager", &f),
-            // Reading an incident that cannot exist: 404 proves the address and the
-            // credentials, 401 the wrong credentials.
-            Ok(client) => match client.incident("SCMB-CHECK-PROBE").await {
-                Ok(_) => r.line(
+            Ok(client) => match crate::ovtosm::probe_sm(&client).await {
+                Ok(()) => r.line(
                     Verdict::Ok,
                     who,
                     "service manager",
@@ -192,14 +190,7 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
                         sm.sm_user
                     ),
                 ),
-                Err(e) => {
-                    let code = match e.class() {
-                        scmb_servicemanager::ErrorClass::Unauthorized => failure::AUTH,
-                        scmb_servicemanager::ErrorClass::Retryable => failure::UNREACHABLE,
-                        scmb_servicemanager::ErrorClass::Permanent => failure::API,
-                    };
-                    r.fail(who, "service manager", &Failure::new(code, e.to_string()))
-                }
+                Err(f) => r.fail(who, "service manager", &f),
             },
         }
     }

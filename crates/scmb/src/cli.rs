@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "scmb",
     version,
+    args_conflicts_with_subcommands = true,
     about = "Listen to HPE OneView's State-Change Message Bus, and set up its certificates",
     long_about = "Listen to HPE OneView's State-Change Message Bus (SCMB) and print the alerts you \
                   care about, or set up the RabbitMQ client certificates it needs.\n\n\
@@ -21,6 +22,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   scmb watch -a oneview.example.com --severity Critical,Warning --state Active,Locked\n  \
                   scmb -a 10.0.0.5 --no-verify-hostname -r 'scmb.alerts.#' -r 'scmb.server-hardware.#'\n  \
                   scmb watch -a oneview.example.com --output json | jq .\n\n\
+                  Each subcommand takes only the flags it uses (scmb SUBCOMMAND --help).\n\
                   Password: -p (visible in ps: avoid), $SCMB_PASSWORD, --password-file FILE, or a prompt.\n\
                   Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 authentication failed, 4 certificates\n\
                   missing or unusable, 5 appliance or bus unreachable, 6 TLS verification failed,\n\
@@ -38,7 +40,7 @@ pub struct Cli {
     #[arg(short = 'd', long = "download", help_heading = "HPE sample")]
     pub download: bool,
     #[command(flatten)]
-    pub watch: WatchArgs,
+    pub listen: ListenArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -64,12 +66,32 @@ pub enum Cmd {
         tool: Tool,
     },
     /// Generate the keypair if the appliance has none, wait for it, and download everything.
-    Setup,
+    Setup(RestCmd),
     /// Generate, download or show the certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
     /// Listen and print the messages the filter admits (the default without -g/-d).
-    Watch,
+    Watch(WatchCmd),
+}
+
+/// A command that talks to the appliance's REST API only.
+#[derive(Args, Debug, Clone)]
+pub struct RestCmd {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `scmb watch`: the listener's flags.
+#[derive(Args, Debug, Clone)]
+pub struct WatchCmd {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// The binaries whose completions and man pages `scmb` prints.
@@ -104,154 +126,205 @@ pub struct DaemonArgs {
     /// Serve /metrics, /healthz and /readyz on this address (overrides metrics.listen).
     #[arg(long, env = "SCMB_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum CertsCmd {
     /// Ask the appliance to generate the RabbitMQ client keypair (409 "already there" is fine).
-    Generate,
+    Generate(RestCmd),
     /// Download caroot.pem, client.pem and key.pem.
-    Download,
+    Download(RestCmd),
     /// Show where the certificates are, their modes, sizes and SHA-256 fingerprints.
-    Show,
+    Show(ShowArgs),
 }
 
+/// `scmb certs show`: which certificate directory.
+#[derive(Args, Debug, Clone)]
+pub struct ShowArgs {
+    /// Appliance address: HOST or HOST:PORT (names the default certificate directory).
+    #[arg(short = 'a', long = "appliance", value_name = "HOST")]
+    pub host: Option<String>,
+    /// Where the certificates live (default: the user's config dir, per appliance).
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// The certificates are in the current directory, like the HPE sample's.
+    #[arg(long, conflicts_with = "cert_dir")]
+    pub cwd_certs: bool,
+}
+
+/// The appliance, its REST API and its login.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Appliance")]
 pub struct ConnArgs {
     /// Appliance address: HOST or HOST:PORT of the REST API (port 443 by default).
-    #[arg(short = 'a', long = "appliance", value_name = "HOST", global = true)]
+    #[arg(short = 'a', long = "appliance", value_name = "HOST")]
     pub host: Option<String>,
     /// OneView user.
-    #[arg(short = 'u', long = "user", value_name = "USER", global = true)]
+    #[arg(short = 'u', long = "user", value_name = "USER")]
     pub user: Option<String>,
     /// OneView password (visible in `ps`: prefer $SCMB_PASSWORD, --password-file or the prompt).
-    #[arg(short = 'p', long = "pass", value_name = "PASS", global = true)]
+    #[arg(short = 'p', long = "pass", value_name = "PASS")]
     pub password: Option<String>,
     /// Read the OneView password from this file (first line).
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Login domain (default LOCAL).
-    #[arg(long, value_name = "DOMAIN", global = true)]
+    #[arg(long, value_name = "DOMAIN")]
     pub login_domain: Option<String>,
     /// Where the certificates live (default: the user's config dir, per appliance).
-    #[arg(long, value_name = "DIR", global = true)]
+    #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
     /// Keep the certificates in the current directory, like the HPE sample.
-    #[arg(long, global = true, conflicts_with = "cert_dir")]
+    #[arg(long, conflicts_with = "cert_dir")]
     pub cwd_certs: bool,
-    /// Port of the message bus.
-    #[arg(long, default_value_t = 5671, global = true)]
-    pub amqp_port: u16,
-    /// Check the broker's certificate against this name instead of HOST.
-    #[arg(long, value_name = "NAME", global = true)]
+    /// Check the appliance's certificates against this name instead of HOST.
+    #[arg(long, value_name = "NAME")]
     pub tls_server_name: Option<String>,
-    /// Check the broker's certificate chain but not its name (appliances reached by an IP
-    /// their certificate does not list).
-    #[arg(long, global = true)]
-    pub no_verify_hostname: bool,
     /// Verify the REST API's certificate against this CA file instead of a pinned fingerprint.
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(long, value_name = "FILE")]
     pub rest_ca: Option<PathBuf>,
     /// Pin the REST API's certificate to this SHA-256 fingerprint.
-    #[arg(long, value_name = "SHA256", global = true)]
+    #[arg(long, value_name = "SHA256")]
     pub rest_fingerprint: Option<String>,
     /// DANGEROUS: do not verify the REST API's certificate at all.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub insecure: bool,
     /// Do not accept the EULA when the appliance asks for it (the sample accepts it).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub no_accept_eula: bool,
     /// The password already read (from a config file's env, file or systemd credential).
     #[arg(skip)]
     pub secret: Option<scmb_oneview::Secret>,
 }
 
-/// Logging, for every command.
+/// Logging and colour, for every command that runs.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log level or directives (info, debug, warn,scmb=debug); default RUST_LOG, then
     /// warn,scmb=info.
-    #[arg(long, global = true, env = "SCMB_LOG_LEVEL", value_name = "LEVEL")]
+    #[arg(long, env = "SCMB_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Log line format on stderr.
-    #[arg(long, global = true, env = "SCMB_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "SCMB_LOG_FORMAT", value_enum)]
     pub log_format: Option<crate::telemetry::LogFormat>,
+    /// Colour on a terminal: auto (unless $NO_COLOR is set), always, never.
+    #[arg(long, value_enum, default_value_t = Color::Auto, value_name = "WHEN")]
+    pub color: Color,
 }
 
-#[derive(Args, Debug, Clone, Default)]
-pub struct WatchArgs {
+/// When to colour what goes to a terminal.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Color {
+    /// On a terminal, unless `$NO_COLOR` is set to anything but the empty string.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    /// Whether to colour a stream that is (or is not) a terminal.
+    pub fn enabled(self, terminal: bool) -> bool {
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+}
+
+/// How to reach the message bus and what to consume: for every command that listens.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Message bus")]
+pub struct BusArgs {
     /// Binding key (repeatable; default scmb.alerts.#).
-    #[arg(global = true, short = 'r', long = "route", value_name = "ROUTE")]
+    #[arg(short = 'r', long = "route", value_name = "ROUTE")]
     pub routes: Vec<String>,
-    /// Output format.
-    #[arg(global = true, long, value_enum, default_value_t = Output::Human)]
-    pub output: Output,
-    /// Admitted severities, comma-separated (default Critical; `*` = all).
-    #[arg(global = true, long, value_delimiter = ',', value_name = "LIST")]
+    /// Port of the message bus.
+    #[arg(long, default_value_t = 5671)]
+    pub amqp_port: u16,
+    /// Check the broker's certificate chain but not its name (appliances reached by an IP
+    /// their certificate does not list).
+    #[arg(long)]
+    pub no_verify_hostname: bool,
+    /// AMQP heartbeat (10s, 1m).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = heartbeat)]
+    pub heartbeat: std::time::Duration,
+    /// Unacknowledged messages the broker may send ahead.
+    #[arg(long, default_value_t = 1000)]
+    pub prefetch: u16,
+    /// Consume this existing queue (declared and bound by someone else) instead of a
+    /// server-named exclusive one of our own; -r is then ignored.
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+    /// Largest message accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+    /// When the broker refuses the certificates on disk (the appliance regenerated them),
+    /// download the new ones over REST and carry on (needs the OneView password).
+    #[arg(long)]
+    pub auto_bootstrap: bool,
+}
+
+fn heartbeat(s: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse("--heartbeat", s)
+}
+
+/// Which messages are admitted.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Filter")]
+pub struct FilterArgs {
+    /// Admitted severities, comma-separated: Critical, Warning, OK, Unknown, Disabled
+    /// (default Critical; `*` = all).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub severity: Vec<String>,
-    /// Admitted alert states, comma-separated (default Active; e.g. Active,Locked).
-    #[arg(
-        global = true,
-        long = "state",
-        value_delimiter = ',',
-        value_name = "LIST"
-    )]
+    /// Admitted alert states, comma-separated: Active, Locked, Cleared, Pending
+    /// (default Active).
+    #[arg(long = "state", value_delimiter = ',', value_name = "LIST")]
     pub states: Vec<String>,
-    /// Admitted change types, comma-separated (default Created).
-    #[arg(
-        global = true,
-        long = "change-type",
-        value_delimiter = ',',
-        value_name = "LIST"
-    )]
+    /// Admitted change types, comma-separated: Created, Updated, Deleted (default Created).
+    #[arg(long = "change-type", value_delimiter = ',', value_name = "LIST")]
     pub change_types: Vec<String>,
     /// Also show Updated alerts whose severity changed into an admitted one.
-    #[arg(global = true, long)]
+    #[arg(long)]
     pub escalations: bool,
     /// Admitted resource categories, comma-separated (default alerts; `*` = all).
-    #[arg(
-        global = true,
-        long = "category",
-        value_delimiter = ',',
-        value_name = "LIST"
-    )]
+    #[arg(long = "category", value_delimiter = ',', value_name = "LIST")]
     pub categories: Vec<String>,
     /// alertTypeID patterns with `*`, comma-separated.
-    #[arg(
-        global = true,
-        long = "alert-type",
-        value_delimiter = ',',
-        value_name = "LIST"
-    )]
+    #[arg(long = "alert-type", value_delimiter = ',', value_name = "LIST")]
     pub alert_types: Vec<String>,
-    /// AMQP heartbeat in seconds.
-    #[arg(global = true, long, default_value_t = 10)]
-    pub heartbeat: u16,
-    /// Unacknowledged messages the broker may send ahead.
-    #[arg(global = true, long, default_value_t = 1000)]
-    pub prefetch: u16,
+}
+
+/// The `scmb` listener: bus, filter, output, catch-up.
+#[derive(Args, Debug, Clone)]
+pub struct ListenArgs {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Human, help_heading = "Output")]
+    pub output: Output,
     /// Exit after this many printed messages (for scripts and tests).
-    #[arg(global = true, long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Output")]
     pub count: Option<u64>,
     /// After every (re)connect, read the alerts raised meanwhile over REST and print the ones
     /// not printed yet (needs the OneView password).
-    #[arg(global = true, long)]
+    #[arg(long, help_heading = "Catch-up")]
     pub catch_up: bool,
-    /// When the broker refuses the certificates on disk (the appliance regenerated them),
-    /// download the new ones over REST and carry on (needs the OneView password).
-    #[arg(global = true, long)]
-    pub auto_bootstrap: bool,
-    /// At the first start, how far back to catch up: none, all active alerts, or a window
-    /// (24h, 90m). Default: none for scmb (with --catch-up), all for ov_to_sm.
-    #[arg(global = true, long, value_name = "none|all|DURATION")]
-    pub look_back: Option<String>,
-    /// Consume this existing queue (declared and bound by someone else) instead of a
-    /// server-named exclusive one of our own; -r is then ignored.
-    #[arg(global = true, long, value_name = "QUEUE")]
-    pub queue: Option<String>,
-    /// Largest message accepted, in bytes.
-    #[arg(global = true, long, default_value_t = 4 << 20)]
-    pub max_message_bytes: usize,
+    /// With --catch-up, how far back the first start looks: none (default), all active
+    /// alerts, or a window (24h, 90m, 7d).
+    #[arg(long, value_name = "none|all|DURATION", requires = "catch_up", value_parser = look_back, help_heading = "Catch-up")]
+    pub look_back: Option<crate::duration::LookBack>,
+}
+
+/// `--look-back` as clap reads it.
+pub fn look_back(s: &str) -> Result<crate::duration::LookBack, String> {
+    crate::duration::LookBack::parse(s)
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -264,7 +337,5 @@ pub enum Output {
     Json,
 }
 
-/// The HPE sample spells `--pass` as `-p` and accepts `-sm`-style long flags with one dash in
-/// its companion tool; for scmb itself nothing needs rewriting, but the default user is
-/// `Administrator`.
+/// The default OneView user, as in the HPE sample.
 pub const DEFAULT_USER: &str = "Administrator";

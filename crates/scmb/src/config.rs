@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{ConnArgs, Output, WatchArgs, DEFAULT_USER};
+use crate::cli::{BusArgs, ConnArgs, FilterArgs, Output, DEFAULT_USER};
+use crate::duration::{DurationValue, LookBack};
 use crate::ovtosm::OvToSmCli;
 use crate::telemetry::LogFormat;
 use crate::ticket::OnClear;
@@ -187,9 +188,9 @@ pub struct ApplianceConfig {
     /// Binding keys (`-r`). Default `["scmb.alerts.#"]`.
     #[serde(default)]
     pub routes: Vec<String>,
-    /// AMQP heartbeat in seconds (`--heartbeat`). Default 10.
-    #[serde(default = "default_heartbeat")]
-    pub heartbeat: u16,
+    /// AMQP heartbeat, a duration like `"10s"` (`--heartbeat`). Default `"10s"`. A bare
+    /// number of seconds still works, with a deprecation warning.
+    pub heartbeat: Option<DurationValue>,
     /// Unacknowledged messages the broker may send ahead (`--prefetch`). Default 1000.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
@@ -203,7 +204,7 @@ pub struct ApplianceConfig {
     /// Default true.
     #[serde(default = "yes")]
     pub catch_up: bool,
-    /// At the first start, how far back to catch up: `none`, `all`, or a window like `24h`
+    /// At the first start, how far back to catch up: `none`, `all`, or a window like `"24h"`
     /// (`--look-back`). Default `all` with a Service Manager sink, else `none`.
     pub look_back: Option<String>,
     /// Download the certificates again when the appliance regenerated them
@@ -292,13 +293,16 @@ pub struct ServiceManagerConfig {
     /// Journal other people's changes to a ticketed alert (`--journal-updates`). Default false.
     #[serde(default)]
     pub journal_updates: bool,
-    /// Seconds between REST keep-alive calls while idle; 0 = off (`--keep-alive-secs`).
-    /// Default 600.
-    #[serde(default = "default_keep_alive")]
-    pub keep_alive_secs: u64,
-    /// Longest pause between retries of a failing call, seconds (`--retry-cap-secs`). Default 30.
-    #[serde(default = "default_retry_cap")]
-    pub retry_cap_secs: u64,
+    /// Time between REST keep-alive calls while idle, e.g. `"10m"`; `"0s"` = off
+    /// (`--keep-alive`). Default `"10m"`.
+    pub keep_alive: Option<DurationValue>,
+    /// Deprecated: `keep_alive` in seconds. Still read, with a warning.
+    pub keep_alive_secs: Option<u64>,
+    /// Longest pause between retries of a failing call, e.g. `"30s"` (`--retry-cap`).
+    /// Default `"30s"`.
+    pub retry_cap: Option<DurationValue>,
+    /// Deprecated: `retry_cap` in seconds. Still read, with a warning.
+    pub retry_cap_secs: Option<u64>,
     /// Incidents per page when listing (`--list-page-size`; only `ov_to_sm -l` lists).
     /// Default 100.
     #[serde(default = "default_page")]
@@ -349,9 +353,6 @@ fn yes() -> bool {
 fn default_amqp_port() -> u16 {
     5671
 }
-fn default_heartbeat() -> u16 {
-    10
-}
 fn default_prefetch() -> u16 {
     1000
 }
@@ -363,12 +364,6 @@ fn default_concurrency() -> usize {
 }
 fn default_on_clear() -> OnClear {
     OnClear::Resolve
-}
-fn default_keep_alive() -> u64 {
-    600
-}
-fn default_retry_cap() -> u64 {
-    30
 }
 fn default_page() -> usize {
     100
@@ -443,13 +438,19 @@ impl Config {
                         .into(),
                 ));
             }
-            // The same checks the command line gets.
-            let (conn, watch, _) = a.args(Path::new("/"), None);
-            crate::app::filter(&watch).map_err(|f| ctx(f.message))?;
-            if let Some(l) = &watch.look_back {
-                crate::ovtosm::look_back(l).map_err(|f| ctx(f.message))?;
+            // The same checks the command line gets; warnings are logged once logging starts.
+            let (_, warnings) = crate::app::checked_filter(&a.filter.args())
+                .map_err(|f| ctx(format!("filter: {}", f.message)))?;
+            for w in warnings {
+                crate::telemetry::early_warn(format!("appliance {:?}: filter: {w}", a.name));
             }
-            if let Some(fp) = &conn.rest_fingerprint {
+            a.look_back().map_err(ctx)?;
+            a.heartbeat().map_err(ctx)?;
+            if let Some(sm) = &a.service_manager {
+                sm.keep_alive().map_err(ctx)?;
+                sm.retry_cap().map_err(ctx)?;
+            }
+            if let Some(fp) = &a.rest_fingerprint {
                 fp.parse::<scmb_tls::Fingerprint>()
                     .map_err(|e| ctx(format!("rest_fingerprint: {e}")))?;
             }
@@ -513,19 +514,81 @@ macro_rules! secret_ref {
 secret_ref!(ApplianceConfig);
 secret_ref!(ServiceManagerConfig);
 
+impl FilterConfig {
+    /// The same filter flags the command line takes.
+    pub fn args(&self) -> FilterArgs {
+        FilterArgs {
+            severity: self.severities.clone(),
+            states: self.states.clone(),
+            change_types: self.change_types.clone(),
+            escalations: self.escalations,
+            categories: self.categories.clone(),
+            alert_types: self.alert_types.clone(),
+        }
+    }
+}
+
+impl ServiceManagerConfig {
+    fn keep_alive(&self) -> Result<std::time::Duration, String> {
+        Self::renamed(&self.keep_alive, self.keep_alive_secs, "keep_alive", "10m")
+    }
+
+    fn retry_cap(&self) -> Result<std::time::Duration, String> {
+        Self::renamed(&self.retry_cap, self.retry_cap_secs, "retry_cap", "30s")
+    }
+
+    /// A duration key `key`, or its deprecated `key_secs` spelling (warned about).
+    fn renamed(
+        new: &Option<DurationValue>,
+        old: Option<u64>,
+        key: &str,
+        default: &str,
+    ) -> Result<std::time::Duration, String> {
+        match (new, old) {
+            (Some(_), Some(_)) => Err(format!(
+                "service_manager: give {key} or {key}_secs (deprecated), not both"
+            )),
+            (Some(v), None) => v.resolve(&format!("service_manager.{key}")),
+            (None, Some(secs)) => {
+                crate::telemetry::deprecated(format!(
+                    "service_manager.{key}_secs = {secs} is deprecated: write {key} = \"{secs}s\""
+                ));
+                Ok(std::time::Duration::from_secs(secs))
+            }
+            (None, None) => crate::duration::parse(key, default),
+        }
+    }
+}
+
 impl ApplianceConfig {
     /// This appliance's state directory.
     pub fn state_dir(&self, state_dir: &Path) -> PathBuf {
         state_dir.join(&self.name)
     }
 
-    /// The command-line settings this appliance amounts to (secrets not read), plus its
-    /// Service Manager settings when it has that sink.
+    /// The first-start look-back: the file's, else the default for its sinks.
+    fn look_back(&self) -> Result<LookBack, String> {
+        match &self.look_back {
+            Some(l) => LookBack::parse(l).map_err(|e| e.replace("look-back", "look_back")),
+            None => Ok(LookBack::default_for(self.service_manager.is_some())),
+        }
+    }
+
+    fn heartbeat(&self) -> Result<std::time::Duration, String> {
+        self.heartbeat
+            .as_ref()
+            .map_or(Ok(std::time::Duration::from_secs(10)), |h| {
+                h.resolve("heartbeat")
+            })
+    }
+
+    /// The settings this appliance amounts to (secrets not read), plus its Service Manager
+    /// settings when it has that sink. Call after [`Config::check`].
     fn args(
         &self,
         state_dir: &Path,
         secrets: Option<(Secret, Option<Secret>)>,
-    ) -> (ConnArgs, WatchArgs, Option<OvToSmCli>) {
+    ) -> Result<ApplianceArgs, String> {
         let (ov_secret, sm_secret) = match secrets {
             Some((o, s)) => (Some(o), s),
             None => (None, None),
@@ -543,82 +606,81 @@ impl ApplianceConfig {
                     .unwrap_or_else(|| self.state_dir(state_dir)),
             ),
             cwd_certs: false,
-            amqp_port: self.amqp_port,
             tls_server_name: self.tls_server_name.clone(),
-            no_verify_hostname: !self.verify_hostname,
             rest_ca: self.rest_ca.clone(),
             rest_fingerprint: self.rest_fingerprint.clone(),
             insecure: self.insecure,
             no_accept_eula: !self.accept_eula,
         };
-        let f = &self.filter;
-        let watch = WatchArgs {
+        let bus = BusArgs {
             routes: self.routes.clone(),
-            output: self.console.as_ref().map(|c| c.format).unwrap_or_default(),
-            severity: f.severities.clone(),
-            states: f.states.clone(),
-            change_types: f.change_types.clone(),
-            escalations: f.escalations,
-            categories: f.categories.clone(),
-            alert_types: f.alert_types.clone(),
-            heartbeat: self.heartbeat,
+            amqp_port: self.amqp_port,
+            no_verify_hostname: !self.verify_hostname,
+            heartbeat: self.heartbeat()?,
             prefetch: self.prefetch,
-            count: None,
-            catch_up: self.catch_up,
-            auto_bootstrap: self.auto_bootstrap,
-            look_back: self.look_back.clone().or_else(|| {
-                Some(
-                    if self.service_manager.is_some() {
-                        "all"
-                    } else {
-                        "none"
-                    }
-                    .into(),
-                )
-            }),
-            max_message_bytes: self.max_message_bytes,
             queue: self.queue.clone(),
+            max_message_bytes: self.max_message_bytes,
+            auto_bootstrap: self.auto_bootstrap,
         };
-        let sm = self.service_manager.as_ref().map(|sm| {
-            let i = &sm.incident;
-            let d = crate::ticket::Template::default();
-            OvToSmCli {
-                conn: conn.clone(),
-                watch: watch.clone(),
-                generate: false,
-                download: false,
-                sm: Some(sm.address.clone()),
-                sm_user: sm.user.clone(),
-                sm_password: None,
-                sm_secret,
-                sm_password_file: None,
-                sm_ca: sm.ca.clone(),
-                list: false,
-                state_dir: Some(self.state_dir(state_dir)),
-                concurrency: sm.concurrency,
-                on_clear: sm.on_clear,
-                sm_title: i.title.clone().unwrap_or(d.title),
-                sm_assignment_group: i.assignment_group.clone().unwrap_or(d.assignment_group),
-                sm_service: i.service.clone().unwrap_or(d.service),
-                sm_urgency: if i.urgency.is_empty() {
-                    d.urgency.iter().map(|(k, v)| format!("{k}={v}")).collect()
-                } else {
-                    i.urgency.iter().map(|(k, v)| format!("{k}={v}")).collect()
-                },
-                sm_impact: i.impact.clone().unwrap_or(d.impact),
-                sm_category: i.category.clone().unwrap_or(d.category),
-                sm_area: i.area.clone().unwrap_or(d.area),
-                sm_subarea: i.subarea.clone().unwrap_or(d.subarea),
-                no_affected_ci: !i.affected_ci.unwrap_or(true),
-                sm_fields: i.fields.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-                journal_updates: sm.journal_updates,
-                keep_alive_secs: sm.keep_alive_secs,
-                list_page_size: sm.list_page_size,
-                retry_cap_secs: sm.retry_cap_secs,
-                log: Default::default(),
+        let filter = self.filter.args();
+        let output = self.console.as_ref().map(|c| c.format).unwrap_or_default();
+        let look_back = self.look_back()?;
+        let sm = match &self.service_manager {
+            None => None,
+            Some(sm) => {
+                let i = &sm.incident;
+                let d = crate::ticket::Template::default();
+                Some(OvToSmCli {
+                    conn: conn.clone(),
+                    bus: bus.clone(),
+                    filter: filter.clone(),
+                    output,
+                    look_back,
+                    generate: false,
+                    download: false,
+                    sm: Some(sm.address.clone()),
+                    sm_user: sm.user.clone(),
+                    sm_password: None,
+                    sm_secret,
+                    sm_password_file: None,
+                    sm_ca: sm.ca.clone(),
+                    list: false,
+                    state_dir: Some(self.state_dir(state_dir)),
+                    concurrency: sm.concurrency,
+                    on_clear: sm.on_clear,
+                    sm_title: i.title.clone().unwrap_or(d.title),
+                    sm_assignment_group: i.assignment_group.clone().unwrap_or(d.assignment_group),
+                    sm_service: i.service.clone().unwrap_or(d.service),
+                    sm_urgency: if i.urgency.is_empty() {
+                        d.urgency.iter().map(|(k, v)| format!("{k}={v}")).collect()
+                    } else {
+                        i.urgency.iter().map(|(k, v)| format!("{k}={v}")).collect()
+                    },
+                    sm_impact: i.impact.clone().unwrap_or(d.impact),
+                    sm_category: i.category.clone().unwrap_or(d.category),
+                    sm_area: i.area.clone().unwrap_or(d.area),
+                    sm_subarea: i.subarea.clone().unwrap_or(d.subarea),
+                    no_affected_ci: !i.affected_ci.unwrap_or(true),
+                    sm_fields: i.fields.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                    journal_updates: sm.journal_updates,
+                    keep_alive: sm.keep_alive()?,
+                    keep_alive_secs: None,
+                    list_page_size: sm.list_page_size,
+                    retry_cap: sm.retry_cap()?,
+                    retry_cap_secs: None,
+                    log: Default::default(),
+                })
             }
-        });
-        (conn, watch, sm)
+        };
+        Ok(ApplianceArgs {
+            conn,
+            bus,
+            filter,
+            output,
+            catch_up: self.catch_up,
+            look_back,
+            sm,
+        })
     }
 
     /// The settings to run this appliance with, its passwords read now (from the
@@ -637,13 +699,11 @@ impl ApplianceConfig {
             ),
             None => None,
         };
-        let (conn, watch, sm) = self.args(state_dir, Some((ov, sm)));
+        let args = self.args(state_dir, Some((ov, sm))).map_err(err)?;
         Ok(ApplianceSettings {
             name: self.name.clone(),
             state_dir: self.state_dir(state_dir),
-            conn,
-            watch,
-            sm,
+            args,
             console: self.console.is_some(),
             jsonl: self
                 .jsonl
@@ -653,15 +713,26 @@ impl ApplianceConfig {
     }
 }
 
-/// One appliance, ready to run: the same settings the command lines give.
+/// What one appliance's tables amount to: the same settings the command lines give.
+#[derive(Debug, Clone)]
+pub struct ApplianceArgs {
+    pub conn: ConnArgs,
+    pub bus: BusArgs,
+    pub filter: FilterArgs,
+    /// The console's format.
+    pub output: Output,
+    pub catch_up: bool,
+    pub look_back: LookBack,
+    /// The Service Manager sink.
+    pub sm: Option<OvToSmCli>,
+}
+
+/// One appliance, ready to run.
 #[derive(Debug, Clone)]
 pub struct ApplianceSettings {
     pub name: String,
     pub state_dir: PathBuf,
-    pub conn: ConnArgs,
-    pub watch: WatchArgs,
-    /// The Service Manager sink.
-    pub sm: Option<OvToSmCli>,
+    pub args: ApplianceArgs,
     /// The console sink.
     pub console: bool,
     /// The JSON-lines sink's file.
@@ -691,15 +762,16 @@ password_env = "OV_EAST_PASSWORD"
         assert_eq!(a.user, "Administrator");
         assert_eq!(a.amqp_port, 5671);
         assert!(a.verify_hostname && a.accept_eula && a.catch_up && !a.insecure);
-        assert_eq!((a.heartbeat, a.prefetch), (10, 1000));
-        let (conn, watch, sm) = a.args(Path::new("/var/lib/scmb"), None);
+        assert_eq!(a.prefetch, 1000);
+        let args = a.args(Path::new("/var/lib/scmb"), None).expect("args");
         assert_eq!(
-            conn.cert_dir.as_deref(),
+            args.conn.cert_dir.as_deref(),
             Some(Path::new("/var/lib/scmb/east"))
         );
-        assert_eq!(watch.look_back.as_deref(), Some("none"));
-        assert!(sm.is_none());
-        assert_eq!(watch.output, Output::Human);
+        assert_eq!(args.bus.heartbeat, std::time::Duration::from_secs(10));
+        assert_eq!(args.look_back, LookBack::None);
+        assert!(args.sm.is_none());
+        assert_eq!(args.output, Output::Human);
     }
 
     #[test]
@@ -766,9 +838,11 @@ password_env = "OV_EAST_PASSWORD"
             "{MINIMAL}[appliance.service_manager]\naddress = \"sm.example.com\"\npassword_file = \"/run/sm\"\non_clear = \"close\"\n[appliance.service_manager.incident]\nurgency = {{ Critical = \"2\" }}\nfields = {{ Priority = \"High\" }}\n"
         );
         let c = parse(&text).expect("parse");
-        let (_, watch, sm) = c.appliances[0].args(Path::new("/s"), None);
-        let sm = sm.expect("sm");
-        assert_eq!(watch.look_back.as_deref(), Some("all"));
+        let args = c.appliances[0].args(Path::new("/s"), None).expect("args");
+        let sm = args.sm.expect("sm");
+        assert_eq!(args.look_back, LookBack::All);
+        assert_eq!(sm.keep_alive(), Some(std::time::Duration::from_secs(600)));
+        assert_eq!(sm.retry_cap(), std::time::Duration::from_secs(30));
         assert_eq!(sm.on_clear, OnClear::Close);
         assert_eq!(sm.sm_user, "falcon");
         let t = crate::ovtosm::template(&sm).expect("template");
@@ -833,7 +907,10 @@ password_env = "OV_EAST_PASSWORD"
             a.extend_from_slice(extra);
             let cli = crate::cli::Cli::try_parse_from(a).expect("parse");
             match cli.cmd {
-                Some(crate::cli::Cmd::Run(d)) => (d, cli.log),
+                Some(crate::cli::Cmd::Run(d)) => {
+                    let log = d.log.clone();
+                    (d, log)
+                }
                 _ => panic!("not run"),
             }
         };
@@ -848,7 +925,7 @@ password_env = "OV_EAST_PASSWORD"
             file.state_dir(d.state_dir.as_deref()),
             PathBuf::from("/from/file")
         );
-        let (level, format) = crate::app::log_settings(&log, Some(&file.log));
+        let (level, format, _) = crate::app::log_settings(&log, Some(&file.log));
         if std::env::var_os("RUST_LOG").is_none() {
             assert_eq!(level, "error");
         }
@@ -894,8 +971,70 @@ password_env = "OV_EAST_PASSWORD"
         );
         assert_eq!(
             crate::app::log_settings(&log, Some(&file.log)),
-            ("debug".to_string(), LogFormat::Json)
+            (
+                "debug".to_string(),
+                LogFormat::Json,
+                crate::cli::Color::Auto
+            )
         );
+    }
+
+    #[test]
+    fn filter_typos_in_the_file_are_refused_like_on_the_command_line() {
+        let typo = format!("{MINIMAL}[appliance.filter]\nseverities = [\"Critcal\"]\n");
+        let e = parse(&typo).expect_err("typo").to_string();
+        assert!(
+            e.contains("Critcal") && e.contains("Critical, Warning"),
+            "{e}"
+        );
+        let state = format!("{MINIMAL}[appliance.filter]\nstates = [\"Actve\"]\n");
+        assert!(parse(&state)
+            .expect_err("typo")
+            .to_string()
+            .contains("Actve"));
+        // An open set (categories) is only warned about.
+        let open = format!("{MINIMAL}[appliance.filter]\ncategories = [\"server-hardwar\"]\n");
+        assert!(parse(&open).is_ok());
+    }
+
+    #[test]
+    fn durations_take_one_human_form_and_old_spellings_still_work() {
+        let sm = |extra: &str| {
+            format!("{MINIMAL}[appliance.service_manager]\naddress = \"sm\"\npassword_env = \"X\"\n{extra}")
+        };
+        let get = |text: &str| {
+            let c = parse(text).expect("parse");
+            let a = c.appliances[0].args(Path::new("/s"), None).expect("args");
+            let sm = a.sm.expect("sm");
+            (a.bus.heartbeat, sm.keep_alive(), sm.retry_cap())
+        };
+        let s = std::time::Duration::from_secs;
+        let new = sm("keep_alive = \"1h\"\nretry_cap = \"2m\"\n").replace(
+            "[appliance.console]",
+            "heartbeat = \"30s\"\nlook_back = \"24h\"\n[appliance.console]",
+        );
+        assert_eq!(get(&new), (s(30), Some(s(3600)), s(120)));
+        let old = sm("keep_alive_secs = 0\nretry_cap_secs = 5\n")
+            .replace("[appliance.console]", "heartbeat = 20\n[appliance.console]");
+        assert_eq!(get(&old), (s(20), None, s(5)));
+        let both = sm("keep_alive = \"1h\"\nkeep_alive_secs = 5\n");
+        assert!(parse(&both)
+            .expect_err("both")
+            .to_string()
+            .contains("not both"));
+        let typo = sm("retry_cap = \"30 secs please\"\n");
+        assert!(parse(&typo)
+            .expect_err("typo")
+            .to_string()
+            .contains("retry_cap"));
+        let look = MINIMAL.replace(
+            "[appliance.console]",
+            "look_back = \"forever\"\n[appliance.console]",
+        );
+        assert!(parse(&look)
+            .expect_err("look_back")
+            .to_string()
+            .contains("look_back"));
     }
 
     #[test]

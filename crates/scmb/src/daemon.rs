@@ -205,9 +205,13 @@ async fn run_once(
         .settings(state_dir)
         .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
     let build = Pipeline::build(Spec {
-        conn: &s.conn,
-        watch: &s.watch,
-        sm: s.sm.as_ref(),
+        conn: &s.args.conn,
+        bus: &s.args.bus,
+        filter: &s.args.filter,
+        output: s.args.output,
+        catch_up: s.args.catch_up,
+        look_back: s.args.look_back,
+        sm: s.args.sm.as_ref(),
         console: s.console.then_some((false, Some(s.name.as_str()))),
         jsonl: s.jsonl.as_deref(),
         store: s.state_dir.join(STORE_FILE),

@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod duration;
 pub mod failure;
 pub mod listen;
 pub mod output;

@@ -10,6 +10,7 @@ use scmb_bus::{BusConfig, BusError, Delivery, Subscription};
 use scmb_model::{peek, Filter};
 
 use crate::cli::Output;
+use crate::duration::LookBack;
 use crate::failure::Failure;
 use crate::output::Printer;
 use crate::store::{Store, CHECKPOINT};
@@ -42,8 +43,8 @@ pub struct CatchUp {
     pub session: std::sync::Arc<scmb_oneview::Session>,
     /// Where the checkpoint and what was printed are kept across restarts.
     pub store: Option<Store>,
-    /// At start: `None` = every active/locked alert, `Some(ZERO)` = none, else this far back.
-    pub look_back: Option<time::Duration>,
+    /// How far back the first start looks.
+    pub look_back: crate::duration::LookBack,
 }
 
 /// Margin for clock skew between us and the appliance.
@@ -172,7 +173,7 @@ impl Listener {
     ) -> Result<Stats, Failure> {
         let mut stats = Stats::default();
         let stdout = std::io::stdout();
-        let colour = self.output == Output::Human && stdout.is_terminal();
+        let colour = self.output == Output::Human && crate::telemetry::colour(stdout.is_terminal());
         let mut printer = Printer::new(stdout.lock(), self.output, colour);
         tokio::pin!(shutdown);
         let mut seen = Seen {
@@ -185,9 +186,9 @@ impl Listener {
             // From the last checkpoint of a previous run; at the first start, the look-back.
             let since = match (seen.last_checkpoint().await, c.look_back) {
                 (Some(cp), _) => Some(Some(cp - CLOCK_MARGIN)),
-                (None, None) => Some(None),
-                (None, Some(w)) if w.is_zero() => None,
-                (None, Some(w)) => Some(Some(time::OffsetDateTime::now_utc() - w)),
+                (None, LookBack::All) => Some(None),
+                (None, LookBack::None) => None,
+                (None, LookBack::Window(w)) => Some(Some(time::OffsetDateTime::now_utc() - w)),
             };
             if let Some(since) = since {
                 if self
@@ -251,27 +252,13 @@ impl Listener {
         }
     }
 
-    /// `--auto-bootstrap`: when the broker refuses the certificates on disk, downloads the
-    /// appliance's current ones; true when that worked and a reconnect should follow.
+    /// `--auto-bootstrap`: see [`crate::bootstrap::refresh_certificates`].
     async fn refresh_certificates(&self, e: &scmb_bus::BusError) -> bool {
         let Some(session) = &self.bootstrap else {
             return false;
         };
-        if !matches!(
-            e,
-            scmb_bus::BusError::UnknownCa { .. } | scmb_bus::BusError::CertificateRefused { .. }
-        ) {
-            return false;
-        }
-        tracing::warn!(error = %e, "the appliance's certificates changed: downloading them again (--auto-bootstrap)");
         let dir = self.bus.ca.parent().unwrap_or(std::path::Path::new("."));
-        match crate::bootstrap::download(session, dir).await {
-            Ok(()) => true,
-            Err(f) => {
-                tracing::error!(error = %f, "cannot download the new certificates");
-                false
-            }
-        }
+        crate::bootstrap::refresh_certificates(session, dir, e).await
     }
 
     /// Prints the admitted active/locked alerts modified since `since` (all when `None`) that

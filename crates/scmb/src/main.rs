@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use scmb::cli::{Cli, Cmd};
+use scmb::cli::{CertsCmd, Cli, Cmd};
 use scmb::config::Config;
 use scmb::{app, check, daemon, failure};
 
@@ -34,13 +34,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(failure::USAGE);
                 }
             };
-            let log = app::log_settings(&cli.log, Some(&cfg.log));
+            let log = app::log_settings(&args.log, Some(&cfg.log));
             let args = args.clone();
             app::run_to_exit("scmb", log, daemon::run(cfg, args))
         }
         Some(Cmd::Check(args)) => {
             let cfg = Config::load(&args.config);
-            let mut log = app::log_settings(&cli.log, cfg.as_ref().ok().map(|c| &c.log));
+            let mut log = app::log_settings(&args.log, cfg.as_ref().ok().map(|c| &c.log));
             if log.0 == scmb::telemetry::DEFAULT_LOG_LEVEL {
                 // The check lines are the report; routine log lines would only interleave.
                 log.0 = "warn".into();
@@ -49,9 +49,13 @@ fn main() -> ExitCode {
             app::run_to_exit("scmb", log, check::run(cfg, args))
         }
         cmd => {
-            let log = app::log_settings(&cli.log, None);
-            let listening =
-                matches!(cmd, None | Some(Cmd::Watch)) && !cli.generate && !cli.download;
+            let (flags, listening) = match cmd {
+                Some(Cmd::Setup(c)) => (&c.log, false),
+                Some(Cmd::Certs(CertsCmd::Generate(c) | CertsCmd::Download(c))) => (&c.log, false),
+                Some(Cmd::Watch(w)) => (&w.log, true),
+                _ => (&cli.log, cmd.is_none() && !cli.generate && !cli.download),
+            };
+            let log = app::log_settings(flags, None);
             app::run_to_exit_on("scmb", log, listening, app::run(cli))
         }
     }

@@ -4,15 +4,17 @@
 //! are ticketed in parallel), ack only when the lane says the work is recorded.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use scmb_oneview::Secret;
 use scmb_servicemanager::{SmClient, SmConfig};
 
-use crate::cli::{ConnArgs, WatchArgs};
+use crate::cli::{BusArgs, ConnArgs, FilterArgs, Output};
+use crate::duration::LookBack;
 use crate::failure::{self, Failure};
 use crate::ticket::{OnClear, Template};
-use crate::{app, bootstrap, certs};
+use crate::{app, certs};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -29,7 +31,16 @@ pub struct OvToSmCli {
     #[command(flatten)]
     pub conn: ConnArgs,
     #[command(flatten)]
-    pub watch: WatchArgs,
+    pub bus: BusArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// How the ticketed alerts (and `-l`) are printed.
+    #[arg(long, value_enum, default_value_t = Output::Human, help_heading = "Output")]
+    pub output: Output,
+    /// At the first start, how far back to catch up: all active alerts (default), none, or a
+    /// window (24h, 90m, 7d). Later starts catch up from where the last run stopped.
+    #[arg(long, value_name = "all|none|DURATION", value_parser = crate::cli::look_back, default_value = "all")]
+    pub look_back: LookBack,
     #[command(flatten)]
     pub log: crate::cli::LogArgs,
     /// Generate the RabbitMQ client keypair on the appliance (HPE sample's -g).
@@ -50,7 +61,7 @@ pub struct OvToSmCli {
     )]
     pub sm_user: String,
     /// Service Manager password (visible in `ps`: prefer $SM_PASSWORD, --sm-password-file or
-    /// the prompt; empty when none is given and there is no terminal).
+    /// the prompt on a terminal; empty when none is given and there is no terminal).
     #[arg(short = 'x', long = "spass", value_name = "SMPASS")]
     pub sm_password: Option<String>,
     /// The SM password already read (from a config file's env, file or systemd credential).
@@ -111,15 +122,59 @@ pub struct OvToSmCli {
     /// assignment, a note).
     #[arg(long)]
     pub journal_updates: bool,
-    /// Seconds between REST keep-alive calls during idle periods (0 = off).
-    #[arg(long, default_value_t = 600)]
-    pub keep_alive_secs: u64,
+    /// Time between REST keep-alive calls during idle periods (10m, 1h; 0s = off).
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = keep_alive)]
+    pub keep_alive: Duration,
+    /// Deprecated spelling of --keep-alive, in seconds.
+    #[arg(long, value_name = "SECS", hide = true, conflicts_with = "keep_alive")]
+    pub keep_alive_secs: Option<u64>,
     /// Incidents per page with -l.
     #[arg(long, default_value_t = 100)]
     pub list_page_size: usize,
-    /// Longest pause between retries of a failing call, in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub retry_cap_secs: u64,
+    /// Longest pause between retries of a failing call (30s, 2m).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = retry_cap)]
+    pub retry_cap: Duration,
+    /// Deprecated spelling of --retry-cap, in seconds.
+    #[arg(long, value_name = "SECS", hide = true, conflicts_with = "retry_cap")]
+    pub retry_cap_secs: Option<u64>,
+}
+
+fn keep_alive(s: &str) -> Result<Duration, String> {
+    crate::duration::parse("--keep-alive", s)
+}
+
+fn retry_cap(s: &str) -> Result<Duration, String> {
+    crate::duration::parse("--retry-cap", s)
+}
+
+impl OvToSmCli {
+    /// The keep-alive interval, from either spelling (`None`: off).
+    pub fn keep_alive(&self) -> Option<Duration> {
+        let d = match self.keep_alive_secs {
+            Some(s) => {
+                crate::telemetry::deprecated(format!(
+                    "--keep-alive-secs {s} is deprecated: write --keep-alive {s}s"
+                ));
+                Duration::from_secs(s)
+            }
+            None => self.keep_alive,
+        };
+        (!d.is_zero()).then_some(d)
+    }
+
+    /// The retry cap, from either spelling (at least one second).
+    pub fn retry_cap(&self) -> Duration {
+        let d = match self.retry_cap_secs {
+            Some(s) => {
+                crate::telemetry::deprecated(format!(
+                    "--retry-cap-secs {s} is deprecated: write --retry-cap {s}s"
+                ));
+                Duration::from_secs(s)
+            }
+            None => self.retry_cap,
+        };
+        d.max(Duration::from_secs(1))
+    }
 }
 
 /// The sample's README spells `--sm` as `-sm`: accept it verbatim.
@@ -198,14 +253,57 @@ pub(crate) fn sm_client(cli: &OvToSmCli) -> Result<SmClient, Failure> {
     SmClient::new(cfg).map_err(|e| Failure::new(failure::USAGE, e.to_string()))
 }
 
+/// A Service Manager error as a failure with its exit code: 3 for refused credentials (with
+/// the settings to fix), 5 when unreachable or failing, 7 when it rejected the request.
+pub fn sm_failure(e: &scmb_servicemanager::SmError) -> Failure {
+    use scmb_servicemanager::ErrorClass;
+    match e.class() {
+        ErrorClass::Unauthorized => Failure::new(
+            failure::AUTH,
+            format!("{e}; set the user with -i/--id (service_manager.user) and the password with $SM_PASSWORD, --sm-password-file or -x (service_manager.password_env/_file/_credential)"),
+        ),
+        ErrorClass::Retryable => Failure::new(failure::UNREACHABLE, e.to_string()),
+        ErrorClass::Permanent => Failure::new(failure::API, e.to_string()),
+    }
+}
+
+/// Proves the Service Manager address and credentials without creating anything: reading an
+/// incident that cannot exist answers 404 with good credentials and 401 with bad ones.
+pub async fn probe_sm(sm: &SmClient) -> Result<(), Failure> {
+    sm.incident("SCMB-CHECK-PROBE")
+        .await
+        .map(|_| ())
+        .map_err(|e| sm_failure(&e))
+}
+
+/// At start: refused credentials stop the command (exit 3) instead of surfacing at the first
+/// alert; an unreachable or failing Service Manager is only warned about (the work waits,
+/// unacked, and is retried).
+pub async fn check_sm(sm: &SmClient) -> Result<(), Failure> {
+    match probe_sm(sm).await {
+        Err(f) if f.code == failure::AUTH => Err(f),
+        Err(f) => {
+            tracing::warn!(error = %f, "Service Manager cannot be checked now; alerts will wait and be retried");
+            Ok(())
+        }
+        Ok(()) => {
+            tracing::info!(
+                url = sm.base_url(),
+                "Service Manager accepted our credentials"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// `-l`: every incident, as a table or JSON lines.
 async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
     let sm = sm_client(cli)?;
     let all = sm
         .list(None, cli.list_page_size.max(1))
         .await
-        .map_err(|e| Failure::new(failure::UNREACHABLE, e.to_string()))?;
-    if cli.watch.output == crate::cli::Output::Json {
+        .map_err(|e| sm_failure(&e))?;
+    if cli.output == Output::Json {
         for inc in &all {
             println!("{}", serde_json::Value::Object(inc.fields.clone()));
         }
@@ -236,53 +334,29 @@ async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Parses `--look-back`: `None` = everything, else how far back.
-pub fn look_back(s: &str) -> Result<Option<time::Duration>, Failure> {
-    let bad = || {
-        Failure::new(
-            failure::USAGE,
-            format!("--look-back {s:?}: use all, none, or a duration like 24h, 90m, 7d"),
-        )
-    };
-    match s {
-        "all" => Ok(None),
-        "none" | "0" => Ok(Some(time::Duration::ZERO)),
-        _ => {
-            let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-            let n: i64 = n.parse().map_err(|_| bad())?;
-            let secs = match unit {
-                "s" => n,
-                "m" => n * 60,
-                "h" => n * 3600,
-                "d" => n * 86_400,
-                _ => return Err(bad()),
-            };
-            Ok(Some(time::Duration::seconds(secs)))
-        }
-    }
-}
-
 /// Runs the command.
 pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
     if cli.list {
         return list(&cli).await;
     }
     let conn = &cli.conn;
+    match (cli.generate, cli.download) {
+        (true, true) => return app::rest_command(app::Mode::Setup, conn).await,
+        (true, false) => return app::rest_command(app::Mode::Generate, conn).await,
+        (false, true) => return app::rest_command(app::Mode::Download, conn).await,
+        (false, false) => {}
+    }
     let host = app::host(conn)?;
     let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
-    if cli.generate || cli.download {
-        let session = bootstrap::login(conn, host, &dir).await?;
-        return match (cli.generate, cli.download) {
-            (true, true) => bootstrap::setup(&session, &dir).await,
-            (true, false) => bootstrap::generate(&session).await,
-            _ => bootstrap::download(&session, &dir).await,
-        };
-    }
     let state_dir = cli.state_dir.clone().unwrap_or_else(|| dir.clone());
     let metrics = crate::telemetry::Metrics::new().appliance(host);
     let pipeline = crate::pipeline::Pipeline::build(crate::pipeline::Spec {
         conn,
-        watch: &cli.watch,
+        bus: &cli.bus,
+        filter: &cli.filter,
+        output: cli.output,
+        catch_up: true,
+        look_back: cli.look_back,
         sm: Some(&cli),
         console: Some((true, None)),
         jsonl: None,
@@ -349,15 +423,46 @@ mod tests {
     }
 
     #[test]
-    fn look_back_windows_parse() {
-        assert_eq!(look_back("all").ok(), Some(None));
-        assert_eq!(look_back("none").ok(), Some(Some(time::Duration::ZERO)));
-        assert_eq!(look_back("24h").ok(), Some(Some(time::Duration::hours(24))));
-        assert_eq!(
-            look_back("90m").ok(),
-            Some(Some(time::Duration::minutes(90)))
-        );
-        assert!(look_back("soon").is_err());
-        assert!(look_back("5y").is_err());
+    fn ov_to_sm_looks_back_at_every_active_alert_by_default() {
+        let cli = OvToSmCli::try_parse_from(["ov_to_sm", "-a", "h", "-s", "sm"]).expect("parse");
+        assert_eq!(cli.look_back, LookBack::All);
+        let cli = OvToSmCli::try_parse_from(["ov_to_sm", "-a", "h", "--look-back", "24h"])
+            .expect("parse");
+        assert_eq!(cli.look_back, LookBack::Window(Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn durations_take_the_human_form_and_the_old_seconds_flags_still_work() {
+        let parse = |extra: &[&str]| {
+            let mut a = vec!["ov_to_sm", "-a", "h"];
+            a.extend_from_slice(extra);
+            OvToSmCli::try_parse_from(a).expect("parse")
+        };
+        let d = parse(&[]);
+        assert_eq!(d.keep_alive(), Some(Duration::from_secs(600)));
+        assert_eq!(d.retry_cap(), Duration::from_secs(30));
+        let n = parse(&[
+            "--keep-alive",
+            "1h",
+            "--retry-cap",
+            "2m",
+            "--heartbeat",
+            "30s",
+        ]);
+        assert_eq!(n.keep_alive(), Some(Duration::from_secs(3600)));
+        assert_eq!(n.retry_cap(), Duration::from_secs(120));
+        assert_eq!(n.bus.heartbeat, Duration::from_secs(30));
+        let old = parse(&[
+            "--keep-alive-secs",
+            "0",
+            "--retry-cap-secs",
+            "5",
+            "--heartbeat",
+            "20",
+        ]);
+        assert_eq!(old.keep_alive(), None);
+        assert_eq!(old.retry_cap(), Duration::from_secs(5));
+        assert_eq!(old.bus.heartbeat, Duration::from_secs(20));
+        assert!(OvToSmCli::try_parse_from(["ov_to_sm", "--retry-cap", "soon"]).is_err());
     }
 }

@@ -19,7 +19,8 @@ use scmb_model::{Event, Filter};
 use scmb_oneview::Session;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::cli::{ConnArgs, Output, WatchArgs};
+use crate::cli::{BusArgs, ConnArgs, FilterArgs, Output};
+use crate::duration::LookBack;
 use crate::failure::{self, Failure};
 use crate::output::Printer;
 use crate::ovtosm::OvToSmCli;
@@ -77,7 +78,14 @@ pub struct Pipeline {
 /// What to build a pipeline from: the command-line settings, and the sinks beyond them.
 pub struct Spec<'a> {
     pub conn: &'a ConnArgs,
-    pub watch: &'a WatchArgs,
+    pub bus: &'a BusArgs,
+    pub filter: &'a FilterArgs,
+    /// The console's format.
+    pub output: Output,
+    /// Catch up over REST after every (re)connect (a ticketing sink always does).
+    pub catch_up: bool,
+    /// How far back the first start catches up.
+    pub look_back: LookBack,
     /// The Service Manager sink (`ov_to_sm`'s settings).
     pub sm: Option<&'a OvToSmCli>,
     /// Print on standard output, labelled with `label` when given.
@@ -97,11 +105,14 @@ impl Pipeline {
     /// Opens the store, logs in to REST and builds the sinks. Connects to nothing else.
     pub async fn build(spec: Spec<'_>) -> Result<Pipeline, Failure> {
         let conn = spec.conn;
-        let watch = spec.watch;
         let host = app::host(conn)?;
         let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
-        let filter = app::filter(watch)?;
+        let filter = app::filter(spec.filter)?;
         let sm = spec.sm.map(crate::ovtosm::sm_client).transpose()?;
+        if let Some(sm) = &sm {
+            // A wrong password or address is found now, not at the first alert.
+            crate::ovtosm::check_sm(sm).await?;
+        }
         if let Some(parent) = spec.store.parent() {
             std::fs::create_dir_all(parent).map_err(|e| {
                 Failure::new(
@@ -115,13 +126,13 @@ impl Pipeline {
         }
         let store = Store::open(&spec.store).map_err(store_failure)?;
         // Ticketing always catches up: an alert raised while down must still get its incident.
-        let catch_up = watch.catch_up || spec.sm.is_some();
+        let catch_up = spec.catch_up || spec.sm.is_some();
         if catch_up {
-            // At the first start (no checkpoint yet), --look-back sets the first one.
-            first_start_checkpoint(&store, watch.look_back.as_deref().unwrap_or("none")).await?;
+            // At the first start (no checkpoint yet), the look-back sets the first one.
+            first_start_checkpoint(&store, spec.look_back).await?;
         }
         let session = Arc::new(bootstrap::login(conn, host, &dir).await?);
-        let mut bus = app::bus_config(conn, watch, host, &dir);
+        let mut bus = app::bus_config(conn, spec.bus, host, &dir);
         let lanes = spec.sm.map(|s| s.concurrency.max(1)).unwrap_or(1);
         bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -136,13 +147,15 @@ impl Pipeline {
                 filter: filter.clone(),
                 shutdown: stop_rx,
                 retry_base: Duration::from_millis(250),
-                retry_cap: Duration::from_secs(cli.retry_cap_secs.max(1)),
+                retry_cap: cli.retry_cap(),
                 metrics: spec.metrics.clone(),
             })),
             _ => None,
         };
         let console = spec.console.map(|(only_ticketed, label)| {
-            let mut p = Printer::new(std::io::stdout(), watch.output, false);
+            let colour = spec.output == Output::Human
+                && crate::telemetry::colour(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+            let mut p = Printer::new(std::io::stdout(), spec.output, colour);
             if let Some(l) = label {
                 p = p.with_label(l);
             }
@@ -160,11 +173,7 @@ impl Pipeline {
             }
             None => None,
         };
-        let keep_alive = spec
-            .sm
-            .map(|s| s.keep_alive_secs)
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs);
+        let keep_alive = spec.sm.and_then(OvToSmCli::keep_alive);
         Ok(Pipeline {
             shared: Arc::new(Shared {
                 metrics: spec.metrics,
@@ -179,10 +188,10 @@ impl Pipeline {
             bus,
             cert_dir: dir,
             session,
-            max_bytes: watch.max_message_bytes,
+            max_bytes: spec.bus.max_message_bytes,
             lanes,
             catch_up,
-            auto_bootstrap: watch.auto_bootstrap,
+            auto_bootstrap: spec.bus.auto_bootstrap,
             keep_alive,
             stop_tx,
         })
@@ -293,18 +302,11 @@ impl Pipeline {
     /// refuses the ones on disk.
     async fn subscribe(&self) -> Result<scmb_bus::Subscription, scmb_bus::BusError> {
         match scmb_bus::subscribe(&self.bus).await {
-            Err(e) if self.auto_bootstrap && certificates_changed(&e) => {
-                tracing::warn!(error = %e, "the appliance's certificates changed: downloading them again (--auto-bootstrap)");
-                match bootstrap::download(&self.session, &self.cert_dir).await {
-                    Ok(()) => {
-                        tracing::info!(dir = %self.cert_dir.display(), "new certificates downloaded");
-                        scmb_bus::subscribe(&self.bus).await
-                    }
-                    Err(f) => {
-                        tracing::error!(error = %f, "cannot download the new certificates");
-                        Err(e)
-                    }
-                }
+            Err(e)
+                if self.auto_bootstrap
+                    && bootstrap::refresh_certificates(&self.session, &self.cert_dir, &e).await =>
+            {
+                scmb_bus::subscribe(&self.bus).await
             }
             other => other,
         }
@@ -593,9 +595,8 @@ fn open_append(path: &Path) -> Result<std::fs::File, Failure> {
         })
 }
 
-/// With no checkpoint yet, `--look-back` sets the first one.
-async fn first_start_checkpoint(store: &Store, look: &str) -> Result<(), Failure> {
-    let window = crate::ovtosm::look_back(look)?;
+/// With no checkpoint yet, the look-back sets the first one.
+async fn first_start_checkpoint(store: &Store, look: LookBack) -> Result<(), Failure> {
     if store
         .call(|s| s.meta(CHECKPOINT))
         .await
@@ -604,25 +605,21 @@ async fn first_start_checkpoint(store: &Store, look: &str) -> Result<(), Failure
     {
         return Ok(());
     }
-    if let Some(w) = window {
-        let cp = format_rfc3339_ms(time::OffsetDateTime::now_utc() - w);
-        tracing::info!(checkpoint = %cp, "first start: catching up on alerts modified since");
-        store
-            .call(move |s| s.set_meta(CHECKPOINT, &cp))
-            .await
-            .map_err(store_failure)?;
-    }
-    Ok(())
-}
-
-/// Whether a bus error means the appliance's certificates are no longer the ones on disk.
-fn certificates_changed(e: &scmb_bus::BusError) -> bool {
-    matches!(
-        e,
-        scmb_bus::BusError::UnknownCa { .. }
-            | scmb_bus::BusError::CertificateRefused { .. }
-            | scmb_bus::BusError::MissingFile { .. }
-    )
+    let window = match look {
+        LookBack::All => return Ok(()),
+        LookBack::None => time::Duration::ZERO,
+        LookBack::Window(w) => time::Duration::try_from(w).unwrap_or(time::Duration::MAX),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let cp = format_rfc3339_ms(
+        now.checked_sub(window)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    );
+    tracing::info!(checkpoint = %cp, "first start: catching up on alerts modified since");
+    store
+        .call(move |s| s.set_meta(CHECKPOINT, &cp))
+        .await
+        .map_err(store_failure)
 }
 
 /// Margin for clock skew between us and the appliance when checkpointing.

@@ -43,10 +43,40 @@ pub fn log_level(flag: Option<&str>, rust_log: Option<&str>, file: Option<&str>)
         .to_string()
 }
 
+/// The process's colour choice (`--color`), set once when logging starts.
+static COLOR: std::sync::OnceLock<crate::cli::Color> = std::sync::OnceLock::new();
+
+/// Whether to colour a stream that is (or is not) a terminal: `--color`, `$NO_COLOR`.
+pub fn colour(terminal: bool) -> bool {
+    COLOR.get().copied().unwrap_or_default().enabled(terminal)
+}
+
+/// Warnings found before logging started (deprecated spellings met while parsing flags or
+/// the config file, filter values OneView is not known to send); logged once it starts.
+static EARLY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs a warning now, or as soon as logging starts.
+pub fn early_warn(message: String) {
+    if LOGGING.load(std::sync::atomic::Ordering::Acquire) {
+        tracing::warn!("{message}");
+    } else if let Ok(mut q) = EARLY.lock() {
+        if !q.contains(&message) {
+            q.push(message);
+        }
+    }
+}
+
+/// A deprecated spelling that still works: said once, as a warning.
+pub fn deprecated(message: String) {
+    early_warn(message)
+}
+
 /// Installs the process's log subscriber, writing to stderr. `level` is an `EnvFilter`
 /// directive (`info`, `debug`, `warn,scmb=debug`); an invalid one falls back to the default
-/// with a warning.
-pub fn init_logging(level: &str, format: LogFormat) {
+/// with a warning. Then logs the warnings that came before it.
+pub fn init_logging(level: &str, format: LogFormat, color: crate::cli::Color) {
+    let _ = COLOR.set(color);
     use tracing_subscriber::EnvFilter;
     let (filter, bad) = match EnvFilter::try_new(level) {
         Ok(f) => (f, false),
@@ -58,7 +88,7 @@ pub fn init_logging(level: &str, format: LogFormat) {
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .try_init(),
         LogFormat::Json => builder
             .json()
@@ -68,6 +98,11 @@ pub fn init_logging(level: &str, format: LogFormat) {
     };
     if bad {
         tracing::warn!(level, "invalid log level; using {DEFAULT_LOG_LEVEL}");
+    }
+    LOGGING.store(true, std::sync::atomic::Ordering::Release);
+    let early = EARLY.lock().map(|mut q| std::mem::take(&mut *q));
+    for w in early.unwrap_or_default() {
+        tracing::warn!("{w}");
     }
 }
 

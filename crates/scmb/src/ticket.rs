@@ -23,11 +23,37 @@ use crate::telemetry::ApplianceMetrics;
 /// unknown fields pass through and can be queried).
 pub const REFERENCE_FIELD: &str = "ExternalReference";
 
-/// The note written into the alert, exactly as the HPE sample writes it.
+/// The note written into the alert (the HPE sample's sentence, spelled correctly).
 pub const NOTE_PREFIX: &str = "Case automatically logged in HPE Service Manager with ID: ";
+
+/// Every spelling of the note that means "this alert already has an incident": ours, and the
+/// HPE sample's `ov_to_sm.py`, which writes "loged". An alert the sample ticketed before the
+/// switch to `ov_to_sm` must not get a second incident.
+pub const NOTE_PREFIXES: [&str; 2] = [
+    NOTE_PREFIX,
+    "Case automatically loged in HPE Service Manager with ID: ",
+];
 
 pub fn note_for(incident: &str) -> String {
     format!("{NOTE_PREFIX}{incident}")
+}
+
+/// Whether a note is one of ours or the sample's (not someone else's to journal).
+pub fn is_ticket_note(note: &str) -> bool {
+    NOTE_PREFIXES.iter().any(|p| note.starts_with(p))
+}
+
+/// The incident id in a note of ours or the sample's: the word after the prefix, without
+/// trailing punctuation.
+fn incident_in_note(note: &str) -> Option<String> {
+    NOTE_PREFIXES.iter().find_map(|p| {
+        let at = note.find(p)?;
+        let id = note[at + p.len()..]
+            .split_whitespace()
+            .next()?
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        (!id.is_empty()).then(|| id.to_string())
+    })
 }
 
 /// The incident id of a note already in the alert's change log, if any.
@@ -37,16 +63,7 @@ pub fn incident_in_change_log(alert: &Value) -> Option<String> {
         .as_array()?
         .iter()
         .filter_map(|e| e.get("notes").and_then(Value::as_str))
-        .find_map(|n| {
-            n.find(NOTE_PREFIX).map(|at| {
-                n[at + NOTE_PREFIX.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-        })
-        .filter(|id| !id.is_empty())
+        .find_map(incident_in_note)
 }
 
 /// What the incident looks like; the defaults are the HPE sample's.
@@ -491,7 +508,7 @@ impl Ticketer {
                         .and_then(|e| e.get("notes"))
                         .and_then(Value::as_str)
                         .unwrap_or("");
-                    if !note.is_empty() && !note.starts_with(NOTE_PREFIX) {
+                    if !note.is_empty() && !is_ticket_note(note) {
                         let who = last
                             .and_then(|e| e.get("username"))
                             .and_then(Value::as_str)
@@ -614,5 +631,23 @@ mod tests {
             incident_in_change_log(&json!({"changeLog": [{"notes": NOTE_PREFIX}]})),
             None
         );
+    }
+
+    #[test]
+    fn the_hpe_samples_note_counts_as_an_existing_ticket_in_both_spellings() {
+        // ov_to_sm.py writes "loged"; an alert it ticketed must not get a second incident.
+        for note in [
+            "Case automatically loged in HPE Service Manager with ID: IM10007",
+            "Case automatically logged in HPE Service Manager with ID: IM10007.",
+        ] {
+            let a = json!({"changeLog": [{"notes": "hello"}, {"notes": note}]});
+            assert_eq!(
+                incident_in_change_log(&a).as_deref(),
+                Some("IM10007"),
+                "{note}"
+            );
+            assert!(is_ticket_note(note));
+        }
+        assert!(!is_ticket_note("Case opened by hand: IM1"));
     }
 }
