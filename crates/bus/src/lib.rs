@@ -87,6 +87,8 @@ pub enum BusError {
     CertificateRefused { detail: String },
     #[error("TLS handshake with the message bus failed: {detail}")]
     Handshake { detail: String },
+    #[error("{addr} answered in plain text, not TLS (a plain AMQP or HTTP port?): give the appliance's AMQPS port with --amqp-port (5671 by default)")]
+    NotTls { addr: String },
     #[error("the broker refused: {detail}")]
     Refused { detail: String },
     #[error("routing key {0:?} is longer than 255 bytes")]
@@ -110,6 +112,8 @@ fn classify(cfg: &BusConfig, detail: String) -> BusError {
             port: cfg.port,
             detail,
         }
+    } else if d.contains("invalidcontenttype") || d.contains("corrupt message") {
+        BusError::NotTls { addr }
     } else if d.contains("notvalidforname") || d.contains("not valid for name") {
         let name = match &cfg.names {
             NameCheck::Name(n) => n.clone(),

@@ -131,7 +131,11 @@ impl Client {
                 .map_err(|e| match find_rustls(&e) {
                     Some(r) => OneViewError::Tls {
                         host: target.display(),
-                        detail: r.to_string(),
+                        detail: if crate::error::plain_text(r) {
+                            crate::error::plain_text_detail(&target.display())
+                        } else {
+                            r.to_string()
+                        },
                     },
                     None => unreachable(Box::new(e)),
                 })
@@ -417,7 +421,8 @@ impl Transport {
                 },
                 other => other,
             };
-            tracing::warn!(host = %self.host(), user = %creds.user, error = %err, "login failed");
+            // The caller reports it (once); a second line here would say it twice.
+            tracing::debug!(host = %self.host(), user = %creds.user, error = %err, "login failed");
             return Err(err);
         }
         let v = reply.json()?;

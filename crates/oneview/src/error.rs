@@ -212,6 +212,21 @@ pub fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Er
     None
 }
 
+/// Whether the server answered the TLS hello in plain text (an HTTP port, say).
+pub(crate) fn plain_text(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+    )
+}
+
+pub(crate) fn plain_text_detail(host: &str) -> String {
+    format!(
+        "{host} answered in plain text, not TLS (is this an HTTP port?): give the appliance's \
+         HTTPS port, -a HOST or HOST:PORT (443 by default)"
+    )
+}
+
 /// Turns a failed handshake into a message that says what to change.
 pub(crate) fn tls_detail(
     e: &rustls::Error,
@@ -251,6 +266,7 @@ pub(crate) fn tls_detail(
         (rustls::Error::AlertReceived(_), _) => {
             format!("the appliance refused the TLS handshake ({e})")
         }
+        _ if plain_text(e) => plain_text_detail(host),
         _ => e.to_string(),
     }
 }

@@ -32,6 +32,18 @@ pub async fn rest_trust(conn: &ConnArgs, host: &str, dir: &Path) -> Result<Serve
         let fp: Fingerprint = fp
             .parse()
             .map_err(|e: scmb_tls::TlsError| Failure::new(failure::USAGE, e.to_string()))?;
+        // A value given by hand that does not match is most likely a typo, not an attack on
+        // a pin: say so, with what the appliance presents (the connection itself stays pinned).
+        if let Ok(seen) = Client::server_fingerprint(host, Duration::from_secs(15)).await {
+            if seen != fp {
+                return Err(Failure::new(
+                    failure::TLS,
+                    format!(
+                        "the appliance's REST certificate has SHA-256 fingerprint {seen}, not the {fp} given with --rest-fingerprint (rest_fingerprint in a config file): check the value you gave against the appliance's console"
+                    ),
+                ));
+            }
+        }
         return Ok(ServerTrust::Pinned(fp));
     }
     if let Some(stored) = certs::pinned_fingerprint(dir)? {
@@ -174,7 +186,6 @@ pub async fn generate(session: &Session) -> Result<&'static str, Failure> {
             Ok("The RabbitMQ client keypair already exists on the appliance (409): nothing to do.")
         }
         Generation::Started { task_uri } => {
-            tracing::info!(task = %task_uri, "generating the RabbitMQ client keypair");
             let mut last = None;
             session
                 .wait_task(&task_uri, TASK_TIMEOUT, |t| {

@@ -56,7 +56,8 @@ impl From<BusError> for Failure {
             BusError::Unreachable { .. } => UNREACHABLE,
             BusError::UnknownCa { .. }
             | BusError::NameMismatch { .. }
-            | BusError::Handshake { .. } => TLS,
+            | BusError::Handshake { .. }
+            | BusError::NotTls { .. } => TLS,
             BusError::CertificateRefused { .. } | BusError::Refused { .. } => AUTH,
             BusError::RouteTooLong(_) => USAGE,
             _ => UNEXPECTED,

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{appliance, download_certs, run, Listening, BIN};
+use common::{appliance, download_certs, run, ticketed, Listening, BIN};
 use reqwest::Method;
 use scmb_sim::testkit::{shared_sim, start_stoppable, temp_dir, test_config, SimInfo};
 use serde_json::{json, Value};
@@ -72,28 +72,6 @@ async fn raise(sim: &SimInfo, tag: &str) -> String {
         .await
         .expect("raise");
     a["uri"].as_str().expect("uri").to_string()
-}
-
-/// The alert uris of the incidents in a simulator's Service Manager.
-async fn ticketed(sim: &SimInfo) -> Vec<String> {
-    let all = sim
-        .client()
-        .call_sm(Method::GET, "/sim/incidents", None)
-        .await
-        .expect("incidents");
-    all["incidents"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|inc| {
-            inc["Description"]
-                .as_array()?
-                .iter()
-                .filter_map(Value::as_str)
-                .find_map(|l| l.strip_prefix("alertUri: "))
-                .map(str::to_string)
-        })
-        .collect()
 }
 
 async fn wait_ticketed(sim: &SimInfo, uri: &str) -> bool {

@@ -135,7 +135,14 @@ fn free_port() -> u16 {
 impl BrokerHandle {
     /// Writes the configuration and starts the node; returns once it accepts AMQPS connections
     /// from the admin identity.
-    pub async fn start(cfg: BrokerConfig, pki: PkiPaths) -> Result<Arc<BrokerHandle>, BrokerError> {
+    pub async fn start(
+        mut cfg: BrokerConfig,
+        pki: PkiPaths,
+    ) -> Result<Arc<BrokerHandle>, BrokerError> {
+        // The node's HOME and working directory are both `dir`: it must not be relative.
+        if let Ok(abs) = std::path::absolute(&cfg.dir) {
+            cfg.dir = abs;
+        }
         if !cfg.server_script.exists() {
             return Err(BrokerError::NotInstalled(
                 cfg.server_script.display().to_string(),

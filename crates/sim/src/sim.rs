@@ -122,7 +122,13 @@ fn free_port(ip: IpAddr) -> u16 {
 }
 
 impl Sim {
-    pub async fn start(cfg: SimConfig) -> Result<Sim, SimError> {
+    pub async fn start(mut cfg: SimConfig) -> Result<Sim, SimError> {
+        // Absolute from here on: the broker runs with the state directory as both HOME and
+        // working directory, where a relative path would name a directory that is not there.
+        cfg.state_dir = std::path::absolute(&cfg.state_dir).map_err(|source| SimError::Write {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
         let dir = &cfg.state_dir;
         std::fs::create_dir_all(dir).map_err(|source| SimError::Write {
             path: dir.clone(),

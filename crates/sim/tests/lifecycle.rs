@@ -137,3 +137,53 @@ async fn broker_restart_and_certificate_regeneration_behave_like_an_appliance() 
     assert!(!pid_alive(broker_pid), "the broker process is stopped");
     assert!(!dir.join("ready.json").exists());
 }
+
+/// The README's own `ov-sim --state ./state`: a relative state directory (and the default,
+/// `./state`) used to crash the broker at boot (`.erlang.cookie: enoent`, the relative path
+/// being both HOME and working directory).
+#[test]
+fn a_relative_state_directory_works() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let cwd = temp_dir("relative-state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ov-sim"))
+        .current_dir(&cwd)
+        .env_remove("OV_SIM_STATE")
+        .args([
+            "--state",
+            "./state",
+            "--rest-port",
+            "0",
+            "--amqps-port",
+            "0",
+            "--no-sm",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ov-sim");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let Ok(ready) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        panic!(
+            "ov-sim with a relative state directory never became ready:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert!(ready.contains("ready"), "{ready}");
+    assert!(cwd.join("state/ready.json").exists());
+    // SIGTERM stops it, broker included.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}

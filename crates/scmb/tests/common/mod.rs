@@ -19,7 +19,12 @@ pub struct Run {
 
 /// Runs `scmb` to completion with `args` (and a clean environment apart from `env`).
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = command(args, env).output().expect("run scmb");
+    run_bin(BIN, args, env)
+}
+
+/// Runs `bin` (`scmb` or `ov_to_sm`) to completion, like [`run`].
+pub fn run_bin(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = command_for(bin, args, env).output().expect("run");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -96,6 +101,11 @@ impl Listening {
             stdout,
             stdout_reader,
         }
+    }
+
+    /// What the process printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Waits for a stderr line containing `needle`.
@@ -192,4 +202,27 @@ pub fn download_certs(rest_url: &str, name: &str) -> PathBuf {
 
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The alert uris of the incidents in a simulator's Service Manager (one entry per incident,
+/// so a duplicate shows as a repeated uri).
+pub async fn ticketed(sim: &scmb_sim::testkit::SimInfo) -> Vec<String> {
+    let all = sim
+        .client()
+        .call_sm(reqwest::Method::GET, "/sim/incidents", None)
+        .await
+        .expect("incidents");
+    all["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|inc| {
+            inc["Description"]
+                .as_array()?
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .find_map(|l| l.strip_prefix("alertUri: "))
+                .map(str::to_string)
+        })
+        .collect()
 }
