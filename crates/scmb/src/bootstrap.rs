@@ -246,7 +246,7 @@ pub async fn refresh_certificates(session: &Session, dir: &Path, e: &scmb_bus::B
             tracing::info!(dir = %dir.display(), "no client certificates here yet: downloading them from the appliance (auto-bootstrap)")
         }
         scmb_bus::BusError::UnknownCa { .. } | scmb_bus::BusError::CertificateRefused { .. } => {
-            tracing::warn!(error = %e, "the broker refused the certificates on disk (the appliance regenerated them?): downloading the current ones (auto-bootstrap)")
+            tracing::warn!(error = %e, "the broker refused the certificates on disk (the appliance regenerated them?): downloading them again (auto-bootstrap)")
         }
         _ => return false,
     }

@@ -71,7 +71,7 @@ pub enum Cmd {
     #[command(subcommand)]
     Certs(CertsCmd),
     /// Listen and print the messages the filter admits (the default without -g/-d).
-    Watch(WatchCmd),
+    Watch(Box<WatchCmd>),
 }
 
 /// A command that talks to the appliance's REST API only.
