@@ -1,6 +1,8 @@
 //! Measurement 1, consume: drain a pre-filled queue as fast as possible with (a) the no-op
-//! reference consumer, (b) `scmb watch --queue`, (c) the HPE sample's py-amqp loop, each on a
-//! freshly filled queue, measuring wall time from spawn to exit, the child's own CPU (`wait4`)
+//! reference consumer, (b) `scmb watch --queue`, (c) `scmb run` with one appliance and a
+//! JSON-lines sink (the service path operators deploy; it does not exit by itself, so its
+//! time runs until the queue is empty and every critical alert is in the file, then it is
+//! stopped with SIGTERM), (d) the HPE sample's py-amqp loop, each on a freshly filled queue, measuring wall time from spawn to exit, the child's own CPU (`wait4`)
 //! and its own peak RSS (the last `/proc/PID/status` `VmHWM` read while it ran; `wait4`'s
 //! `ru_maxrss` would include the forked harness's RSS from before `exec`, see `procs`).
 
@@ -95,7 +97,7 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
     let mut figs = Vec::new();
     let port = ctx.app.amqps_port.to_string();
     let timeout = Duration::from_secs(60 + n / 200);
-    let mut clients: Vec<&'static str> = vec!["no-op", "scmb"];
+    let mut clients: Vec<&'static str> = vec!["no-op", "scmb", "scmb-run"];
     if ctx.python.is_some() {
         clients.push("py-amqp");
     }
@@ -137,6 +139,31 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
                 );
                 spawn("scmb watch", &ctx.scmb, &args, &[], Stdout::Null)?
             }
+            "scmb-run" => {
+                let dir = ctx.fresh_dir(&format!("run-{run}"))?;
+                let config = dir.join("scmb.toml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "state_dir = \"{state}\"\n[[appliance]]\nname = \"bench\"\naddress = \"{rest}\"\npassword_env = \"SCMB_BENCH_PASSWORD\"\ncert_dir = \"{certs}\"\namqp_port = {port}\ntls_server_name = \"localhost\"\nqueue = \"{queue}\"\n[appliance.jsonl]\npath = \"alerts.jsonl\"\n",
+                        state = dir.display(),
+                        rest = ctx.app.rest,
+                        certs = ctx.cert_dir.display(),
+                    ),
+                )?;
+                let args = vec![
+                    "run".to_string(),
+                    "--config".into(),
+                    config.display().to_string(),
+                ];
+                spawn(
+                    "scmb run",
+                    &ctx.scmb,
+                    &args,
+                    &[("SCMB_BENCH_PASSWORD", "admin123")],
+                    Stdout::Null,
+                )?
+            }
             _ => {
                 let (python, script) = ctx
                     .python
@@ -165,7 +192,21 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
                 spawn("the py-amqp consumer", &python, &args, &[], Stdout::Null)?
             }
         };
-        let exit = child.wait_ok(timeout).await?;
+        let exit = match client {
+            "scmb-run" => {
+                let lines = ctx
+                    .work
+                    .join(format!("run-{run}"))
+                    .join("bench/alerts.jsonl");
+                let drained = wait_drained(&admin, &queue, &lines, crit, timeout).await;
+                let started = child.started;
+                let mut exit = child.terminate(Duration::from_secs(40)).await?;
+                let drained = drained?;
+                exit.wall = drained.duration_since(started);
+                exit
+            }
+            _ => child.wait_ok(timeout).await?,
+        };
         let left = admin.queue_len(&queue).await?;
         admin.delete_queue(&queue).await?;
         let fig = ConsumeFig {
@@ -208,6 +249,13 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
             fixed(100.0 * s.rate() / o.rate(), 1)
         );
     }
+    if let (Some(s), Some(o)) = (get("scmb-run"), get("no-op")) {
+        println!(
+            "  run {run}  scmb-run/no-op throughput {} %, CPU per message {}×",
+            fixed(100.0 * s.rate() / o.rate(), 1),
+            fixed(s.cpu_us_per_msg() / o.cpu_us_per_msg(), 2)
+        );
+    }
     if let (Some(s), Some(p)) = (get("scmb"), get("py-amqp")) {
         println!(
             "  run {run}  scmb/py-amqp CPU per message {} (py-amqp uses {}× the CPU)",
@@ -216,4 +264,32 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
         );
     }
     Ok(figs)
+}
+
+/// Waits until `queue` has no ready message left and `lines` holds `n` lines: the moment a
+/// service that does not exit by itself has done the work.
+async fn wait_drained(
+    admin: &Amqp,
+    queue: &str,
+    lines: &std::path::Path,
+    n: u64,
+    timeout: Duration,
+) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let written = std::fs::read(lines)
+            .map(|b| b.iter().filter(|c| **c == b'\n').count() as u64)
+            .unwrap_or(0);
+        if written >= n && admin.queue_len(queue).await? == 0 {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "scmb run did not drain {queue} within {} s ({written} of {n} lines in {})",
+                timeout.as_secs(),
+                lines.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

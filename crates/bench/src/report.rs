@@ -16,6 +16,10 @@ const STORM_SECS_AT_64: f64 = 3.0;
 const STORM_FLOOR_RATIO_MAX: f64 = 1.25;
 const P99_MS_MAX: f64 = 5.0;
 const IDLE_RSS_MB_MAX: f64 = 15.0;
+/// The service path (`scmb run`, one appliance, JSON-lines sink) against the no-op limit.
+const SERVICE_RATIO_MIN: f64 = 0.95;
+const SERVICE_CPU_MAX: f64 = 1.3;
+const SERVICE_RSS_MAX_KB: f64 = 15.0 * 1024.0;
 
 pub struct Target {
     pub area: &'static str,
@@ -124,7 +128,7 @@ impl Report {
             "CPU µs/msg",
             "peak RSS KB (VmHWM)"
         );
-        for client in ["no-op", "scmb", "py-amqp"] {
+        for client in ["no-op", "scmb", "scmb-run", "py-amqp"] {
             let rate = self.consume_of(client, ConsumeFig::rate);
             if rate.is_empty() {
                 continue;
@@ -154,6 +158,44 @@ impl Report {
                     thousands(s),
                     fixed(m * 100.0, 1),
                     CONSUME_RATIO_MIN * 100.0
+                ),
+            );
+        }
+        let run = self.consume_ratio("scmb-run", "no-op", ConsumeFig::rate);
+        if !run.is_empty() {
+            let cpu = self.consume_ratio("scmb-run", "no-op", ConsumeFig::cpu_us_per_msg);
+            println!(
+                "  scmb run / no-op         {} % throughput, {}× CPU/msg",
+                triple(&run, |v| fixed(v * 100.0, 1)),
+                triple(&cpu, |v| fixed(v, 2))
+            );
+            let (m, c) = (median(&run), median(&cpu));
+            self.target(
+                "consume",
+                m >= SERVICE_RATIO_MIN,
+                format!(
+                    "scmb run (one appliance, JSON-lines sink) {} % of the no-op limit (target ≥ {} %)",
+                    fixed(m * 100.0, 1),
+                    SERVICE_RATIO_MIN * 100.0
+                ),
+            );
+            self.target(
+                "consume",
+                c <= SERVICE_CPU_MAX,
+                format!(
+                    "scmb run CPU per message {}× the no-op's (target ≤ {SERVICE_CPU_MAX}×)",
+                    fixed(c, 2)
+                ),
+            );
+            let rss = median(&self.consume_of("scmb-run", ConsumeFig::peak_rss_kb));
+            self.target(
+                "footprint",
+                rss <= SERVICE_RSS_MAX_KB,
+                format!(
+                    "scmb run peak RSS {} KB draining {} messages (target ≤ {} KB)",
+                    thousands(rss),
+                    thousands(self.settings.messages as f64),
+                    thousands(SERVICE_RSS_MAX_KB)
                 ),
             );
         }

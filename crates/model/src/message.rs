@@ -104,6 +104,27 @@ impl Event {
     pub fn is_alert(&self) -> bool {
         self.category == "alerts"
     }
+
+    /// What the filter and the sinks look at, borrowed from the decoded event: the same
+    /// fields [`crate::peek::peek`] reads from the raw body.
+    pub fn peek(&self) -> crate::peek::Peek<'_> {
+        use std::borrow::Cow;
+        let r = self.resource();
+        fn s(v: Option<&Value>) -> Option<Cow<'_, str>> {
+            v.and_then(Value::as_str).map(Cow::Borrowed)
+        }
+        crate::peek::Peek {
+            category: Cow::Borrowed(&self.category),
+            change_type: self.change_type,
+            resource_uri: Cow::Borrowed(&self.resource_uri),
+            etag: s(self.body.get("eTag")),
+            severity: s(r.get("severity")),
+            alert_state: s(r.get("alertState")),
+            alert_type_id: s(r.get("alertTypeID")),
+            severity_changed: self.changed_attributes().any(|c| c == "severity"),
+            new_state: s(self.body.get("newState")),
+        }
+    }
 }
 
 /// Formats an SCMB timestamp (`2026-11-25T10:00:00.123Z`, with or without milliseconds) as

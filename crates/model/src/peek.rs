@@ -233,6 +233,8 @@ pub struct Peek<'a> {
     pub alert_type_id: Option<Cow<'a, str>>,
     /// `changedAttributes` lists `severity`.
     pub severity_changed: bool,
+    /// `newState` (`Cleared` when an alert was cleared).
+    pub new_state: Option<Cow<'a, str>>,
 }
 
 impl Peek<'_> {
@@ -329,6 +331,7 @@ pub fn peek<'a>(
         alert_state: opt(resource.alert_state),
         alert_type_id: opt(resource.alert_type_id),
         severity_changed: raw.changed.0,
+        new_state: opt(raw.new_state),
     })
 }
 

@@ -176,22 +176,23 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         }
         Err(e) => r.fail(who, "bus", &e.into()),
     }
-    if let Some(sm) = &s.args.sm {
-        match crate::ovtosm::sm_client(sm) {
-            Err(f) => r.fail(who, "service manager", &f),
-            Ok(client) => match crate::ovtosm::probe_sm(&client).await {
-                Ok(()) => r.line(
-                    Verdict::Ok,
-                    who,
-                    "service manager",
-                    &format!(
+    if let Some(sm) = &s.sinks.service_manager {
+        let line = match scmb_servicemanager::SmClient::new(sm.client.clone()) {
+            Err(e) => Err(Failure::new(failure::USAGE, e.to_string())),
+            Ok(client) => crate::sinks::service_manager::probe(&client)
+                .await
+                .map(|()| {
+                    format!(
                         "{} answered and accepted user {}",
                         client.base_url(),
-                        sm.sm_user
-                    ),
-                ),
-                Err(f) => r.fail(who, "service manager", &f),
-            },
+                        sm.client.user
+                    )
+                })
+                .map_err(crate::ovtosm::sink_failure),
+        };
+        match line {
+            Ok(l) => r.line(Verdict::Ok, who, "service manager", &l),
+            Err(f) => r.fail(who, "service manager", &f),
         }
     }
 }

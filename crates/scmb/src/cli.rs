@@ -306,8 +306,13 @@ pub struct ListenArgs {
     pub bus: BusArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Human, help_heading = "Output")]
+    /// Output format: human (the sample's fields) or json (one object per line).
+    #[arg(
+        long,
+        default_value = "human",
+        value_name = "human|json",
+        help_heading = "Output"
+    )]
     pub output: Output,
     /// Exit after this many printed messages (for scripts and tests).
     #[arg(long, value_name = "N", help_heading = "Output")]
@@ -327,15 +332,7 @@ pub fn look_back(s: &str) -> Result<crate::duration::LookBack, String> {
     crate::duration::LookBack::parse(s)
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Output {
-    /// The sample's fields, aligned; colour on a terminal.
-    #[default]
-    Human,
-    /// One JSON object per line: routing key, receive time, the whole message.
-    Json,
-}
+pub use crate::sinks::format::Output;
 
 /// The default OneView user, as in the HPE sample.
 pub const DEFAULT_USER: &str = "Administrator";

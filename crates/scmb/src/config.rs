@@ -9,16 +9,14 @@
 //!
 //! Precedence for the process settings: flags > environment > file > defaults.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{BusArgs, ConnArgs, FilterArgs, Output, DEFAULT_USER};
+use crate::cli::{BusArgs, ConnArgs, FilterArgs, DEFAULT_USER};
 use crate::duration::{DurationValue, LookBack};
-use crate::ovtosm::OvToSmCli;
+use crate::sinks::SinkSettings;
 use crate::telemetry::LogFormat;
-use crate::ticket::OnClear;
 use scmb_oneview::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -215,11 +213,11 @@ pub struct ApplianceConfig {
     #[serde(default)]
     pub filter: FilterConfig,
     /// Print admitted messages on standard output, each line prefixed with the appliance.
-    pub console: Option<ConsoleConfig>,
+    pub console: Option<crate::sinks::console::ConsoleConfig>,
     /// Append admitted messages to a file as JSON lines.
-    pub jsonl: Option<JsonlConfig>,
+    pub jsonl: Option<crate::sinks::jsonl::JsonlConfig>,
     /// Open an incident per admitted alert (what `ov_to_sm` does).
-    pub service_manager: Option<ServiceManagerConfig>,
+    pub service_manager: Option<crate::sinks::service_manager::ServiceManagerConfig>,
 }
 
 /// `[appliance.filter]`; every list empty means the default.
@@ -246,106 +244,8 @@ pub struct FilterConfig {
     pub alert_types: Vec<String>,
 }
 
-/// `[appliance.console]`
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsoleConfig {
-    /// `human` (default) or `json` (`--output`).
-    #[serde(default)]
-    pub format: Output,
-}
-
-/// `[appliance.jsonl]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonlConfig {
-    /// The file, created if missing (mode 0640) and appended to; a relative path is relative
-    /// to the appliance's state directory.
-    pub path: PathBuf,
-}
-
-/// `[appliance.service_manager]`: the `ov_to_sm` settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceManagerConfig {
-    /// `HOST` (meaning `http://HOST:13080`), `HOST:PORT`, or a URL (`-sm`).
-    pub address: String,
-    /// Service Manager user (`-i`). Default `falcon`.
-    #[serde(default = "default_sm_user")]
-    pub user: String,
-    /// The Service Manager password: the name of an environment variable holding it. Exactly one of
-    /// `password_env`, `password_file`, `password_credential`.
-    pub password_env: Option<String>,
-    /// The Service Manager password: a file whose first line is it (keep it `chmod 600`).
-    pub password_file: Option<PathBuf>,
-    /// The Service Manager password: a systemd credential name (`LoadCredential=NAME:PATH`), read from
-    /// `$CREDENTIALS_DIRECTORY/NAME`.
-    pub password_credential: Option<String>,
-    /// Verify Service Manager's HTTPS certificate against this CA file (`--sm-ca`).
-    pub ca: Option<PathBuf>,
-    /// Alerts ticketed in parallel (`--concurrency`). Default 16.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// What a cleared or deleted alert does to its incident: `none`, `journal`, `resolve`
-    /// (default), `close` (`--on-clear`).
-    #[serde(default = "default_on_clear")]
-    pub on_clear: OnClear,
-    /// Journal other people's changes to a ticketed alert (`--journal-updates`). Default false.
-    #[serde(default)]
-    pub journal_updates: bool,
-    /// Time between REST keep-alive calls while idle, e.g. `"10m"`; `"0s"` = off
-    /// (`--keep-alive`). Default `"10m"`.
-    pub keep_alive: Option<DurationValue>,
-    /// Deprecated: `keep_alive` in seconds. Still read, with a warning.
-    pub keep_alive_secs: Option<u64>,
-    /// Longest pause between retries of a failing call, e.g. `"30s"` (`--retry-cap`).
-    /// Default `"30s"`.
-    pub retry_cap: Option<DurationValue>,
-    /// Deprecated: `retry_cap` in seconds. Still read, with a warning.
-    pub retry_cap_secs: Option<u64>,
-    /// Incidents per page when listing (`--list-page-size`; only `ov_to_sm -l` lists).
-    /// Default 100.
-    #[serde(default = "default_page")]
-    pub list_page_size: usize,
-    /// What the incident looks like.
-    #[serde(default)]
-    pub incident: IncidentConfig,
-}
-
-/// `[appliance.service_manager.incident]`; the defaults are the HPE sample's.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentConfig {
-    /// Title (`--sm-title`). Default `OneView Alert`.
-    pub title: Option<String>,
-    /// Category (`--sm-category`). Default `incident`.
-    pub category: Option<String>,
-    /// Area (`--sm-area`). Default `hardware`.
-    pub area: Option<String>,
-    /// Subarea (`--sm-subarea`). Default `hardware failure`.
-    pub subarea: Option<String>,
-    /// Impact (`--sm-impact`). Default `4`.
-    pub impact: Option<String>,
-    /// Assignment group (`--sm-assignment-group`). Default `Service Manager`.
-    pub assignment_group: Option<String>,
-    /// Service (`--sm-service`). Default `MyDevices`.
-    pub service: Option<String>,
-    /// Urgency by alert severity (`--sm-urgency`), e.g. `{ Critical = "1", Warning = "2" }`;
-    /// others get 3. Default Critical=1, Warning=2, OK=3.
-    #[serde(default)]
-    pub urgency: BTreeMap<String, String>,
-    /// Set AffectedCI from the alert's resource name (default true; `--no-affected-ci`).
-    pub affected_ci: Option<bool>,
-    /// Extra incident fields, added as they are (`--sm-field KEY=VALUE`).
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
-}
-
 fn default_user() -> String {
     DEFAULT_USER.into()
-}
-fn default_sm_user() -> String {
-    "falcon".into()
 }
 fn yes() -> bool {
     true
@@ -358,15 +258,6 @@ fn default_prefetch() -> u16 {
 }
 fn default_max_bytes() -> usize {
     4 << 20
-}
-fn default_concurrency() -> usize {
-    16
-}
-fn default_on_clear() -> OnClear {
-    OnClear::Resolve
-}
-fn default_page() -> usize {
-    100
 }
 
 impl Config {
@@ -512,7 +403,6 @@ macro_rules! secret_ref {
     };
 }
 secret_ref!(ApplianceConfig);
-secret_ref!(ServiceManagerConfig);
 
 impl FilterConfig {
     /// The same filter flags the command line takes.
@@ -524,38 +414,6 @@ impl FilterConfig {
             escalations: self.escalations,
             categories: self.categories.clone(),
             alert_types: self.alert_types.clone(),
-        }
-    }
-}
-
-impl ServiceManagerConfig {
-    fn keep_alive(&self) -> Result<std::time::Duration, String> {
-        Self::renamed(&self.keep_alive, self.keep_alive_secs, "keep_alive", "10m")
-    }
-
-    fn retry_cap(&self) -> Result<std::time::Duration, String> {
-        Self::renamed(&self.retry_cap, self.retry_cap_secs, "retry_cap", "30s")
-    }
-
-    /// A duration key `key`, or its deprecated `key_secs` spelling (warned about).
-    fn renamed(
-        new: &Option<DurationValue>,
-        old: Option<u64>,
-        key: &str,
-        default: &str,
-    ) -> Result<std::time::Duration, String> {
-        match (new, old) {
-            (Some(_), Some(_)) => Err(format!(
-                "service_manager: give {key} or {key}_secs (deprecated), not both"
-            )),
-            (Some(v), None) => v.resolve(&format!("service_manager.{key}")),
-            (None, Some(secs)) => {
-                crate::telemetry::deprecated(format!(
-                    "service_manager.{key}_secs = {secs} is deprecated: write {key} = \"{secs}s\""
-                ));
-                Ok(std::time::Duration::from_secs(secs))
-            }
-            (None, None) => crate::duration::parse(key, default),
         }
     }
 }
@@ -582,22 +440,13 @@ impl ApplianceConfig {
             })
     }
 
-    /// The settings this appliance amounts to (secrets not read), plus its Service Manager
-    /// settings when it has that sink. Call after [`Config::check`].
-    fn args(
-        &self,
-        state_dir: &Path,
-        secrets: Option<(Secret, Option<Secret>)>,
-    ) -> Result<ApplianceArgs, String> {
-        let (ov_secret, sm_secret) = match secrets {
-            Some((o, s)) => (Some(o), s),
-            None => (None, None),
-        };
+    /// The settings this appliance amounts to. Call after [`Config::check`].
+    fn args(&self, state_dir: &Path, secret: Option<Secret>) -> Result<ApplianceArgs, String> {
         let conn = ConnArgs {
             host: Some(self.address.clone()),
             user: Some(self.user.clone()),
             password: None,
-            secret: ov_secret,
+            secret,
             password_file: None,
             login_domain: self.login_domain.clone(),
             cert_dir: Some(
@@ -623,63 +472,20 @@ impl ApplianceConfig {
             auto_bootstrap: self.auto_bootstrap,
         };
         let filter = self.filter.args();
-        let output = self.console.as_ref().map(|c| c.format).unwrap_or_default();
-        let look_back = self.look_back()?;
-        let sm = match &self.service_manager {
-            None => None,
-            Some(sm) => {
-                let i = &sm.incident;
-                let d = crate::ticket::Template::default();
-                Some(OvToSmCli {
-                    conn: conn.clone(),
-                    bus: bus.clone(),
-                    filter: filter.clone(),
-                    output,
-                    look_back,
-                    generate: false,
-                    download: false,
-                    sm: Some(sm.address.clone()),
-                    sm_user: sm.user.clone(),
-                    sm_password: None,
-                    sm_secret,
-                    sm_password_file: None,
-                    sm_ca: sm.ca.clone(),
-                    list: false,
-                    state_dir: Some(self.state_dir(state_dir)),
-                    concurrency: sm.concurrency,
-                    on_clear: sm.on_clear,
-                    sm_title: i.title.clone().unwrap_or(d.title),
-                    sm_assignment_group: i.assignment_group.clone().unwrap_or(d.assignment_group),
-                    sm_service: i.service.clone().unwrap_or(d.service),
-                    sm_urgency: if i.urgency.is_empty() {
-                        d.urgency.iter().map(|(k, v)| format!("{k}={v}")).collect()
-                    } else {
-                        i.urgency.iter().map(|(k, v)| format!("{k}={v}")).collect()
-                    },
-                    sm_impact: i.impact.clone().unwrap_or(d.impact),
-                    sm_category: i.category.clone().unwrap_or(d.category),
-                    sm_area: i.area.clone().unwrap_or(d.area),
-                    sm_subarea: i.subarea.clone().unwrap_or(d.subarea),
-                    no_affected_ci: !i.affected_ci.unwrap_or(true),
-                    sm_fields: i.fields.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-                    journal_updates: sm.journal_updates,
-                    keep_alive: sm.keep_alive()?,
-                    keep_alive_secs: None,
-                    list_page_size: sm.list_page_size,
-                    retry_cap: sm.retry_cap()?,
-                    retry_cap_secs: None,
-                    log: Default::default(),
-                })
-            }
-        };
         Ok(ApplianceArgs {
             conn,
             bus,
             filter,
-            output,
             catch_up: self.catch_up,
-            look_back,
-            sm,
+            look_back: self.look_back()?,
+            lanes: self
+                .service_manager
+                .as_ref()
+                .map_or(1, |sm| sm.concurrency.max(1)),
+            keep_alive: match &self.service_manager {
+                Some(sm) => sm.keep_alive_setting()?,
+                None => None,
+            },
         })
     }
 
@@ -691,24 +497,32 @@ impl ApplianceConfig {
             message,
         };
         let ov = self.password().read().map_err(err)?;
-        let sm = match &self.service_manager {
-            Some(s) => Some(
-                s.password()
+        let service_manager = match &self.service_manager {
+            Some(s) => {
+                let password = s
+                    .password()
                     .read()
-                    .map_err(|m| err(format!("service_manager: {m}")))?,
-            ),
+                    .map_err(|m| err(format!("service_manager: {m}")))?;
+                Some(
+                    s.settings(password)
+                        .map_err(|m| err(format!("service_manager: {m}")))?,
+                )
+            }
             None => None,
         };
-        let args = self.args(state_dir, Some((ov, sm))).map_err(err)?;
+        let args = self.args(state_dir, Some(ov)).map_err(err)?;
         Ok(ApplianceSettings {
             name: self.name.clone(),
             state_dir: self.state_dir(state_dir),
             args,
-            console: self.console.is_some(),
-            jsonl: self
-                .jsonl
-                .as_ref()
-                .map(|j| self.state_dir(state_dir).join(&j.path)),
+            sinks: SinkSettings {
+                console: self.console.as_ref().map(|c| c.format),
+                jsonl: self
+                    .jsonl
+                    .as_ref()
+                    .map(|j| self.state_dir(state_dir).join(&j.path)),
+                service_manager,
+            },
         })
     }
 }
@@ -719,12 +533,12 @@ pub struct ApplianceArgs {
     pub conn: ConnArgs,
     pub bus: BusArgs,
     pub filter: FilterArgs,
-    /// The console's format.
-    pub output: Output,
     pub catch_up: bool,
     pub look_back: LookBack,
-    /// The Service Manager sink.
-    pub sm: Option<OvToSmCli>,
+    /// Alerts worked on in parallel.
+    pub lanes: usize,
+    /// REST keep-alive interval while idle.
+    pub keep_alive: Option<std::time::Duration>,
 }
 
 /// One appliance, ready to run.
@@ -733,10 +547,7 @@ pub struct ApplianceSettings {
     pub name: String,
     pub state_dir: PathBuf,
     pub args: ApplianceArgs,
-    /// The console sink.
-    pub console: bool,
-    /// The JSON-lines sink's file.
-    pub jsonl: Option<PathBuf>,
+    pub sinks: SinkSettings,
 }
 
 #[cfg(test)]
@@ -770,8 +581,9 @@ password_env = "OV_EAST_PASSWORD"
         );
         assert_eq!(args.bus.heartbeat, std::time::Duration::from_secs(10));
         assert_eq!(args.look_back, LookBack::None);
-        assert!(args.sm.is_none());
-        assert_eq!(args.output, Output::Human);
+        assert_eq!((args.lanes, args.keep_alive), (1, None));
+        let console = a.console.as_ref().expect("console");
+        assert_eq!(console.format, crate::sinks::format::Output::Human);
     }
 
     #[test]
@@ -838,15 +650,23 @@ password_env = "OV_EAST_PASSWORD"
             "{MINIMAL}[appliance.service_manager]\naddress = \"sm.example.com\"\npassword_file = \"/run/sm\"\non_clear = \"close\"\n[appliance.service_manager.incident]\nurgency = {{ Critical = \"2\" }}\nfields = {{ Priority = \"High\" }}\n"
         );
         let c = parse(&text).expect("parse");
-        let args = c.appliances[0].args(Path::new("/s"), None).expect("args");
-        let sm = args.sm.expect("sm");
+        let a = &c.appliances[0];
+        let args = a.args(Path::new("/s"), None).expect("args");
         assert_eq!(args.look_back, LookBack::All);
-        assert_eq!(sm.keep_alive(), Some(std::time::Duration::from_secs(600)));
-        assert_eq!(sm.retry_cap(), std::time::Duration::from_secs(30));
-        assert_eq!(sm.on_clear, OnClear::Close);
-        assert_eq!(sm.sm_user, "falcon");
-        let t = crate::ovtosm::template(&sm).expect("template");
-        let inc = t.incident(&serde_json::json!({"severity": "Critical"}));
+        assert_eq!(args.keep_alive, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(args.lanes, 16);
+        let sm = a
+            .service_manager
+            .as_ref()
+            .expect("sm")
+            .settings(Secret::new("pw"))
+            .expect("settings");
+        assert_eq!(sm.retry_cap, std::time::Duration::from_secs(30));
+        assert_eq!(sm.on_clear, crate::sinks::service_manager::OnClear::Close);
+        assert_eq!(sm.client.user, "falcon");
+        let inc = sm
+            .template
+            .incident(&serde_json::json!({"severity": "Critical"}));
         assert_eq!(inc["Urgency"], "2");
         assert_eq!(inc["Priority"], "High");
         assert_eq!(inc["Title"], "OneView Alert");
@@ -1004,9 +824,15 @@ password_env = "OV_EAST_PASSWORD"
         };
         let get = |text: &str| {
             let c = parse(text).expect("parse");
-            let a = c.appliances[0].args(Path::new("/s"), None).expect("args");
-            let sm = a.sm.expect("sm");
-            (a.bus.heartbeat, sm.keep_alive(), sm.retry_cap())
+            let a = &c.appliances[0];
+            let args = a.args(Path::new("/s"), None).expect("args");
+            let sm = a
+                .service_manager
+                .as_ref()
+                .expect("sm")
+                .settings(Secret::new(""))
+                .expect("settings");
+            (args.bus.heartbeat, args.keep_alive, sm.retry_cap)
         };
         let s = std::time::Duration::from_secs;
         let new = sm("keep_alive = \"1h\"\nretry_cap = \"2m\"\n").replace(

@@ -12,7 +12,7 @@ use scmb_model::{peek, Filter};
 use crate::cli::Output;
 use crate::duration::LookBack;
 use crate::failure::Failure;
-use crate::output::Printer;
+use crate::sinks::format::Printer;
 use crate::store::{Store, CHECKPOINT};
 
 /// Counters of one run.

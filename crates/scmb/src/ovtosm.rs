@@ -13,7 +13,8 @@ use scmb_servicemanager::{SmClient, SmConfig};
 use crate::cli::{BusArgs, ConnArgs, FilterArgs, Output};
 use crate::duration::LookBack;
 use crate::failure::{self, Failure};
-use crate::ticket::{OnClear, Template};
+use crate::sinks::service_manager::{self, OnClear, ServiceManagerSettings, Template};
+use crate::sinks::{SinkError, SinkSettings};
 use crate::{app, certs};
 
 #[derive(Parser, Debug, Clone)]
@@ -34,8 +35,13 @@ pub struct OvToSmCli {
     pub bus: BusArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// How the ticketed alerts (and `-l`) are printed.
-    #[arg(long, value_enum, default_value_t = Output::Human, help_heading = "Output")]
+    /// How the ticketed alerts (and `-l`) are printed: human or json.
+    #[arg(
+        long,
+        default_value = "human",
+        value_name = "human|json",
+        help_heading = "Output"
+    )]
     pub output: Output,
     /// At the first start, how far back to catch up: all active alerts (default), none, or a
     /// window (24h, 90m, 7d). Later starts catch up from where the last run stopped.
@@ -82,8 +88,8 @@ pub struct OvToSmCli {
     /// Alerts ticketed in parallel.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// What a cleared or deleted alert does to its incident.
-    #[arg(long, value_enum, default_value_t = OnClear::Resolve)]
+    /// What a cleared or deleted alert does to its incident: none, journal, resolve, close.
+    #[arg(long, default_value = "resolve", value_name = "WHAT")]
     pub on_clear: OnClear,
     /// Incident title.
     #[arg(long, default_value = "OneView Alert")]
@@ -244,51 +250,41 @@ fn sm_password(cli: &OvToSmCli) -> Result<Secret, Failure> {
     Ok(Secret::new(String::new()))
 }
 
-pub(crate) fn sm_client(cli: &OvToSmCli) -> Result<SmClient, Failure> {
+/// The Service Manager sink's settings from the flags (its password read now).
+pub fn sm_settings(cli: &OvToSmCli) -> Result<ServiceManagerSettings, Failure> {
     let host = cli.sm.as_deref().ok_or_else(|| {
         Failure::new(
             failure::USAGE,
             "the Service Manager host is missing: give -sm SMHOST",
         )
     })?;
-    let mut cfg = SmConfig::from_host(host, cli.sm_user.clone(), sm_password(cli)?);
+    let mut client = SmConfig::from_host(host, cli.sm_user.clone(), sm_password(cli)?);
     if let Some(ca) = &cli.sm_ca {
-        cfg.trust = scmb_tls::ServerTrust::Ca(scmb_tls::load_certs(ca)?);
+        client.trust = scmb_tls::ServerTrust::Ca(scmb_tls::load_certs(ca)?);
     }
-    SmClient::new(cfg).map_err(|e| Failure::new(failure::USAGE, e.to_string()))
+    Ok(ServiceManagerSettings {
+        client,
+        template: template(cli)?,
+        on_clear: cli.on_clear,
+        journal_updates: cli.journal_updates,
+        retry_cap: cli.retry_cap(),
+        report: Some(cli.output),
+    })
 }
 
-/// A Service Manager error as a failure with its exit code: 3 for refused credentials (with
-/// the settings to fix), 5 when unreachable or failing, 7 when it rejected the request.
-pub fn sm_failure(e: &scmb_servicemanager::SmError) -> Failure {
-    use scmb_servicemanager::ErrorClass;
-    match e.class() {
-        ErrorClass::Unauthorized => Failure::new(
-            failure::AUTH,
-            format!("{e}; set the user with -i/--id (service_manager.user) and the password with $SM_PASSWORD, --sm-password-file or -x (service_manager.password_env/_file/_credential)"),
-        ),
-        ErrorClass::Retryable => Failure::new(failure::UNREACHABLE, e.to_string()),
-        ErrorClass::Permanent => Failure::new(failure::API, e.to_string()),
-    }
-}
-
-/// Proves the Service Manager address and credentials without creating anything: reading an
-/// incident that cannot exist answers 404 with good credentials and 401 with bad ones.
-pub async fn probe_sm(sm: &SmClient) -> Result<(), Failure> {
-    sm.incident("SCMB-CHECK-PROBE")
-        .await
-        .map(|_| ())
-        .map_err(|e| sm_failure(&e))
+/// A sink's error as a command's failure.
+pub fn sink_failure(e: SinkError) -> Failure {
+    Failure::new(e.code, e.message)
 }
 
 /// At start: refused credentials stop the command (exit 3) instead of surfacing at the first
 /// alert; an unreachable or failing Service Manager is only warned about (the work waits,
 /// unacked, and is retried).
 pub async fn check_sm(sm: &SmClient) -> Result<(), Failure> {
-    match probe_sm(sm).await {
-        Err(f) if f.code == failure::AUTH => Err(f),
-        Err(f) => {
-            tracing::warn!(error = %f, "Service Manager cannot be checked now; alerts will wait and be retried");
+    match service_manager::probe(sm).await {
+        Err(e) if e.code == failure::AUTH => Err(sink_failure(e)),
+        Err(e) => {
+            tracing::warn!(error = %e.message, "Service Manager cannot be checked now; alerts will wait and be retried");
             Ok(())
         }
         Ok(()) => {
@@ -303,11 +299,17 @@ pub async fn check_sm(sm: &SmClient) -> Result<(), Failure> {
 
 /// `-l`: every incident, as a table or JSON lines.
 async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
-    let sm = sm_client(cli)?;
+    let sm = SmClient::new(sm_settings(cli)?.client)
+        .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
     let all = sm
         .list(None, cli.list_page_size.max(1))
         .await
-        .map_err(|e| sm_failure(&e))?;
+        .map_err(|e| {
+            Failure::new(
+                service_manager::failure_code(&e),
+                service_manager::message(&e),
+            )
+        })?;
     if cli.output == Output::Json {
         for inc in &all {
             println!("{}", serde_json::Value::Object(inc.fields.clone()));
@@ -359,12 +361,15 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
         conn,
         bus: &cli.bus,
         filter: &cli.filter,
-        output: cli.output,
         catch_up: true,
         look_back: cli.look_back,
-        sm: Some(&cli),
-        console: Some((true, None)),
-        jsonl: None,
+        lanes: cli.concurrency.max(1),
+        keep_alive: cli.keep_alive(),
+        sinks: SinkSettings {
+            service_manager: Some(sm_settings(&cli)?),
+            ..SinkSettings::default()
+        },
+        label: None,
         store: state_dir.join("ov_to_sm.redb"),
         metrics,
     })

@@ -372,6 +372,11 @@ impl ApplianceMetrics {
         self.acks.inc();
     }
 
+    /// `n` deliveries acked in one `multiple` ack.
+    pub fn acked_many(&self, n: u64) {
+        self.acks.inc_by(n);
+    }
+
     pub fn rejected(&self) {
         self.rejects.inc();
     }

@@ -151,7 +151,7 @@ impl Template {
 }
 
 /// What happens to an incident when its alert is cleared or deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnClear {
     /// Nothing.
@@ -162,6 +162,19 @@ pub enum OnClear {
     Resolve,
     /// A journal line and the incident closed.
     Close,
+}
+
+impl std::str::FromStr for OnClear {
+    type Err = String;
+    fn from_str(s: &str) -> Result<OnClear, String> {
+        match s {
+            "none" => Ok(OnClear::None),
+            "journal" => Ok(OnClear::Journal),
+            "resolve" => Ok(OnClear::Resolve),
+            "close" => Ok(OnClear::Close),
+            _ => Err(format!("{s:?}: use none, journal, resolve or close")),
+        }
+    }
 }
 
 /// What to do with the delivery.

@@ -8,7 +8,47 @@ use scmb_model::message::sample_timestamp;
 use scmb_model::{AlertView, Event};
 use serde_json::{json, Value};
 
-use crate::cli::Output;
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// The sample's fields, aligned; colour on a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line: routing key, receive time, the whole message.
+    Json,
+}
+
+impl std::str::FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Output, String> {
+        match s {
+            "human" => Ok(Output::Human),
+            "json" => Ok(Output::Json),
+            _ => Err(format!("{s:?}: use human or json")),
+        }
+    }
+}
+
+/// Prints `ev` through a shared printer, stamped with the time now; a failure to write is
+/// the sink's error (the delivery is not acked: it comes again, or the catch-up finds it).
+pub fn print_to<W: Write>(
+    p: &std::sync::Mutex<Printer<W>>,
+    ev: &Event,
+    sink: &'static str,
+) -> Result<(), crate::sinks::SinkError> {
+    let now = scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc());
+    let mut p = p.lock().map_err(|_| {
+        crate::sinks::SinkError::new(sink, crate::failure::UNEXPECTED, "an output sink panicked")
+    })?;
+    p.print(ev, &now).map_err(|e| {
+        crate::sinks::SinkError::new(
+            sink,
+            crate::failure::UNEXPECTED,
+            format!("cannot write the output: {e}"),
+        )
+    })
+}
 
 pub struct Printer<W: Write> {
     out: std::io::BufWriter<W>,

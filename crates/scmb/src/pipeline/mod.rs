@@ -1,0 +1,668 @@
+//! One appliance's pipeline, as `ov_to_sm` and each appliance of `scmb run` use it: subscribe,
+//! decode, hand each event to the lane of its alert's uri (one alert's events stay in order,
+//! different alerts are worked on in parallel), pass it through the sinks (console, JSON
+//! lines, Service Manager), and ack only when every sink has recorded its outcome.
+//!
+//! After every (re)connect a REST catch-up feeds the alerts raised meanwhile through the same
+//! lanes; its checkpoint moves only once a barrier has passed every lane. The pipeline never
+//! reaches back into the bus beyond acking, and it never exits the process: it returns, and
+//! its caller decides (exit code for `ov_to_sm`, a supervised restart for `scmb run`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scmb_bus::{BusConfig, Delivery};
+use scmb_model::message::{decode, format_rfc3339_ms};
+use scmb_model::peek;
+use scmb_model::{Event, Filter};
+use scmb_oneview::Session;
+use tokio::sync::{mpsc, watch};
+
+mod acks;
+mod lanes;
+
+use acks::Acks;
+use lanes::{Dispatcher, Ticket};
+
+use crate::cli::{BusArgs, ConnArgs, FilterArgs};
+use crate::duration::LookBack;
+use crate::failure::{self, Failure};
+use crate::sinks::{Outcome, Sink, SinkContext, SinkSettings};
+use crate::store::{Store, StoreError, CHECKPOINT};
+use crate::telemetry::ApplianceMetrics;
+use crate::{app, bootstrap, certs};
+
+/// What every lane shares.
+struct Shared {
+    metrics: ApplianceMetrics,
+    filter: Filter,
+    store: Store,
+    sinks: Vec<Arc<dyn Sink>>,
+    /// Some sink prints what the filter admits: a catch-up must not show it twice.
+    prints: bool,
+    stop: watch::Receiver<bool>,
+}
+
+/// A pipeline ready to run: logged in, store open, sinks built.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    bus: BusConfig,
+    cert_dir: PathBuf,
+    session: Arc<Session>,
+    max_bytes: usize,
+    lanes: usize,
+    catch_up: bool,
+    auto_bootstrap: bool,
+    keep_alive: Option<Duration>,
+    stop_tx: watch::Sender<bool>,
+}
+
+/// What to build a pipeline from.
+pub struct Spec<'a> {
+    pub conn: &'a ConnArgs,
+    pub bus: &'a BusArgs,
+    pub filter: &'a FilterArgs,
+    /// Catch up over REST after every (re)connect (a ticketing sink always does).
+    pub catch_up: bool,
+    /// How far back the first start catches up.
+    pub look_back: LookBack,
+    /// Alerts worked on in parallel.
+    pub lanes: usize,
+    /// REST keep-alive interval while idle.
+    pub keep_alive: Option<Duration>,
+    pub sinks: SinkSettings,
+    /// The appliance's name on every output line (`scmb run`).
+    pub label: Option<String>,
+    /// The store file.
+    pub store: PathBuf,
+    pub metrics: ApplianceMetrics,
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    Failure::new(failure::UNEXPECTED, e.to_string())
+}
+
+impl Pipeline {
+    /// Opens the store, logs in to REST and builds the sinks. Connects to nothing else.
+    pub async fn build(spec: Spec<'_>) -> Result<Pipeline, Failure> {
+        let conn = spec.conn;
+        let host = app::host(conn)?;
+        let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
+        let filter = app::filter(spec.filter)?;
+        if let Some(sm) = &spec.sinks.service_manager {
+            // A wrong password or address is found now, not at the first alert.
+            let client = scmb_servicemanager::SmClient::new(sm.client.clone())
+                .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
+            crate::ovtosm::check_sm(&client).await?;
+        }
+        if let Some(parent) = spec.store.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Failure::new(
+                    failure::UNEXPECTED,
+                    format!(
+                        "cannot create the state directory {}: {e}",
+                        parent.display()
+                    ),
+                )
+            })?;
+        }
+        let store = Store::open(&spec.store).map_err(store_failure)?;
+        // Ticketing always catches up: an alert raised while down must still get its incident.
+        let catch_up = spec.catch_up || spec.sinks.tickets();
+        if catch_up {
+            // At the first start (no checkpoint yet), the look-back sets the first one.
+            first_start_checkpoint(&store, spec.look_back).await?;
+        }
+        let session = Arc::new(bootstrap::login(conn, host, &dir).await?);
+        let mut bus = app::bus_config(conn, spec.bus, host, &dir);
+        let lanes = spec.lanes.max(1);
+        bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sinks = crate::sinks::build(
+            &spec.sinks,
+            &SinkContext {
+                label: spec.label.clone(),
+                store: store.clone(),
+                session: session.clone(),
+                metrics: spec.metrics.clone(),
+                stop: stop_rx.clone(),
+                filter: filter.clone(),
+            },
+        )
+        .map_err(crate::ovtosm::sink_failure)?;
+        Ok(Pipeline {
+            shared: Arc::new(Shared {
+                metrics: spec.metrics,
+                filter,
+                store,
+                prints: sinks.iter().any(|s| s.prints()),
+                sinks,
+                stop: stop_rx,
+            }),
+            bus,
+            cert_dir: dir,
+            session,
+            max_bytes: spec.bus.max_message_bytes,
+            lanes,
+            catch_up,
+            auto_bootstrap: spec.bus.auto_bootstrap,
+            keep_alive: spec.keep_alive,
+            stop_tx,
+        })
+    }
+
+    /// Consumes until `shutdown` resolves (then drains in-flight work, 30 s at most) or a
+    /// failure that needs the caller (the first connection refused, the store unusable).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
+        let metrics = &self.shared.metrics;
+        if let Some(every) = self.keep_alive {
+            // The REST session must not expire while the bus is quiet for a day.
+            let session = self.session.clone();
+            let mut stop = self.stop_tx.subscribe();
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    match session.keep_alive().await {
+                        Ok(_) => tracing::debug!("REST keep-alive sent"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "REST keep-alive failed; the next call will log in again")
+                        }
+                    }
+                }
+            }));
+        }
+
+        // At most `lanes` events in work at once; one alert's events one after another.
+        let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Ticket>();
+        let lanes = Dispatcher::new(self.shared.clone(), self.lanes, fatal_tx, finished_tx);
+        // Acks go out in batches (`multiple`) over the finished prefix: every `batch`
+        // deliveries, or once nothing new arrived for `LINGER`.
+        let batch = u64::from(self.bus.prefetch / 4).clamp(1, 250);
+        let mut epoch = 0u64;
+        let mut acks = Acks::default();
+        let linger = tokio::time::sleep(LINGER);
+        tokio::pin!(linger);
+        let mut lingering = false;
+
+        tokio::pin!(shutdown);
+        let mut sub = match self.subscribe().await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics.disconnected(&e);
+                return Err(e.into());
+            }
+        };
+        metrics.connected(&sub.queue);
+        let mut attempt = 0u32;
+        let result = 'outer: loop {
+            // Catch-up: alerts raised (or left unfinished) while we were not listening.
+            if self.catch_up {
+                if let Err(f) = self.catch_up(&lanes).await {
+                    break 'outer Err(f);
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break 'outer Ok(()),
+                    f = fatal_rx.recv() => break 'outer Err(f.unwrap_or_else(|| Failure::new(failure::UNEXPECTED, "workers stopped"))),
+                    Some((e, tag)) = finished_rx.recv() => {
+                        if e == epoch {
+                            acks.finished(tag);
+                        }
+                    }
+                    _ = &mut linger, if lingering => {
+                        lingering = false;
+                        flush(&sub, &mut acks, metrics).await;
+                    }
+                    d = sub.next() => {
+                        let Some(d) = d else { break };
+                        self.take(d, epoch, &mut acks, &lanes).await;
+                    }
+                }
+                while let Ok((e, tag)) = finished_rx.try_recv() {
+                    if e == epoch {
+                        acks.finished(tag);
+                    }
+                }
+                if acks.ready() >= batch {
+                    lingering = false;
+                    flush(&sub, &mut acks, metrics).await;
+                } else if acks.ready() > 0 && !lingering {
+                    linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                    lingering = true;
+                }
+            }
+            metrics.disconnected(&"the connection to the message bus was lost; reconnecting");
+            // The old channel's tags mean nothing to the next one: its unacked deliveries
+            // come again (or are found by the catch-up) and are de-duplicated.
+            epoch += 1;
+            acks = Acks::default();
+            lingering = false;
+            sub = loop {
+                let wait = crate::listen::backoff(attempt);
+                tokio::select! {
+                    _ = &mut shutdown => break 'outer Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                match self.subscribe().await {
+                    Ok(s) => {
+                        attempt = 0;
+                        metrics.reconnected(&s.queue);
+                        break s;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, retry_in_ms = crate::listen::backoff(attempt).as_millis() as u64, "reconnect failed");
+                    }
+                }
+            };
+        };
+        // Stop: no new work; what is in work finishes (bounded), the rest stays unacked.
+        let _ = self.stop_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(30), lanes.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight work did not finish within 30 s; it stays unacked for a redelivery or the next catch-up");
+        }
+        while let Ok((e, tag)) = finished_rx.try_recv() {
+            if e == epoch {
+                acks.finished(tag);
+            }
+        }
+        flush(&sub, &mut acks, metrics).await;
+        if acks.unfinished() > 0 {
+            tracing::info!(
+                unacked = acks.unfinished(),
+                "stopping with work unfinished: those messages come again"
+            );
+        }
+        sub.close().await;
+        match &result {
+            Ok(()) => metrics.stopped(),
+            Err(f) => metrics.disconnected(f),
+        }
+        result
+    }
+
+    /// One delivery: malformed ones are rejected; one no sink wants is finished at once;
+    /// the others are decoded and handed to the lanes.
+    async fn take(&self, d: Delivery, epoch: u64, acks: &mut Acks, lanes: &Dispatcher) {
+        let metrics = &self.shared.metrics;
+        metrics.received();
+        let wanted = match peek(&d.routing_key, &d.body, self.max_bytes) {
+            Err(reason) => {
+                metrics.malformed(&d.routing_key, d.body.len(), &reason);
+                // Settled here, for good: it never enters the ack order.
+                if d.reject().await.is_ok() {
+                    metrics.rejected();
+                }
+                return;
+            }
+            Ok(p) => self
+                .shared
+                .sinks
+                .iter()
+                .any(|s| s.wants(&self.shared.filter, &p)),
+        };
+        acks.received(d.delivery_tag);
+        if !wanted {
+            acks.finished(d.delivery_tag);
+            return;
+        }
+        match decode(&d.routing_key, &d.body, self.max_bytes) {
+            Ok(ev) => lanes.dispatch(Some((epoch, d.delivery_tag)), ev).await,
+            // The peek accepted it, so this cannot happen; finish it rather than hold back acks.
+            Err(reason) => {
+                metrics.malformed(&d.routing_key, d.body.len(), &reason);
+                acks.finished(d.delivery_tag);
+            }
+        }
+    }
+
+    /// Subscribes; with `--auto-bootstrap`, downloads the certificates again when the broker
+    /// refuses the ones on disk.
+    async fn subscribe(&self) -> Result<scmb_bus::Subscription, scmb_bus::BusError> {
+        match scmb_bus::subscribe(&self.bus).await {
+            Err(e)
+                if self.auto_bootstrap
+                    && bootstrap::refresh_certificates(&self.session, &self.cert_dir, &e).await =>
+            {
+                scmb_bus::subscribe(&self.bus).await
+            }
+            other => other,
+        }
+    }
+
+    /// Reads the active and locked alerts over REST and feeds the ones the filter admits
+    /// through the lanes, as if they had just been created; the store skips what was already
+    /// handled. The checkpoint moves once every lane has worked through them.
+    async fn catch_up(&self, lanes: &Dispatcher) -> Result<(), Failure> {
+        let store = self.shared.store.clone();
+        let checkpoint = store
+            .call(|s| s.meta(CHECKPOINT))
+            .await
+            .map_err(store_failure)?;
+        // Everything modified from here on (less a margin for clock skew) is either fed below
+        // or arrives on the queue; once the lanes are through it, it is the next checkpoint.
+        let next = format_rfc3339_ms(time::OffsetDateTime::now_utc() - CLOCK_MARGIN);
+        let mut fed = 0usize;
+        let mut complete = true;
+        for state in ["Active", "Locked"] {
+            let mut filters = vec![format!("alertState='{state}'")];
+            if let Some(cp) = &checkpoint {
+                filters.push(format!("modified GE '{cp}'"));
+            }
+            let alerts = match crate::listen::list_with_retry(&self.session, &filters).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts; continuing with the bus only");
+                    complete = false;
+                    continue;
+                }
+            };
+            for alert in alerts {
+                let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
+                    continue;
+                };
+                if !self.shared.filter.admits(&ev) {
+                    continue;
+                }
+                lanes.dispatch(None, ev).await;
+                fed += 1;
+            }
+        }
+        self.shared.metrics.catch_up(fed, complete);
+        if !complete {
+            return Ok(());
+        }
+        // When nothing is in work any more, what was fed is handled.
+        let idle = lanes.idle_owned();
+        let stopping = self.stop_tx.subscribe();
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            idle.await;
+            if *stopping.borrow() {
+                return; // interrupted work may sit before the barrier
+            }
+            let cp = next.clone();
+            match store.call(move |s| s.set_meta(CHECKPOINT, &cp)).await {
+                Ok(()) => tracing::debug!(checkpoint = %next, "catch-up checkpoint saved"),
+                Err(e) => tracing::warn!(error = %e, "cannot save the catch-up checkpoint"),
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Passes one event through every sink that wants it; true when it may be acked (every
+    /// such sink is done with it), false when a stop interrupted the work.
+    async fn handle(&self, ev: &Event) -> Result<bool, Failure> {
+        let peek = ev.peek();
+        let admitted = self.filter.admits_peek(&peek);
+        if admitted {
+            self.metrics.matched();
+        }
+        // An alert, as it is now (uri + eTag), printed before is not printed again (a
+        // catch-up after a reconnect or a restart); the other sinks have their own records.
+        let fresh = if admitted && self.prints {
+            self.first_time(ev).await?
+        } else {
+            true
+        };
+        for sink in &self.sinks {
+            if !sink.wants(&self.filter, &peek) || (sink.prints() && !fresh) {
+                continue;
+            }
+            let started = Instant::now();
+            loop {
+                let outcome = sink.handle(ev).await.map_err(crate::ovtosm::sink_failure)?;
+                match outcome {
+                    Outcome::Done(what) => {
+                        tracing::debug!(alert = %ev.resource_uri, sink = sink.name(), outcome = %what, "handled");
+                        break;
+                    }
+                    Outcome::Failed(reason) => {
+                        tracing::warn!(alert = %ev.resource_uri, sink = sink.name(), reason = %reason, "failed for good");
+                        break;
+                    }
+                    Outcome::Retry(after) => {
+                        let mut stop = self.stop.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(after) => {}
+                            _ = stop.wait_for(|s| *s) => return Ok(false),
+                        }
+                    }
+                    Outcome::Interrupted => return Ok(false),
+                }
+            }
+            self.metrics.sink_latency(sink.name(), started.elapsed());
+        }
+        if admitted && self.prints && fresh {
+            self.mark_printed(ev).await?;
+        }
+        Ok(true)
+    }
+
+    /// False when this alert, as it is now (uri + eTag), was printed before.
+    async fn first_time(&self, ev: &Event) -> Result<bool, Failure> {
+        let uri = ev.resource_uri.clone();
+        let before = self
+            .store
+            .call(move |s| s.printed(&uri))
+            .await
+            .map_err(store_failure)?;
+        Ok(before.as_deref() != Some(ev.str("eTag").unwrap_or("")))
+    }
+
+    async fn mark_printed(&self, ev: &Event) -> Result<(), Failure> {
+        self.store
+            .set_printed_async(&ev.resource_uri, ev.str("eTag").unwrap_or(""))
+            .await
+            .map_err(store_failure)
+    }
+}
+
+/// With no checkpoint yet, the look-back sets the first one.
+async fn first_start_checkpoint(store: &Store, look: LookBack) -> Result<(), Failure> {
+    if store
+        .call(|s| s.meta(CHECKPOINT))
+        .await
+        .map_err(store_failure)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let window = match look {
+        LookBack::All => return Ok(()),
+        LookBack::None => time::Duration::ZERO,
+        LookBack::Window(w) => time::Duration::try_from(w).unwrap_or(time::Duration::MAX),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let cp = format_rfc3339_ms(
+        now.checked_sub(window)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    );
+    tracing::info!(checkpoint = %cp, "first start: catching up on alerts modified since");
+    store
+        .call(move |s| s.set_meta(CHECKPOINT, &cp))
+        .await
+        .map_err(store_failure)
+}
+
+/// How long finished deliveries wait for more before their ack goes out.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// Acks the finished prefix, if any.
+async fn flush(sub: &scmb_bus::Subscription, acks: &mut Acks, metrics: &ApplianceMetrics) {
+    if let Some((tag, n)) = acks.take() {
+        match sub.ack_through(tag).await {
+            Ok(()) => metrics.acked_many(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "ack failed; the messages may come again (a redelivery or the next catch-up) and are de-duplicated")
+            }
+        }
+    }
+}
+
+/// Margin for clock skew between us and the appliance when checkpointing.
+const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline's data path without a bus: events through the lanes and the sinks, and
+    //! which deliveries come out finished (and so may be acked).
+
+    use super::*;
+    use crate::sinks::SinkError;
+    use scmb_model::Peek;
+    use std::sync::Mutex;
+
+    /// A sink the pipeline has never heard of: it records what it sees, and answers each
+    /// alert's first event with `first`, later ones with `Done`.
+    struct Recorder {
+        seen: Mutex<Vec<String>>,
+        first: Outcome,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn wants(&self, _: &Filter, ev: &Peek<'_>) -> bool {
+            ev.is_alert()
+        }
+        async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
+            let mut seen = self.seen.lock().expect("lock");
+            let again = seen.iter().any(|s| s.starts_with(&ev.resource_uri));
+            seen.push(format!(
+                "{} {}",
+                ev.resource_uri,
+                ev.str("eTag").unwrap_or("")
+            ));
+            Ok(if again {
+                Outcome::Done("again".into())
+            } else {
+                self.first.clone()
+            })
+        }
+        async fn healthcheck(&self) -> Result<String, SinkError> {
+            Ok("fine".into())
+        }
+    }
+
+    fn event(uri: &str, etag: &str) -> Event {
+        let body = serde_json::json!({"resourceUri": uri, "changeType": "Updated", "eTag": etag,
+            "resource": {"severity": "Warning", "alertState": "Active"}});
+        decode(
+            &format!("scmb.alerts.Updated.{uri}"),
+            body.to_string().as_bytes(),
+            1 << 20,
+        )
+        .expect("decode")
+    }
+
+    fn shared(first: Outcome) -> (Arc<Shared>, Arc<Recorder>, watch::Sender<bool>) {
+        let dir = std::env::temp_dir().join(format!(
+            "scmb-pipeline-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Store::open(&dir.join("scmb.redb")).expect("store");
+        let recorder = Arc::new(Recorder {
+            seen: Mutex::new(Vec::new()),
+            first,
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            metrics: crate::telemetry::Metrics::new().appliance("test"),
+            filter: Filter::default(),
+            store,
+            sinks: vec![recorder.clone()],
+            prints: false,
+            stop,
+        });
+        (shared, recorder, stop_tx)
+    }
+
+    #[tokio::test]
+    async fn a_sink_added_outside_the_pipeline_sees_each_alerts_events_in_order() {
+        let (shared, recorder, _stop) = shared(Outcome::Done("first".into()));
+        let (fatal, _fatal_rx) = mpsc::channel(1);
+        let (finished, mut finished_rx) = mpsc::unbounded_channel();
+        let lanes = Dispatcher::new(shared, 4, fatal, finished);
+        for (tag, (uri, etag)) in [
+            ("/rest/alerts/1", "a"),
+            ("/rest/alerts/2", "a"),
+            ("/rest/alerts/1", "b"),
+            ("/rest/alerts/1", "c"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            lanes
+                .dispatch(Some((0, tag as u64 + 1)), event(uri, etag))
+                .await;
+        }
+        lanes.idle().await;
+        let mut done = Vec::new();
+        while let Ok((_, tag)) = finished_rx.try_recv() {
+            done.push(tag);
+        }
+        done.sort_unstable();
+        assert_eq!(done, vec![1, 2, 3, 4], "every delivery finished");
+        let seen = recorder.seen.lock().expect("lock").clone();
+        let one: Vec<&String> = seen
+            .iter()
+            .filter(|s| s.starts_with("/rest/alerts/1 "))
+            .collect();
+        assert_eq!(
+            one,
+            ["/rest/alerts/1 a", "/rest/alerts/1 b", "/rest/alerts/1 c"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_asking_to_retry_is_called_again_and_finishes_after_the_delay() {
+        let (shared, recorder, _stop) = shared(Outcome::Retry(Duration::from_secs(30)));
+        let (fatal, _fatal_rx) = mpsc::channel(1);
+        let (finished, mut finished_rx) = mpsc::unbounded_channel();
+        let lanes = Dispatcher::new(shared, 2, fatal, finished);
+        let t0 = tokio::time::Instant::now();
+        lanes
+            .dispatch(Some((0, 7)), event("/rest/alerts/9", "x"))
+            .await;
+        let (_, tag) = finished_rx.recv().await.expect("finished");
+        assert_eq!(tag, 7);
+        assert!(
+            t0.elapsed() >= Duration::from_secs(30),
+            "retried after its delay"
+        );
+        assert_eq!(recorder.seen.lock().expect("lock").len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_interrupted_by_a_stop_is_never_reported_finished() {
+        let (shared, _recorder, stop) = shared(Outcome::Retry(Duration::from_secs(3600)));
+        let (fatal, _fatal_rx) = mpsc::channel(1);
+        let (finished, mut finished_rx) = mpsc::unbounded_channel();
+        let lanes = Dispatcher::new(shared, 2, fatal, finished);
+        lanes
+            .dispatch(Some((0, 1)), event("/rest/alerts/5", "x"))
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.send(true).expect("stop");
+        lanes.idle().await;
+        assert!(
+            finished_rx.try_recv().is_err(),
+            "an interrupted delivery must not be acked"
+        );
+    }
+}

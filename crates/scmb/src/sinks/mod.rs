@@ -1,0 +1,70 @@
+//! Where admitted events go. Each sink lives in a folder of its own with the same file roles
+//! (`mod.rs` the sink, `config.rs` its config table with a doc comment on every field, a
+//! client where it has one) and implements [`Sink`]; the pipeline knows sinks only through
+//! that trait. Adding one is its folder, its table in `crate::config::ApplianceConfig`, its
+//! settings in [`SinkSettings`] and one line in [`build`] (see ARCHITECTURE.md, "Adding a
+//! sink"); the pipeline does not change.
+
+pub mod console;
+pub mod format;
+pub mod jsonl;
+pub mod service_manager;
+mod sink;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use sink::{Outcome, Sink, SinkError};
+
+use crate::sinks::format::Output;
+use crate::store::Store;
+use crate::telemetry::ApplianceMetrics;
+use scmb_model::Filter;
+use scmb_oneview::Session;
+
+/// What every sink of an appliance may use.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The appliance's name (`scmb run`), labelling output lines; none for one appliance.
+    pub label: Option<String>,
+    pub store: Store,
+    pub session: Arc<Session>,
+    pub metrics: ApplianceMetrics,
+    /// True once the pipeline is stopping: long work gives up and reports `Interrupted`.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub filter: Filter,
+}
+
+/// The sinks of one pipeline, ready to build (secrets read, paths resolved).
+#[derive(Debug, Clone, Default)]
+pub struct SinkSettings {
+    pub console: Option<Output>,
+    pub jsonl: Option<PathBuf>,
+    pub service_manager: Option<service_manager::ServiceManagerSettings>,
+}
+
+impl SinkSettings {
+    /// Whether a sink tickets: the first start then catches up on every active alert.
+    pub fn tickets(&self) -> bool {
+        self.service_manager.is_some()
+    }
+}
+
+/// Builds the sinks, in a fixed order (printers first, then ticketing).
+pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, SinkError> {
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if let Some(f) = s.console {
+        sinks.push(Arc::new(console::Console::new(f, ctx.label.as_deref())));
+    }
+    if let Some(path) = &s.jsonl {
+        let label = ctx
+            .label
+            .clone()
+            .unwrap_or_else(|| ctx.metrics.name().to_string());
+        sinks.push(Arc::new(jsonl::Jsonl::open(path, &label)?));
+    }
+    if let Some(sm) = &s.service_manager {
+        sinks.push(Arc::new(service_manager::ServiceManager::new(sm, ctx)?));
+    }
+    Ok(sinks)
+}
