@@ -7,7 +7,7 @@ use scmb_tls::NameCheck;
 
 use crate::cli::{BusArgs, CertsCmd, Cli, Cmd, ConnArgs, FilterArgs, ListenArgs};
 use crate::failure::{self, Failure};
-use crate::{bootstrap, certs, listen};
+use crate::{bootstrap, certs};
 
 /// What a REST-only command does.
 pub enum Mode {
@@ -219,52 +219,37 @@ pub async fn rest_command(mode: Mode, conn: &ConnArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The listener.
+/// The listener: the pipeline with the console sink.
 async fn watch(conn: &ConnArgs, w: &ListenArgs) -> Result<(), Failure> {
     let host = host(conn)?;
     let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
-    let filter = filter(&w.filter)?;
-    if conn.password.is_some() && !w.catch_up && !w.bus.auto_bootstrap {
-        tracing::debug!("listening needs no REST login: the password is not used");
+    let metrics = crate::telemetry::Metrics::new();
+    if let Some(addr) = &w.metrics_listen {
+        crate::daemon::serve_metrics(addr, metrics.clone(), std::future::pending()).await?;
     }
-    let session = if w.catch_up || w.bus.auto_bootstrap {
-        Some(std::sync::Arc::new(
-            bootstrap::login(conn, host, &dir).await?,
-        ))
-    } else {
-        None
-    };
-    let catch_up = if let (true, Some(session)) = (w.catch_up, &session) {
-        let store = crate::store::Store::open(&dir.join("scmb.redb"))
-            .map_err(|e| Failure::new(failure::UNEXPECTED, e.to_string()))?;
-        Some(listen::CatchUp {
-            store: Some(store),
-            session: session.clone(),
-            look_back: w
-                .look_back
-                .unwrap_or(crate::duration::LookBack::default_for(false)),
-        })
-    } else {
-        None
-    };
-    let listener = listen::Listener {
-        catch_up,
-        bootstrap: session.filter(|_| w.bus.auto_bootstrap),
-        bus: bus_config(conn, &w.bus, host, &dir),
-        filter,
-        output: w.output,
-        max_bytes: w.bus.max_message_bytes,
-        count: w.count,
-    };
-    let stats = listener.run(shutdown_signal()).await?;
-    tracing::info!(
-        received = stats.received,
-        printed = stats.printed,
-        malformed = stats.malformed,
-        reconnects = stats.reconnects,
-        "stopped"
-    );
-    Ok(())
+    let pipeline = crate::pipeline::Pipeline::build(crate::pipeline::Spec {
+        conn,
+        bus: &w.bus,
+        filter: &w.filter,
+        catch_up: w.catch_up,
+        look_back: w
+            .look_back
+            .unwrap_or(crate::duration::LookBack::default_for(false)),
+        lanes: 1,
+        keep_alive: None,
+        sinks: crate::sinks::SinkSettings {
+            console: Some(crate::sinks::console::ConsoleSettings {
+                format: w.output,
+                limit: w.count,
+            }),
+            ..Default::default()
+        },
+        label: None,
+        store: Some(dir.join("scmb.redb")),
+        metrics: metrics.appliance(host),
+    })
+    .await?;
+    pipeline.run(shutdown_signal()).await
 }
 
 fn show(dir: &std::path::Path) -> Result<(), Failure> {

@@ -317,6 +317,14 @@ pub struct ListenArgs {
     /// Exit after this many printed messages (for scripts and tests).
     #[arg(long, value_name = "N", help_heading = "Output")]
     pub count: Option<u64>,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
+    #[arg(
+        long,
+        env = "SCMB_METRICS_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Output"
+    )]
+    pub metrics_listen: Option<String>,
     /// After every (re)connect, read the alerts raised meanwhile over REST and print the ones
     /// not printed yet (needs the OneView password).
     #[arg(long, help_heading = "Catch-up")]

@@ -244,6 +244,9 @@ pub struct FilterConfig {
     pub alert_types: Vec<String>,
 }
 
+/// Alerts worked on in parallel by an appliance without a ticketing sink.
+const DEFAULT_LANES: usize = 16;
+
 fn default_user() -> String {
     DEFAULT_USER.into()
 }
@@ -478,10 +481,12 @@ impl ApplianceConfig {
             filter,
             catch_up: self.catch_up,
             look_back: self.look_back()?,
+            // Alerts in parallel (one alert's events still in order): the printing sinks'
+            // records of what they printed then share the store's group commits.
             lanes: self
                 .service_manager
                 .as_ref()
-                .map_or(1, |sm| sm.concurrency.max(1)),
+                .map_or(DEFAULT_LANES, |sm| sm.concurrency.max(1)),
             keep_alive: match &self.service_manager {
                 Some(sm) => sm.keep_alive_setting()?,
                 None => None,
@@ -516,7 +521,13 @@ impl ApplianceConfig {
             state_dir: self.state_dir(state_dir),
             args,
             sinks: SinkSettings {
-                console: self.console.as_ref().map(|c| c.format),
+                console: self
+                    .console
+                    .as_ref()
+                    .map(|c| crate::sinks::console::ConsoleSettings {
+                        format: c.format,
+                        limit: None,
+                    }),
                 jsonl: self
                     .jsonl
                     .as_ref()
@@ -581,7 +592,7 @@ password_env = "OV_EAST_PASSWORD"
         );
         assert_eq!(args.bus.heartbeat, std::time::Duration::from_secs(10));
         assert_eq!(args.look_back, LookBack::None);
-        assert_eq!((args.lanes, args.keep_alive), (1, None));
+        assert_eq!((args.lanes, args.keep_alive), (16, None));
         let console = a.console.as_ref().expect("console");
         assert_eq!(console.format, crate::sinks::format::Output::Human);
     }

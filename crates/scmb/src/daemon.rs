@@ -184,7 +184,7 @@ async fn supervise(
         if started.elapsed() > Duration::from_secs(120) {
             attempt = 0; // it ran for a while: this is a new problem, start the backoff again
         }
-        let wait = crate::listen::backoff(attempt).max(Duration::from_secs(1)) * 2;
+        let wait = crate::pipeline::backoff(attempt).max(Duration::from_secs(1)) * 2;
         attempt += 1;
         metrics.unavailable();
         tracing::error!(error = %f, retry_in_ms = wait.as_millis() as u64, "appliance unavailable; the others carry on, retrying this one");
@@ -214,7 +214,7 @@ async fn run_once(
         keep_alive: s.args.keep_alive,
         sinks: s.sinks.clone(),
         label: Some(s.name.clone()),
-        store: s.state_dir.join(STORE_FILE),
+        store: Some(s.state_dir.join(STORE_FILE)),
         metrics: metrics.clone(),
     });
     // A stop while logging in (a slow or hanging appliance) ends the attempt at once.
@@ -230,30 +230,44 @@ async fn run_once(
         .await
 }
 
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`.
+pub async fn serve_metrics(
+    addr: &str,
+    metrics: std::sync::Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::new(
+            failure::USAGE,
+            format!(
+                "cannot serve metrics on {addr}: {e} (change metrics.listen or --metrics-listen)"
+            ),
+        )
+    })?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| addr.to_string());
+    tracing::info!(address = %local, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        if let Err(e) = crate::telemetry::serve(listener, metrics, stop).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
 /// `scmb run`.
 pub async fn run(cfg: Config, args: DaemonArgs) -> Result<(), Failure> {
     let state_dir = cfg.state_dir(args.state_dir.as_deref());
     let metrics = Metrics::new();
     let (down_tx, down_rx) = watch::channel(false);
     if let Some(addr) = cfg.metrics_listen(args.metrics_listen.as_deref()) {
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
-            Failure::new(
-                failure::USAGE,
-                format!("cannot serve metrics on {addr}: {e} (change metrics.listen or --metrics-listen)"),
-            )
-        })?;
-        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-        tracing::info!(address = %local, "serving /metrics, /healthz and /readyz");
-        let m = metrics.clone();
         let mut down = down_rx.clone();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = down.wait_for(|d| *d).await;
-            };
-            if let Err(e) = crate::telemetry::serve(listener, m, stop).await {
-                tracing::error!(error = %e, "the metrics endpoint stopped");
-            }
-        });
+        serve_metrics(&addr, metrics.clone(), async move {
+            let _ = down.wait_for(|d| *d).await;
+        })
+        .await?;
     }
     let mut daemon = Daemon {
         state_dir: state_dir.clone(),

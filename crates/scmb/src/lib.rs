@@ -11,7 +11,6 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod failure;
-pub mod listen;
 pub mod ovtosm;
 pub mod pipeline;
 pub mod sinks;

@@ -370,7 +370,7 @@ pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
             ..SinkSettings::default()
         },
         label: None,
-        store: state_dir.join("ov_to_sm.redb"),
+        store: Some(state_dir.join("ov_to_sm.redb")),
         metrics,
     })
     .await?;

@@ -460,7 +460,7 @@ impl ApplianceMetrics {
         tracing::info!(
             alerts,
             complete,
-            "catch-up: admitted alerts fed through the pipeline"
+            "catch-up done: the admitted alerts listed over REST are fed through the pipeline"
         );
     }
 

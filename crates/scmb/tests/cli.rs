@@ -649,3 +649,53 @@ async fn batched_acks_leave_nothing_unacked_on_an_existing_queue() {
     let _ = ch.close().await;
     let _ = conn.close().await;
 }
+
+/// The listener runs the same pipeline as the service, and serves the same metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_serves_metrics_like_the_service() {
+    let sim = shared_sim();
+    let dir = download_certs(&sim.rest_url, "listener-metrics");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let addr = format!("127.0.0.1:{port}");
+    let tag = format!("ListenerMetrics{}.", rand::random::<u32>());
+    let pattern = format!("{tag}*");
+    let mut l = listen(
+        sim,
+        &dir,
+        &["--alert-type", &pattern, "--metrics-listen", &addr],
+    );
+    let matched = format!(
+        "scmb_messages_matched_total{{appliance=\"{}\"}}",
+        appliance(&sim.rest_url)
+    );
+    assert!(l.wait_for("serving /metrics", WAIT), "{:?}", l.stderr);
+    let c = sim.client();
+    raise(
+        &c,
+        json!({"severity": "Critical", "alertTypeID": format!("{tag}1")}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        let (status, body) = common::get(&format!("http://{addr}/metrics")).await;
+        text = body;
+        if status == 200 && common::metric(&text, &matched) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    l.terminate();
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(common::metric(&text, &matched), 1, "{text}");
+    assert!(
+        r.stdout.contains(&tag),
+        "the alert was printed: {}",
+        r.stdout
+    );
+    assert!(text.contains("scmb_bus_connected"), "{text}");
+}

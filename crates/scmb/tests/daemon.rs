@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{appliance, download_certs, run, ticketed, Listening, BIN};
+use common::{appliance, download_certs, get, metric, run, ticketed, Listening, BIN};
 use reqwest::Method;
 use scmb_sim::testkit::{shared_sim, start_stoppable, temp_dir, test_config, SimInfo};
 use serde_json::{json, Value};
@@ -84,32 +84,6 @@ async fn wait_ticketed(sim: &SimInfo, uri: &str) -> bool {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     false
-}
-
-async fn get(url: &str) -> (u16, String) {
-    // Plain HTTP, but reqwest still wants a crypto provider chosen.
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(
-            scmb_tls::client_config(
-                &scmb_tls::ServerTrust::Insecure,
-                &scmb_tls::NameCheck::Skip,
-                None,
-            )
-            .expect("tls"),
-        )
-        .build()
-        .expect("client");
-    match client.get(url).send().await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
-    }
-}
-
-/// The value of one sample line of the Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

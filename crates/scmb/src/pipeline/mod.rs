@@ -1,7 +1,8 @@
-//! One appliance's pipeline, as `ov_to_sm` and each appliance of `scmb run` use it: subscribe,
-//! decode, hand each event to the lane of its alert's uri (one alert's events stay in order,
-//! different alerts are worked on in parallel), pass it through the sinks (console, JSON
-//! lines, Service Manager), and ack only when every sink has recorded its outcome.
+//! The one data path, from a delivery to its ack, for every command (the `scmb` listener,
+//! `ov_to_sm`, each appliance of `scmb run`): subscribe, peek, ask the sinks whether they
+//! want it, decode only then, hand each event to the lanes (one alert's events stay in
+//! order, different alerts are worked on in parallel), pass it through the sinks, and ack
+//! only the contiguous prefix of finished deliveries.
 //!
 //! After every (re)connect a REST catch-up feeds the alerts raised meanwhile through the same
 //! lanes; its checkpoint moves only once a barrier has passed every lane. The pipeline never
@@ -13,14 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scmb_bus::{BusConfig, Delivery};
-use scmb_model::message::{decode, format_rfc3339_ms};
+use scmb_model::message::decode;
 use scmb_model::peek;
 use scmb_model::{Event, Filter};
 use scmb_oneview::Session;
 use tokio::sync::{mpsc, watch};
 
 mod acks;
+mod catch_up;
+mod connect;
 mod lanes;
+
+pub use connect::backoff;
 
 use acks::Acks;
 use lanes::{Dispatcher, Ticket};
@@ -29,7 +34,7 @@ use crate::cli::{BusArgs, ConnArgs, FilterArgs};
 use crate::duration::LookBack;
 use crate::failure::{self, Failure};
 use crate::sinks::{Outcome, Sink, SinkContext, SinkSettings};
-use crate::store::{Store, StoreError, CHECKPOINT};
+use crate::store::{Store, StoreError};
 use crate::telemetry::ApplianceMetrics;
 use crate::{app, bootstrap, certs};
 
@@ -37,19 +42,23 @@ use crate::{app, bootstrap, certs};
 struct Shared {
     metrics: ApplianceMetrics,
     filter: Filter,
-    store: Store,
+    /// Where outcomes, what was printed and the catch-up checkpoint are kept (none for a
+    /// listener without catch-up: it keeps nothing).
+    store: Option<Store>,
     sinks: Vec<Arc<dyn Sink>>,
     /// Some sink prints what the filter admits: a catch-up must not show it twice.
     prints: bool,
     stop: watch::Receiver<bool>,
 }
 
-/// A pipeline ready to run: logged in, store open, sinks built.
+/// A pipeline ready to run: logged in (when something needs REST), store open, sinks built.
 pub struct Pipeline {
     shared: Arc<Shared>,
     bus: BusConfig,
     cert_dir: PathBuf,
-    session: Arc<Session>,
+    session: Option<Arc<Session>>,
+    /// A sink asks for a stop (the listener's `--count` reached).
+    finish: Arc<tokio::sync::Notify>,
     max_bytes: usize,
     lanes: usize,
     catch_up: bool,
@@ -74,13 +83,29 @@ pub struct Spec<'a> {
     pub sinks: SinkSettings,
     /// The appliance's name on every output line (`scmb run`).
     pub label: Option<String>,
-    /// The store file.
-    pub store: PathBuf,
+    /// The store file; needed by a catch-up and by ticketing.
+    pub store: Option<PathBuf>,
     pub metrics: ApplianceMetrics,
 }
 
 fn store_failure(e: StoreError) -> Failure {
     Failure::new(failure::UNEXPECTED, e.to_string())
+}
+
+/// Opens the store, creating its directory.
+fn open_store(path: &std::path::Path) -> Result<Store, Failure> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            Failure::new(
+                failure::UNEXPECTED,
+                format!(
+                    "cannot create the state directory {}: {e}",
+                    parent.display()
+                ),
+            )
+        })?;
+    }
+    Store::open(path).map_err(store_failure)
 }
 
 impl Pipeline {
@@ -96,29 +121,39 @@ impl Pipeline {
                 .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
             crate::ovtosm::check_sm(&client).await?;
         }
-        if let Some(parent) = spec.store.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                Failure::new(
-                    failure::UNEXPECTED,
-                    format!(
-                        "cannot create the state directory {}: {e}",
-                        parent.display()
-                    ),
-                )
-            })?;
-        }
-        let store = Store::open(&spec.store).map_err(store_failure)?;
         // Ticketing always catches up: an alert raised while down must still get its incident.
         let catch_up = spec.catch_up || spec.sinks.tickets();
-        if catch_up {
-            // At the first start (no checkpoint yet), the look-back sets the first one.
-            first_start_checkpoint(&store, spec.look_back).await?;
+        let store = match &spec.store {
+            Some(path) if catch_up || spec.sinks.tickets() => Some(open_store(path)?),
+            _ => None,
+        };
+        if catch_up && store.is_none() {
+            return Err(Failure::new(
+                failure::UNEXPECTED,
+                "a catch-up needs a state store",
+            ));
         }
-        let session = Arc::new(bootstrap::login(conn, host, &dir).await?);
+        if let (true, Some(store)) = (catch_up, &store) {
+            // At the first start (no checkpoint yet), the look-back sets the first one.
+            catch_up::first_start_checkpoint(store, spec.look_back).await?;
+        }
+        // Listening alone needs no password: REST only for what needs it, or where a
+        // password was configured (a service proves its credentials at start).
+        let session =
+            if catch_up || spec.bus.auto_bootstrap || spec.sinks.tickets() || conn.secret.is_some()
+            {
+                Some(Arc::new(bootstrap::login(conn, host, &dir).await?))
+            } else {
+                if conn.password.is_some() {
+                    tracing::debug!("listening needs no REST login: the password is not used");
+                }
+                None
+            };
         let mut bus = app::bus_config(conn, spec.bus, host, &dir);
         let lanes = spec.lanes.max(1);
         bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let finish = Arc::new(tokio::sync::Notify::new());
         let sinks = crate::sinks::build(
             &spec.sinks,
             &SinkContext {
@@ -127,6 +162,7 @@ impl Pipeline {
                 session: session.clone(),
                 metrics: spec.metrics.clone(),
                 stop: stop_rx.clone(),
+                finish: finish.clone(),
                 filter: filter.clone(),
             },
         )
@@ -135,14 +171,16 @@ impl Pipeline {
             shared: Arc::new(Shared {
                 metrics: spec.metrics,
                 filter,
+                // What was printed is remembered only where a catch-up could print it again.
+                prints: catch_up && sinks.iter().any(|s| s.prints()),
                 store,
-                prints: sinks.iter().any(|s| s.prints()),
                 sinks,
                 stop: stop_rx,
             }),
             bus,
             cert_dir: dir,
             session,
+            finish,
             max_bytes: spec.bus.max_message_bytes,
             lanes,
             catch_up,
@@ -156,9 +194,8 @@ impl Pipeline {
     /// failure that needs the caller (the first connection refused, the store unusable).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
         let metrics = &self.shared.metrics;
-        if let Some(every) = self.keep_alive {
+        if let (Some(every), Some(session)) = (self.keep_alive, self.session.clone()) {
             // The REST session must not expire while the bus is quiet for a day.
-            let session = self.session.clone();
             let mut stop = self.stop_tx.subscribe();
             tokio::spawn(tracing::Instrument::in_current_span(async move {
                 loop {
@@ -209,6 +246,7 @@ impl Pipeline {
             loop {
                 tokio::select! {
                     _ = &mut shutdown => break 'outer Ok(()),
+                    _ = self.finish.notified() => break 'outer Ok(()),
                     f = fatal_rx.recv() => break 'outer Err(f.unwrap_or_else(|| Failure::new(failure::UNEXPECTED, "workers stopped"))),
                     Some((e, tag)) = finished_rx.recv() => {
                         if e == epoch {
@@ -244,7 +282,7 @@ impl Pipeline {
             acks = Acks::default();
             lingering = false;
             sub = loop {
-                let wait = crate::listen::backoff(attempt);
+                let wait = backoff(attempt);
                 tokio::select! {
                     _ = &mut shutdown => break 'outer Ok(()),
                     _ = tokio::time::sleep(wait) => {}
@@ -255,10 +293,13 @@ impl Pipeline {
                         metrics.reconnected(&s.queue);
                         break s;
                     }
-                    Err(e) => {
+                    Err(e) if connect::transient(&e) => {
                         attempt += 1;
-                        tracing::warn!(error = %e, retry_in_ms = crate::listen::backoff(attempt).as_millis() as u64, "reconnect failed");
+                        tracing::warn!(error = %e, retry_in_ms = backoff(attempt).as_millis() as u64, "reconnect failed");
                     }
+                    // Refused certificates auto-bootstrap could not replace, a refused
+                    // identity: the caller decides (an exit code, a supervised restart).
+                    Err(e) => break 'outer Err(e.into()),
                 }
             };
         };
@@ -324,79 +365,6 @@ impl Pipeline {
             }
         }
     }
-
-    /// Subscribes; with `--auto-bootstrap`, downloads the certificates again when the broker
-    /// refuses the ones on disk.
-    async fn subscribe(&self) -> Result<scmb_bus::Subscription, scmb_bus::BusError> {
-        match scmb_bus::subscribe(&self.bus).await {
-            Err(e)
-                if self.auto_bootstrap
-                    && bootstrap::refresh_certificates(&self.session, &self.cert_dir, &e).await =>
-            {
-                scmb_bus::subscribe(&self.bus).await
-            }
-            other => other,
-        }
-    }
-
-    /// Reads the active and locked alerts over REST and feeds the ones the filter admits
-    /// through the lanes, as if they had just been created; the store skips what was already
-    /// handled. The checkpoint moves once every lane has worked through them.
-    async fn catch_up(&self, lanes: &Dispatcher) -> Result<(), Failure> {
-        let store = self.shared.store.clone();
-        let checkpoint = store
-            .call(|s| s.meta(CHECKPOINT))
-            .await
-            .map_err(store_failure)?;
-        // Everything modified from here on (less a margin for clock skew) is either fed below
-        // or arrives on the queue; once the lanes are through it, it is the next checkpoint.
-        let next = format_rfc3339_ms(time::OffsetDateTime::now_utc() - CLOCK_MARGIN);
-        let mut fed = 0usize;
-        let mut complete = true;
-        for state in ["Active", "Locked"] {
-            let mut filters = vec![format!("alertState='{state}'")];
-            if let Some(cp) = &checkpoint {
-                filters.push(format!("modified GE '{cp}'"));
-            }
-            let alerts = match crate::listen::list_with_retry(&self.session, &filters).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts; continuing with the bus only");
-                    complete = false;
-                    continue;
-                }
-            };
-            for alert in alerts {
-                let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
-                    continue;
-                };
-                if !self.shared.filter.admits(&ev) {
-                    continue;
-                }
-                lanes.dispatch(None, ev).await;
-                fed += 1;
-            }
-        }
-        self.shared.metrics.catch_up(fed, complete);
-        if !complete {
-            return Ok(());
-        }
-        // When nothing is in work any more, what was fed is handled.
-        let idle = lanes.idle_owned();
-        let stopping = self.stop_tx.subscribe();
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            idle.await;
-            if *stopping.borrow() {
-                return; // interrupted work may sit before the barrier
-            }
-            let cp = next.clone();
-            match store.call(move |s| s.set_meta(CHECKPOINT, &cp)).await {
-                Ok(()) => tracing::debug!(checkpoint = %next, "catch-up checkpoint saved"),
-                Err(e) => tracing::warn!(error = %e, "cannot save the catch-up checkpoint"),
-            }
-        }));
-        Ok(())
-    }
 }
 
 impl Shared {
@@ -451,9 +419,11 @@ impl Shared {
 
     /// False when this alert, as it is now (uri + eTag), was printed before.
     async fn first_time(&self, ev: &Event) -> Result<bool, Failure> {
+        let Some(store) = &self.store else {
+            return Ok(true);
+        };
         let uri = ev.resource_uri.clone();
-        let before = self
-            .store
+        let before = store
             .call(move |s| s.printed(&uri))
             .await
             .map_err(store_failure)?;
@@ -461,38 +431,14 @@ impl Shared {
     }
 
     async fn mark_printed(&self, ev: &Event) -> Result<(), Failure> {
-        self.store
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        store
             .set_printed_async(&ev.resource_uri, ev.str("eTag").unwrap_or(""))
             .await
             .map_err(store_failure)
     }
-}
-
-/// With no checkpoint yet, the look-back sets the first one.
-async fn first_start_checkpoint(store: &Store, look: LookBack) -> Result<(), Failure> {
-    if store
-        .call(|s| s.meta(CHECKPOINT))
-        .await
-        .map_err(store_failure)?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let window = match look {
-        LookBack::All => return Ok(()),
-        LookBack::None => time::Duration::ZERO,
-        LookBack::Window(w) => time::Duration::try_from(w).unwrap_or(time::Duration::MAX),
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let cp = format_rfc3339_ms(
-        now.checked_sub(window)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-    );
-    tracing::info!(checkpoint = %cp, "first start: catching up on alerts modified since");
-    store
-        .call(move |s| s.set_meta(CHECKPOINT, &cp))
-        .await
-        .map_err(store_failure)
 }
 
 /// How long finished deliveries wait for more before their ack goes out.
@@ -509,9 +455,6 @@ async fn flush(sub: &scmb_bus::Subscription, acks: &mut Acks, metrics: &Applianc
         }
     }
 }
-
-/// Margin for clock skew between us and the appliance when checkpointing.
-const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
 
 #[cfg(test)]
 mod tests {
@@ -584,7 +527,7 @@ mod tests {
         let shared = Arc::new(Shared {
             metrics: crate::telemetry::Metrics::new().appliance("test"),
             filter: Filter::default(),
-            store,
+            store: Some(store),
             sinks: vec![recorder.clone()],
             prints: false,
             stop,

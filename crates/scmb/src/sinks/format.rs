@@ -37,10 +37,19 @@ pub fn print_to<W: Write>(
     ev: &Event,
     sink: &'static str,
 ) -> Result<(), crate::sinks::SinkError> {
-    let now = scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc());
     let mut p = p.lock().map_err(|_| {
         crate::sinks::SinkError::new(sink, crate::failure::UNEXPECTED, "an output sink panicked")
     })?;
+    print_with(&mut p, ev, sink)
+}
+
+/// Prints `ev` stamped with the time now.
+pub fn print_with<W: Write>(
+    p: &mut Printer<W>,
+    ev: &Event,
+    sink: &'static str,
+) -> Result<(), crate::sinks::SinkError> {
+    let now = scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc());
     p.print(ev, &now).map_err(|e| {
         crate::sinks::SinkError::new(
             sink,

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 pub use sink::{Outcome, Sink, SinkError};
 
-use crate::sinks::format::Output;
 use crate::store::Store;
 use crate::telemetry::ApplianceMetrics;
 use scmb_model::Filter;
@@ -27,18 +26,22 @@ use scmb_oneview::Session;
 pub struct SinkContext {
     /// The appliance's name (`scmb run`), labelling output lines; none for one appliance.
     pub label: Option<String>,
-    pub store: Store,
-    pub session: Arc<Session>,
+    /// The appliance's state store (none for a listener that keeps nothing).
+    pub store: Option<Store>,
+    /// The REST session (none when nothing needs REST).
+    pub session: Option<Arc<Session>>,
     pub metrics: ApplianceMetrics,
     /// True once the pipeline is stopping: long work gives up and reports `Interrupted`.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// A sink that has done all it was asked (the listener's `--count`) asks for a stop.
+    pub finish: Arc<tokio::sync::Notify>,
     pub filter: Filter,
 }
 
 /// The sinks of one pipeline, ready to build (secrets read, paths resolved).
 #[derive(Debug, Clone, Default)]
 pub struct SinkSettings {
-    pub console: Option<Output>,
+    pub console: Option<console::ConsoleSettings>,
     pub jsonl: Option<PathBuf>,
     pub service_manager: Option<service_manager::ServiceManagerSettings>,
 }
@@ -53,8 +56,8 @@ impl SinkSettings {
 /// Builds the sinks, in a fixed order (printers first, then ticketing).
 pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, SinkError> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    if let Some(f) = s.console {
-        sinks.push(Arc::new(console::Console::new(f, ctx.label.as_deref())));
+    if let Some(c) = &s.console {
+        sinks.push(Arc::new(console::Console::new(c, ctx)));
     }
     if let Some(path) = &s.jsonl {
         let label = ctx

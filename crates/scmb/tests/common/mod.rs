@@ -226,3 +226,30 @@ pub async fn ticketed(sim: &scmb_sim::testkit::SimInfo) -> Vec<String> {
         })
         .collect()
 }
+
+/// GET over plain HTTP: status and body (status 0 and the error when it fails).
+pub async fn get(url: &str) -> (u16, String) {
+    // Plain HTTP, but reqwest still wants a crypto provider chosen.
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(
+            scmb_tls::client_config(
+                &scmb_tls::ServerTrust::Insecure,
+                &scmb_tls::NameCheck::Skip,
+                None,
+            )
+            .expect("tls"),
+        )
+        .build()
+        .expect("client");
+    match client.get(url).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// The value of one sample line of the Prometheus text, 0 when absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}

@@ -11,23 +11,35 @@ pub use config::ConsoleConfig;
 
 use crate::sinks::format::{Output, Printer};
 use crate::sinks::sink::{Outcome, Sink, SinkError};
+use crate::sinks::SinkContext;
 use scmb_model::Event;
 
+/// The console's settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsoleSettings {
+    pub format: Output,
+    /// Print this many events, then ask the pipeline to stop (`--count`).
+    pub limit: Option<u64>,
+}
+
 pub struct Console {
-    printer: Mutex<Printer<Stdout>>,
+    /// The printer, and how many events may still be printed.
+    printer: Mutex<(Printer<Stdout>, Option<u64>)>,
+    finish: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Console {
-    /// `label`: the appliance every line is marked with (`scmb run`), none for one appliance.
-    pub fn new(format: Output, label: Option<&str>) -> Console {
-        let colour = format == Output::Human
+    /// Lines are marked with the context's label (the appliance, under `scmb run`).
+    pub fn new(s: &ConsoleSettings, ctx: &SinkContext) -> Console {
+        let colour = s.format == Output::Human
             && crate::telemetry::colour(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-        let mut p = Printer::new(std::io::stdout(), format, colour);
-        if let Some(l) = label {
+        let mut p = Printer::new(std::io::stdout(), s.format, colour);
+        if let Some(l) = &ctx.label {
             p = p.with_label(l);
         }
         Console {
-            printer: Mutex::new(p),
+            printer: Mutex::new((p, s.limit)),
+            finish: ctx.finish.clone(),
         }
     }
 }
@@ -43,7 +55,25 @@ impl Sink for Console {
     }
 
     async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
-        crate::sinks::format::print_to(&self.printer, ev, self.name())?;
+        let mut guard = self.printer.lock().map_err(|_| {
+            SinkError::new(
+                self.name(),
+                crate::failure::UNEXPECTED,
+                "the console panicked",
+            )
+        })?;
+        let (printer, left) = &mut *guard;
+        if *left == Some(0) {
+            // Enough printed: the rest is left for whoever listens next.
+            return Ok(Outcome::Interrupted);
+        }
+        crate::sinks::format::print_with(printer, ev, self.name())?;
+        if let Some(n) = left {
+            *n -= 1;
+            if *n == 0 {
+                self.finish.notify_one();
+            }
+        }
         Ok(Outcome::Done("printed".into()))
     }
 

@@ -51,11 +51,18 @@ impl ServiceManager {
     pub fn new(s: &ServiceManagerSettings, ctx: &SinkContext) -> Result<ServiceManager, SinkError> {
         let sm = SmClient::new(s.client.clone())
             .map_err(|e| SinkError::new("service_manager", failure::USAGE, e.to_string()))?;
+        let (Some(store), Some(ov)) = (ctx.store.clone(), ctx.session.clone()) else {
+            return Err(SinkError::new(
+                "service_manager",
+                failure::UNEXPECTED,
+                "ticketing needs the state store and a REST session",
+            ));
+        };
         Ok(ServiceManager {
             ticketer: Ticketer {
-                store: ctx.store.clone(),
+                store,
                 sm,
-                ov: ctx.session.clone(),
+                ov,
                 template: s.template.clone(),
                 on_clear: s.on_clear,
                 journal_updates: s.journal_updates,
