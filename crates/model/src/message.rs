@@ -63,6 +63,9 @@ pub struct Event {
     pub resource_uri: String,
     /// The whole message, as received.
     pub body: Value,
+    /// The body's bytes as they came off the bus (none for an event built from a REST read):
+    /// a printer in JSON mode writes them as they are instead of serialising `body` again.
+    pub raw: Option<Vec<u8>>,
 }
 
 /// The default limit on a message body (real SCMB messages are a few KB).
@@ -80,6 +83,7 @@ pub fn decode(routing_key: &str, body: &[u8], max_bytes: usize) -> Result<Event,
         change_type: p.change_type,
         resource_uri: p.resource_uri.into_owned(),
         body: value,
+        raw: None,
     })
 }
 
@@ -163,6 +167,7 @@ pub fn alert_as_created_event(alert: Value) -> Option<Event> {
         change_type: ChangeType::Created,
         resource_uri: uri,
         body,
+        raw: None,
     })
 }
 

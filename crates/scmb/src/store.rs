@@ -212,6 +212,23 @@ impl Store {
         self.write(Write::Alert(uri.to_string(), bytes)).await
     }
 
+    /// Queues "printed" for the group commit without waiting for it: it is committed with the
+    /// next batch, and at the latest when the store closes (a clean stop). A crash can lose
+    /// the last batch; the alert may then be printed once more by a later catch-up, as it
+    /// could be anyway by a crash between printing and recording.
+    pub fn note_printed(&self, uri: &str, etag: &str) -> Result<(), StoreError> {
+        let (done, _) = tokio::sync::oneshot::channel();
+        self.inner
+            .writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Db("the store is closed".into()))?
+            .send(Job {
+                write: Write::Printed(uri.to_string(), etag.to_string()),
+                done,
+            })
+            .map_err(|_| StoreError::Db("the store's writer stopped".into()))
+    }
+
     /// [`Store::set_printed`] through the group commit: durable when it returns.
     pub async fn set_printed_async(&self, uri: &str, etag: &str) -> Result<(), StoreError> {
         self.write(Write::Printed(uri.to_string(), etag.to_string()))

@@ -48,6 +48,9 @@ struct Shared {
     sinks: Vec<Arc<dyn Sink>>,
     /// Some sink prints what the filter admits: a catch-up must not show it twice.
     prints: bool,
+    /// What was printed lately (uri → eTag), in front of the store's record of it: a
+    /// catch-up right after a reconnect sees what the store has not committed yet.
+    printed: std::sync::Mutex<std::collections::HashMap<String, String>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -173,6 +176,7 @@ impl Pipeline {
                 filter,
                 // What was printed is remembered only where a catch-up could print it again.
                 prints: catch_up && sinks.iter().any(|s| s.prints()),
+                printed: Default::default(),
                 store,
                 sinks,
                 stop: stop_rx,
@@ -357,7 +361,10 @@ impl Pipeline {
             return;
         }
         match decode(&d.routing_key, &d.body, self.max_bytes) {
-            Ok(ev) => lanes.dispatch(Some((epoch, d.delivery_tag)), ev).await,
+            Ok(mut ev) => {
+                ev.raw = Some(d.body);
+                lanes.dispatch(Some((epoch, d.delivery_tag)), ev).await
+            }
             // The peek accepted it, so this cannot happen; finish it rather than hold back acks.
             Err(reason) => {
                 metrics.malformed(&d.routing_key, d.body.len(), &reason);
@@ -412,34 +419,48 @@ impl Shared {
             self.metrics.sink_latency(sink.name(), started.elapsed());
         }
         if admitted && self.prints && fresh {
-            self.mark_printed(ev).await?;
+            self.mark_printed(ev)?;
         }
         Ok(true)
     }
 
     /// False when this alert, as it is now (uri + eTag), was printed before.
     async fn first_time(&self, ev: &Event) -> Result<bool, Failure> {
+        let etag = ev.str("eTag").unwrap_or("");
+        if let Ok(m) = self.printed.lock() {
+            if let Some(before) = m.get(&ev.resource_uri) {
+                return Ok(before != etag);
+            }
+        }
         let Some(store) = &self.store else {
             return Ok(true);
         };
-        let uri = ev.resource_uri.clone();
-        let before = store
-            .call(move |s| s.printed(&uri))
-            .await
-            .map_err(store_failure)?;
-        Ok(before.as_deref() != Some(ev.str("eTag").unwrap_or("")))
+        // Printed by an earlier run: the store's record is the only one.
+        let before = store.printed(&ev.resource_uri).map_err(store_failure)?;
+        Ok(before.as_deref() != Some(etag))
     }
 
-    async fn mark_printed(&self, ev: &Event) -> Result<(), Failure> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        store
-            .set_printed_async(&ev.resource_uri, ev.str("eTag").unwrap_or(""))
-            .await
-            .map_err(store_failure)
+    /// Records that this alert, as it is now, was printed: in memory at once, in the store
+    /// with its next group commit (not awaited: the printing path does not wait for fsync).
+    fn mark_printed(&self, ev: &Event) -> Result<(), Failure> {
+        let etag = ev.str("eTag").unwrap_or("").to_string();
+        if let Ok(mut m) = self.printed.lock() {
+            if m.len() >= PRINTED_IN_MEMORY {
+                m.clear(); // the store still has them
+            }
+            m.insert(ev.resource_uri.clone(), etag.clone());
+        }
+        match &self.store {
+            Some(store) => store
+                .note_printed(&ev.resource_uri, &etag)
+                .map_err(store_failure),
+            None => Ok(()),
+        }
     }
 }
+
+/// How many printed alerts are remembered in memory in front of the store.
+const PRINTED_IN_MEMORY: usize = 100_000;
 
 /// How long finished deliveries wait for more before their ack goes out.
 const LINGER: Duration = Duration::from_millis(5);
@@ -530,6 +551,7 @@ mod tests {
             store: Some(store),
             sinks: vec![recorder.clone()],
             prints: false,
+            printed: Default::default(),
             stop,
         });
         (shared, recorder, stop_tx)

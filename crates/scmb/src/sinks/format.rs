@@ -50,7 +50,12 @@ pub fn print_with<W: Write>(
     sink: &'static str,
 ) -> Result<(), crate::sinks::SinkError> {
     let now = scmb_model::message::format_rfc3339_ms(time::OffsetDateTime::now_utc());
-    p.print(ev, &now).map_err(|e| {
+    let written = match &ev.raw {
+        // The body as it came: no second serialisation.
+        Some(raw) if p.format == Output::Json => p.print_delivery(&ev.routing_key, raw, &now),
+        _ => p.print(ev, &now),
+    };
+    written.map_err(|e| {
         crate::sinks::SinkError::new(
             sink,
             crate::failure::UNEXPECTED,

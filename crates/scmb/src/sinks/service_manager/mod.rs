@@ -148,6 +148,7 @@ impl Sink for ServiceManager {
                     let mut shown = ev.clone();
                     if let Some(a) = alert {
                         shown.body["resource"] = a;
+                        shown.raw = None; // the bytes as they came do not carry the note
                     }
                     crate::sinks::format::print_to(p, &shown, self.name())?;
                     println!(
