@@ -94,6 +94,9 @@ struct Inner {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The store's page cache.
+const STORE_CACHE_BYTES: usize = 4 << 20;
+
 impl Drop for Inner {
     /// The last clone closes the database for good: the writer thread is stopped and joined,
     /// so that the file can be opened again at once (a reload restarts an appliance).
@@ -171,7 +174,12 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
-        let database = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // A small page cache: the store holds a few records per alert, read once each, and
+        // redb's default cache (up to 1 GiB) would grow with every page written.
+        let database = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.to_string()))?;
         let w = database.begin_write().map_err(db)?;
         w.open_table(ALERTS).map_err(db)?;
         w.open_table(META).map_err(db)?;

@@ -459,8 +459,9 @@ impl Shared {
     }
 }
 
-/// How many printed alerts are remembered in memory in front of the store.
-const PRINTED_IN_MEMORY: usize = 100_000;
+/// How many printed alerts are remembered in memory in front of the store: enough to cover
+/// the few milliseconds before the store's next group commit.
+const PRINTED_IN_MEMORY: usize = 4096;
 
 /// How long finished deliveries wait for more before their ack goes out.
 const LINGER: Duration = Duration::from_millis(5);
