@@ -162,6 +162,10 @@ pub async fn ov_to_sm(ctx: &Ctx, session: &OvSession, run: usize, c: usize) -> R
             &state.display().to_string(),
             "--alert-type",
             &format!("{tag}*"),
+            // The storm measures the steady state: ov_to_sm's first-start catch-up of every
+            // active alert (its default) would list the earlier runs' alerts during it.
+            "--look-back",
+            "none",
         ]
         .map(String::from),
     );
