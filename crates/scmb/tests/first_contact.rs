@@ -7,26 +7,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{appliance, download_certs, run, ticketed, Listening, BIN};
-use reqwest::Method;
+use common::{appliance, download_certs, raise, run, ticketed, Listening, BIN};
 use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 const OV_TO_SM: &str = env!("CARGO_BIN_EXE_ov_to_sm");
-
-async fn raise(sim: &SimInfo, fields: Value) -> String {
-    let a = sim
-        .client()
-        .call(
-            Method::POST,
-            "/sim/alerts",
-            Some(serde_json::to_vec(&fields).expect("json")),
-        )
-        .await
-        .expect("raise");
-    a["uri"].as_str().expect("uri").to_string()
-}
 
 fn sm_host(sim: &SimInfo) -> String {
     sim.sm_url
@@ -71,14 +57,14 @@ async fn ov_to_sm_first_start_tickets_what_was_already_active_but_not_what_the_s
     for i in 0..4 {
         before.push(
             raise(
-                sim,
+                &sim.client(),
                 json!({"severity": "Critical", "alertTypeID": format!("{tag}{i}")}),
             )
             .await,
         );
     }
     let by_sample = raise(
-        sim,
+        &sim.client(),
         json!({"severity": "Critical", "alertTypeID": format!("{tag}sample"),
                "changeLog": [{"userEntered": true, "username": "Administrator",
                  "notes": "Case automatically loged in HPE Service Manager with ID: IM99999"}]}),
@@ -206,7 +192,7 @@ format = "json"
         "the certificates were downloaded"
     );
     let uri = raise(
-        sim,
+        &sim.client(),
         json!({"severity": "Critical", "alertTypeID": format!("{tag}1")}),
     )
     .await;
@@ -408,7 +394,7 @@ async fn color_always_colours_and_never_or_no_color_do_not() {
         );
         assert!(l.wait_for("subscribed", WAIT), "{:?}", l.stderr);
         raise(
-            sim,
+            &sim.client(),
             json!({"severity": "Critical", "alertTypeID": format!("{tag}{color}")}),
         )
         .await;

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{appliance, download_certs, Listening};
+use common::{appliance, download_certs, raise, Listening};
 use reqwest::Method;
 use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
 use serde_json::{json, Value};
@@ -91,18 +91,6 @@ async fn incidents_by_alert(c: &scmb_sim::client::SimClient) -> HashMap<String, 
         by.entry(uri).or_default().push(inc);
     }
     by
-}
-
-async fn raise(c: &scmb_sim::client::SimClient, fields: Value) -> String {
-    let a = c
-        .call(
-            Method::POST,
-            "/sim/alerts",
-            Some(serde_json::to_vec(&fields).expect("json")),
-        )
-        .await
-        .expect("raise");
-    a["uri"].as_str().expect("uri").to_string()
 }
 
 async fn alert(c: &scmb_sim::client::SimClient, uri: &str) -> Value {

@@ -253,3 +253,16 @@ pub fn metric(text: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as u64
 }
+
+/// Raises an alert with these fields on a simulator; its uri.
+pub async fn raise(c: &scmb_sim::client::SimClient, fields: serde_json::Value) -> String {
+    let a = c
+        .call(
+            reqwest::Method::POST,
+            "/sim/alerts",
+            Some(serde_json::to_vec(&fields).expect("json")),
+        )
+        .await
+        .expect("raise");
+    a["uri"].as_str().expect("uri").to_string()
+}
