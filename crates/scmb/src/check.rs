@@ -188,7 +188,7 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
                         sm.client.user
                     )
                 })
-                .map_err(crate::ovtosm::sink_failure),
+                .map_err(Failure::from),
         };
         match line {
             Ok(l) => r.line(Verdict::Ok, who, "service manager", &l),

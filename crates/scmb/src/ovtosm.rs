@@ -14,7 +14,7 @@ use crate::cli::{BusArgs, ConnArgs, FilterArgs, Output};
 use crate::duration::LookBack;
 use crate::failure::{self, Failure};
 use crate::sinks::service_manager::{self, OnClear, ServiceManagerSettings, Template};
-use crate::sinks::{SinkError, SinkSettings};
+use crate::sinks::SinkSettings;
 use crate::{app, certs};
 
 #[derive(Parser, Debug, Clone)]
@@ -270,31 +270,6 @@ pub fn sm_settings(cli: &OvToSmCli) -> Result<ServiceManagerSettings, Failure> {
         retry_cap: cli.retry_cap(),
         report: Some(cli.output),
     })
-}
-
-/// A sink's error as a command's failure.
-pub fn sink_failure(e: SinkError) -> Failure {
-    Failure::new(e.code, e.message)
-}
-
-/// At start: refused credentials stop the command (exit 3) instead of surfacing at the first
-/// alert; an unreachable or failing Service Manager is only warned about (the work waits,
-/// unacked, and is retried).
-pub async fn check_sm(sm: &SmClient) -> Result<(), Failure> {
-    match service_manager::probe(sm).await {
-        Err(e) if e.code == failure::AUTH => Err(sink_failure(e)),
-        Err(e) => {
-            tracing::warn!(error = %e.message, "Service Manager cannot be checked now; alerts will wait and be retried");
-            Ok(())
-        }
-        Ok(()) => {
-            tracing::info!(
-                url = sm.base_url(),
-                "Service Manager accepted our credentials"
-            );
-            Ok(())
-        }
-    }
 }
 
 /// `-l`: every incident, as a table or JSON lines.

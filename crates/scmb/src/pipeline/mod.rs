@@ -95,6 +95,23 @@ fn store_failure(e: StoreError) -> Failure {
     Failure::new(failure::UNEXPECTED, e.to_string())
 }
 
+/// A sink's health at start: refused credentials stop the command (exit 3, the setting to fix
+/// in the message) instead of surfacing at the first alert; a destination that cannot be
+/// reached now is only warned about (the work waits, unacked, and is retried).
+async fn check_at_start(sink: &dyn Sink) -> Result<(), Failure> {
+    match sink.healthcheck().await {
+        Ok(what) => {
+            tracing::info!(sink = sink.name(), "{what}");
+            Ok(())
+        }
+        Err(e) if e.code == failure::AUTH => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(sink = sink.name(), error = %e.message, "cannot be checked now; its work will wait and be retried");
+            Ok(())
+        }
+    }
+}
+
 /// Opens the store, creating its directory.
 fn open_store(path: &std::path::Path) -> Result<Store, Failure> {
     if let Some(parent) = path.parent() {
@@ -118,12 +135,6 @@ impl Pipeline {
         let host = app::host(conn)?;
         let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
         let filter = app::filter(spec.filter)?;
-        if let Some(sm) = &spec.sinks.service_manager {
-            // A wrong password or address is found now, not at the first alert.
-            let client = scmb_servicemanager::SmClient::new(sm.client.clone())
-                .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
-            crate::ovtosm::check_sm(&client).await?;
-        }
         // Ticketing always catches up: an alert raised while down must still get its incident.
         let catch_up = spec.catch_up || spec.sinks.tickets();
         let store = match &spec.store {
@@ -168,8 +179,10 @@ impl Pipeline {
                 finish: finish.clone(),
                 filter: filter.clone(),
             },
-        )
-        .map_err(crate::ovtosm::sink_failure)?;
+        )?;
+        for sink in &sinks {
+            check_at_start(sink.as_ref()).await?;
+        }
         Ok(Pipeline {
             shared: Arc::new(Shared {
                 metrics: spec.metrics,
@@ -396,7 +409,7 @@ impl Shared {
             }
             let started = Instant::now();
             loop {
-                let outcome = sink.handle(ev).await.map_err(crate::ovtosm::sink_failure)?;
+                let outcome = sink.handle(ev).await?;
                 match outcome {
                     Outcome::Done(what) => {
                         tracing::debug!(alert = %ev.resource_uri, sink = sink.name(), outcome = %what, "handled");
