@@ -75,6 +75,16 @@ pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 /// [`crate::peek::peek`] accepts (it does the checking), then keeps the whole body.
 pub fn decode(routing_key: &str, body: &[u8], max_bytes: usize) -> Result<Event, DecodeError> {
     let p = crate::peek::peek(routing_key, body, max_bytes)?;
+    decode_peeked(routing_key, body, p)
+}
+
+/// [`decode`] for a body already checked by [`crate::peek::peek`]: keeps the whole body
+/// without checking it a second time.
+pub fn decode_peeked(
+    routing_key: &str,
+    body: &[u8],
+    p: crate::peek::Peek<'_>,
+) -> Result<Event, DecodeError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     Ok(Event {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scmb_bus::{BusConfig, Delivery};
-use scmb_model::message::decode;
+use scmb_model::message::decode_peeked;
 use scmb_model::peek;
 use scmb_model::{Event, Filter};
 use scmb_oneview::Session;
@@ -353,7 +353,7 @@ impl Pipeline {
     async fn take(&self, d: Delivery, epoch: u64, acks: &mut Acks, lanes: &Dispatcher) {
         let metrics = &self.shared.metrics;
         metrics.received();
-        let wanted = match peek(&d.routing_key, &d.body, self.max_bytes) {
+        let decoded = match peek(&d.routing_key, &d.body, self.max_bytes) {
             Err(reason) => {
                 metrics.malformed(&d.routing_key, d.body.len(), &reason);
                 // Settled here, for good: it never enters the ack order.
@@ -362,24 +362,25 @@ impl Pipeline {
                 }
                 return;
             }
-            Ok(p) => self
-                .shared
-                .sinks
-                .iter()
-                .any(|s| s.wants(&self.shared.filter, &p)),
+            Ok(p) => {
+                let wanted = self
+                    .shared
+                    .sinks
+                    .iter()
+                    .any(|s| s.wants(&self.shared.filter, &p));
+                // Decoded in full only when a sink wants it, and checked only once.
+                wanted.then(|| decode_peeked(&d.routing_key, &d.body, p))
+            }
         };
         acks.received(d.delivery_tag);
-        if !wanted {
-            acks.finished(d.delivery_tag);
-            return;
-        }
-        match decode(&d.routing_key, &d.body, self.max_bytes) {
-            Ok(mut ev) => {
+        match decoded {
+            None => acks.finished(d.delivery_tag),
+            Some(Ok(mut ev)) => {
                 ev.raw = Some(d.body);
                 lanes.dispatch(Some((epoch, d.delivery_tag)), ev).await
             }
             // The peek accepted it, so this cannot happen; finish it rather than hold back acks.
-            Err(reason) => {
+            Some(Err(reason)) => {
                 metrics.malformed(&d.routing_key, d.body.len(), &reason);
                 acks.finished(d.delivery_tag);
             }
@@ -498,6 +499,7 @@ mod tests {
 
     use super::*;
     use crate::sinks::SinkError;
+    use scmb_model::message::decode;
     use scmb_model::Peek;
     use std::sync::Mutex;
 
