@@ -3,32 +3,32 @@
 //! trust is the appliance CA (`--rest-ca`), a pinned fingerprint (trust on first use, stored per
 //! appliance; a changed fingerprint is refused loudly), or `--insecure` with a loud warning.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
-use scmb_oneview::{Client, Config, Credentials, Generation, Secret, Session};
+use scmb_oneview::{Client, Config, Credentials, Generation, Session};
 use scmb_tls::{Fingerprint, NameCheck, ServerTrust};
 
 use crate::certs::{self, CA_FILE, CERT_FILE, FINGERPRINT_FILE, KEY_FILE};
-use crate::cli::{ConnArgs, DEFAULT_USER};
 use crate::failure::{self, Failure};
+use crate::settings::Rest;
 
 const TASK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How the REST API's certificate is trusted.
-pub async fn rest_trust(conn: &ConnArgs, host: &str, dir: &Path) -> Result<ServerTrust, Failure> {
-    if conn.insecure {
+pub async fn rest_trust(rest: &Rest) -> Result<ServerTrust, Failure> {
+    let (host, dir) = (rest.host.as_str(), rest.cert_dir.as_path());
+    if rest.insecure {
         tracing::warn!(
             host,
             "--insecure: the REST API's certificate is NOT verified; anyone on the path can read the password"
         );
         return Ok(ServerTrust::Insecure);
     }
-    if let Some(ca) = &conn.rest_ca {
+    if let Some(ca) = &rest.ca {
         return Ok(ServerTrust::Ca(scmb_tls::load_certs(ca)?));
     }
-    if let Some(fp) = &conn.rest_fingerprint {
+    if let Some(fp) = &rest.fingerprint {
         let fp: Fingerprint = fp
             .parse()
             .map_err(|e: scmb_tls::TlsError| Failure::new(failure::USAGE, e.to_string()))?;
@@ -69,72 +69,12 @@ pub async fn rest_trust(conn: &ConnArgs, host: &str, dir: &Path) -> Result<Serve
     Ok(ServerTrust::Pinned(fp))
 }
 
-/// The password: `-p` (with a warning), `--password-file`, `$SCMB_PASSWORD`, or a prompt.
-pub fn password(conn: &ConnArgs) -> Result<Secret, Failure> {
-    if let Some(s) = &conn.secret {
-        return Ok(s.clone());
-    }
-    if let Some(p) = &conn.password {
-        tracing::warn!("-p puts the password where `ps` shows it: prefer $SCMB_PASSWORD, --password-file or the prompt");
-        return Ok(Secret::new(p.clone()));
-    }
-    if let Some(f) = &conn.password_file {
-        let text = std::fs::read_to_string(f).map_err(|e| {
-            Failure::new(
-                failure::USAGE,
-                format!("cannot read the password file {}: {e}", f.display()),
-            )
-        })?;
-        return Ok(Secret::new(text.lines().next().unwrap_or("").to_string()));
-    }
-    if let Ok(p) = std::env::var("SCMB_PASSWORD") {
-        return Ok(Secret::new(p));
-    }
-    if std::io::stdin().is_terminal() {
-        return prompt("OneView password: ").map(Secret::new);
-    }
-    Err(Failure::new(
-        failure::USAGE,
-        "no password: set $SCMB_PASSWORD, give --password-file FILE, or run on a terminal to be asked",
-    ))
-}
-
-/// Reads a line from the terminal with echo off.
-pub fn prompt(label: &str) -> Result<String, Failure> {
-    use std::io::{BufRead, Write};
-    eprint!("{label}");
-    let _ = std::io::stderr().flush();
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data; we restore the saved settings before returning.
-    let saved = unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(fd, &mut t) != 0 {
-            None
-        } else {
-            let saved = t;
-            t.c_lflag &= !libc::ECHO;
-            libc::tcsetattr(fd, libc::TCSANOW, &t);
-            Some(saved)
-        }
-    };
-    let mut line = String::new();
-    let read = std::io::stdin().lock().read_line(&mut line);
-    if let Some(s) = saved {
-        // SAFETY: restores the settings read above.
-        unsafe {
-            libc::tcsetattr(fd, libc::TCSANOW, &s);
-        }
-    }
-    eprintln!();
-    read.map_err(|e| Failure::new(failure::USAGE, format!("cannot read the password: {e}")))?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_string())
-}
-
 /// Connects, negotiates the API version, logs in and accepts the EULA like the sample.
-pub async fn login(conn: &ConnArgs, host: &str, dir: &Path) -> Result<Session, Failure> {
-    let trust = rest_trust(conn, host, dir).await?;
+pub async fn login(rest: &Rest) -> Result<Session, Failure> {
+    let (host, dir) = (rest.host.as_str(), rest.cert_dir.as_path());
+    let trust = rest_trust(rest).await?;
     let mut cfg = Config::new(host, trust);
-    if let Some(n) = &conn.tls_server_name {
+    if let Some(n) = &rest.server_name {
         cfg.names = NameCheck::Name(n.clone());
     }
     let client = Client::connect(cfg).await.map_err(|e| pin_hint(e, dir))?;
@@ -144,16 +84,16 @@ pub async fn login(conn: &ConnArgs, host: &str, dir: &Path) -> Result<Session, F
         "connected to the appliance"
     );
     let creds = Credentials {
-        user: conn
-            .user
-            .clone()
-            .unwrap_or_else(|| DEFAULT_USER.to_string()),
-        password: password(conn)?,
-        domain: conn.login_domain.clone(),
+        user: rest.user.clone(),
+        password: rest
+            .password
+            .read()
+            .map_err(|m| Failure::new(failure::USAGE, m))?,
+        domain: rest.login_domain.clone(),
     };
     let session = client.login(creds).await?;
     if session.eula_status().await? {
-        if conn.no_accept_eula {
+        if !rest.accept_eula {
             return Err(Failure::new(
                 failure::API,
                 "the appliance's EULA has not been accepted; accept it in the OneView UI, or run without --no-accept-eula",

@@ -13,11 +13,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{BusArgs, ConnArgs, FilterArgs, DEFAULT_USER};
+use scmb_model::{ChangeType, Filter};
+use scmb_oneview::Secret;
+
 use crate::duration::{DurationValue, LookBack};
+use crate::password::{Password, SecretRef};
+use crate::settings::{self, BusChoices, DEFAULT_USER};
 use crate::sinks::SinkSettings;
 use crate::telemetry::LogFormat;
-use scmb_oneview::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -74,67 +77,6 @@ pub struct MetricsConfig {
     /// Address serving `/metrics`, `/healthz` and `/readyz`, e.g. `127.0.0.1:9464`. Default:
     /// not served. Overridden by `--metrics-listen` / `$SCMB_METRICS_LISTEN`.
     pub listen: Option<String>,
-}
-
-/// Where a password comes from: exactly one of the three (the `password_*` keys of a table).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SecretRef {
-    /// The name of an environment variable holding it.
-    pub password_env: Option<String>,
-    /// A file whose first line is it (keep it `chmod 600`).
-    pub password_file: Option<PathBuf>,
-    /// The name of a systemd credential (`LoadCredential=NAME:PATH` in the unit), read from
-    /// `$CREDENTIALS_DIRECTORY/NAME`.
-    pub password_credential: Option<String>,
-}
-
-impl SecretRef {
-    /// Exactly one source is given.
-    fn check(&self) -> Result<(), String> {
-        match [
-            self.password_env.is_some(),
-            self.password_file.is_some(),
-            self.password_credential.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count()
-        {
-            1 => Ok(()),
-            0 => Err("no password: set password_env, password_file or password_credential".into()),
-            _ => Err("give only one of password_env, password_file and password_credential".into()),
-        }
-    }
-
-    /// Reads the secret now. Errors never contain it.
-    pub fn read(&self) -> Result<Secret, String> {
-        match (
-            &self.password_env,
-            &self.password_file,
-            &self.password_credential,
-        ) {
-            (Some(var), None, None) => std::env::var(var)
-                .map(Secret::new)
-                .map_err(|_| format!("password_env: the environment variable {var} is not set")),
-            (None, Some(file), None) => first_line(file),
-            (None, None, Some(name)) => {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    format!("password_credential {name:?}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for units with LoadCredential=)")
-                })?;
-                first_line(&Path::new(&dir).join(name))
-            }
-            (None, None, None) => Err(
-                "no password: set one of password_env, password_file or password_credential".into(),
-            ),
-            _ => Err("give only one of password_env, password_file and password_credential".into()),
-        }
-    }
-}
-
-fn first_line(path: &Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
-    Ok(Secret::new(text.lines().next().unwrap_or("")))
 }
 
 /// `[[appliance]]`: one OneView appliance, listened to and acted upon independently.
@@ -333,8 +275,7 @@ impl Config {
                 ));
             }
             // The same checks the command line gets; warnings are logged once logging starts.
-            let (_, warnings) = crate::app::checked_filter(&a.filter.args())
-                .map_err(|f| ctx(format!("filter: {}", f.message)))?;
+            let (_, warnings) = a.filter.filter().map_err(|m| ctx(format!("filter: {m}")))?;
             for w in warnings {
                 crate::telemetry::early_warn(format!("appliance {:?}: filter: {w}", a.name));
             }
@@ -408,16 +349,35 @@ macro_rules! secret_ref {
 secret_ref!(ApplianceConfig);
 
 impl FilterConfig {
-    /// The same filter flags the command line takes.
-    pub fn args(&self) -> FilterArgs {
-        FilterArgs {
-            severity: self.severities.clone(),
-            states: self.states.clone(),
-            change_types: self.change_types.clone(),
-            escalations: self.escalations,
-            categories: self.categories.clone(),
-            alert_types: self.alert_types.clone(),
+    /// The filter these lists amount to, checked: a value of a closed set that OneView never
+    /// sends is an error; an unknown category or alert type comes back as a warning. The
+    /// command line's filter flags are checked the same way.
+    pub fn filter(&self) -> Result<(Filter, Vec<String>), String> {
+        let mut f = Filter::default();
+        if !self.severities.is_empty() {
+            f.severities = self.severities.clone();
         }
+        if !self.states.is_empty() {
+            f.states = self.states.clone();
+        }
+        if !self.change_types.is_empty() {
+            f.change_types = self
+                .change_types
+                .iter()
+                .map(|c| {
+                    ChangeType::parse(c).ok_or_else(|| {
+                        format!("change type {c:?} is not one OneView sends: use Created, Updated or Deleted")
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        f.escalations = self.escalations;
+        if !self.categories.is_empty() {
+            f.categories = self.categories.clone();
+        }
+        f.alert_types = self.alert_types.clone();
+        let warnings = f.check().map_err(|p| p.to_string())?;
+        Ok((f, warnings))
     }
 }
 
@@ -443,42 +403,70 @@ impl ApplianceConfig {
             })
     }
 
-    /// The settings this appliance amounts to. Call after [`Config::check`].
-    fn args(&self, state_dir: &Path, secret: Option<Secret>) -> Result<ApplianceArgs, String> {
-        let conn = ConnArgs {
-            host: Some(self.address.clone()),
-            user: Some(self.user.clone()),
-            password: None,
-            secret,
-            password_file: None,
-            login_domain: self.login_domain.clone(),
-            cert_dir: Some(
-                self.cert_dir
-                    .clone()
-                    .unwrap_or_else(|| self.state_dir(state_dir)),
+    /// The settings to run this appliance with, its passwords read now (from the
+    /// environment, a file or a systemd credential).
+    pub fn settings(&self, state_dir: &Path) -> Result<settings::Appliance, ConfigError> {
+        let err = |message: String| ConfigError::Secret {
+            appliance: self.name.clone(),
+            message,
+        };
+        let ov = self.password().read().map_err(err)?;
+        let sm = match &self.service_manager {
+            Some(s) => Some(
+                s.password()
+                    .read()
+                    .map_err(|m| err(format!("service_manager: {m}")))?,
             ),
-            cwd_certs: false,
-            tls_server_name: self.tls_server_name.clone(),
-            rest_ca: self.rest_ca.clone(),
-            rest_fingerprint: self.rest_fingerprint.clone(),
+            None => None,
+        };
+        self.assemble(state_dir, ov, sm).map_err(err)
+    }
+
+    /// The settings, given the passwords. Call after [`Config::check`].
+    fn assemble(
+        &self,
+        state_dir: &Path,
+        ov: Secret,
+        sm: Option<Secret>,
+    ) -> Result<settings::Appliance, String> {
+        let own = self.state_dir(state_dir);
+        let rest = settings::Rest {
+            host: self.address.clone(),
+            user: self.user.clone(),
+            password: Password::read_already(ov),
+            login_domain: self.login_domain.clone(),
+            cert_dir: self.cert_dir.clone().unwrap_or_else(|| own.clone()),
+            server_name: self.tls_server_name.clone(),
+            ca: self.rest_ca.clone(),
+            fingerprint: self.rest_fingerprint.clone(),
             insecure: self.insecure,
-            no_accept_eula: !self.accept_eula,
+            accept_eula: self.accept_eula,
         };
-        let bus = BusArgs {
-            routes: self.routes.clone(),
-            amqp_port: self.amqp_port,
-            no_verify_hostname: !self.verify_hostname,
-            heartbeat: self.heartbeat()?,
-            prefetch: self.prefetch,
-            queue: self.queue.clone(),
-            max_message_bytes: self.max_message_bytes,
-            auto_bootstrap: self.auto_bootstrap,
+        let bus = settings::Bus::new(
+            &rest,
+            BusChoices {
+                routes: self.routes.clone(),
+                port: self.amqp_port,
+                verify_hostname: self.verify_hostname,
+                heartbeat: self.heartbeat()?,
+                prefetch: self.prefetch,
+                queue: self.queue.clone(),
+                max_message_bytes: self.max_message_bytes,
+                auto_bootstrap: self.auto_bootstrap,
+            },
+        );
+        let service_manager = match (&self.service_manager, sm) {
+            (Some(s), Some(password)) => Some(
+                s.settings(password)
+                    .map_err(|m| format!("service_manager: {m}"))?,
+            ),
+            _ => None,
         };
-        let filter = self.filter.args();
-        Ok(ApplianceArgs {
-            conn,
+        Ok(settings::Appliance {
+            label: Some(self.name.clone()),
+            rest,
             bus,
-            filter,
+            filter: self.filter.filter()?.0,
             catch_up: self.catch_up,
             look_back: self.look_back()?,
             // Alerts in parallel (one alert's events still in order): the printing sinks'
@@ -491,35 +479,6 @@ impl ApplianceConfig {
                 Some(sm) => sm.keep_alive_setting()?,
                 None => None,
             },
-        })
-    }
-
-    /// The settings to run this appliance with, its passwords read now (from the
-    /// environment, a file or a systemd credential).
-    pub fn settings(&self, state_dir: &Path) -> Result<ApplianceSettings, ConfigError> {
-        let err = |message: String| ConfigError::Secret {
-            appliance: self.name.clone(),
-            message,
-        };
-        let ov = self.password().read().map_err(err)?;
-        let service_manager = match &self.service_manager {
-            Some(s) => {
-                let password = s
-                    .password()
-                    .read()
-                    .map_err(|m| err(format!("service_manager: {m}")))?;
-                Some(
-                    s.settings(password)
-                        .map_err(|m| err(format!("service_manager: {m}")))?,
-                )
-            }
-            None => None,
-        };
-        let args = self.args(state_dir, Some(ov)).map_err(err)?;
-        Ok(ApplianceSettings {
-            name: self.name.clone(),
-            state_dir: self.state_dir(state_dir),
-            args,
             sinks: SinkSettings {
                 console: self
                     .console
@@ -528,44 +487,27 @@ impl ApplianceConfig {
                         format: c.format,
                         limit: None,
                     }),
-                jsonl: self
-                    .jsonl
-                    .as_ref()
-                    .map(|j| self.state_dir(state_dir).join(&j.path)),
+                jsonl: self.jsonl.as_ref().map(|j| own.join(&j.path)),
                 service_manager,
             },
+            store: Some(own.join(STORE_FILE)),
+            login_at_start: true,
         })
     }
 }
 
-/// What one appliance's tables amount to: the same settings the command lines give.
-#[derive(Debug, Clone)]
-pub struct ApplianceArgs {
-    pub conn: ConnArgs,
-    pub bus: BusArgs,
-    pub filter: FilterArgs,
-    pub catch_up: bool,
-    pub look_back: LookBack,
-    /// Alerts worked on in parallel.
-    pub lanes: usize,
-    /// REST keep-alive interval while idle.
-    pub keep_alive: Option<std::time::Duration>,
-}
+/// The store of each appliance, in its state directory.
+pub const STORE_FILE: &str = "scmb.redb";
 
-/// One appliance, ready to run.
-#[derive(Debug, Clone)]
-pub struct ApplianceSettings {
-    pub name: String,
-    pub state_dir: PathBuf,
-    pub args: ApplianceArgs,
-    pub sinks: SinkSettings,
-}
+/// A minimal valid file, for tests elsewhere.
+#[cfg(test)]
+pub(crate) const MINIMAL_FOR_TESTS: &str = tests::MINIMAL;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
 [[appliance]]
 name = "east"
 address = "oneview-east.example.com"
@@ -585,12 +527,15 @@ password_env = "OV_EAST_PASSWORD"
         assert_eq!(a.amqp_port, 5671);
         assert!(a.verify_hostname && a.accept_eula && a.catch_up && !a.insecure);
         assert_eq!(a.prefetch, 1000);
-        let args = a.args(Path::new("/var/lib/scmb"), None).expect("args");
+        let args = a
+            .assemble(Path::new("/var/lib/scmb"), Secret::default(), None)
+            .expect("args");
+        assert_eq!(args.rest.cert_dir, Path::new("/var/lib/scmb/east"));
         assert_eq!(
-            args.conn.cert_dir.as_deref(),
-            Some(Path::new("/var/lib/scmb/east"))
+            args.store.as_deref(),
+            Some(Path::new("/var/lib/scmb/east/scmb.redb"))
         );
-        assert_eq!(args.bus.heartbeat, std::time::Duration::from_secs(10));
+        assert_eq!(args.bus.config.heartbeat, 10);
         assert_eq!(args.look_back, LookBack::None);
         assert_eq!((args.lanes, args.keep_alive), (16, None));
         let console = a.console.as_ref().expect("console");
@@ -662,16 +607,14 @@ password_env = "OV_EAST_PASSWORD"
         );
         let c = parse(&text).expect("parse");
         let a = &c.appliances[0];
-        let args = a.args(Path::new("/s"), None).expect("args");
+        let args = a
+            .assemble(Path::new("/s"), Secret::default(), Some(Secret::new("pw")))
+            .expect("args");
         assert_eq!(args.look_back, LookBack::All);
         assert_eq!(args.keep_alive, Some(std::time::Duration::from_secs(600)));
         assert_eq!(args.lanes, 16);
-        let sm = a
-            .service_manager
-            .as_ref()
-            .expect("sm")
-            .settings(Secret::new("pw"))
-            .expect("settings");
+        let sm = args.sinks.service_manager.expect("sm");
+        assert_eq!(sm.client.password.expose(), "pw");
         assert_eq!(sm.retry_cap, std::time::Duration::from_secs(30));
         assert_eq!(sm.on_clear, crate::sinks::service_manager::OnClear::Close);
         assert_eq!(sm.client.user, "falcon");
@@ -681,133 +624,6 @@ password_env = "OV_EAST_PASSWORD"
         assert_eq!(inc["Urgency"], "2");
         assert_eq!(inc["Priority"], "High");
         assert_eq!(inc["Title"], "OneView Alert");
-    }
-
-    #[test]
-    fn secrets_come_from_env_files_and_systemd_credentials_and_never_print() {
-        let dir = std::env::temp_dir().join(format!("scmb-secret-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::write(dir.join("ov-east"), "s3cret-from-credential\n").expect("write");
-        let file = SecretRef {
-            password_file: Some(dir.join("ov-east")),
-            ..SecretRef::default()
-        };
-        let s = file.read().expect("file");
-        assert_eq!(s.expose(), "s3cret-from-credential");
-        assert_eq!(format!("{s} {s:?}"), "*** ***");
-        std::env::set_var("SCMB_TEST_SECRET_VAR", "from-env");
-        let env = SecretRef {
-            password_env: Some("SCMB_TEST_SECRET_VAR".into()),
-            ..SecretRef::default()
-        };
-        assert_eq!(env.read().expect("env").expose(), "from-env");
-        let missing = SecretRef {
-            password_env: Some("SCMB_TEST_SECRET_UNSET".into()),
-            ..SecretRef::default()
-        };
-        assert!(missing
-            .read()
-            .expect_err("unset")
-            .contains("SCMB_TEST_SECRET_UNSET"));
-        let cred = SecretRef {
-            password_credential: Some("ov-east".into()),
-            ..SecretRef::default()
-        };
-        std::env::set_var("CREDENTIALS_DIRECTORY", &dir);
-        assert_eq!(
-            cred.read().expect("cred").expose(),
-            "s3cret-from-credential"
-        );
-        std::env::remove_var("CREDENTIALS_DIRECTORY");
-        assert!(cred
-            .read()
-            .expect_err("no dir")
-            .contains("CREDENTIALS_DIRECTORY"));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn precedence_is_flags_then_environment_then_file_then_defaults() {
-        use clap::Parser;
-        let file = parse(&format!(
-            "state_dir = \"/from/file\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[log]\nlevel = \"error\"\nformat = \"json\"\n{MINIMAL}"
-        ))
-        .expect("parse");
-        let args = |extra: &[&str]| {
-            let mut a = vec!["scmb", "run", "--config", "scmb.toml"];
-            a.extend_from_slice(extra);
-            let cli = crate::cli::Cli::try_parse_from(a).expect("parse");
-            match cli.cmd {
-                Some(crate::cli::Cmd::Run(d)) => {
-                    let log = d.log.clone();
-                    (d, log)
-                }
-                _ => panic!("not run"),
-            }
-        };
-        // Defaults, then the file.
-        assert_eq!(Config::default().metrics_listen(None), None);
-        let (d, log) = args(&[]);
-        assert_eq!(
-            file.metrics_listen(d.metrics_listen.as_deref()).as_deref(),
-            Some("127.0.0.1:1")
-        );
-        assert_eq!(
-            file.state_dir(d.state_dir.as_deref()),
-            PathBuf::from("/from/file")
-        );
-        let (level, format, _) = crate::app::log_settings(&log, Some(&file.log));
-        if std::env::var_os("RUST_LOG").is_none() {
-            assert_eq!(level, "error");
-        }
-        assert_eq!(format, LogFormat::Json);
-        // The environment beats the file.
-        std::env::set_var("SCMB_METRICS_LISTEN", "127.0.0.1:2");
-        std::env::set_var("SCMB_STATE_DIR", "/from/env");
-        std::env::set_var("SCMB_LOG_FORMAT", "text");
-        let (d, log) = args(&[]);
-        assert_eq!(
-            file.metrics_listen(d.metrics_listen.as_deref()).as_deref(),
-            Some("127.0.0.1:2")
-        );
-        assert_eq!(
-            file.state_dir(d.state_dir.as_deref()),
-            PathBuf::from("/from/env")
-        );
-        assert_eq!(
-            crate::app::log_settings(&log, Some(&file.log)).1,
-            LogFormat::Text
-        );
-        // Flags beat the environment.
-        let (d, log) = args(&[
-            "--metrics-listen",
-            "127.0.0.1:3",
-            "--state-dir",
-            "/from/flag",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-        ]);
-        std::env::remove_var("SCMB_METRICS_LISTEN");
-        std::env::remove_var("SCMB_STATE_DIR");
-        std::env::remove_var("SCMB_LOG_FORMAT");
-        assert_eq!(
-            file.metrics_listen(d.metrics_listen.as_deref()).as_deref(),
-            Some("127.0.0.1:3")
-        );
-        assert_eq!(
-            file.state_dir(d.state_dir.as_deref()),
-            PathBuf::from("/from/flag")
-        );
-        assert_eq!(
-            crate::app::log_settings(&log, Some(&file.log)),
-            (
-                "debug".to_string(),
-                LogFormat::Json,
-                crate::cli::Color::Auto
-            )
-        );
     }
 
     #[test]
@@ -836,14 +652,15 @@ password_env = "OV_EAST_PASSWORD"
         let get = |text: &str| {
             let c = parse(text).expect("parse");
             let a = &c.appliances[0];
-            let args = a.args(Path::new("/s"), None).expect("args");
-            let sm = a
-                .service_manager
-                .as_ref()
-                .expect("sm")
-                .settings(Secret::new(""))
-                .expect("settings");
-            (args.bus.heartbeat, args.keep_alive, sm.retry_cap)
+            let args = a
+                .assemble(Path::new("/s"), Secret::default(), Some(Secret::default()))
+                .expect("args");
+            let sm = args.sinks.service_manager.expect("sm");
+            (
+                std::time::Duration::from_secs(u64::from(args.bus.config.heartbeat)),
+                args.keep_alive,
+                sm.retry_cap,
+            )
         };
         let s = std::time::Duration::from_secs;
         let new = sm("keep_alive = \"1h\"\nretry_cap = \"2m\"\n").replace(

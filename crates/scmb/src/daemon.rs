@@ -16,14 +16,21 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::cli::DaemonArgs;
 use crate::config::{ApplianceConfig, Config};
 use crate::failure::{self, Failure};
-use crate::pipeline::{Pipeline, Spec};
+use crate::pipeline::Pipeline;
 use crate::telemetry::{ApplianceMetrics, Metrics};
 
-/// The store of each appliance, in its state directory.
-pub const STORE_FILE: &str = "scmb.redb";
+/// What `scmb run` is told besides the config file's contents (flags and environment).
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The config file, read again at SIGHUP.
+    pub config: PathBuf,
+    /// Overrides the file's `state_dir`.
+    pub state_dir: Option<PathBuf>,
+    /// Overrides the file's `metrics.listen`.
+    pub metrics_listen: Option<String>,
+}
 
 /// How long a stopping appliance may take to finish its in-flight work.
 const DRAIN: Duration = Duration::from_secs(35);
@@ -204,19 +211,7 @@ async fn run_once(
     let s = a
         .settings(state_dir)
         .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
-    let build = Pipeline::build(Spec {
-        conn: &s.args.conn,
-        bus: &s.args.bus,
-        filter: &s.args.filter,
-        catch_up: s.args.catch_up,
-        look_back: s.args.look_back,
-        lanes: s.args.lanes,
-        keep_alive: s.args.keep_alive,
-        sinks: s.sinks.clone(),
-        label: Some(s.name.clone()),
-        store: Some(s.state_dir.join(STORE_FILE)),
-        metrics: metrics.clone(),
-    });
+    let build = Pipeline::build(s, metrics.clone());
     // A stop while logging in (a slow or hanging appliance) ends the attempt at once.
     let mut waiting = stop.clone();
     let pipeline = tokio::select! {
@@ -230,44 +225,18 @@ async fn run_once(
         .await
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`.
-pub async fn serve_metrics(
-    addr: &str,
-    metrics: std::sync::Arc<Metrics>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Failure> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Failure::new(
-            failure::USAGE,
-            format!(
-                "cannot serve metrics on {addr}: {e} (change metrics.listen or --metrics-listen)"
-            ),
-        )
-    })?;
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| addr.to_string());
-    tracing::info!(address = %local, "serving /metrics, /healthz and /readyz");
-    tokio::spawn(async move {
-        if let Err(e) = crate::telemetry::serve(listener, metrics, stop).await {
-            tracing::error!(error = %e, "the metrics endpoint stopped");
-        }
-    });
-    Ok(())
-}
-
 /// `scmb run`.
-pub async fn run(cfg: Config, args: DaemonArgs) -> Result<(), Failure> {
+pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
     let state_dir = cfg.state_dir(args.state_dir.as_deref());
     let metrics = Metrics::new();
     let (down_tx, down_rx) = watch::channel(false);
     if let Some(addr) = cfg.metrics_listen(args.metrics_listen.as_deref()) {
         let mut down = down_rx.clone();
-        serve_metrics(&addr, metrics.clone(), async move {
+        crate::telemetry::serve_metrics(&addr, metrics.clone(), async move {
             let _ = down.wait_for(|d| *d).await;
         })
-        .await?;
+        .await
+        .map_err(|m| Failure::new(failure::USAGE, m))?;
     }
     let mut daemon = Daemon {
         state_dir: state_dir.clone(),
@@ -288,7 +257,7 @@ pub async fn run(cfg: Config, args: DaemonArgs) -> Result<(), Failure> {
     }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Failure::new(failure::UNEXPECTED, format!("cannot watch SIGHUP: {e}")))?;
-    let shutdown = crate::app::shutdown_signal();
+    let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -66,12 +66,6 @@ impl From<BusError> for Failure {
     }
 }
 
-impl From<crate::sinks::SinkError> for Failure {
-    fn from(e: crate::sinks::SinkError) -> Self {
-        Failure::new(e.code, e.message)
-    }
-}
-
 impl From<OneViewError> for Failure {
     fn from(e: OneViewError) -> Self {
         let code = match &e {

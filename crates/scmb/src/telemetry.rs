@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines (colour on a terminal).
@@ -27,6 +27,58 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("log format {s:?}: use text or json")),
+        }
+    }
+}
+
+/// When to colour what goes to a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Color {
+    /// On a terminal, unless `$NO_COLOR` is set to anything but the empty string.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl std::str::FromStr for Color {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Color::Auto),
+            "always" => Ok(Color::Always),
+            "never" => Ok(Color::Never),
+            _ => Err(format!("colour {s:?}: use auto, always or never")),
+        }
+    }
+}
+
+impl Color {
+    /// Whether to colour a stream that is (or is not) a terminal.
+    pub fn enabled(self, terminal: bool) -> bool {
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+}
+
+/// How the process logs: level (directives), line format and colour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+    pub color: Color,
 }
 
 /// The level used when neither `--log-level`, `RUST_LOG` nor the config file sets one.
@@ -44,7 +96,7 @@ pub fn log_level(flag: Option<&str>, rust_log: Option<&str>, file: Option<&str>)
 }
 
 /// The process's colour choice (`--color`), set once when logging starts.
-static COLOR: std::sync::OnceLock<crate::cli::Color> = std::sync::OnceLock::new();
+static COLOR: std::sync::OnceLock<Color> = std::sync::OnceLock::new();
 
 /// Whether to colour a stream that is (or is not) a terminal: `--color`, `$NO_COLOR`.
 pub fn colour(terminal: bool) -> bool {
@@ -75,8 +127,9 @@ pub fn deprecated(message: String) {
 /// Installs the process's log subscriber, writing to stderr. `level` is an `EnvFilter`
 /// directive (`info`, `debug`, `warn,scmb=debug`); an invalid one falls back to the default
 /// with a warning. Then logs the warnings that came before it.
-pub fn init_logging(level: &str, format: LogFormat, color: crate::cli::Color) {
-    let _ = COLOR.set(color);
+pub fn init_logging(log: &LogSettings) {
+    let (level, format) = (log.level.as_str(), log.format);
+    let _ = COLOR.set(log.color);
     use tracing_subscriber::EnvFilter;
     let (filter, bad) = match EnvFilter::try_new(level) {
         Ok(f) => (f, false),
@@ -474,6 +527,29 @@ impl ApplianceMetrics {
             })
             .observe(took.as_secs_f64());
     }
+}
+
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` there in the background until
+/// `stop`. The error is one line naming the address and what to change.
+pub async fn serve_metrics(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot serve metrics on {addr}: {e} (change metrics.listen or --metrics-listen)")
+    })?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| addr.to_string());
+    tracing::info!(address = %local, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, metrics, stop).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
 }
 
 /// Serves `/metrics`, `/healthz` (the process is alive and serving) and `/readyz` (every

@@ -4,11 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use scmb::app;
-use scmb::ovtosm::{self, OvToSmCli};
+use scmb::flags::ov_to_sm::{normalise_args, OvToSmCli};
 
 fn main() -> ExitCode {
-    let cli = OvToSmCli::parse_from(ovtosm::normalise_args(std::env::args()));
-    let log = app::log_settings(&cli.log, None);
-    app::run_to_exit("ov_to_sm", log, ovtosm::run(cli))
+    scmb::commands::ov_to_sm::main(OvToSmCli::parse_from(normalise_args(std::env::args())))
 }

@@ -30,13 +30,12 @@ pub use connect::backoff;
 use acks::Acks;
 use lanes::{Dispatcher, Ticket};
 
-use crate::cli::{BusArgs, ConnArgs, FilterArgs};
-use crate::duration::LookBack;
+use crate::bootstrap;
 use crate::failure::{self, Failure};
-use crate::sinks::{Outcome, Sink, SinkContext, SinkSettings};
+use crate::settings::Appliance;
+use crate::sinks::{Outcome, Sink, SinkContext};
 use crate::store::{Store, StoreError};
 use crate::telemetry::ApplianceMetrics;
-use crate::{app, bootstrap, certs};
 
 /// What every lane shares.
 struct Shared {
@@ -68,27 +67,6 @@ pub struct Pipeline {
     auto_bootstrap: bool,
     keep_alive: Option<Duration>,
     stop_tx: watch::Sender<bool>,
-}
-
-/// What to build a pipeline from.
-pub struct Spec<'a> {
-    pub conn: &'a ConnArgs,
-    pub bus: &'a BusArgs,
-    pub filter: &'a FilterArgs,
-    /// Catch up over REST after every (re)connect (a ticketing sink always does).
-    pub catch_up: bool,
-    /// How far back the first start catches up.
-    pub look_back: LookBack,
-    /// Alerts worked on in parallel.
-    pub lanes: usize,
-    /// REST keep-alive interval while idle.
-    pub keep_alive: Option<Duration>,
-    pub sinks: SinkSettings,
-    /// The appliance's name on every output line (`scmb run`).
-    pub label: Option<String>,
-    /// The store file; needed by a catch-up and by ticketing.
-    pub store: Option<PathBuf>,
-    pub metrics: ApplianceMetrics,
 }
 
 fn store_failure(e: StoreError) -> Failure {
@@ -130,11 +108,8 @@ fn open_store(path: &std::path::Path) -> Result<Store, Failure> {
 
 impl Pipeline {
     /// Opens the store, logs in to REST and builds the sinks. Connects to nothing else.
-    pub async fn build(spec: Spec<'_>) -> Result<Pipeline, Failure> {
-        let conn = spec.conn;
-        let host = app::host(conn)?;
-        let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
-        let filter = app::filter(spec.filter)?;
+    pub async fn build(spec: Appliance, metrics: ApplianceMetrics) -> Result<Pipeline, Failure> {
+        let filter = spec.filter;
         // Ticketing always catches up: an alert raised while down must still get its incident.
         let catch_up = spec.catch_up || spec.sinks.tickets();
         let store = match &spec.store {
@@ -154,16 +129,15 @@ impl Pipeline {
         // Listening alone needs no password: REST only for what needs it, or where a
         // password was configured (a service proves its credentials at start).
         let session =
-            if catch_up || spec.bus.auto_bootstrap || spec.sinks.tickets() || conn.secret.is_some()
-            {
-                Some(Arc::new(bootstrap::login(conn, host, &dir).await?))
+            if catch_up || spec.bus.auto_bootstrap || spec.sinks.tickets() || spec.login_at_start {
+                Some(Arc::new(bootstrap::login(&spec.rest).await?))
             } else {
-                if conn.password.is_some() {
+                if spec.rest.password.typed() {
                     tracing::debug!("listening needs no REST login: the password is not used");
                 }
                 None
             };
-        let mut bus = app::bus_config(conn, spec.bus, host, &dir);
+        let mut bus = spec.bus.config;
         let lanes = spec.lanes.max(1);
         bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -174,7 +148,7 @@ impl Pipeline {
                 label: spec.label.clone(),
                 store: store.clone(),
                 session: session.clone(),
-                metrics: spec.metrics.clone(),
+                metrics: metrics.clone(),
                 stop: stop_rx.clone(),
                 finish: finish.clone(),
                 filter: filter.clone(),
@@ -185,7 +159,7 @@ impl Pipeline {
         }
         Ok(Pipeline {
             shared: Arc::new(Shared {
-                metrics: spec.metrics,
+                metrics,
                 filter,
                 // What was printed is remembered only where a catch-up could print it again.
                 prints: catch_up && sinks.iter().any(|s| s.prints()),
@@ -195,7 +169,7 @@ impl Pipeline {
                 stop: stop_rx,
             }),
             bus,
-            cert_dir: dir,
+            cert_dir: spec.rest.cert_dir,
             session,
             finish,
             max_bytes: spec.bus.max_message_bytes,

@@ -39,6 +39,12 @@ impl SinkError {
     }
 }
 
+impl From<SinkError> for crate::failure::Failure {
+    fn from(e: SinkError) -> Self {
+        crate::failure::Failure::new(e.code, e.message)
+    }
+}
+
 /// One destination of events.
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{OnClear, ServiceManagerSettings, Template};
-use crate::config::SecretRef;
 use crate::duration::DurationValue;
+use crate::password::SecretRef;
 use scmb_oneview::Secret;
 
 /// `[appliance.service_manager]`: the `ov_to_sm` settings.

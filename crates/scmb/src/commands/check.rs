@@ -9,10 +9,21 @@ use std::time::Duration;
 
 use x509_cert::der::Decode;
 
-use crate::cli::DaemonArgs;
 use crate::config::{ApplianceConfig, Config, ConfigError};
 use crate::failure::{self, Failure};
-use crate::{app, bootstrap, certs};
+use crate::flags::DaemonArgs;
+use crate::{bootstrap, certs};
+
+/// Loads the config (a broken one is the first FAIL line) and checks everything in it.
+pub fn main(args: DaemonArgs) -> std::process::ExitCode {
+    let cfg = Config::load(&args.config);
+    let mut log = args.log.settings(cfg.as_ref().ok().map(|c| &c.log));
+    if log.level == crate::telemetry::DEFAULT_LOG_LEVEL {
+        // The check lines are the report; routine log lines would only interleave.
+        log.level = "warn".into();
+    }
+    super::run_to_exit("scmb", &log, false, run(cfg, args))
+}
 
 /// Certificates expiring sooner than this are reported as a warning.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -124,16 +135,8 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         Err(e) => return r.fail(who, "secrets", &Failure::new(failure::USAGE, e.to_string())),
     };
     let host = a.address.as_str();
-    let dir = match certs::cert_dir(s.args.conn.cert_dir.as_deref(), false, host) {
-        Ok(d) => d,
-        Err(e) => return r.fail(who, "cert dir", &e.into()),
-    };
-    match tokio::time::timeout(
-        Duration::from_secs(60),
-        bootstrap::login(&s.args.conn, host, &dir),
-    )
-    .await
-    {
+    let dir = s.rest.cert_dir.clone();
+    match tokio::time::timeout(Duration::from_secs(60), bootstrap::login(&s.rest)).await {
         Ok(Ok(session)) => {
             r.line(
                 Verdict::Ok,
@@ -158,8 +161,8 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         ),
     }
     check_expiry(r, who, &dir);
-    let bus = app::bus_config(&s.args.conn, &s.args.bus, host, &dir);
-    match scmb_bus::subscribe(&bus).await {
+    let bus = &s.bus.config;
+    match scmb_bus::subscribe(bus).await {
         Ok(sub) => {
             r.line(
                 Verdict::Ok,
@@ -198,7 +201,7 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
 }
 
 /// `scmb check`.
-pub async fn run(cfg: Result<Config, ConfigError>, args: DaemonArgs) -> Result<(), Failure> {
+async fn run(cfg: Result<Config, ConfigError>, args: DaemonArgs) -> Result<(), Failure> {
     let mut r = Report { failed: None };
     let cfg = match cfg {
         Ok(c) => c,

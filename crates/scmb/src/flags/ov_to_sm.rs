@@ -1,21 +1,23 @@
-//! The `ov_to_sm` command: the HPE sample's flags (`-a -u -p -r -g -d`, `-s/--sm` also spelled
-//! `-sm`, `-i/--id`, `-x/--spass`, `-l/--list`) plus ours, and its main loop: subscribe, decode,
-//! hand each alert to the lane of its uri (events of one alert stay in order, different alerts
-//! are ticketed in parallel), ack only when the lane says the work is recorded.
+//! `ov_to_sm`'s command line: the HPE sample's flags (`-a -u -p -r -g -d`, `-s/--sm` also
+//! spelled `-sm`, `-i/--id`, `-x/--spass`, `-l/--list`) plus ours, and the settings they
+//! amount to: the pipeline of one appliance with the Service Manager sink.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use scmb_oneview::Secret;
-use scmb_servicemanager::{SmClient, SmConfig};
+use scmb_servicemanager::SmConfig;
 
-use crate::cli::{BusArgs, ConnArgs, FilterArgs, Output};
+use super::common::{look_back, secret};
+use super::{BusArgs, ConnArgs, FilterArgs, LogArgs};
 use crate::duration::LookBack;
 use crate::failure::{self, Failure};
-use crate::sinks::service_manager::{self, OnClear, ServiceManagerSettings, Template};
+use crate::password::{Password, Source};
+use crate::settings;
+use crate::sinks::format::Output;
+use crate::sinks::service_manager::{OnClear, ServiceManagerSettings, Template};
 use crate::sinks::SinkSettings;
-use crate::{app, certs};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -45,10 +47,10 @@ pub struct OvToSmCli {
     pub output: Output,
     /// At the first start, how far back to catch up: all active alerts (default), none, or a
     /// window (24h, 90m, 7d). Later starts catch up from where the last run stopped.
-    #[arg(long, value_name = "all|none|DURATION", value_parser = crate::cli::look_back, default_value = "all")]
+    #[arg(long, value_name = "all|none|DURATION", value_parser = look_back, default_value = "all")]
     pub look_back: LookBack,
     #[command(flatten)]
-    pub log: crate::cli::LogArgs,
+    pub log: LogArgs,
     /// Generate the RabbitMQ client keypair on the appliance (HPE sample's -g).
     #[arg(short = 'g', long = "gen")]
     pub generate: bool,
@@ -68,11 +70,8 @@ pub struct OvToSmCli {
     pub sm_user: String,
     /// Service Manager password (visible in `ps`: prefer $SM_PASSWORD, --sm-password-file or
     /// the prompt on a terminal; empty when none is given and there is no terminal).
-    #[arg(short = 'x', long = "spass", value_name = "SMPASS")]
-    pub sm_password: Option<String>,
-    /// The SM password already read (from a config file's env, file or systemd credential).
-    #[arg(skip)]
-    pub sm_secret: Option<Secret>,
+    #[arg(short = 'x', long = "spass", value_name = "SMPASS", value_parser = secret)]
+    pub sm_password: Option<Secret>,
     /// Read the Service Manager password from this file (first line).
     #[arg(long, value_name = "FILE")]
     pub sm_password_file: Option<PathBuf>,
@@ -223,133 +222,80 @@ pub fn template(cli: &OvToSmCli) -> Result<Template, Failure> {
     })
 }
 
-fn sm_password(cli: &OvToSmCli) -> Result<Secret, Failure> {
-    if let Some(s) = &cli.sm_secret {
-        return Ok(s.clone());
+impl OvToSmCli {
+    /// Where the Service Manager password comes from: `-x` (warned about), the file, the
+    /// environment, the prompt on a terminal; else empty, like the sample's `falcon` user.
+    fn sm_password(&self) -> Password {
+        let mut sources = Vec::new();
+        if let Some(p) = &self.sm_password {
+            sources.push(Source::Flag {
+                flag: "-x",
+                secret: p.clone(),
+                prefer: "$SM_PASSWORD or --sm-password-file",
+            });
+        }
+        if let Some(f) = &self.sm_password_file {
+            sources.push(Source::File(f.clone()));
+        }
+        sources.push(Source::Env {
+            var: "SM_PASSWORD".into(),
+            required: false,
+        });
+        sources.push(Source::Prompt("Service Manager password: "));
+        sources.push(Source::Empty);
+        Password::new(sources, "no Service Manager password")
     }
-    if let Some(p) = &cli.sm_password {
-        tracing::warn!("-x puts the Service Manager password where `ps` shows it: prefer $SM_PASSWORD or --sm-password-file");
-        return Ok(Secret::new(p.clone()));
-    }
-    if let Some(f) = &cli.sm_password_file {
-        let t = std::fs::read_to_string(f).map_err(|e| {
+
+    /// The Service Manager sink's settings (its password read now).
+    pub fn service_manager(&self) -> Result<ServiceManagerSettings, Failure> {
+        let host = self.sm.as_deref().ok_or_else(|| {
             Failure::new(
                 failure::USAGE,
-                format!("cannot read the SM password file {}: {e}", f.display()),
+                "the Service Manager host is missing: give -sm SMHOST",
             )
         })?;
-        return Ok(Secret::new(t.lines().next().unwrap_or("").to_string()));
-    }
-    if let Ok(p) = std::env::var("SM_PASSWORD") {
-        return Ok(Secret::new(p));
-    }
-    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        return crate::bootstrap::prompt("Service Manager password: ").map(Secret::new);
-    }
-    // The sample's falcon user has an empty password; with no terminal, that is the guess.
-    Ok(Secret::new(String::new()))
-}
-
-/// The Service Manager sink's settings from the flags (its password read now).
-pub fn sm_settings(cli: &OvToSmCli) -> Result<ServiceManagerSettings, Failure> {
-    let host = cli.sm.as_deref().ok_or_else(|| {
-        Failure::new(
-            failure::USAGE,
-            "the Service Manager host is missing: give -sm SMHOST",
-        )
-    })?;
-    let mut client = SmConfig::from_host(host, cli.sm_user.clone(), sm_password(cli)?);
-    if let Some(ca) = &cli.sm_ca {
-        client.trust = scmb_tls::ServerTrust::Ca(scmb_tls::load_certs(ca)?);
-    }
-    Ok(ServiceManagerSettings {
-        client,
-        template: template(cli)?,
-        on_clear: cli.on_clear,
-        journal_updates: cli.journal_updates,
-        retry_cap: cli.retry_cap(),
-        report: Some(cli.output),
-    })
-}
-
-/// `-l`: every incident, as a table or JSON lines.
-async fn list(cli: &OvToSmCli) -> Result<(), Failure> {
-    let sm = SmClient::new(sm_settings(cli)?.client)
-        .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
-    let all = sm
-        .list(None, cli.list_page_size.max(1))
-        .await
-        .map_err(|e| {
-            Failure::new(
-                service_manager::failure_code(&e),
-                service_manager::message(&e),
-            )
-        })?;
-    if cli.output == Output::Json {
-        for inc in &all {
-            println!("{}", serde_json::Value::Object(inc.fields.clone()));
+        let password = self
+            .sm_password()
+            .read()
+            .map_err(|m| Failure::new(failure::USAGE, m))?;
+        let mut client = SmConfig::from_host(host, self.sm_user.clone(), password);
+        if let Some(ca) = &self.sm_ca {
+            client.trust = scmb_tls::ServerTrust::Ca(scmb_tls::load_certs(ca)?);
         }
-    } else {
-        println!(
-            "{:<10} {:<10} {:<7} {:<25} TITLE",
-            "ID", "STATUS", "URGENCY", "OPENED"
-        );
-        for inc in &all {
-            let f = |k: &str| {
-                inc.fields
-                    .get(k)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            println!(
-                "{:<10} {:<10} {:<7} {:<25} {}",
-                inc.id,
-                f("Status"),
-                f("Urgency"),
-                f("OpenTime"),
-                f("Title")
-            );
-        }
-        println!("{} incident(s)", all.len());
+        Ok(ServiceManagerSettings {
+            client,
+            template: template(self)?,
+            on_clear: self.on_clear,
+            journal_updates: self.journal_updates,
+            retry_cap: self.retry_cap(),
+            report: Some(self.output),
+        })
     }
-    Ok(())
-}
 
-/// Runs the command.
-pub async fn run(cli: OvToSmCli) -> Result<(), Failure> {
-    if cli.list {
-        return list(&cli).await;
+    /// The pipeline: this appliance, every admitted alert ticketed, `--concurrency` at once.
+    pub fn appliance(&self) -> Result<settings::Appliance, Failure> {
+        let rest = self.conn.rest()?;
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| rest.cert_dir.clone());
+        Ok(settings::Appliance {
+            label: None,
+            bus: self.bus.bus(&rest),
+            filter: self.filter.filter()?,
+            catch_up: true,
+            look_back: self.look_back,
+            lanes: self.concurrency.max(1),
+            keep_alive: self.keep_alive(),
+            sinks: SinkSettings {
+                service_manager: Some(self.service_manager()?),
+                ..SinkSettings::default()
+            },
+            store: Some(state_dir.join("ov_to_sm.redb")),
+            rest,
+            login_at_start: false,
+        })
     }
-    let conn = &cli.conn;
-    match (cli.generate, cli.download) {
-        (true, true) => return app::rest_command(app::Mode::Setup, conn).await,
-        (true, false) => return app::rest_command(app::Mode::Generate, conn).await,
-        (false, true) => return app::rest_command(app::Mode::Download, conn).await,
-        (false, false) => {}
-    }
-    let host = app::host(conn)?;
-    let dir = certs::cert_dir(conn.cert_dir.as_deref(), conn.cwd_certs, host)?;
-    let state_dir = cli.state_dir.clone().unwrap_or_else(|| dir.clone());
-    let metrics = crate::telemetry::Metrics::new().appliance(host);
-    let pipeline = crate::pipeline::Pipeline::build(crate::pipeline::Spec {
-        conn,
-        bus: &cli.bus,
-        filter: &cli.filter,
-        catch_up: true,
-        look_back: cli.look_back,
-        lanes: cli.concurrency.max(1),
-        keep_alive: cli.keep_alive(),
-        sinks: SinkSettings {
-            service_manager: Some(sm_settings(&cli)?),
-            ..SinkSettings::default()
-        },
-        label: None,
-        store: Some(state_dir.join("ov_to_sm.redb")),
-        metrics,
-    })
-    .await?;
-    pipeline.run(app::shutdown_signal()).await
 }
 
 #[cfg(test)]
@@ -363,7 +309,7 @@ mod tests {
         let cli = OvToSmCli::try_parse_from(args).expect("parse");
         assert_eq!(cli.sm.as_deref(), Some("smhost"));
         assert_eq!(cli.sm_user, "falcon");
-        assert_eq!(cli.sm_password.as_deref(), Some("pw"));
+        assert_eq!(cli.sm_password.as_ref().map(Secret::expose), Some("pw"));
     }
 
     #[test]

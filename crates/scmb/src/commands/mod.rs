@@ -1,0 +1,93 @@
+//! The commands: the only place that wires flags or a config file to the parts below. Each
+//! turns what was typed into [`crate::settings`], runs one job, and maps its outcome to an
+//! exit code (see [`crate::failure`]); a failure is printed as one line prefixed with the
+//! tool's name.
+
+pub mod certs;
+pub mod check;
+pub mod ov_to_sm;
+pub mod service;
+pub mod watch;
+
+use std::process::ExitCode;
+
+use crate::failure::{self, Failure};
+use crate::flags::{CertsCmd, Cli, Cmd};
+use crate::telemetry::LogSettings;
+
+/// `scmb`, whatever its subcommand.
+pub fn scmb(cli: Cli) -> ExitCode {
+    match cli.cmd {
+        Some(Cmd::Completions { shell, tool }) => {
+            let (mut cmd, name) = tool.command();
+            clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Man { tool }) => {
+            match clap_mangen::Man::new(tool.command().0).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("scmb: cannot write the man page: {e}");
+                    ExitCode::from(failure::UNEXPECTED)
+                }
+            }
+        }
+        Some(Cmd::Run(args)) => service::main(args),
+        Some(Cmd::Check(args)) => check::main(args),
+        Some(Cmd::Setup(c)) => rest_only(&c.log, certs::rest(certs::Mode::Setup, c.conn)),
+        Some(Cmd::Certs(CertsCmd::Generate(c))) => {
+            rest_only(&c.log, certs::rest(certs::Mode::Generate, c.conn))
+        }
+        Some(Cmd::Certs(CertsCmd::Download(c))) => {
+            rest_only(&c.log, certs::rest(certs::Mode::Download, c.conn))
+        }
+        Some(Cmd::Certs(CertsCmd::Show(s))) => {
+            rest_only(&Default::default(), async move { certs::show(&s) })
+        }
+        Some(Cmd::Watch(w)) => watch::main(&w.log, w.conn, w.listen),
+        None => match certs::Mode::of(cli.generate, cli.download) {
+            Some(mode) => rest_only(&cli.log, certs::rest(mode, cli.conn)),
+            None => watch::main(&cli.log, cli.conn, cli.listen),
+        },
+    }
+}
+
+fn rest_only(
+    log: &crate::flags::LogArgs,
+    job: impl std::future::Future<Output = Result<(), Failure>>,
+) -> ExitCode {
+    run_to_exit("scmb", &log.settings(None), false, job)
+}
+
+/// Starts logging, runs a tool's async main on a small runtime and maps the outcome to its
+/// exit code. `single`: one consumer, in order, on a single-threaded runtime (no cross-thread
+/// wake-ups between the AMQP reader and the consumer); else two workers.
+pub fn run_to_exit(
+    name: &str,
+    log: &LogSettings,
+    single: bool,
+    main: impl std::future::Future<Output = Result<(), Failure>>,
+) -> ExitCode {
+    crate::telemetry::init_logging(log);
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::from(failure::UNEXPECTED);
+        }
+    };
+    match rt.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{name}: {f}");
+            ExitCode::from(f.code)
+        }
+    }
+}
