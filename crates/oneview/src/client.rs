@@ -213,6 +213,8 @@ pub(crate) struct Reply {
     pub status: u16,
     pub content_type: Option<String>,
     pub location: Option<String>,
+    /// The `Date` header: the appliance's clock when it answered.
+    pub date: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -342,6 +344,7 @@ impl Transport {
         };
         let content_type = header(CONTENT_TYPE);
         let location = header(LOCATION);
+        let date = header(reqwest::header::DATE);
         let body = resp
             .bytes()
             .await
@@ -353,6 +356,7 @@ impl Transport {
             status,
             content_type,
             location,
+            date,
             body,
         })
     }
@@ -571,6 +575,7 @@ mod tests {
             status,
             content_type: Some(ct.into()),
             location: None,
+            date: None,
             body: body.as_bytes().to_vec(),
         }
     }

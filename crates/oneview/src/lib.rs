@@ -33,7 +33,7 @@ pub use config::{Config, DEFAULT_TIMEOUT, MAX_API_VERSION};
 pub use error::OneViewError;
 pub use scmb_tls::{Fingerprint, NameCheck, ServerTrust};
 pub use secret::{Credentials, Secret};
-pub use session::Session;
+pub use session::{AlertPage, Session};
 pub use types::{Generation, Keypair, Task, TaskOutcome};
 
 /// Helpers for turning HTTP failures into one-line explanations, shared with the other REST

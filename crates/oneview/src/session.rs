@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -405,6 +405,58 @@ impl Session {
         Ok(out)
     }
 
+    /// One page of `GET /rest/alerts`: `filters` ANDed, ordered by `sort` (e.g.
+    /// `modified:ascending`), `count` from `start`. A caller that must not skip rows while
+    /// the list changes under it pages by value (`modified GE` the last one seen) rather than
+    /// by offset.
+    pub async fn alerts_page(
+        &self,
+        filters: &[String],
+        sort: &str,
+        start: usize,
+        count: usize,
+    ) -> Result<AlertPage, OneViewError> {
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("start", &start.to_string());
+            q.append_pair("count", &count.max(1).to_string());
+            for f in filters {
+                q.append_pair("filter", f);
+            }
+            q.append_pair("sort", sort);
+            q.finish().replace('+', "%20")
+        };
+        let path = format!("/rest/alerts?{query}");
+        let reply = self.call(&Request::new(Method::GET, &path)).await?;
+        if !reply.is_success() {
+            return Err(reply.error());
+        }
+        let mut v = reply.json()?;
+        let more = v
+            .get("nextPageUri")
+            .and_then(Value::as_str)
+            .map(rel_path)
+            .is_some_and(|n| n != path && !n.trim().is_empty());
+        let members = match v.get_mut("members").map(Value::take) {
+            Some(Value::Array(m)) => m,
+            _ => return Err(reply.bad("a collection without a members array")),
+        };
+        Ok(AlertPage {
+            more: more && !members.is_empty(),
+            members,
+            date: reply.date.as_deref().and_then(parse_http_date),
+        })
+    }
+
+    /// The appliance's clock: the `Date` header of a cheap call. None when it sends none
+    /// (or one that does not parse).
+    pub async fn clock(&self) -> Result<Option<SystemTime>, OneViewError> {
+        let reply = self
+            .call(&Request::new(Method::GET, "/rest/version"))
+            .await?;
+        Ok(reply.date.as_deref().and_then(parse_http_date))
+    }
+
     /// `DELETE /rest/login-sessions`. A session that has already expired counts as logged out.
     pub async fn logout(self) -> Result<(), OneViewError> {
         let t = &self.client.inner;
@@ -560,4 +612,18 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(calls, 1);
     }
+}
+
+/// One page of alerts.
+#[derive(Debug, Clone)]
+pub struct AlertPage {
+    pub members: Vec<Value>,
+    /// The appliance says there is a next page.
+    pub more: bool,
+    /// The appliance's clock when it answered (its `Date` header).
+    pub date: Option<SystemTime>,
+}
+
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(s).ok()
 }

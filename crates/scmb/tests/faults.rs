@@ -25,6 +25,16 @@ fn full() -> bool {
 }
 
 fn start(sim: &SimInfo, dir: &std::path::Path, state: &std::path::Path, tag: &str) -> Listening {
+    start_with(sim, dir, state, tag, &[("RUST_LOG", "info")])
+}
+
+fn start_with(
+    sim: &SimInfo,
+    dir: &std::path::Path,
+    state: &std::path::Path,
+    tag: &str,
+    env: &[(&str, &str)],
+) -> Listening {
     let sm = sim
         .sm_url
         .clone()
@@ -55,15 +65,9 @@ fn start(sim: &SimInfo, dir: &std::path::Path, state: &std::path::Path, tag: &st
         "5",
         "--auto-bootstrap",
     ];
-    let mut l = Listening::start_env(
-        OV_TO_SM,
-        &args,
-        &[
-            ("SCMB_PASSWORD", "admin123"),
-            ("SM_PASSWORD", ""),
-            ("RUST_LOG", "info"),
-        ],
-    );
+    let mut vars = vec![("SCMB_PASSWORD", "admin123"), ("SM_PASSWORD", "")];
+    vars.extend_from_slice(env);
+    let mut l = Listening::start_env(OV_TO_SM, &args, &vars);
     assert!(
         l.wait_for("subscribed to the message bus", Duration::from_secs(60)),
         "not subscribed: {:?}",
@@ -326,6 +330,65 @@ async fn nothing_is_lost_or_duplicated_through_broker_rest_sm_crash_and_garbage_
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     for rep in &reports {
+        assert_eq!(
+            (rep.lost, rep.duplicates),
+            (0, 0),
+            "{}: lost or duplicated (created {})",
+            rep.name,
+            rep.created
+        );
+    }
+}
+
+/// Issue 13, item 3: the appliance's clock is 15 minutes behind ours. An alert raised while
+/// `ov_to_sm` is stopped must still be ticketed at the next start: the catch-up checkpoint is
+/// taken from the appliance's own time, never from ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_raised_while_stopped_is_ticketed_when_the_appliances_clock_is_behind_ours() {
+    let mut cfg = scmb_sim::SimConfig::new(temp_dir("skew"));
+    cfg.rest_port = 0;
+    cfg.amqps_port = 0;
+    cfg.sm_port = Some(0);
+    cfg.keypair_pregenerated = true;
+    cfg.ov.eula_pending = false;
+    cfg.ov.clock_offset_ms = -15 * 60 * 1000;
+    let sim = scmb_sim::testkit::start_in_background(cfg);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "skew");
+    let state = temp_dir("skew-state");
+    let tag = format!("Skew.{}", rand::random::<u32>());
+    let already = storm(&c, 3, 0, &format!("{tag}.before")).await;
+    let mut l = start_with(&sim, &dir, &state, &tag, &[("RUST_LOG", "info,scmb=debug")]);
+    // The first start's catch-up tickets what is active and saves its checkpoint.
+    assert!(
+        l.wait_for("catch-up checkpoint saved", Duration::from_secs(60)),
+        "{:?}",
+        l.stderr
+    );
+    let first = settle(
+        &c,
+        "clock 15 min behind: first start",
+        &already,
+        Instant::now(),
+    )
+    .await;
+    l.terminate();
+    let r = l.finish(Duration::from_secs(40));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+
+    let offline = storm(&c, 5, 0, &format!("{tag}.offline")).await;
+    let restarted = Instant::now();
+    let l = start_with(&sim, &dir, &state, &tag, &[]);
+    let rep = settle(
+        &c,
+        "clock 15 min behind: raised while stopped",
+        &offline,
+        restarted,
+    )
+    .await;
+    l.terminate();
+    let _ = l.finish(Duration::from_secs(40));
+    for rep in [first, rep] {
         assert_eq!(
             (rep.lost, rep.duplicates),
             (0, 0),

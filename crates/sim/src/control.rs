@@ -44,6 +44,7 @@ pub fn router(ctl: Arc<Control>) -> Router {
         .route("/sim/alerts/{id}/lock", post(lock))
         .route("/sim/storm", post(storm))
         .route("/sim/sessions/expire", post(expire))
+        .route("/sim/clock", get(get_clock).post(set_clock))
         .route("/sim/faults/rest", post(set_fault).delete(clear_fault))
         .route("/sim/broker/restart", post(restart_broker))
         .route("/sim/certificates/regenerate", post(regenerate))
@@ -256,6 +257,23 @@ async fn expire(State(c): State<Arc<Control>>) -> Response {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClockReq {
+    /// How far the appliance's clock is off ours, in milliseconds (negative: behind).
+    offset_ms: i64,
+}
+
+/// `POST /sim/clock {"offsetMs": -900000}`: the appliance's clock runs 15 minutes behind ours.
+async fn set_clock(State(c): State<Arc<Control>>, Json(r): Json<ClockReq>) -> Response {
+    c.ov.clock.set_offset_ms(r.offset_ms);
+    get_clock(State(c)).await
+}
+
+async fn get_clock(State(c): State<Arc<Control>>) -> Response {
+    Json(json!({"offsetMs": c.ov.clock.offset_ms(), "now": c.ov.clock.now_ms()})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FaultReq {
     #[serde(default)]
     status: Option<u16>,
@@ -405,7 +423,7 @@ async fn publish_resource(State(c): State<Arc<Control>>, body: Bytes) -> Respons
     let envelope = json!({
         "resourceUri": uri, "changeType": change,
         "newState": m.get("newState").cloned().unwrap_or(resource.get("state").cloned().unwrap_or(Value::Null)),
-        "newSubState": null, "eTag": resource["eTag"], "timestamp": crate::clock::now_ms(),
+        "newSubState": null, "eTag": resource["eTag"], "timestamp": c.ov.clock.now_ms(),
         "resource": resource, "associatedTask": null, "userInitiatedTask": false,
         "changedAttributes": m.get("changedAttributes").cloned().unwrap_or(json!([])), "data": null,
     });

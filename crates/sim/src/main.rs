@@ -99,6 +99,22 @@ struct RunArgs {
     /// Milliseconds the keypair generation task runs.
     #[arg(long, default_value_t = 1500)]
     task_ms: u64,
+    /// Run the appliance's clock off ours, like an unsynchronised appliance: `-15m` (behind),
+    /// `90s` (ahead). Every timestamp it writes and its `Date` header follow it.
+    #[arg(long, value_name = "[-]DURATION", allow_hyphen_values = true, value_parser = clock_offset)]
+    clock_offset: Option<i64>,
+}
+
+/// `--clock-offset`: a signed human duration, in milliseconds.
+fn clock_offset(s: &str) -> Result<i64, String> {
+    let (sign, d) = match s.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let d = humantime::parse_duration(d).map_err(|e| format!("{s:?}: {e}; write -15m, 90s, 2h"))?;
+    i64::try_from(d.as_millis())
+        .map(|ms| sign * ms)
+        .map_err(|_| format!("{s:?}: too large"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -358,6 +374,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     cfg.ov.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));
     cfg.ov.eula_pending = !a.eula_accepted;
     cfg.ov.task_duration = Duration::from_millis(a.task_ms);
+    cfg.ov.clock_offset_ms = a.clock_offset.unwrap_or(0);
     cfg.sm.users = pairs(&a.sm_users, ("falcon", ""))?;
     cfg.sm.persist = a.sm_persist;
     cfg.broker_names = BrokerCertNames {

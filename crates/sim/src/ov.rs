@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::bus::Bus;
-use crate::clock::{now_ms, Clock};
+use crate::clock::Clock;
 use crate::filter;
 use crate::pki::Pki;
 
@@ -46,6 +46,8 @@ pub struct OvConfig {
     pub task_duration: Duration,
     /// How many alerts the appliance keeps (oldest dropped first), 75,000 on a real one.
     pub max_alerts: usize,
+    /// How far the appliance's clock is off ours, in milliseconds (negative: behind).
+    pub clock_offset_ms: i64,
 }
 
 impl Default for OvConfig {
@@ -60,6 +62,7 @@ impl Default for OvConfig {
             page_limit: 500,
             task_duration: Duration::from_millis(1500),
             max_alerts: 75_000,
+            clock_offset_ms: 0,
         }
     }
 }
@@ -158,12 +161,14 @@ impl OvState {
             next_task: 1,
             ..Default::default()
         };
+        let clock = Clock::default();
+        clock.set_offset_ms(cfg.clock_offset_ms);
         Arc::new(OvState {
             cfg,
             inner: Mutex::new(inner),
             pki: Mutex::new(pki),
             bus,
-            clock: Clock::default(),
+            clock,
             broker,
         })
     }
@@ -242,7 +247,7 @@ impl OvState {
             "newState": alert["alertState"],
             "newSubState": null,
             "eTag": alert["eTag"],
-            "timestamp": now_ms(),
+            "timestamp": self.clock.now_ms(),
             "resource": alert,
             "associatedTask": null,
             "userInitiatedTask": false,
@@ -398,7 +403,7 @@ impl OvState {
         };
         let body = serde_json::to_vec(&json!({
             "resourceUri": task["uri"], "changeType": "Updated", "newState": state,
-            "newSubState": null, "eTag": task["eTag"], "timestamp": now_ms(), "resource": task,
+            "newSubState": null, "eTag": task["eTag"], "timestamp": self.clock.now_ms(), "resource": task,
             "associatedTask": null, "userInitiatedTask": true, "changedAttributes": ["taskState"],
             "data": null,
         }))
@@ -467,8 +472,18 @@ pub fn router(state: Arc<OvState>) -> Router {
         .with_state(state)
 }
 
-/// Applies the REST fault window (503s, latency) to every REST call.
+/// Applies the REST fault window (503s, latency) to every REST call, and dates every answer
+/// by the appliance's clock (`Date`, which may be off ours).
 async fn faults(State(st): State<Arc<OvState>>, req: Request, next: Next) -> Response {
+    let mut resp = fault_window(&st, req, next).await;
+    let date = std::time::SystemTime::from(st.clock.now());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
+        resp.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    resp
+}
+
+async fn fault_window(st: &OvState, req: Request, next: Next) -> Response {
     let fault = st.current_fault();
     if fault
         .method
@@ -967,7 +982,7 @@ async fn list_alerts(
     let next = (start + members.len() < total && !members.is_empty())
         .then(|| page_uri(start + members.len()));
     let prev = (start > 0).then(|| page_uri(start.saturating_sub(limit)));
-    let ts = now_ms();
+    let ts = st.clock.now_ms();
     Json(json!({
         "type": "AlertResourceCollectionV3", "category": "alerts", "uri": page_uri(start),
         "start": start, "count": members.len(), "total": total,

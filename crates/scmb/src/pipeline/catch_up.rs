@@ -1,103 +1,248 @@
 //! REST catch-up: after every (re)connect, the alerts raised (or left unfinished) while the
-//! bus was not listened to are read over REST and fed through the lanes like bus messages.
-//! One checkpoint meaning for every command: the time from which the next catch-up lists,
-//! saved only once everything fed before it is finished.
+//! bus was not listened to are read over REST and fed through the lanes like bus messages,
+//! while the bus keeps flowing beside it.
+//!
+//! One checkpoint meaning for every command: a time **on the appliance's clock** from which
+//! the next catch-up lists (`modified GE` it), saved only once everything fed before it is
+//! finished. Our own clock is never compared with the appliance's: the checkpoint is the
+//! appliance's `Date` at the start of the catch-up (or, without one, the newest `modified` it
+//! listed), less a margin for deliveries still queued for us when it was taken.
+//!
+//! It streams: one page at a time, each fed before the next is asked for (the lanes' back
+//! pressure paces it), so memory holds a page, not the appliance's alert list. It pages by
+//! value, not by offset: ordered by `modified`, each page asks for `modified GE` the last value
+//! seen and skips the alerts already fed at that boundary, so alerts cleared while it pages
+//! cannot shift unread rows past it.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use scmb_model::message::format_rfc3339_ms;
+use scmb_oneview::{AlertPage, OneViewError, Session};
+use serde_json::Value;
+use tokio::sync::watch;
 
 use super::lanes::Dispatcher;
-use super::{store_failure, Pipeline};
+use super::{store_failure, Shared};
 use crate::duration::LookBack;
 use crate::failure::Failure;
 use crate::store::{Store, CHECKPOINT};
 
-/// Margin for clock skew between us and the appliance when checkpointing.
-const CLOCK_MARGIN: time::Duration = time::Duration::minutes(10);
+/// How far before the appliance's clock the next checkpoint is set: deliveries published
+/// before it may still sit in our queue, unread, when the checkpoint is taken.
+const BACKLOG_MARGIN: time::Duration = time::Duration::minutes(10);
 
-impl Pipeline {
-    /// Reads the active and locked alerts over REST and feeds the ones the filter admits
-    /// through the lanes, as if they had just been created; the store skips what was already
-    /// handled. The checkpoint moves once every lane has worked through them.
-    pub(super) async fn catch_up(&self, lanes: &Dispatcher) -> Result<(), Failure> {
-        let (Some(store), Some(session)) = (self.shared.store.clone(), self.session.as_ref())
-        else {
-            return Ok(());
-        };
-        let checkpoint = store
+/// Alerts per page: what a catch-up holds in memory at once.
+pub const PAGE: usize = 200;
+
+/// Pages one listing may take before it gives up (and the catch-up counts as incomplete):
+/// an appliance that ignores `sort` must not keep it paging for ever.
+const MAX_PAGES: usize = 100_000;
+
+/// What a catch-up works with. It runs as a task of its own beside the consumer.
+pub(super) struct CatchUp {
+    pub shared: Arc<Shared>,
+    pub session: Arc<Session>,
+    pub store: Store,
+    pub lanes: Arc<Dispatcher>,
+    pub look_back: LookBack,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// How one listing went.
+#[derive(Default)]
+struct Listed {
+    fed: usize,
+    /// The newest `modified` seen.
+    newest: Option<String>,
+}
+
+impl CatchUp {
+    /// Lists the active and locked alerts modified since the checkpoint, feeds the ones the
+    /// filter admits through the lanes as if just created (the sinks' records skip what was
+    /// handled), and moves the checkpoint once every lane is through them.
+    pub(super) async fn run(self) -> Result<(), Failure> {
+        let checkpoint = self
+            .store
             .call(|s| s.meta(CHECKPOINT))
             .await
             .map_err(store_failure)?;
-        // Everything modified from here on (less a margin for clock skew) is either fed below
-        // or arrives on the queue; once the lanes are through it, it is the next checkpoint.
-        let next = format_rfc3339_ms(time::OffsetDateTime::now_utc() - CLOCK_MARGIN);
+        // Taken after the subscription: whatever is modified from now on arrives on the bus.
+        let now = match retry(|| self.session.clock()).await {
+            Ok(t) => t.map(time::OffsetDateTime::from),
+            Err(e) => {
+                tracing::warn!(error = %e, "catch-up: cannot read the appliance's clock; continuing with the bus only");
+                self.shared.metrics.catch_up(0, false);
+                return Ok(());
+            }
+        };
+        let from = match (&checkpoint, self.look_back) {
+            (Some(cp), _) => Some(cp.clone()),
+            (None, LookBack::All) => None,
+            (None, LookBack::None | LookBack::Window(_)) => {
+                let window = match self.look_back {
+                    LookBack::Window(w) => {
+                        time::Duration::try_from(w).unwrap_or(time::Duration::MAX)
+                    }
+                    _ => time::Duration::ZERO,
+                };
+                let anchor = match now {
+                    Some(t) => Some(t),
+                    // No Date header: the newest alert's `modified` is the appliance's time too.
+                    None => self.newest_modified().await,
+                };
+                let from = anchor
+                    .and_then(|t| t.checked_sub(window))
+                    .map(format_rfc3339_ms);
+                tracing::info!(
+                    since = from.as_deref().unwrap_or("the beginning"),
+                    "first start: catching up on alerts modified since (the appliance's clock)"
+                );
+                from
+            }
+        };
         let mut fed = 0usize;
+        let mut newest: Option<String> = None;
         let mut complete = true;
         for state in ["Active", "Locked"] {
-            let mut filters = vec![format!("alertState='{state}'")];
-            if let Some(cp) = &checkpoint {
-                filters.push(format!("modified GE '{cp}'"));
-            }
-            let alerts = match list_with_retry(session, &filters).await {
-                Ok(a) => a,
+            match self.list(state, from.as_deref()).await {
+                Ok(l) => {
+                    fed += l.fed;
+                    newest = newest.max(l.newest);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "catch-up: cannot list the {state} alerts; continuing with the bus only");
                     complete = false;
-                    continue;
                 }
-            };
-            for alert in alerts {
-                let Some(ev) = scmb_model::message::alert_as_created_event(alert) else {
-                    continue;
-                };
-                if !self.shared.filter.admits(&ev) {
-                    continue;
-                }
-                lanes.dispatch(None, ev).await;
-                fed += 1;
+            }
+            if *self.stop.borrow() {
+                complete = false;
+                break;
             }
         }
         self.shared.metrics.catch_up(fed, complete);
         if !complete {
             return Ok(());
         }
+        // Never back before where this catch-up started (a first start's look-back).
+        let next = match now {
+            Some(t) => Some(format_rfc3339_ms(t - BACKLOG_MARGIN)).max(from),
+            None => newest.max(from),
+        };
+        let Some(next) = next else {
+            return Ok(()); // nothing on the appliance to anchor a checkpoint to yet
+        };
         // When nothing is in work any more, what was fed is handled.
-        let idle = lanes.idle_owned();
-        let stopping = self.stop_tx.subscribe();
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            idle.await;
-            if *stopping.borrow() {
-                return; // interrupted work may sit before the barrier
-            }
-            let cp = next.clone();
-            match store.call(move |s| s.set_meta(CHECKPOINT, &cp)).await {
-                Ok(()) => tracing::debug!(checkpoint = %next, "catch-up checkpoint saved"),
-                Err(e) => tracing::warn!(error = %e, "cannot save the catch-up checkpoint"),
-            }
-        }));
+        self.lanes.idle().await;
+        if *self.stop.borrow() {
+            return Ok(()); // interrupted work may sit before the barrier
+        }
+        let cp = next.clone();
+        match self.store.call(move |s| s.set_meta(CHECKPOINT, &cp)).await {
+            Ok(()) => tracing::debug!(checkpoint = %next, "catch-up checkpoint saved"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the catch-up checkpoint"),
+        }
         Ok(())
+    }
+
+    /// Streams the alerts in `state` modified since `from` (all without it), oldest change
+    /// first, into the lanes.
+    async fn list(&self, state: &str, from: Option<&str>) -> Result<Listed, OneViewError> {
+        let mut listed = Listed::default();
+        let mut after = from.map(str::to_string);
+        // Alerts already fed whose `modified` equals `after`: the next page starts at it again.
+        let mut boundary: HashSet<String> = HashSet::new();
+        let mut offset = 0usize;
+        for _ in 0..MAX_PAGES {
+            let mut filters = vec![format!("alertState='{state}'")];
+            if let Some(a) = &after {
+                filters.push(format!("modified GE '{a}'"));
+            }
+            let page = retry(|| {
+                self.session
+                    .alerts_page(&filters, "modified:ascending", offset, PAGE)
+            })
+            .await?;
+            let (count, more) = (page.members.len(), page.more);
+            let mut last: Option<String> = None;
+            let mut at_last: HashSet<String> = HashSet::new();
+            for alert in page.members {
+                let modified = alert
+                    .get("modified")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let uri = alert
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if modified.is_some() && modified == after && boundary.contains(&uri) {
+                    continue;
+                }
+                if modified != last {
+                    at_last.clear();
+                    last.clone_from(&modified);
+                }
+                at_last.insert(uri);
+                listed.newest = listed.newest.max(modified);
+                if let Some(ev) = scmb_model::message::alert_as_created_event(alert) {
+                    if self.shared.filter.admits(&ev) {
+                        self.lanes.dispatch(None, ev).await;
+                        listed.fed += 1;
+                    }
+                }
+            }
+            if !more || count == 0 || *self.stop.borrow() {
+                return Ok(listed);
+            }
+            match last {
+                // The page moved past the boundary: ask again from its last value.
+                Some(l) if after.as_ref().is_none_or(|a| l > *a) => {
+                    after = Some(l);
+                    boundary = at_last;
+                    offset = 0;
+                }
+                // A whole page at one value (or an appliance that does not sort): step on.
+                _ => {
+                    boundary.extend(at_last);
+                    offset += count;
+                }
+            }
+        }
+        tracing::warn!(
+            state,
+            "catch-up: the listing did not end after {MAX_PAGES} pages; stopping it"
+        );
+        Err(OneViewError::Config(
+            "the alert listing did not end".to_string(),
+        ))
+    }
+
+    /// The newest `modified` of any alert, as the appliance's time when it sends no `Date`.
+    async fn newest_modified(&self) -> Option<time::OffsetDateTime> {
+        let page: AlertPage = retry(|| self.session.alerts_page(&[], "modified:descending", 0, 1))
+            .await
+            .ok()?;
+        let m = page.members.first()?.get("modified")?.as_str()?.to_string();
+        time::OffsetDateTime::parse(&m, &time::format_description::well_known::Rfc3339).ok()
     }
 }
 
-/// Lists alerts for a catch-up, retrying transient failures (503, unreachable; an expired
-/// session is handled by the client) with backoff for about a minute. Oldest first.
-pub async fn list_with_retry(
-    session: &scmb_oneview::Session,
-    filters: &[String],
-) -> Result<Vec<serde_json::Value>, scmb_oneview::OneViewError> {
+/// A REST call of the catch-up, retrying transient failures (503, unreachable, an unusable
+/// answer; an expired session is handled by the client) with backoff for about a minute.
+async fn retry<T, F, Fut>(mut call: F) -> Result<T, OneViewError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OneViewError>>,
+{
     let mut attempt = 0;
     loop {
-        match session.alerts(filters, 500).await {
-            Ok(mut a) => {
-                // Oldest first, as they happened (the appliance lists newest first).
-                a.sort_by(|x, y| x["created"].as_str().cmp(&y["created"].as_str()));
-                return Ok(a);
-            }
+        match call().await {
+            Ok(v) => return Ok(v),
             Err(e)
                 if attempt < 6
-                    && (e.is_transient()
-                        || matches!(e, scmb_oneview::OneViewError::BadResponse { .. })) =>
+                    && (e.is_transient() || matches!(e, OneViewError::BadResponse { .. })) =>
             {
                 let d = scmb_servicemanager::backoff(
                     attempt,
@@ -105,37 +250,10 @@ pub async fn list_with_retry(
                     Duration::from_secs(16),
                 );
                 attempt += 1;
-                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "catch-up: listing alerts failed; retrying");
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "catch-up: a REST call failed; retrying");
                 tokio::time::sleep(d).await;
             }
             Err(e) => return Err(e),
         }
     }
-}
-
-/// With no checkpoint yet, the look-back sets the first one.
-pub(super) async fn first_start_checkpoint(store: &Store, look: LookBack) -> Result<(), Failure> {
-    if store
-        .call(|s| s.meta(CHECKPOINT))
-        .await
-        .map_err(store_failure)?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let window = match look {
-        LookBack::All => return Ok(()),
-        LookBack::None => time::Duration::ZERO,
-        LookBack::Window(w) => time::Duration::try_from(w).unwrap_or(time::Duration::MAX),
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let cp = format_rfc3339_ms(
-        now.checked_sub(window)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-    );
-    tracing::info!(checkpoint = %cp, "first start: catching up on alerts modified since");
-    store
-        .call(move |s| s.set_meta(CHECKPOINT, &cp))
-        .await
-        .map_err(store_failure)
 }

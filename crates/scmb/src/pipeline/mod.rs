@@ -31,6 +31,7 @@ use acks::Acks;
 use lanes::{Dispatcher, Ticket};
 
 use crate::bootstrap;
+use crate::duration::LookBack;
 use crate::failure::{self, Failure};
 use crate::settings::Appliance;
 use crate::sinks::{Outcome, Sink, SinkContext};
@@ -64,6 +65,8 @@ pub struct Pipeline {
     max_bytes: usize,
     lanes: usize,
     catch_up: bool,
+    /// How far back the first start catches up.
+    look_back: LookBack,
     auto_bootstrap: bool,
     keep_alive: Option<Duration>,
     stop_tx: watch::Sender<bool>,
@@ -122,10 +125,6 @@ impl Pipeline {
                 "a catch-up needs a state store",
             ));
         }
-        if let (true, Some(store)) = (catch_up, &store) {
-            // At the first start (no checkpoint yet), the look-back sets the first one.
-            catch_up::first_start_checkpoint(store, spec.look_back).await?;
-        }
         // Listening alone needs no password: REST only for what needs it, or where a
         // password was configured (a service proves its credentials at start).
         let session =
@@ -175,6 +174,7 @@ impl Pipeline {
             max_bytes: spec.bus.max_message_bytes,
             lanes,
             catch_up,
+            look_back: spec.look_back,
             auto_bootstrap: spec.bus.auto_bootstrap,
             keep_alive: spec.keep_alive,
             stop_tx,
@@ -207,7 +207,14 @@ impl Pipeline {
         // At most `lanes` events in work at once; one alert's events one after another.
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Ticket>();
-        let lanes = Dispatcher::new(self.shared.clone(), self.lanes, fatal_tx, finished_tx);
+        let lanes = Arc::new(Dispatcher::new(
+            self.shared.clone(),
+            self.lanes,
+            fatal_tx.clone(),
+            finished_tx,
+        ));
+        // The catch-up of the current connection, running beside the consumer.
+        let mut catching_up: Option<tokio::task::JoinHandle<()>> = None;
         // Acks go out in batches (`multiple`) over the finished prefix: every `batch`
         // deliveries, or once nothing new arrived for `LINGER`.
         let batch = u64::from(self.bus.prefetch / 4).clamp(1, 250);
@@ -228,11 +235,28 @@ impl Pipeline {
         metrics.connected(&sub.queue);
         let mut attempt = 0u32;
         let result = 'outer: loop {
-            // Catch-up: alerts raised (or left unfinished) while we were not listening.
-            if self.catch_up {
-                if let Err(f) = self.catch_up(&lanes).await {
-                    break 'outer Err(f);
+            // Catch-up: alerts raised (or left unfinished) while we were not listening, read
+            // over REST while the bus flows.
+            if let Some(old) = catching_up.take() {
+                old.abort();
+            }
+            match self.catch_up_job(&lanes) {
+                // One lane works in arrival order: what the catch-up finds comes first.
+                Some(job) if self.lanes == 1 => tokio::select! {
+                    r = job.run() => if let Err(f) = r { break 'outer Err(f) },
+                    _ = &mut shutdown => break 'outer Ok(()),
+                },
+                Some(job) => {
+                    let fatal = fatal_tx.clone();
+                    catching_up = Some(tokio::spawn(tracing::Instrument::in_current_span(
+                        async move {
+                            if let Err(f) = job.run().await {
+                                let _ = fatal.try_send(f);
+                            }
+                        },
+                    )));
                 }
+                None => {}
             }
             loop {
                 tokio::select! {
@@ -296,6 +320,9 @@ impl Pipeline {
         };
         // Stop: no new work; what is in work finishes (bounded), the rest stays unacked.
         let _ = self.stop_tx.send(true);
+        if let Some(c) = catching_up.take() {
+            c.abort();
+        }
         if tokio::time::timeout(Duration::from_secs(30), lanes.idle())
             .await
             .is_err()
@@ -320,6 +347,26 @@ impl Pipeline {
             Err(f) => metrics.disconnected(f),
         }
         result
+    }
+
+    /// The catch-up of a new connection, when there is one to do. With several lanes it runs
+    /// as a task beside the consumer (the bus keeps flowing while it pages); with one, before
+    /// the consumer, so that one lane's strict arrival order puts what it finds first.
+    fn catch_up_job(&self, lanes: &Arc<Dispatcher>) -> Option<catch_up::CatchUp> {
+        if !self.catch_up {
+            return None;
+        }
+        let (Some(store), Some(session)) = (self.shared.store.clone(), self.session.clone()) else {
+            return None;
+        };
+        Some(catch_up::CatchUp {
+            shared: self.shared.clone(),
+            session,
+            store,
+            lanes: lanes.clone(),
+            look_back: self.look_back,
+            stop: self.stop_tx.subscribe(),
+        })
     }
 
     /// One delivery: malformed ones are rejected; one no sink wants is finished at once;
