@@ -11,6 +11,7 @@
 
 mod amqp;
 mod appliance;
+mod catchup;
 mod consume;
 mod footprint;
 mod latency;
@@ -106,6 +107,7 @@ enum Cmd {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum Measure {
     Consume,
+    Catchup,
     Storm,
     Latency,
     Footprint,
@@ -367,6 +369,12 @@ async fn run_all(ctx: &Ctx, report: &mut Report, only: &dyn Fn(Measure) -> bool)
         }
         for run in 1..=s.runs {
             report.consume.extend(consume::run_once(ctx, run).await?);
+        }
+    }
+    if only(Measure::Catchup) {
+        println!("\n== catch-up: scmb run's first start on an appliance full of alerts, with new ones arriving over the bus ==");
+        for run in 1..=s.runs {
+            report.catchup.push(catchup::run_once(ctx, run).await?);
         }
     }
     if only(Measure::Storm) {

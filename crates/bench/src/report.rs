@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use crate::catchup::CatchUpFig;
 use crate::consume::ConsumeFig;
 use crate::footprint::FootprintFig;
 use crate::latency::LatencyFig;
@@ -20,6 +21,8 @@ const IDLE_RSS_MB_MAX: f64 = 15.0;
 const SERVICE_RATIO_MIN: f64 = 0.95;
 const SERVICE_CPU_MAX: f64 = 1.3;
 const SERVICE_RSS_MAX_KB: f64 = 15.0 * 1024.0;
+/// A first start's catch-up streams: its peak RSS, whatever the appliance holds.
+const CATCHUP_RSS_MAX_KB: f64 = 30.0 * 1024.0;
 
 pub struct Target {
     pub area: &'static str,
@@ -30,6 +33,7 @@ pub struct Target {
 pub struct Report {
     settings: Settings,
     pub consume: Vec<ConsumeFig>,
+    pub catchup: Vec<CatchUpFig>,
     pub storm: Vec<StormFig>,
     pub latency: Vec<LatencyFig>,
     pub footprint: Vec<FootprintFig>,
@@ -46,6 +50,7 @@ impl Report {
         Report {
             settings: settings.clone(),
             consume: Vec::new(),
+            catchup: Vec::new(),
             storm: Vec::new(),
             latency: Vec::new(),
             footprint: Vec::new(),
@@ -93,6 +98,7 @@ impl Report {
             if runs > 1 { "; min / median / max" } else { "" }
         );
         self.summary_consume();
+        self.summary_catchup();
         self.summary_storm();
         self.summary_latency();
         self.summary_footprint();
@@ -222,6 +228,45 @@ impl Report {
                 ),
             );
         }
+    }
+
+    fn summary_catchup(&mut self) {
+        let Some(first) = self.catchup.first().cloned() else {
+            return;
+        };
+        let secs: Vec<f64> = self.catchup.iter().map(|f| f.wall_s).collect();
+        let rss: Vec<f64> = self.catchup.iter().map(CatchUpFig::peak_rss_kb).collect();
+        let during: Vec<f64> = self.catchup.iter().map(|f| f.bus_during as f64).collect();
+        println!(
+            "catch-up ({} alerts, {} critical listed, {} over the bus)   {} s   peak RSS {} KB   bus alerts written while paging {}",
+            thousands(first.alerts as f64),
+            thousands(first.listed as f64),
+            thousands(first.bus as f64),
+            triple(&secs, |v| fixed(v, 2)),
+            triple(&rss, thousands),
+            triple(&during, |v| fixed(v, 0))
+        );
+        let m = median(&rss);
+        self.target(
+            "catch-up",
+            m <= CATCHUP_RSS_MAX_KB,
+            format!(
+                "scmb run first start over {} alerts: peak RSS {} KB (target ≤ {} KB)",
+                thousands(first.alerts as f64),
+                thousands(m),
+                thousands(CATCHUP_RSS_MAX_KB)
+            ),
+        );
+        let d = median(&during);
+        self.target(
+            "catch-up",
+            d > 0.0,
+            format!(
+                "the bus flows while the catch-up pages: {} of {} bus alerts written before the last listed one (target > 0)",
+                fixed(d, 0),
+                first.bus
+            ),
+        );
     }
 
     fn summary_storm(&mut self) {
@@ -400,6 +445,7 @@ impl Report {
                 "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
             },
             "consume": self.consume.iter().map(ConsumeFig::json).collect::<Vec<_>>(),
+            "catchUp": self.catchup.iter().map(CatchUpFig::json).collect::<Vec<_>>(),
             "storm": self.storm.iter().map(StormFig::json).collect::<Vec<_>>(),
             "latency": self.latency.iter().map(LatencyFig::json).collect::<Vec<_>>(),
             "footprint": self.footprint.iter().map(FootprintFig::json).collect::<Vec<_>>(),
