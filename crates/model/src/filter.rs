@@ -215,6 +215,31 @@ impl Filter {
         )
     }
 
+    /// Whether an alert in `state` can be admitted at all.
+    pub fn admits_state(&self, state: &str) -> bool {
+        contains_ci(&self.states, Some(state))
+    }
+
+    /// The severity part of this filter as a OneView REST filter expression, so that a listing
+    /// of alerts returns only what could be admitted (`(severity='Critical' OR
+    /// severity='Warning')`); none when every severity is admitted.
+    pub fn rest_severity_clause(&self) -> Option<String> {
+        if self.severities.is_empty()
+            || self
+                .severities
+                .iter()
+                .any(|s| s == "*" || !s.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return None;
+        }
+        let terms: Vec<String> = self
+            .severities
+            .iter()
+            .map(|s| format!("severity='{s}'"))
+            .collect();
+        Some(format!("({})", terms.join(" OR ")))
+    }
+
     /// `alert` is severity, alertState and alertTypeID.
     fn admits_fields(
         &self,
@@ -256,6 +281,29 @@ mod tests {
             1 << 20,
         )
         .expect("decode")
+    }
+
+    #[test]
+    fn a_listing_asks_the_appliance_only_for_admitted_severities() {
+        let f = Filter::default();
+        assert_eq!(
+            f.rest_severity_clause().as_deref(),
+            Some("(severity='Critical')")
+        );
+        let two = Filter {
+            severities: vec!["Critical".into(), "Warning".into()],
+            ..Filter::default()
+        };
+        assert_eq!(
+            two.rest_severity_clause().as_deref(),
+            Some("(severity='Critical' OR severity='Warning')")
+        );
+        let all = Filter {
+            severities: vec!["*".into()],
+            ..Filter::default()
+        };
+        assert_eq!(all.rest_severity_clause(), None);
+        assert!(f.admits_state("active") && !f.admits_state("Locked"));
     }
 
     #[test]

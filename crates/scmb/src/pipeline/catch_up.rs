@@ -34,7 +34,7 @@ use crate::store::{Store, CHECKPOINT};
 const BACKLOG_MARGIN: time::Duration = time::Duration::minutes(10);
 
 /// Alerts per page: what a catch-up holds in memory at once.
-pub const PAGE: usize = 200;
+pub const PAGE: usize = 250;
 
 /// Pages one listing may take before it gives up (and the catch-up counts as incomplete):
 /// an appliance that ignores `sort` must not keep it paging for ever.
@@ -106,6 +106,9 @@ impl CatchUp {
         let mut newest: Option<String> = None;
         let mut complete = true;
         for state in ["Active", "Locked"] {
+            if !self.shared.filter.admits_state(state) {
+                continue;
+            }
             match self.list(state, from.as_deref()).await {
                 Ok(l) => {
                     fed += l.fed;
@@ -155,7 +158,9 @@ impl CatchUp {
         let mut boundary: HashSet<String> = HashSet::new();
         let mut offset = 0usize;
         for _ in 0..MAX_PAGES {
+            // Only what the filter could admit: the appliance leaves out the rest.
             let mut filters = vec![format!("alertState='{state}'")];
+            filters.extend(self.shared.filter.rest_severity_clause());
             if let Some(a) = &after {
                 filters.push(format!("modified GE '{a}'"));
             }
