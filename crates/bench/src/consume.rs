@@ -101,6 +101,8 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
     if ctx.python.is_some() {
         clients.push("py-amqp");
     }
+    let only = &ctx.settings.clients;
+    clients.retain(|c| only.is_empty() || only.iter().any(|o| o == c));
     for client in clients {
         let queue = fill(ctx, &admin, n).await?;
         let child = match client {

@@ -11,6 +11,7 @@
 
 mod amqp;
 mod appliance;
+mod appliances;
 mod catchup;
 mod consume;
 mod footprint;
@@ -67,6 +68,12 @@ struct Cli {
     /// Messages in the consume queue (default 200,000; 20,000 with --quick).
     #[arg(long, value_name = "N")]
     messages: Option<u64>,
+    /// Appliance counts of the appliances measurement (default 20,100; 3 with --quick).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    appliances: Vec<usize>,
+    /// Only these consume clients (no-op, scmb, scmb-run, py-amqp; default all).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    clients: Vec<String>,
     /// Alerts per storm (default 1,000; 200 with --quick).
     #[arg(long, value_name = "N")]
     storm_count: Option<u64>,
@@ -108,6 +115,7 @@ enum Cmd {
 enum Measure {
     Consume,
     Catchup,
+    Appliances,
     Storm,
     Latency,
     Footprint,
@@ -124,6 +132,10 @@ pub struct Settings {
     pub concurrency: Vec<usize>,
     pub latency_secs: u64,
     pub latency_rate: u64,
+    /// The consume clients to run (empty: all).
+    pub clients: Vec<String>,
+    /// Appliance counts of the appliances measurement.
+    pub appliances: Vec<usize>,
 }
 
 /// What every measurement needs.
@@ -262,6 +274,16 @@ fn settings(cli: &Cli) -> Result<Settings> {
         },
         latency_secs: cli.latency_secs.unwrap_or(if q { 5 } else { 30 }),
         latency_rate: cli.latency_rate,
+        clients: cli.clients.clone(),
+        appliances: if cli.appliances.is_empty() {
+            if q {
+                vec![3]
+            } else {
+                vec![20, 100]
+            }
+        } else {
+            cli.appliances.clone()
+        },
     };
     if s.runs == 0 || s.messages == 0 || s.storm_count == 0 || s.baseline_count == 0 {
         bail!("--runs, --messages, --storm-count and --baseline-count must be at least 1");
@@ -375,6 +397,18 @@ async fn run_all(ctx: &Ctx, report: &mut Report, only: &dyn Fn(Measure) -> bool)
         println!("\n== catch-up: scmb run's first start on an appliance full of alerts, with new ones arriving over the bus ==");
         for run in 1..=s.runs {
             report.catchup.push(catchup::run_once(ctx, run).await?);
+        }
+    }
+    if only(Measure::Appliances) {
+        println!(
+            "\n== appliances: one scmb run process, many appliances, a storm reaching each =="
+        );
+        for run in 1..=s.runs {
+            for &n in &s.appliances {
+                report
+                    .appliances
+                    .push(appliances::run_once(ctx, run, n).await?);
+            }
         }
     }
     if only(Measure::Storm) {

@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use crate::appliances::AppliancesFig;
 use crate::catchup::CatchUpFig;
 use crate::consume::ConsumeFig;
 use crate::footprint::FootprintFig;
@@ -23,6 +24,8 @@ const SERVICE_CPU_MAX: f64 = 1.3;
 const SERVICE_RSS_MAX_KB: f64 = 15.0 * 1024.0;
 /// A first start's catch-up streams: its peak RSS, whatever the appliance holds.
 const CATCHUP_RSS_MAX_KB: f64 = 30.0 * 1024.0;
+/// Peak RSS of one `scmb run` with many appliances, each receiving a storm.
+const FLEET_RSS_MAX_KB: [(usize, f64); 2] = [(20, 60.0 * 1024.0), (100, 150.0 * 1024.0)];
 
 pub struct Target {
     pub area: &'static str,
@@ -34,6 +37,7 @@ pub struct Report {
     settings: Settings,
     pub consume: Vec<ConsumeFig>,
     pub catchup: Vec<CatchUpFig>,
+    pub appliances: Vec<AppliancesFig>,
     pub storm: Vec<StormFig>,
     pub latency: Vec<LatencyFig>,
     pub footprint: Vec<FootprintFig>,
@@ -51,6 +55,7 @@ impl Report {
             settings: settings.clone(),
             consume: Vec::new(),
             catchup: Vec::new(),
+            appliances: Vec::new(),
             storm: Vec::new(),
             latency: Vec::new(),
             footprint: Vec::new(),
@@ -99,6 +104,7 @@ impl Report {
         );
         self.summary_consume();
         self.summary_catchup();
+        self.summary_appliances();
         self.summary_storm();
         self.summary_latency();
         self.summary_footprint();
@@ -267,6 +273,47 @@ impl Report {
                 first.bus
             ),
         );
+    }
+
+    fn summary_appliances(&mut self) {
+        let mut counts: Vec<usize> = self.appliances.iter().map(|f| f.appliances).collect();
+        counts.sort_unstable();
+        counts.dedup();
+        for n in counts {
+            let figs: Vec<&AppliancesFig> = self
+                .appliances
+                .iter()
+                .filter(|f| f.appliances == n)
+                .collect();
+            let secs: Vec<f64> = figs.iter().map(|f| f.wall_s).collect();
+            let rss: Vec<f64> = figs.iter().map(|f| f.peak_rss_kb()).collect();
+            let idle: Vec<f64> = figs.iter().map(|f| f.connected_rss_kb as f64).collect();
+            let each = figs.first().map_or(0, |f| f.messages);
+            println!(
+                "appliances: {n} × {} messages   {} s   RSS connected {} KB, peak {} KB",
+                thousands(each as f64),
+                triple(&secs, |v| fixed(v, 2)),
+                triple(&idle, thousands),
+                triple(&rss, thousands)
+            );
+            let m = median(&rss);
+            match FLEET_RSS_MAX_KB.iter().find(|(k, _)| *k == n) {
+                Some((_, max)) => self.target(
+                    "footprint",
+                    m <= *max,
+                    format!(
+                        "scmb run with {n} appliances, a {}-message storm each: peak RSS {} KB (target ≤ {} KB)",
+                        thousands(each as f64),
+                        thousands(m),
+                        thousands(*max)
+                    ),
+                ),
+                None => self.skipped.push(format!(
+                    "footprint scmb run with {n} appliances: peak RSS {} KB (no target for {n})",
+                    thousands(m)
+                )),
+            }
+        }
     }
 
     fn summary_storm(&mut self) {
@@ -446,6 +493,7 @@ impl Report {
             },
             "consume": self.consume.iter().map(ConsumeFig::json).collect::<Vec<_>>(),
             "catchUp": self.catchup.iter().map(CatchUpFig::json).collect::<Vec<_>>(),
+            "appliances": self.appliances.iter().map(AppliancesFig::json).collect::<Vec<_>>(),
             "storm": self.storm.iter().map(StormFig::json).collect::<Vec<_>>(),
             "latency": self.latency.iter().map(LatencyFig::json).collect::<Vec<_>>(),
             "footprint": self.footprint.iter().map(FootprintFig::json).collect::<Vec<_>>(),

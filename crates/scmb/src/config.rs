@@ -151,6 +151,10 @@ pub struct ApplianceConfig {
     /// (`--auto-bootstrap`). Default false.
     #[serde(default)]
     pub auto_bootstrap: bool,
+    /// On a stop or a reload that restarts it, how long work in hand may take to finish, e.g.
+    /// `"30s"` (`--drain`); what is not finished stays unacked and comes again. Default
+    /// `"30s"`, below systemd's default `TimeoutStopSec` of 90 s.
+    pub drain: Option<DurationValue>,
     /// Which messages the sinks see.
     #[serde(default)]
     pub filter: FilterConfig,
@@ -281,6 +285,7 @@ impl Config {
             }
             a.look_back().map_err(ctx)?;
             a.heartbeat().map_err(ctx)?;
+            a.drain().map_err(ctx)?;
             if let Some(sm) = &a.service_manager {
                 sm.keep_alive().map_err(ctx)?;
                 sm.retry_cap().map_err(ctx)?;
@@ -395,6 +400,13 @@ impl ApplianceConfig {
         }
     }
 
+    /// The drain time: the file's, else the default.
+    pub fn drain(&self) -> Result<std::time::Duration, String> {
+        self.drain
+            .as_ref()
+            .map_or(Ok(settings::DEFAULT_DRAIN), |d| d.resolve("drain"))
+    }
+
     fn heartbeat(&self) -> Result<std::time::Duration, String> {
         self.heartbeat
             .as_ref()
@@ -453,6 +465,7 @@ impl ApplianceConfig {
                 queue: self.queue.clone(),
                 max_message_bytes: self.max_message_bytes,
                 auto_bootstrap: self.auto_bootstrap,
+                drain: self.drain()?,
             },
         );
         let service_manager = match (&self.service_manager, sm) {

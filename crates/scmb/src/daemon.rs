@@ -32,8 +32,8 @@ pub struct Service {
     pub metrics_listen: Option<String>,
 }
 
-/// How long a stopping appliance may take to finish its in-flight work.
-const DRAIN: Duration = Duration::from_secs(35);
+/// Beyond an appliance's own drain time, how long its pipeline may take to close.
+const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
 /// Sends a state line to systemd's notify socket, when there is one (`Type=notify`).
 pub fn sd_notify(state: &str) {
@@ -103,14 +103,16 @@ impl Daemon {
         );
     }
 
-    /// Stops the named appliances and waits for them: they drain in parallel, 35 s at most
-    /// in all.
+    /// Stops the named appliances and waits for them: they drain in parallel, the longest
+    /// drain time (and a few seconds to close) at most in all.
     async fn stop(&mut self, names: &[String]) {
         let mut tasks = Vec::new();
+        let mut longest = Duration::ZERO;
         for n in names {
             if let Some(r) = self.running.remove(n) {
                 let _ = r.stop.send(true);
                 tasks.push(r.task);
+                longest = longest.max(r.config.drain().unwrap_or(crate::settings::DEFAULT_DRAIN));
             }
         }
         let all = async {
@@ -118,7 +120,10 @@ impl Daemon {
                 let _ = t.await;
             }
         };
-        if tokio::time::timeout(DRAIN, all).await.is_err() {
+        if tokio::time::timeout(longest + CLOSE_MARGIN, all)
+            .await
+            .is_err()
+        {
             tracing::warn!(appliances = ?names, "not every appliance stopped in time; unacked work is left to a redelivery or the next catch-up");
         }
     }

@@ -48,7 +48,12 @@ pub struct Bus {
     pub max_message_bytes: usize,
     /// Download the certificates again when the broker refuses the ones on disk.
     pub auto_bootstrap: bool,
+    /// On a stop, how long work in hand may take to finish; the rest stays unacked.
+    pub drain: Duration,
 }
+
+/// The default drain time: well below systemd's default `TimeoutStopSec` (90 s).
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
 /// What the bus settings are made of, from a flag or a config key each.
 #[derive(Debug, Clone)]
@@ -62,6 +67,7 @@ pub struct BusChoices {
     pub queue: Option<String>,
     pub max_message_bytes: usize,
     pub auto_bootstrap: bool,
+    pub drain: Duration,
 }
 
 impl Bus {
@@ -84,6 +90,7 @@ impl Bus {
             config: bus,
             max_message_bytes: c.max_message_bytes,
             auto_bootstrap: c.auto_bootstrap,
+            drain: c.drain,
         }
     }
 }

@@ -25,7 +25,7 @@ fn full() -> bool {
 }
 
 fn start(sim: &SimInfo, dir: &std::path::Path, state: &std::path::Path, tag: &str) -> Listening {
-    start_with(sim, dir, state, tag, &[("RUST_LOG", "info")])
+    start_with(sim, dir, state, tag, &[("RUST_LOG", "info")], &[])
 }
 
 fn start_with(
@@ -34,6 +34,7 @@ fn start_with(
     state: &std::path::Path,
     tag: &str,
     env: &[(&str, &str)],
+    extra: &[&str],
 ) -> Listening {
     let sm = sim
         .sm_url
@@ -65,6 +66,7 @@ fn start_with(
         "5",
         "--auto-bootstrap",
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     let mut vars = vec![("SCMB_PASSWORD", "admin123"), ("SM_PASSWORD", "")];
     vars.extend_from_slice(env);
     let mut l = Listening::start_env(OV_TO_SM, &args, &vars);
@@ -358,7 +360,14 @@ async fn an_alert_raised_while_stopped_is_ticketed_when_the_appliances_clock_is_
     let state = temp_dir("skew-state");
     let tag = format!("Skew.{}", rand::random::<u32>());
     let already = storm(&c, 3, 0, &format!("{tag}.before")).await;
-    let mut l = start_with(&sim, &dir, &state, &tag, &[("RUST_LOG", "info,scmb=debug")]);
+    let mut l = start_with(
+        &sim,
+        &dir,
+        &state,
+        &tag,
+        &[("RUST_LOG", "info,scmb=debug")],
+        &[],
+    );
     // The first start's catch-up tickets what is active and saves its checkpoint.
     assert!(
         l.wait_for("catch-up checkpoint saved", Duration::from_secs(60)),
@@ -378,7 +387,7 @@ async fn an_alert_raised_while_stopped_is_ticketed_when_the_appliances_clock_is_
 
     let offline = storm(&c, 5, 0, &format!("{tag}.offline")).await;
     let restarted = Instant::now();
-    let l = start_with(&sim, &dir, &state, &tag, &[]);
+    let l = start_with(&sim, &dir, &state, &tag, &[], &[]);
     let rep = settle(
         &c,
         "clock 15 min behind: raised while stopped",
@@ -397,4 +406,73 @@ async fn an_alert_raised_while_stopped_is_ticketed_when_the_appliances_clock_is_
             rep.created
         );
     }
+}
+
+/// Issue 13, item 7: SIGTERM while every lane waits on a Service Manager that never answers.
+/// The stop is seen at once (the consumer was waiting for a free lane outside the select that
+/// watches for it), the work in hand gets the drain time, and the process exits 0 long before
+/// Service Manager would answer; the alerts stay unacked for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_is_seen_while_every_lane_waits_on_a_hanging_service_manager() {
+    let mut cfg = scmb_sim::SimConfig::new(temp_dir("hang"));
+    cfg.rest_port = 0;
+    cfg.amqps_port = 0;
+    cfg.sm_port = Some(0);
+    cfg.keypair_pregenerated = true;
+    cfg.ov.eula_pending = false;
+    let sim = scmb_sim::testkit::start_in_background(cfg);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "hang");
+    let state = temp_dir("hang-state");
+    let tag = format!("Hang.{}", rand::random::<u32>());
+    let l = start_with(
+        &sim,
+        &dir,
+        &state,
+        &tag,
+        &[("RUST_LOG", "info")],
+        &["--concurrency", "2", "--drain", "2s"],
+    );
+    c.call_sm(
+        Method::POST,
+        "/sim/faults",
+        Some(serde_json::to_vec(&json!({"hangMs": 600_000})).expect("json")),
+    )
+    .await
+    .expect("hang");
+    let _uris = storm(&c, 20, 0, &format!("{tag}.hang")).await;
+    // Both lanes hold a create Service Manager never answers; the consumer waits for a lane.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = c
+            .call_sm(Method::GET, "/sim/stats", None)
+            .await
+            .expect("stats");
+        if stats["inFlight"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lanes never reached Service Manager"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = Instant::now();
+    l.terminate();
+    let r = l.finish(Duration::from_secs(25));
+    let took = stopped.elapsed();
+    eprintln!(
+        "| SIGTERM while every lane waits on a hanging Service Manager | 20 | - | - | - | exited after {:.1} s |",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "did not exit by itself within 25 s of SIGTERM: {}",
+        r.stderr
+    );
+    c.call_sm(Method::DELETE, "/sim/faults", None)
+        .await
+        .expect("clear");
 }

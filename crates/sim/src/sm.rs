@@ -85,6 +85,8 @@ struct Inner {
     next: u64,
     faults: SmFaults,
     requests: u64,
+    /// REST calls received and not answered yet (held by a hang or latency fault).
+    in_flight: u64,
 }
 
 pub struct SmState {
@@ -221,6 +223,7 @@ pub fn router(state: Arc<SmState>) -> Router {
     Router::new()
         .merge(rest)
         .route("/sim/incidents", get(sim_incidents))
+        .route("/sim/stats", get(sim_stats))
         .route(
             "/sim/faults",
             post(sim_set_faults)
@@ -232,6 +235,19 @@ pub fn router(state: Arc<SmState>) -> Router {
 }
 
 async fn faults(State(st): State<Arc<SmState>>, req: Request, next: Next) -> Response {
+    /// Counts a call in flight until it is answered or its client goes away.
+    struct InFlight(Arc<SmState>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.lock().in_flight -= 1;
+        }
+    }
+    st.lock().in_flight += 1;
+    let _guard = InFlight(st.clone());
+    fault_window(&st, req, next).await
+}
+
+async fn fault_window(st: &SmState, req: Request, next: Next) -> Response {
     let f = st.lock().faults.clone();
     st.lock().requests += 1;
     let jitter = if f.jitter_ms > 0 {
@@ -594,6 +610,12 @@ async fn list(
 
 async fn sim_incidents(State(st): State<Arc<SmState>>) -> Response {
     Json(json!({"incidents": st.incidents()})).into_response()
+}
+
+/// `GET /sim/stats`: REST calls received, and the ones not answered yet.
+async fn sim_stats(State(st): State<Arc<SmState>>) -> Response {
+    let i = st.lock();
+    Json(json!({"requests": i.requests, "inFlight": i.in_flight})).into_response()
 }
 
 async fn sim_set_faults(State(st): State<Arc<SmState>>, body: Bytes) -> Response {

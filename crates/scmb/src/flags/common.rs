@@ -107,6 +107,14 @@ pub struct BusArgs {
     /// download the new ones over REST and carry on (needs the OneView password).
     #[arg(long)]
     pub auto_bootstrap: bool,
+    /// On a stop (SIGTERM, Ctrl-C), how long work in hand may take to finish (30s, 2m); what
+    /// is not finished stays unacked and comes again. Keep it below systemd's TimeoutStopSec.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = drain)]
+    pub drain: std::time::Duration,
+}
+
+fn drain(s: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse("--drain", s)
 }
 
 fn heartbeat(s: &str) -> Result<std::time::Duration, String> {
@@ -269,6 +277,7 @@ impl BusArgs {
                 queue: self.queue.clone(),
                 max_message_bytes: self.max_message_bytes,
                 auto_bootstrap: self.auto_bootstrap,
+                drain: self.drain,
             },
         )
     }

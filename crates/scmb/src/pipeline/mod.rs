@@ -68,6 +68,8 @@ pub struct Pipeline {
     /// How far back the first start catches up.
     look_back: LookBack,
     auto_bootstrap: bool,
+    /// On a stop, how long work in hand may take to finish.
+    drain: Duration,
     keep_alive: Option<Duration>,
     stop_tx: watch::Sender<bool>,
 }
@@ -176,12 +178,13 @@ impl Pipeline {
             catch_up,
             look_back: spec.look_back,
             auto_bootstrap: spec.bus.auto_bootstrap,
+            drain: spec.bus.drain,
             keep_alive: spec.keep_alive,
             stop_tx,
         })
     }
 
-    /// Consumes until `shutdown` resolves (then drains in-flight work, 30 s at most) or a
+    /// Consumes until `shutdown` resolves (then drains in-flight work, the drain time at most) or a
     /// failure that needs the caller (the first connection refused, the store unusable).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Failure> {
         let metrics = &self.shared.metrics;
@@ -274,7 +277,12 @@ impl Pipeline {
                     }
                     d = sub.next() => {
                         let Some(d) = d else { break };
-                        self.take(d, epoch, &mut acks, &lanes).await;
+                        // Waiting for a free lane (every lane busy with a hanging sink) must
+                        // not hide a stop: the delivery then stays unacked and comes again.
+                        tokio::select! {
+                            _ = self.take(d, epoch, &mut acks, &lanes) => {}
+                            _ = &mut shutdown => break 'outer Ok(()),
+                        }
                     }
                 }
                 while let Ok((e, tag)) = finished_rx.try_recv() {
@@ -323,11 +331,11 @@ impl Pipeline {
         if let Some(c) = catching_up.take() {
             c.abort();
         }
-        if tokio::time::timeout(Duration::from_secs(30), lanes.idle())
+        if tokio::time::timeout(self.drain, lanes.idle())
             .await
             .is_err()
         {
-            tracing::warn!("in-flight work did not finish within 30 s; it stays unacked for a redelivery or the next catch-up");
+            tracing::warn!(drain_ms = self.drain.as_millis() as u64, "in-flight work did not finish within the drain time; it stays unacked for a redelivery or the next catch-up");
         }
         while let Ok((e, tag)) = finished_rx.try_recv() {
             if e == epoch {
