@@ -53,6 +53,12 @@ pub struct Config {
     /// The HTTP endpoint for Prometheus and health checks.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Threads serving every appliance. Default 1: the path from the bus to the sinks is
+    /// bound by the broker, and one thread spares the cross-thread wake-ups a second costs
+    /// (docs/PERFORMANCE.md has the figures, 100 appliances included). Raise it only when
+    /// `scmb run` keeps a core busy. Takes effect at the next start.
+    #[serde(default = "one")]
+    pub worker_threads: usize,
     /// The appliances, each `[[appliance]]` table one of them.
     #[serde(default, rename = "appliance")]
     pub appliances: Vec<ApplianceConfig>,
@@ -193,6 +199,9 @@ pub struct FilterConfig {
 /// Alerts worked on in parallel by an appliance without a ticketing sink.
 const DEFAULT_LANES: usize = 16;
 
+fn one() -> usize {
+    1
+}
 fn default_user() -> String {
     DEFAULT_USER.into()
 }
@@ -243,6 +252,12 @@ impl Config {
     fn check(&self) -> Result<(), String> {
         if self.appliances.is_empty() {
             return Err("no [[appliance]]: configure at least one".into());
+        }
+        if !(1..=256).contains(&self.worker_threads) {
+            return Err(format!(
+                "worker_threads = {}: use 1 (the default) to 256",
+                self.worker_threads
+            ));
         }
         if let Some(l) = &self.log.level {
             if !crate::telemetry::valid_level(l) {

@@ -278,8 +278,9 @@ pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
                         if new.state_dir != current.state_dir
                             || new.metrics != current.metrics
                             || new.log != current.log
+                            || new.worker_threads != current.worker_threads
                         {
-                            tracing::warn!("state_dir, [metrics] and [log] changes take effect at the next restart");
+                            tracing::warn!("state_dir, worker_threads, [metrics] and [log] changes take effect at the next restart");
                         }
                         current = new.clone();
                         daemon.apply(new).await;

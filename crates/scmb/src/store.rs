@@ -92,10 +92,12 @@ struct Inner {
     db: Arc<Database>,
     writer: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Printed notes waiting for their commit (see [`Store::note_printed`]).
+    notes: Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
-/// The store's page cache.
-const STORE_CACHE_BYTES: usize = 4 << 20;
+/// The store's page cache: the store holds a few small records per alert, read once each.
+const STORE_CACHE_BYTES: usize = 128 << 10;
 
 impl Drop for Inner {
     /// The last clone closes the database for good: the writer thread is stopped and joined,
@@ -112,23 +114,50 @@ impl Drop for Inner {
 enum Write {
     Alert(String, Vec<u8>),
     Printed(String, String),
+    /// Printed notes are waiting in the shared buffer: commit them after [`NOTE_LINGER`].
+    Notes,
 }
 
 struct Job {
     write: Write,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    /// Who waits for the commit (nobody for [`Write::Notes`]).
+    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
+/// How long printed notes, which nobody waits for ([`Store::note_printed`]), may wait for
+/// company before their commit: one fsync for a burst of prints instead of one per print. A
+/// write somebody awaits ends the wait at once.
+const NOTE_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Commits queued writes in batches until every [`Store`] clone is gone.
-fn group_commit(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
+fn group_commit(
+    db: Arc<Database>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    notes: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
     while let Ok(first) = jobs.recv() {
+        let mut urgent = !matches!(first.write, Write::Notes);
         let mut batch = vec![first];
+        let until = std::time::Instant::now() + NOTE_LINGER;
         while batch.len() < 4096 {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+            let next = if urgent {
+                jobs.try_recv().ok()
+            } else {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                jobs.recv_timeout(left).ok()
+            };
+            match next {
+                Some(j) => {
+                    urgent |= !matches!(j.write, Write::Notes);
+                    batch.push(j);
+                }
+                None => break,
             }
         }
+        let noted = notes
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default();
         let result = (|| -> Result<(), String> {
             let e = |e: redb::Error| e.to_string();
             let w = db.begin_write().map_err(|x| e(x.into()))?;
@@ -147,13 +176,26 @@ fn group_commit(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
                                 .insert(uri.as_str(), etag.as_str())
                                 .map_err(|x| e(x.into()))?;
                         }
+                        Write::Notes => {}
                     }
+                }
+                for (uri, etag) in &noted {
+                    printed
+                        .insert(uri.as_str(), etag.as_str())
+                        .map_err(|x| e(x.into()))?;
                 }
             }
             w.commit().map_err(|x| e(x.into()))
         })();
+        if let Err(e) = &result {
+            if !noted.is_empty() {
+                tracing::warn!(error = %e, notes = noted.len(), "cannot record what was printed; a catch-up may print it again");
+            }
+        }
         for j in batch {
-            let _ = j.done.send(result.clone());
+            if let Some(done) = j.done {
+                let _ = done.send(result.clone());
+            }
         }
     }
 }
@@ -188,15 +230,18 @@ impl Store {
         let database = Arc::new(database);
         let (writer, jobs) = std::sync::mpsc::channel();
         let d = database.clone();
+        let notes: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+        let n = notes.clone();
         let thread = std::thread::Builder::new()
             .name("scmb-store".into())
-            .spawn(move || group_commit(d, jobs))
+            .spawn(move || group_commit(d, jobs, n))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db: database,
                 writer: Some(writer),
                 thread: Some(thread),
+                notes,
             }),
         })
     }
@@ -207,7 +252,10 @@ impl Store {
             .writer
             .as_ref()
             .ok_or_else(|| StoreError::Db("the store is closed".into()))?
-            .send(Job { write, done })
+            .send(Job {
+                write,
+                done: Some(done),
+            })
             .map_err(|_| StoreError::Db("the store's writer stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Db("the store's writer stopped".into()))?
@@ -225,14 +273,25 @@ impl Store {
     /// the last batch; the alert may then be printed once more by a later catch-up, as it
     /// could be anyway by a crash between printing and recording.
     pub fn note_printed(&self, uri: &str, etag: &str) -> Result<(), StoreError> {
-        let (done, _) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut n = self
+                .inner
+                .notes
+                .lock()
+                .map_err(|_| StoreError::Db("the store's note buffer is poisoned".into()))?;
+            n.push((uri.to_string(), etag.to_string()));
+            n.len() == 1
+        };
+        if !first {
+            return Ok(()); // the writer was woken for the burst already
+        }
         self.inner
             .writer
             .as_ref()
             .ok_or_else(|| StoreError::Db("the store is closed".into()))?
             .send(Job {
-                write: Write::Printed(uri.to_string(), etag.to_string()),
-                done,
+                write: Write::Notes,
+                done: None,
             })
             .map_err(|_| StoreError::Db("the store's writer stopped".into()))
     }

@@ -22,7 +22,7 @@ pub fn main(args: DaemonArgs) -> std::process::ExitCode {
         // The check lines are the report; routine log lines would only interleave.
         log.level = "warn".into();
     }
-    super::run_to_exit("scmb", &log, false, run(cfg, args))
+    super::run_to_exit("scmb", &log, 1, run(cfg, args))
 }
 
 /// Certificates expiring sooner than this are reported as a warning.

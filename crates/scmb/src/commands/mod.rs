@@ -56,24 +56,25 @@ fn rest_only(
     log: &crate::flags::LogArgs,
     job: impl std::future::Future<Output = Result<(), Failure>>,
 ) -> ExitCode {
-    run_to_exit("scmb", &log.settings(None), false, job)
+    run_to_exit("scmb", &log.settings(None), 1, job)
 }
 
 /// Starts logging, runs a tool's async main on a small runtime and maps the outcome to its
-/// exit code. `single`: one consumer, in order, on a single-threaded runtime (no cross-thread
-/// wake-ups between the AMQP reader and the consumer); else two workers.
+/// exit code. One thread (`threads` 1) is a single-threaded runtime: no cross-thread wake-ups
+/// between the AMQP reader, the consumer and the sinks, which on the broker-bound path costs
+/// more CPU than a second core saves (docs/PERFORMANCE.md).
 pub fn run_to_exit(
     name: &str,
     log: &LogSettings,
-    single: bool,
+    threads: usize,
     main: impl std::future::Future<Output = Result<(), Failure>>,
 ) -> ExitCode {
     crate::telemetry::init_logging(log);
-    let mut builder = if single {
+    let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
+        b.worker_threads(threads);
         b
     };
     let rt = match builder.enable_all().build() {

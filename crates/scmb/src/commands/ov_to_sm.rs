@@ -15,7 +15,7 @@ use crate::telemetry::Metrics;
 
 pub fn main(cli: OvToSmCli) -> ExitCode {
     let log = cli.log.settings(None);
-    super::run_to_exit("ov_to_sm", &log, false, run(cli))
+    super::run_to_exit("ov_to_sm", &log, 2, run(cli))
 }
 
 async fn run(cli: OvToSmCli) -> Result<(), Failure> {

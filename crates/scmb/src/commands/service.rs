@@ -22,5 +22,6 @@ pub fn main(args: DaemonArgs) -> ExitCode {
         state_dir: args.state_dir,
         metrics_listen: args.metrics_listen,
     };
-    super::run_to_exit("scmb", &log, false, daemon::run(cfg, service))
+    let threads = cfg.worker_threads;
+    super::run_to_exit("scmb", &log, threads, daemon::run(cfg, service))
 }

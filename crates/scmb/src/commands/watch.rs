@@ -9,7 +9,7 @@ use crate::pipeline::Pipeline;
 use crate::telemetry::Metrics;
 
 pub fn main(log: &LogArgs, conn: ConnArgs, listen: ListenArgs) -> ExitCode {
-    super::run_to_exit("scmb", &log.settings(None), true, watch(conn, listen))
+    super::run_to_exit("scmb", &log.settings(None), 1, watch(conn, listen))
 }
 
 async fn watch(conn: ConnArgs, listen: ListenArgs) -> Result<(), Failure> {

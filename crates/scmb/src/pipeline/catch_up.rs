@@ -23,7 +23,7 @@ use scmb_oneview::{AlertPage, OneViewError, Session};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::lanes::Dispatcher;
+use super::lanes::{Dispatcher, Origin};
 use super::{store_failure, Shared};
 use crate::duration::LookBack;
 use crate::failure::Failure;
@@ -63,6 +63,10 @@ impl CatchUp {
     /// filter admits through the lanes as if just created (the sinks' records skip what was
     /// handled), and moves the checkpoint once every lane is through them.
     pub(super) async fn run(self) -> Result<(), Failure> {
+        // What an earlier connection's catch-up printed cannot come again on this one's queue.
+        if let Ok(mut m) = self.shared.caught_up.lock() {
+            m.clear();
+        }
         let checkpoint = self
             .store
             .call(|s| s.meta(CHECKPOINT))
@@ -193,7 +197,7 @@ impl CatchUp {
                 listed.newest = listed.newest.max(modified);
                 if let Some(ev) = scmb_model::message::alert_as_created_event(alert) {
                     if self.shared.filter.admits(&ev) {
-                        self.lanes.dispatch(None, ev).await;
+                        self.lanes.dispatch(Origin::CatchUp, ev).await;
                         listed.fed += 1;
                     }
                 }

@@ -13,8 +13,17 @@ use crate::failure::Failure;
 /// A delivery's place in the ack order: the channel's epoch and the delivery tag.
 pub(super) type Ticket = (u64, u64);
 
-/// An event, with its delivery's ticket (none for a catch-up).
-type Item = (Option<Ticket>, Event);
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A delivery, with its ticket for the ack, and whether an earlier run may have seen it
+    /// (redelivered, or from a queue that outlives us).
+    Bus(Ticket, bool),
+    /// The REST catch-up.
+    CatchUp,
+}
+
+type Item = (Origin, Event);
 
 /// Runs events with at most `lanes` in work at once, any free lane taking the next event,
 /// except that the events of one alert (uri) run one after another, in arrival order: an
@@ -50,8 +59,8 @@ impl Dispatcher {
     }
 
     /// Queues `ev` behind its alert's events in work, or starts it once a lane is free.
-    pub(super) async fn dispatch(&self, d: Option<Ticket>, ev: Event) {
-        let mut item = Some((d, ev));
+    pub(super) async fn dispatch(&self, origin: Origin, ev: Event) {
+        let mut item = Some((origin, ev));
         let uri = item
             .as_ref()
             .map(|i| i.1.resource_uri.clone())
@@ -71,10 +80,10 @@ impl Dispatcher {
         let finished = self.finished.clone();
         tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut next = item;
-            while let Some((d, ev)) = next.take() {
-                match shared.handle(&ev).await {
+            while let Some((origin, ev)) = next.take() {
+                match shared.handle(&ev, origin).await {
                     Ok(true) => {
-                        if let Some(ticket) = d {
+                        if let Origin::Bus(ticket, _) = origin {
                             // The consumer acks it once every delivery before it is finished.
                             let _ = finished.send(ticket);
                         }

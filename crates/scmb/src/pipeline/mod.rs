@@ -28,7 +28,7 @@ mod lanes;
 pub use connect::backoff;
 
 use acks::Acks;
-use lanes::{Dispatcher, Ticket};
+use lanes::{Dispatcher, Origin, Ticket};
 
 use crate::bootstrap;
 use crate::duration::LookBack;
@@ -51,6 +51,11 @@ struct Shared {
     /// What was printed lately (uri → eTag), in front of the store's record of it: a
     /// catch-up right after a reconnect sees what the store has not committed yet.
     printed: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// What this connection's catch-up printed (uri → eTag), all of it: the only earlier
+    /// print a fresh delivery can repeat (a change published before the listing read it).
+    caught_up: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// The queue outlives us (`--queue`): a delivery may have been seen by an earlier run.
+    durable_queue: bool,
     stop: watch::Receiver<bool>,
 }
 
@@ -165,6 +170,8 @@ impl Pipeline {
                 // What was printed is remembered only where a catch-up could print it again.
                 prints: catch_up && sinks.iter().any(|s| s.prints()),
                 printed: Default::default(),
+                caught_up: Default::default(),
+                durable_queue: bus.queue.is_some(),
                 store,
                 sinks,
                 stop: stop_rx,
@@ -406,7 +413,10 @@ impl Pipeline {
             None => acks.finished(d.delivery_tag),
             Some(Ok(mut ev)) => {
                 ev.raw = Some(d.body);
-                lanes.dispatch(Some((epoch, d.delivery_tag)), ev).await
+                let seen = d.redelivered || self.shared.durable_queue;
+                lanes
+                    .dispatch(Origin::Bus((epoch, d.delivery_tag), seen), ev)
+                    .await
             }
             // The peek accepted it, so this cannot happen; finish it rather than hold back acks.
             Some(Err(reason)) => {
@@ -420,7 +430,7 @@ impl Pipeline {
 impl Shared {
     /// Passes one event through every sink that wants it; true when it may be acked (every
     /// such sink is done with it), false when a stop interrupted the work.
-    async fn handle(&self, ev: &Event) -> Result<bool, Failure> {
+    async fn handle(&self, ev: &Event, origin: Origin) -> Result<bool, Failure> {
         let peek = ev.peek();
         let admitted = self.filter.admits_peek(&peek);
         if admitted {
@@ -429,7 +439,7 @@ impl Shared {
         // An alert, as it is now (uri + eTag), printed before is not printed again (a
         // catch-up after a reconnect or a restart); the other sinks have their own records.
         let fresh = if admitted && self.prints {
-            self.first_time(ev).await?
+            self.first_time(ev, origin).await?
         } else {
             true
         };
@@ -462,18 +472,28 @@ impl Shared {
             self.metrics.sink_latency(sink.name(), started.elapsed());
         }
         if admitted && self.prints && fresh {
-            self.mark_printed(ev)?;
+            self.mark_printed(ev, origin)?;
         }
         Ok(true)
     }
 
-    /// False when this alert, as it is now (uri + eTag), was printed before.
-    async fn first_time(&self, ev: &Event) -> Result<bool, Failure> {
+    /// False when this alert, as it is now (uri + eTag), was printed before. A fresh
+    /// delivery (published after we subscribed) can only repeat what this connection's
+    /// catch-up printed; anything else may repeat what an earlier run printed, which only the
+    /// store knows.
+    async fn first_time(&self, ev: &Event, origin: Origin) -> Result<bool, Failure> {
         let etag = ev.str("eTag").unwrap_or("");
-        if let Ok(m) = self.printed.lock() {
-            if let Some(before) = m.get(&ev.resource_uri) {
-                return Ok(before != etag);
+        for m in [&self.printed, &self.caught_up] {
+            if let Ok(m) = m.lock() {
+                if let Some(before) = m.get(&ev.resource_uri) {
+                    if before == etag {
+                        return Ok(false);
+                    }
+                }
             }
+        }
+        if matches!(origin, Origin::Bus(_, false)) {
+            return Ok(true);
         }
         let Some(store) = &self.store else {
             return Ok(true);
@@ -485,8 +505,13 @@ impl Shared {
 
     /// Records that this alert, as it is now, was printed: in memory at once, in the store
     /// with its next group commit (not awaited: the printing path does not wait for fsync).
-    fn mark_printed(&self, ev: &Event) -> Result<(), Failure> {
+    fn mark_printed(&self, ev: &Event, origin: Origin) -> Result<(), Failure> {
         let etag = ev.str("eTag").unwrap_or("").to_string();
+        if origin == Origin::CatchUp {
+            if let Ok(mut m) = self.caught_up.lock() {
+                m.insert(ev.resource_uri.clone(), etag.clone());
+            }
+        }
         if let Ok(mut m) = self.printed.lock() {
             if m.len() >= PRINTED_IN_MEMORY {
                 m.clear(); // the store still has them
@@ -597,6 +622,8 @@ mod tests {
             sinks: vec![recorder.clone()],
             prints: false,
             printed: Default::default(),
+            caught_up: Default::default(),
+            durable_queue: false,
             stop,
         });
         (shared, recorder, stop_tx)
@@ -618,7 +645,7 @@ mod tests {
         .enumerate()
         {
             lanes
-                .dispatch(Some((0, tag as u64 + 1)), event(uri, etag))
+                .dispatch(Origin::Bus((0, tag as u64 + 1), false), event(uri, etag))
                 .await;
         }
         lanes.idle().await;
@@ -647,7 +674,7 @@ mod tests {
         let lanes = Dispatcher::new(shared, 2, fatal, finished);
         let t0 = tokio::time::Instant::now();
         lanes
-            .dispatch(Some((0, 7)), event("/rest/alerts/9", "x"))
+            .dispatch(Origin::Bus((0, 7), false), event("/rest/alerts/9", "x"))
             .await;
         let (_, tag) = finished_rx.recv().await.expect("finished");
         assert_eq!(tag, 7);
@@ -665,7 +692,7 @@ mod tests {
         let (finished, mut finished_rx) = mpsc::unbounded_channel();
         let lanes = Dispatcher::new(shared, 2, fatal, finished);
         lanes
-            .dispatch(Some((0, 1)), event("/rest/alerts/5", "x"))
+            .dispatch(Origin::Bus((0, 1), false), event("/rest/alerts/5", "x"))
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop.send(true).expect("stop");
