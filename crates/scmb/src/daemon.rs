@@ -232,6 +232,7 @@ async fn run_once(
 
 /// `scmb run`.
 pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
+    let shutdown = crate::shutdown::signal();
     let state_dir = cfg.state_dir(args.state_dir.as_deref());
     let metrics = Metrics::new();
     let (down_tx, down_rx) = watch::channel(false);
@@ -262,7 +263,6 @@ pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
     }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Failure::new(failure::UNEXPECTED, format!("cannot watch SIGHUP: {e}")))?;
-    let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

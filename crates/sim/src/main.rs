@@ -350,11 +350,26 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
+/// first polled: a signal right after the ready line must stop the simulator cleanly, not
+/// kill it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(term) => {}
+            _ = wait(int) => {}
+        }
     }
 }
 
@@ -394,11 +409,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             a.api_version
         );
     }
+    let stop = shutdown_signal();
     let sim = Sim::start(cfg)
         .await
         .context("cannot start the simulated appliance")?;
     println!("{}", sim.ready_line());
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     sim.stop().await;
     Ok(())
@@ -415,6 +431,7 @@ async fn run_sm(a: SmArgs) -> anyhow::Result<()> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let stop = shutdown_signal();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let gate = st.gate.clone();
     let server = tokio::spawn(scmb_sim::serve::serve(
@@ -425,7 +442,7 @@ async fn run_sm(a: SmArgs) -> anyhow::Result<()> {
         Some(gate),
     ));
     println!("ov-sim sm ready: sm=http://{addr}");
-    shutdown_signal().await;
+    stop.await;
     let _ = tx.send(true);
     server.abort();
     Ok(())

@@ -28,6 +28,7 @@ async fn run(cli: OvToSmCli) -> Result<(), Failure> {
     let settings = cli.appliance()?;
     let metrics = Metrics::new().appliance(&settings.rest.host);
     let pipeline = Pipeline::build(settings, metrics).await?;
+    // Installed after any password prompt, before the subscription (see `watch`).
     pipeline.run(crate::shutdown::signal()).await
 }
 

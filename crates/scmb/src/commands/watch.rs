@@ -22,5 +22,7 @@ async fn watch(conn: ConnArgs, listen: ListenArgs) -> Result<(), Failure> {
     }
     let appliance = metrics.appliance(&settings.rest.host);
     let pipeline = Pipeline::build(settings, appliance).await?;
+    // The stop handlers are installed here, after any password prompt (Ctrl-C must still
+    // interrupt a prompt) and before the subscription.
     pipeline.run(crate::shutdown::signal()).await
 }
