@@ -96,8 +96,14 @@ struct Inner {
     notes: Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
-/// The store's page cache: the store holds a few small records per alert, read once each.
-const STORE_CACHE_BYTES: usize = 128 << 10;
+/// The store's page cache where a sink tickets: each event reads and writes its alert's
+/// records, and a storm keeps thousands of them hot.
+pub const TICKETING_CACHE_BYTES: usize = 4 << 20;
+
+/// The page cache otherwise (what was printed, the checkpoint): small, because a service with
+/// a hundred appliances has a hundred stores, and a fresh store's own pages would fill a
+/// larger cache.
+pub const SMALL_CACHE_BYTES: usize = 128 << 10;
 
 impl Drop for Inner {
     /// The last clone closes the database for good: the writer thread is stopped and joined,
@@ -207,8 +213,13 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`, with the small page cache.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(path, SMALL_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database at `path` with a page cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         let open_err = |detail: String| StoreError::Open {
             path: path.to_path_buf(),
             detail,
@@ -216,10 +227,9 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
-        // A small page cache: the store holds a few records per alert, read once each, and
-        // redb's default cache (up to 1 GiB) would grow with every page written.
+        // A bounded page cache: redb's default (up to 1 GiB) would grow with every page written.
         let database = redb::Builder::new()
-            .set_cache_size(STORE_CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| open_err(e.to_string()))?;
         let w = database.begin_write().map_err(db)?;

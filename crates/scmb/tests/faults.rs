@@ -476,3 +476,70 @@ async fn a_stop_is_seen_while_every_lane_waits_on_a_hanging_service_manager() {
         .await
         .expect("clear");
 }
+
+/// Issue 13, item 4: alerts clear while the first start's catch-up pages through 3,000 active
+/// alerts (the simulator clears 100 of each page it serves, for 10 pages). Paging by offset
+/// skips as many unread rows as were cleared before them; paging by `modified` cannot. Every
+/// alert still active afterwards must have exactly one incident, and none two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_active_alert_is_skipped_when_alerts_clear_while_the_catch_up_pages() {
+    let mut cfg = scmb_sim::SimConfig::new(temp_dir("churn"));
+    cfg.rest_port = 0;
+    cfg.amqps_port = 0;
+    cfg.sm_port = Some(0);
+    cfg.keypair_pregenerated = true;
+    cfg.ov.eula_pending = false;
+    let sim = scmb_sim::testkit::start_in_background(cfg);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "churn");
+    let state = temp_dir("churn-state");
+    let tag = format!("Churn.{}", rand::random::<u32>());
+    let uris = storm(&c, 3000, 0, &format!("{tag}.listed")).await;
+    c.call(
+        Method::POST,
+        "/sim/faults/churn",
+        Some(serde_json::to_vec(&json!({"clearServed": 100, "pages": 10})).expect("json")),
+    )
+    .await
+    .expect("churn");
+    let started = Instant::now();
+    let mut l = start_with(&sim, &dir, &state, &tag, &[("RUST_LOG", "info")], &[]);
+    assert!(
+        l.wait_for("catch-up done", Duration::from_secs(120)),
+        "{:?}",
+        l.stderr
+    );
+    // Which alerts are still active now, by the appliance's own answer.
+    let mut active = Vec::new();
+    for u in &uris {
+        let sim_path = u.replace("/rest/alerts/", "/sim/alerts/");
+        let a = c.call(Method::GET, &sim_path, None).await.expect("alert");
+        if a["alertState"] == json!("Active") {
+            active.push(u.clone());
+        }
+    }
+    let cleared = uris.len() - active.len();
+    assert!(cleared >= 500, "the churn cleared only {cleared} alerts");
+    let rep = settle(
+        &c,
+        "1,000 alerts cleared while the catch-up pages 3,000",
+        &active,
+        started,
+    )
+    .await;
+    let by = incidents(&c).await;
+    let twice = uris
+        .iter()
+        .filter(|u| by.get(*u).copied().unwrap_or(0) > 1)
+        .count();
+    l.terminate();
+    let _ = l.finish(Duration::from_secs(40));
+    assert_eq!(
+        (rep.lost, rep.duplicates, twice),
+        (0, 0, 0),
+        "{}: lost, duplicated, or an alert with two incidents (created {} for {} still active)",
+        rep.name,
+        rep.created,
+        active.len()
+    );
+}

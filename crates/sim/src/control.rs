@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -39,13 +39,14 @@ pub fn router(ctl: Arc<Control>) -> Router {
         .route("/sim/info", get(info))
         .route("/sim/stats", get(stats))
         .route("/sim/alerts", post(raise))
-        .route("/sim/alerts/{id}", delete(remove).patch(update))
+        .route("/sim/alerts/{id}", get(show).delete(remove).patch(update))
         .route("/sim/alerts/{id}/clear", post(clear))
         .route("/sim/alerts/{id}/lock", post(lock))
         .route("/sim/storm", post(storm))
         .route("/sim/sessions/expire", post(expire))
         .route("/sim/clock", get(get_clock).post(set_clock))
         .route("/sim/faults/rest", post(set_fault).delete(clear_fault))
+        .route("/sim/faults/churn", post(set_churn))
         .route("/sim/broker/restart", post(restart_broker))
         .route("/sim/certificates/regenerate", post(regenerate))
         .route(
@@ -117,6 +118,23 @@ async fn update(State(c): State<Arc<Control>>, Path(id): Path<String>, body: Byt
     match object(&body) {
         Ok(fields) => changed(&c, &id, fields),
         Err(r) => r,
+    }
+}
+
+/// `GET /sim/alerts/{id}`: the alert as it is now, without a session.
+async fn show(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Response {
+    let n = match id_of(&id) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match c.ov.alert(n) {
+        Some(a) => Json(a).into_response(),
+        None => ov_error(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            &format!("no alert {id}"),
+            &[],
+        ),
     }
 }
 
@@ -253,6 +271,25 @@ async fn storm(State(c): State<Arc<Control>>, body: Bytes) -> Response {
 
 async fn expire(State(c): State<Arc<Control>>) -> Response {
     Json(json!({"expired": c.ov.expire_sessions()})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ChurnReq {
+    /// Active alerts of each served page the system clears right after serving it.
+    clear_served: usize,
+    /// For how many pages (0: off).
+    pages: usize,
+}
+
+/// `POST /sim/faults/churn {"clearServed": 100, "pages": 10}`: the data changes under a client
+/// that pages `GET /rest/alerts`.
+async fn set_churn(State(c): State<Arc<Control>>, Json(r): Json<ChurnReq>) -> Response {
+    c.ov.set_churn(crate::ov::Churn {
+        clear_served: r.clear_served,
+        pages: r.pages,
+    });
+    Json(json!({"clearServed": r.clear_served, "pages": r.pages})).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -99,6 +99,16 @@ struct Inner {
     next_task: u64,
     eula_pending: bool,
     fault: RestFault,
+    churn: Churn,
+}
+
+/// Data changing under a client that pages (`POST /sim/faults/churn`): after each of the next
+/// `pages` pages of `GET /rest/alerts`, the system clears `clear_served` of the active alerts
+/// that page just served. A client paging by offset then skips as many unread rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Churn {
+    pub clear_served: usize,
+    pub pages: usize,
 }
 
 /// Shared state of the OneView simulator.
@@ -330,6 +340,36 @@ impl OvState {
         let changed: Vec<&str> = changes.keys().map(String::as_str).collect();
         self.publish_alert(&alert, "Updated", &changed);
         Some(alert)
+    }
+
+    /// Sets the paging churn (see [`Churn`]); `pages` 0 turns it off.
+    pub fn set_churn(&self, churn: Churn) {
+        self.lock().churn = churn;
+    }
+
+    /// After a page of alerts was served: clears some of them as the system would, while
+    /// the churn lasts. Returns how many were cleared.
+    fn churn_after_page(&self, served: &[Value]) -> usize {
+        let n = {
+            let mut inner = self.lock();
+            if inner.churn.pages == 0 {
+                return 0;
+            }
+            inner.churn.pages -= 1;
+            inner.churn.clear_served
+        };
+        let ids: Vec<u64> = served
+            .iter()
+            .filter(|a| a["alertState"] == json!("Active"))
+            .filter_map(|a| a["uri"].as_str()?.rsplit('/').next()?.parse().ok())
+            .take(n)
+            .collect();
+        let mut changes = Map::new();
+        changes.insert("alertState".into(), json!("Cleared"));
+        changes.insert("clearedByUser".into(), json!("System"));
+        ids.iter()
+            .filter(|id| self.update_alert(**id, &changes).is_some())
+            .count()
     }
 
     /// Deletes alert `id` and publishes `Deleted`.
@@ -983,6 +1023,7 @@ async fn list_alerts(
         .then(|| page_uri(start + members.len()));
     let prev = (start > 0).then(|| page_uri(start.saturating_sub(limit)));
     let ts = st.clock.now_ms();
+    st.churn_after_page(&members);
     Json(json!({
         "type": "AlertResourceCollectionV3", "category": "alerts", "uri": page_uri(start),
         "start": start, "count": members.len(), "total": total,

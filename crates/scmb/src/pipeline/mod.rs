@@ -101,7 +101,7 @@ async fn check_at_start(sink: &dyn Sink) -> Result<(), Failure> {
 }
 
 /// Opens the store, creating its directory.
-fn open_store(path: &std::path::Path) -> Result<Store, Failure> {
+fn open_store(path: &std::path::Path, cache_bytes: usize) -> Result<Store, Failure> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| {
             Failure::new(
@@ -113,7 +113,7 @@ fn open_store(path: &std::path::Path) -> Result<Store, Failure> {
             )
         })?;
     }
-    Store::open(path).map_err(store_failure)
+    Store::open_with_cache(path, cache_bytes).map_err(store_failure)
 }
 
 impl Pipeline {
@@ -123,7 +123,14 @@ impl Pipeline {
         // Ticketing always catches up: an alert raised while down must still get its incident.
         let catch_up = spec.catch_up || spec.sinks.tickets();
         let store = match &spec.store {
-            Some(path) if catch_up || spec.sinks.tickets() => Some(open_store(path)?),
+            Some(path) if catch_up || spec.sinks.tickets() => Some(open_store(
+                path,
+                if spec.sinks.tickets() {
+                    crate::store::TICKETING_CACHE_BYTES
+                } else {
+                    crate::store::SMALL_CACHE_BYTES
+                },
+            )?),
             _ => None,
         };
         if catch_up && store.is_none() {
