@@ -23,7 +23,7 @@ use scmb_oneview::{AlertPage, OneViewError, Session};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::lanes::{Dispatcher, Origin};
+use super::lanes::{Dispatcher, Fed, Origin};
 use super::{store_failure, Shared};
 use crate::duration::LookBack;
 use crate::failure::Failure;
@@ -48,6 +48,8 @@ pub(super) struct CatchUp {
     pub lanes: Arc<Dispatcher>,
     pub look_back: LookBack,
     pub stop: watch::Receiver<bool>,
+    /// What this catch-up fed and is not finished yet.
+    pub fed: Arc<Fed>,
 }
 
 /// How one listing went.
@@ -61,7 +63,7 @@ struct Listed {
 impl CatchUp {
     /// Lists the active and locked alerts modified since the checkpoint, feeds the ones the
     /// filter admits through the lanes as if just created (the sinks' records skip what was
-    /// handled), and moves the checkpoint once every lane is through them.
+    /// handled), and moves the checkpoint once everything it fed is finished.
     pub(super) async fn run(self) -> Result<(), Failure> {
         // What an earlier connection's catch-up printed cannot come again on this one's queue.
         if let Ok(mut m) = self.shared.caught_up.lock() {
@@ -140,8 +142,8 @@ impl CatchUp {
         let Some(next) = next else {
             return Ok(()); // nothing on the appliance to anchor a checkpoint to yet
         };
-        // When nothing is in work any more, what was fed is handled.
-        self.lanes.idle().await;
+        // Once everything fed is finished (the bus flows on meanwhile).
+        self.fed.settled().await;
         if *self.stop.borrow() {
             return Ok(()); // interrupted work may sit before the barrier
         }
@@ -197,7 +199,10 @@ impl CatchUp {
                 listed.newest = listed.newest.max(modified);
                 if let Some(ev) = scmb_model::message::alert_as_created_event(alert) {
                     if self.shared.filter.admits(&ev) {
-                        self.lanes.dispatch(Origin::CatchUp, ev).await;
+                        self.fed.add();
+                        self.lanes
+                            .dispatch(Origin::CatchUp(self.fed.clone()), ev)
+                            .await;
                         listed.fed += 1;
                     }
                 }

@@ -14,13 +14,51 @@ use crate::failure::Failure;
 pub(super) type Ticket = (u64, u64);
 
 /// Where an event came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(super) enum Origin {
     /// A delivery, with its ticket for the ack, and whether an earlier run may have seen it
     /// (redelivered, or from a queue that outlives us).
     Bus(Ticket, bool),
-    /// The REST catch-up.
-    CatchUp,
+    /// The REST catch-up, which counts what it fed until it is finished.
+    CatchUp(Arc<Fed>),
+}
+
+/// What one catch-up fed and is not finished yet: its checkpoint waits for this, not for every
+/// lane to be idle (a barrier over all lanes would hold back every delivery behind it).
+#[derive(Debug, Default)]
+pub(super) struct Fed {
+    pending: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+impl Fed {
+    /// One more event fed.
+    pub(super) fn add(&self) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// One fed event finished (an interrupted or failed one never is).
+    fn done(&self) {
+        if self
+            .pending
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Resolves once every event fed is finished.
+    pub(super) async fn settled(&self) {
+        loop {
+            let wake = self.settled.notified();
+            if self.pending.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            wake.await;
+        }
+    }
 }
 
 type Item = (Origin, Event);
@@ -81,13 +119,14 @@ impl Dispatcher {
         tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut next = item;
             while let Some((origin, ev)) = next.take() {
-                match shared.handle(&ev, origin).await {
-                    Ok(true) => {
-                        if let Origin::Bus(ticket, _) = origin {
-                            // The consumer acks it once every delivery before it is finished.
-                            let _ = finished.send(ticket);
+                match shared.handle(&ev, &origin).await {
+                    Ok(true) => match &origin {
+                        // The consumer acks it once every delivery before it is finished.
+                        Origin::Bus(ticket, _) => {
+                            let _ = finished.send(*ticket);
                         }
-                    }
+                        Origin::CatchUp(fed) => fed.done(),
+                    },
                     Ok(false) => {} // interrupted by a stop: left unacked
                     Err(f) => {
                         if let Ok(mut b) = busy.lock() {

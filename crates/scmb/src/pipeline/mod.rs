@@ -388,6 +388,7 @@ impl Pipeline {
             lanes: lanes.clone(),
             look_back: self.look_back,
             stop: self.stop_tx.subscribe(),
+            fed: Default::default(),
         })
     }
 
@@ -437,7 +438,7 @@ impl Pipeline {
 impl Shared {
     /// Passes one event through every sink that wants it; true when it may be acked (every
     /// such sink is done with it), false when a stop interrupted the work.
-    async fn handle(&self, ev: &Event, origin: Origin) -> Result<bool, Failure> {
+    async fn handle(&self, ev: &Event, origin: &Origin) -> Result<bool, Failure> {
         let peek = ev.peek();
         let admitted = self.filter.admits_peek(&peek);
         if admitted {
@@ -488,7 +489,7 @@ impl Shared {
     /// delivery (published after we subscribed) can only repeat what this connection's
     /// catch-up printed; anything else may repeat what an earlier run printed, which only the
     /// store knows.
-    async fn first_time(&self, ev: &Event, origin: Origin) -> Result<bool, Failure> {
+    async fn first_time(&self, ev: &Event, origin: &Origin) -> Result<bool, Failure> {
         let etag = ev.str("eTag").unwrap_or("");
         for m in [&self.printed, &self.caught_up] {
             if let Ok(m) = m.lock() {
@@ -512,9 +513,9 @@ impl Shared {
 
     /// Records that this alert, as it is now, was printed: in memory at once, in the store
     /// with its next group commit (not awaited: the printing path does not wait for fsync).
-    fn mark_printed(&self, ev: &Event, origin: Origin) -> Result<(), Failure> {
+    fn mark_printed(&self, ev: &Event, origin: &Origin) -> Result<(), Failure> {
         let etag = ev.str("eTag").unwrap_or("").to_string();
-        if origin == Origin::CatchUp {
+        if matches!(origin, Origin::CatchUp(_)) {
             if let Ok(mut m) = self.caught_up.lock() {
                 m.insert(ev.resource_uri.clone(), etag.clone());
             }
