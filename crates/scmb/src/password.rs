@@ -47,6 +47,41 @@ impl Password {
         Password { sources, missing }
     }
 
+    /// A command line's chain: the flag's value (`flag`, warned about, naming the better
+    /// sources `prefer`), the password file, the environment variable `env`, then the prompt
+    /// `label` on a terminal.
+    pub fn from_command_line(
+        (flag, value): (&'static str, Option<&Secret>),
+        file: Option<&Path>,
+        env: &str,
+        (label, prefer): (&'static str, &'static str),
+        missing: &'static str,
+    ) -> Password {
+        let mut sources = Vec::new();
+        if let Some(secret) = value {
+            sources.push(Source::Flag {
+                flag,
+                secret: secret.clone(),
+                prefer,
+            });
+        }
+        if let Some(f) = file {
+            sources.push(Source::File(f.to_path_buf()));
+        }
+        sources.push(Source::Env {
+            var: env.to_string(),
+            required: false,
+        });
+        sources.push(Source::Prompt(label));
+        Password::new(sources, missing)
+    }
+
+    /// The empty password when no source gives one (the HPE sample's `falcon` user has none).
+    pub fn or_empty(mut self) -> Password {
+        self.sources.push(Source::Empty);
+        self
+    }
+
     /// A password already read.
     pub fn read_already(secret: Secret) -> Password {
         Password::new(vec![Source::Read(secret)], "no password")

@@ -78,6 +78,19 @@ fn start_with(
     l
 }
 
+/// A simulated appliance of the test's own (with Service Manager), for scenarios that change
+/// its clock or its faults while the shared one serves the other scenarios.
+fn own_sim(name: &str, clock_offset_ms: i64) -> SimInfo {
+    let mut cfg = scmb_sim::SimConfig::new(temp_dir(name));
+    cfg.rest_port = 0;
+    cfg.amqps_port = 0;
+    cfg.sm_port = Some(0);
+    cfg.keypair_pregenerated = true;
+    cfg.ov.eula_pending = false;
+    cfg.ov.clock_offset_ms = clock_offset_ms;
+    scmb_sim::testkit::start_in_background(cfg)
+}
+
 /// Incidents per alert uri (from the `alertUri:` description line), asking again while the SM
 /// port is closed by an outage.
 async fn incidents(c: &SimClient) -> HashMap<String, usize> {
@@ -347,14 +360,7 @@ async fn nothing_is_lost_or_duplicated_through_broker_rest_sm_crash_and_garbage_
 /// taken from the appliance's own time, never from ours.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_raised_while_stopped_is_ticketed_when_the_appliances_clock_is_behind_ours() {
-    let mut cfg = scmb_sim::SimConfig::new(temp_dir("skew"));
-    cfg.rest_port = 0;
-    cfg.amqps_port = 0;
-    cfg.sm_port = Some(0);
-    cfg.keypair_pregenerated = true;
-    cfg.ov.eula_pending = false;
-    cfg.ov.clock_offset_ms = -15 * 60 * 1000;
-    let sim = scmb_sim::testkit::start_in_background(cfg);
+    let sim = own_sim("skew", -15 * 60 * 1000);
     let c = sim.client();
     let dir = download_certs(&sim.rest_url, "skew");
     let state = temp_dir("skew-state");
@@ -414,13 +420,7 @@ async fn an_alert_raised_while_stopped_is_ticketed_when_the_appliances_clock_is_
 /// Service Manager would answer; the alerts stay unacked for the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_is_seen_while_every_lane_waits_on_a_hanging_service_manager() {
-    let mut cfg = scmb_sim::SimConfig::new(temp_dir("hang"));
-    cfg.rest_port = 0;
-    cfg.amqps_port = 0;
-    cfg.sm_port = Some(0);
-    cfg.keypair_pregenerated = true;
-    cfg.ov.eula_pending = false;
-    let sim = scmb_sim::testkit::start_in_background(cfg);
+    let sim = own_sim("hang", 0);
     let c = sim.client();
     let dir = download_certs(&sim.rest_url, "hang");
     let state = temp_dir("hang-state");
@@ -483,13 +483,7 @@ async fn a_stop_is_seen_while_every_lane_waits_on_a_hanging_service_manager() {
 /// alert still active afterwards must have exactly one incident, and none two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_active_alert_is_skipped_when_alerts_clear_while_the_catch_up_pages() {
-    let mut cfg = scmb_sim::SimConfig::new(temp_dir("churn"));
-    cfg.rest_port = 0;
-    cfg.amqps_port = 0;
-    cfg.sm_port = Some(0);
-    cfg.keypair_pregenerated = true;
-    cfg.ov.eula_pending = false;
-    let sim = scmb_sim::testkit::start_in_background(cfg);
+    let sim = own_sim("churn", 0);
     let c = sim.client();
     let dir = download_certs(&sim.rest_url, "churn");
     let state = temp_dir("churn-state");

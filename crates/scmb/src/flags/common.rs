@@ -11,7 +11,7 @@ use scmb_oneview::Secret;
 use crate::config::{FilterConfig, LogConfig};
 use crate::duration::LookBack;
 use crate::failure::{self, Failure};
-use crate::password::{Password, Source};
+use crate::password::Password;
 use crate::settings::{self, BusChoices, DEFAULT_USER};
 use crate::sinks::format::Output;
 use crate::telemetry::{Color, LogFormat, LogSettings};
@@ -210,27 +210,17 @@ impl ConnArgs {
     /// needs it) and where its certificates are.
     pub fn rest(&self) -> Result<settings::Rest, Failure> {
         let host = required_host(self.host.as_deref())?;
-        let mut sources = Vec::new();
-        if let Some(p) = &self.password {
-            sources.push(Source::Flag {
-                flag: "-p",
-                secret: p.clone(),
-                prefer: "$SCMB_PASSWORD, --password-file or the prompt",
-            });
-        }
-        if let Some(f) = &self.password_file {
-            sources.push(Source::File(f.clone()));
-        }
-        sources.push(Source::Env {
-            var: "SCMB_PASSWORD".into(),
-            required: false,
-        });
-        sources.push(Source::Prompt("OneView password: "));
         Ok(settings::Rest {
             host: host.to_string(),
             user: self.user.clone().unwrap_or_else(|| DEFAULT_USER.to_string()),
-            password: Password::new(
-                sources,
+            password: Password::from_command_line(
+                ("-p", self.password.as_ref()),
+                self.password_file.as_deref(),
+                "SCMB_PASSWORD",
+                (
+                    "OneView password: ",
+                    "$SCMB_PASSWORD, --password-file or the prompt",
+                ),
                 "no password: set $SCMB_PASSWORD, give --password-file FILE, or run on a terminal to be asked",
             ),
             login_domain: self.login_domain.clone(),

@@ -13,7 +13,7 @@ use super::common::{look_back, secret};
 use super::{BusArgs, ConnArgs, FilterArgs, LogArgs};
 use crate::duration::LookBack;
 use crate::failure::{self, Failure};
-use crate::password::{Password, Source};
+use crate::password::Password;
 use crate::settings;
 use crate::sinks::format::Output;
 use crate::sinks::service_manager::{OnClear, ServiceManagerSettings, Template};
@@ -226,24 +226,17 @@ impl OvToSmCli {
     /// Where the Service Manager password comes from: `-x` (warned about), the file, the
     /// environment, the prompt on a terminal; else empty, like the sample's `falcon` user.
     fn sm_password(&self) -> Password {
-        let mut sources = Vec::new();
-        if let Some(p) = &self.sm_password {
-            sources.push(Source::Flag {
-                flag: "-x",
-                secret: p.clone(),
-                prefer: "$SM_PASSWORD or --sm-password-file",
-            });
-        }
-        if let Some(f) = &self.sm_password_file {
-            sources.push(Source::File(f.clone()));
-        }
-        sources.push(Source::Env {
-            var: "SM_PASSWORD".into(),
-            required: false,
-        });
-        sources.push(Source::Prompt("Service Manager password: "));
-        sources.push(Source::Empty);
-        Password::new(sources, "no Service Manager password")
+        Password::from_command_line(
+            ("-x", self.sm_password.as_ref()),
+            self.sm_password_file.as_deref(),
+            "SM_PASSWORD",
+            (
+                "Service Manager password: ",
+                "$SM_PASSWORD or --sm-password-file",
+            ),
+            "no Service Manager password",
+        )
+        .or_empty()
     }
 
     /// The Service Manager sink's settings (its password read now).
