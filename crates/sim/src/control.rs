@@ -98,12 +98,13 @@ fn id_of(id: &str) -> Result<u64, Response> {
     id.parse().map_err(|_| bad("the alert id must be a number"))
 }
 
-fn changed(c: &Control, id: &str, fields: Map<String, Value>) -> Response {
+/// Alert `id` through `act` (read, change or delete it): the alert it returns, or 404.
+fn on_alert(id: &str, act: impl FnOnce(u64) -> Option<Value>) -> Response {
     let n = match id_of(id) {
         Ok(n) => n,
         Err(r) => return r,
     };
-    match c.ov.update_alert(n, &fields) {
+    match act(n) {
         Some(a) => Json(a).into_response(),
         None => ov_error(
             StatusCode::NOT_FOUND,
@@ -112,6 +113,10 @@ fn changed(c: &Control, id: &str, fields: Map<String, Value>) -> Response {
             &[],
         ),
     }
+}
+
+fn changed(c: &Control, id: &str, fields: Map<String, Value>) -> Response {
+    on_alert(id, |n| c.ov.update_alert(n, &fields))
 }
 
 async fn update(State(c): State<Arc<Control>>, Path(id): Path<String>, body: Bytes) -> Response {
@@ -123,19 +128,7 @@ async fn update(State(c): State<Arc<Control>>, Path(id): Path<String>, body: Byt
 
 /// `GET /sim/alerts/{id}`: the alert as it is now, without a session.
 async fn show(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Response {
-    let n = match id_of(&id) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    match c.ov.alert(n) {
-        Some(a) => Json(a).into_response(),
-        None => ov_error(
-            StatusCode::NOT_FOUND,
-            "RESOURCE_NOT_FOUND",
-            &format!("no alert {id}"),
-            &[],
-        ),
-    }
+    on_alert(&id, |n| c.ov.alert(n))
 }
 
 async fn clear(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Response {
@@ -153,19 +146,7 @@ async fn lock(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Response
 }
 
 async fn remove(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Response {
-    let n = match id_of(&id) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    match c.ov.delete_alert(n) {
-        Some(a) => Json(a).into_response(),
-        None => ov_error(
-            StatusCode::NOT_FOUND,
-            "RESOURCE_NOT_FOUND",
-            &format!("no alert {id}"),
-            &[],
-        ),
-    }
+    on_alert(&id, |n| c.ov.delete_alert(n))
 }
 
 /// A storm request.
