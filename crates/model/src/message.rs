@@ -181,6 +181,49 @@ pub fn alert_as_created_event(alert: Value) -> Option<Event> {
     })
 }
 
+/// The event a listener would have received for an alert cleared while nobody listened: an
+/// `Updated` to `Cleared`, carrying the alert as it is now (its `clearedTime`, or else its
+/// `modified`, as the event's time).
+pub fn alert_as_cleared_event(alert: Value) -> Option<Event> {
+    let uri = alert.get("uri")?.as_str()?.to_string();
+    let at = alert
+        .get("clearedTime")
+        .filter(|v| v.is_string())
+        .or_else(|| alert.get("modified"))
+        .cloned();
+    let body = serde_json::json!({
+        "resourceUri": uri, "changeType": "Updated", "newState": "Cleared",
+        "eTag": alert.get("eTag"), "timestamp": at, "resource": alert,
+        "changedAttributes": ["alertState"], "data": null,
+    });
+    Some(Event {
+        routing_key: format!("scmb.alerts.Updated.{uri}"),
+        category: "alerts".into(),
+        change_type: ChangeType::Updated,
+        resource_uri: uri,
+        body,
+        raw: None,
+    })
+}
+
+/// The event a listener would have received for an alert deleted while nobody listened:
+/// `Deleted`, with nothing but its uri (the alert is gone) and no time.
+pub fn alert_deleted_event(uri: &str) -> Event {
+    let body = serde_json::json!({
+        "resourceUri": uri, "changeType": "Deleted", "newState": null, "eTag": null,
+        "timestamp": null, "resource": {"uri": uri, "category": "alerts"},
+        "changedAttributes": [], "data": null,
+    });
+    Event {
+        routing_key: format!("scmb.alerts.Deleted.{uri}"),
+        category: "alerts".into(),
+        change_type: ChangeType::Deleted,
+        resource_uri: uri.to_string(),
+        body,
+        raw: None,
+    }
+}
+
 /// Formats an instant as SCMB does: `2026-11-25T10:00:00.123Z`.
 pub fn format_rfc3339_ms(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);

@@ -221,6 +221,7 @@ pub struct Metrics {
     deduplicated: Counters,
     resolved: Counters,
     retries: Family<TargetLabel, Counter>,
+    unknown: Family<SinkLabel, Counter>,
     reconnects: Counters,
     catch_up_runs: Counters,
     catch_up_alerts: Counters,
@@ -272,6 +273,12 @@ impl Metrics {
             "Retried calls, by target (service_manager, oneview)",
             retries.clone(),
         );
+        let unknown = Family::<SinkLabel, Counter>::default();
+        registry.register(
+            "outcomes_unknown",
+            "Changes a sink sent whose outcome is unknown (no usable answer): looked up by their reference before being sent again",
+            unknown.clone(),
+        );
         let latency: Family<SinkLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -297,6 +304,7 @@ impl Metrics {
             deduplicated,
             resolved,
             retries,
+            unknown,
             reconnects,
             catch_up_runs,
             catch_up_alerts,
@@ -477,6 +485,24 @@ impl ApplianceMetrics {
             attempt,
             retry_in_ms = delay.as_millis() as u64,
             "{what} failed; retrying"
+        );
+    }
+
+    /// `sink` sent a change for `alert` and got no usable answer (`reason`): it may have
+    /// happened. The sink looks its reference up before sending it again.
+    pub fn outcome_unknown(&self, sink: &str, alert: &str, reason: &str) {
+        self.parent
+            .unknown
+            .get_or_create(&SinkLabel {
+                appliance: self.name.clone(),
+                sink: sink.to_string(),
+            })
+            .inc();
+        tracing::warn!(
+            alert,
+            sink,
+            error = reason,
+            "the outcome is unknown (it may have happened): looking it up by its reference before trying again"
         );
     }
 

@@ -537,3 +537,124 @@ async fn no_active_alert_is_skipped_when_alerts_clear_while_the_catch_up_pages()
         active.len()
     );
 }
+
+/// Waits until every alert's notes carry an incident id (or SETTLE passes): the end of its
+/// ticketing, after which no create for it may follow.
+async fn wait_noted(c: &SimClient, uris: &[String]) -> usize {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let mut noted = 0;
+        for u in uris {
+            let a = c
+                .call(
+                    Method::GET,
+                    &u.replace("/rest/alerts/", "/sim/alerts/"),
+                    None,
+                )
+                .await
+                .expect("alert");
+            let has_note = a["changeLog"].as_array().into_iter().flatten().any(|e| {
+                e["notes"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("Case automatically logged"))
+            });
+            noted += usize::from(has_note);
+        }
+        if noted == uris.len() || Instant::now() > deadline {
+            return noted;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Incident status per alert uri.
+async fn incident_status(c: &SimClient) -> HashMap<String, String> {
+    let all = c
+        .call_sm(Method::GET, "/sim/incidents", None)
+        .await
+        .expect("incidents");
+    let mut by = HashMap::new();
+    for inc in all["incidents"].as_array().cloned().unwrap_or_default() {
+        if let Some(u) = inc["Description"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find_map(|l| l.strip_prefix("alertUri: "))
+        {
+            by.insert(
+                u.to_string(),
+                inc["Status"].as_str().unwrap_or("").to_string(),
+            );
+        }
+    }
+    by
+}
+
+/// Issue 13, item 5: alerts cleared (10) or deleted (5) while `ov_to_sm` was stopped. The
+/// bus carried their clears to nobody; after the next start's (re)connect, every alert with an
+/// open incident is read as it is now, and each of the 15 incidents is resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_of_alerts_cleared_or_deleted_while_stopped_are_resolved_at_the_next_start() {
+    let sim = own_sim("away", 0);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "away");
+    let state = temp_dir("away-state");
+    let tag = format!("Away.{}", rand::random::<u32>());
+    let l = start_with(&sim, &dir, &state, &tag, &[("RUST_LOG", "info")], &[]);
+    let uris = storm(&c, 20, 0, &format!("{tag}.raised")).await;
+    assert_eq!(wait_noted(&c, &uris).await, uris.len(), "not all ticketed");
+    l.terminate();
+    let r = l.finish(Duration::from_secs(40));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+
+    for (i, u) in uris.iter().take(15).enumerate() {
+        let sim_path = u.replace("/rest/alerts/", "/sim/alerts/");
+        if i < 10 {
+            c.call(Method::POST, &format!("{sim_path}/clear"), None)
+                .await
+                .expect("clear");
+        } else {
+            c.call(Method::DELETE, &sim_path, None)
+                .await
+                .expect("delete");
+        }
+    }
+    let restarted = Instant::now();
+    let l = start_with(&sim, &dir, &state, &tag, &[("RUST_LOG", "info")], &[]);
+    let deadline = Instant::now() + SETTLE;
+    let status = loop {
+        let status = incident_status(&c).await;
+        let resolved = uris[..15]
+            .iter()
+            .filter(|u| status.get(*u).is_some_and(|s| s == "Resolved"))
+            .count();
+        if resolved == 15 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let resolved = uris[..15]
+        .iter()
+        .filter(|u| status.get(*u).is_some_and(|s| s == "Resolved"))
+        .count();
+    let still_open = uris[15..]
+        .iter()
+        .filter(|u| status.get(*u).is_some_and(|s| s == "Open"))
+        .count();
+    eprintln!(
+        "| 10 alerts cleared and 5 deleted while stopped | 20 | 20 | 0 | {} unresolved | {:.1} s |",
+        15 - resolved,
+        restarted.elapsed().as_secs_f64()
+    );
+    l.terminate();
+    let _ = l.finish(Duration::from_secs(40));
+    assert_eq!(
+        resolved, 15,
+        "incidents of alerts cleared or deleted while stopped: {status:?}"
+    );
+    assert_eq!(
+        still_open, 5,
+        "the alerts still active keep their incidents open"
+    );
+}

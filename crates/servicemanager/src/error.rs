@@ -144,6 +144,28 @@ impl SmError {
         }
     }
 
+    /// Whether a request that changes something (a create) may have been carried out although
+    /// this error came back, so that its outcome is unknown: the request was sent and no
+    /// usable answer came (a timeout, a connection lost after sending, a 2xx answer we cannot
+    /// read, 500, 502 or 504). Sending it again may do it twice: look the result up first.
+    /// False when the request surely changed nothing (it was never sent, or was refused).
+    pub fn may_have_acted(&self) -> bool {
+        match self {
+            SmError::Unreachable { source, .. } => !source
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_connect),
+            SmError::Server { status, .. } => matches!(status, 500 | 502 | 504),
+            SmError::BadResponse { status, .. } => {
+                (200..300).contains(status) || matches!(status, 500 | 502 | 504)
+            }
+            SmError::Tls { .. }
+            | SmError::Unauthorized { .. }
+            | SmError::Rejected { .. }
+            | SmError::Invalid(_)
+            | SmError::Config(_) => false,
+        }
+    }
+
     /// No complete answer arrived within the configured timeout.
     pub fn is_timeout(&self) -> bool {
         match self {
@@ -294,6 +316,35 @@ mod tests {
         assert!(!e.is_timeout());
         assert_eq!(SmError::Config("x".into()).class(), ErrorClass::Permanent);
         assert_eq!(SmError::Invalid("x".into()).class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn a_create_may_have_happened_after_a_2xx_we_cannot_read_or_a_gateway_failure_only() {
+        for (status, acted) in [
+            (400, false),
+            (404, false),
+            (408, false),
+            (429, false),
+            (500, true),
+            (501, false),
+            (502, true),
+            (503, false),
+            (504, true),
+        ] {
+            let [rejected, server, bad] = answer(status);
+            assert!(!rejected.may_have_acted(), "{rejected}");
+            assert_eq!(server.may_have_acted(), acted, "{server}");
+            assert_eq!(bad.may_have_acted(), acted, "{bad}");
+        }
+        let [_, _, unreadable] = answer(201);
+        assert!(unreadable.may_have_acted(), "a 201 we cannot read");
+        // Not a reqwest connect error: no proof it was never sent.
+        let e = SmError::Unreachable {
+            url: "http://sm".into(),
+            source: "connection reset".into(),
+        };
+        assert!(e.may_have_acted());
+        assert!(!SmError::Invalid("x".into()).may_have_acted());
     }
 
     #[test]

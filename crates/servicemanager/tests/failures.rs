@@ -132,6 +132,10 @@ async fn outage_is_unreachable_and_retryable_and_backoff_gets_through_after_it()
     assert!(matches!(e, SmError::Unreachable { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::Retryable);
     assert!(
+        !e.may_have_acted(),
+        "a refused connection sent nothing: {e:?}"
+    );
+    assert!(
         e.to_string().contains("cannot reach Service Manager"),
         "{e}"
     );
@@ -172,6 +176,10 @@ async fn hang_past_the_client_timeout_is_a_retryable_timeout_without_hanging() {
         "{e:?}"
     );
     assert_eq!(e.class(), ErrorClass::Retryable);
+    assert!(
+        e.may_have_acted(),
+        "sent, and no answer: the outcome is unknown"
+    );
     assert!(e.to_string().contains("timeout"), "{e}");
     clear_faults(&url).await;
     sim.stop().await;

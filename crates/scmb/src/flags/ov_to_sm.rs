@@ -139,6 +139,11 @@ pub struct OvToSmCli {
     /// Longest pause between retries of a failing call (30s, 2m).
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = retry_cap)]
     pub retry_cap: Duration,
+    /// How long one Service Manager call may take, answer included (30s, 2m). A create
+    /// without an answer in time may still have happened: it is looked up before being sent
+    /// again.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = sm_timeout)]
+    pub sm_timeout: Duration,
     /// Deprecated spelling of --retry-cap, in seconds.
     #[arg(long, value_name = "SECS", hide = true, conflicts_with = "retry_cap")]
     pub retry_cap_secs: Option<u64>,
@@ -150,6 +155,14 @@ fn keep_alive(s: &str) -> Result<Duration, String> {
 
 fn retry_cap(s: &str) -> Result<Duration, String> {
     crate::duration::parse("--retry-cap", s)
+}
+
+fn sm_timeout(s: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse("--sm-timeout", s)?;
+    if d.is_zero() {
+        return Err("--sm-timeout must be above zero, e.g. 30s".into());
+    }
+    Ok(d)
 }
 
 impl OvToSmCli {
@@ -252,6 +265,7 @@ impl OvToSmCli {
             .read()
             .map_err(|m| Failure::new(failure::USAGE, m))?;
         let mut client = SmConfig::from_host(host, self.sm_user.clone(), password);
+        client.timeout = self.sm_timeout;
         if let Some(ca) = &self.sm_ca {
             client.trust = scmb_tls::ServerTrust::Ca(scmb_tls::load_certs(ca)?);
         }

@@ -36,6 +36,9 @@ const BACKLOG_MARGIN: time::Duration = time::Duration::minutes(10);
 /// Alerts per page: what a catch-up holds in memory at once.
 pub const PAGE: usize = 250;
 
+/// Alerts with an open ticket read at once when reconciling them after a (re)connect.
+const RECONCILE_READS: usize = 8;
+
 /// Pages one listing may take before it gives up (and the catch-up counts as incomplete):
 /// an appliance that ignores `sort` must not keep it paging for ever.
 const MAX_PAGES: usize = 100_000;
@@ -128,6 +131,15 @@ impl CatchUp {
             if *self.stop.borrow() {
                 complete = false;
                 break;
+            }
+        }
+        if !*self.stop.borrow() {
+            match self.reconcile_open().await {
+                Ok(n) => fed += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up: cannot read the state of every alert with an open ticket; the next (re)connect tries again");
+                    complete = false;
+                }
             }
         }
         self.shared.metrics.catch_up(fed, complete);
@@ -231,6 +243,73 @@ impl CatchUp {
         Err(OneViewError::Config(
             "the alert listing did not end".to_string(),
         ))
+    }
+
+    /// Feeds the clears and deletions the sinks missed while nobody listened: every alert a
+    /// sink holds something open for (an incident) is read as it is now, a few at a time, and
+    /// a cleared one is fed as its clear, a vanished one as its deletion. Returns how many.
+    async fn reconcile_open(&self) -> Result<usize, Failure> {
+        let mut uris = std::collections::BTreeSet::new();
+        for sink in &self.shared.sinks {
+            uris.extend(sink.open_alerts().await?);
+        }
+        if uris.is_empty() {
+            return Ok(0);
+        }
+        let total = uris.len();
+        let mut pending = uris.into_iter();
+        let mut reads = tokio::task::JoinSet::new();
+        let (mut missed, mut unread) = (0usize, 0usize);
+        loop {
+            while reads.len() < RECONCILE_READS && !*self.stop.borrow() {
+                let Some(uri) = pending.next() else { break };
+                let session = self.session.clone();
+                reads.spawn(async move {
+                    let now = retry(|| session.alert(&uri)).await;
+                    (uri, now)
+                });
+            }
+            let Some(done) = reads.join_next().await else {
+                break;
+            };
+            let Ok((uri, now)) = done else {
+                unread += 1;
+                continue;
+            };
+            let ev = match now {
+                Ok(None) => scmb_model::message::alert_deleted_event(&uri),
+                Ok(Some(a)) if a.get("alertState").and_then(Value::as_str) == Some("Cleared") => {
+                    match scmb_model::message::alert_as_cleared_event(a) {
+                        Some(ev) => ev,
+                        None => continue,
+                    }
+                }
+                Ok(Some(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(alert = %uri, error = %e, "catch-up: cannot read an alert with an open ticket");
+                    unread += 1;
+                    continue;
+                }
+            };
+            self.fed.add();
+            self.lanes
+                .dispatch(Origin::CatchUp(self.fed.clone()), ev)
+                .await;
+            missed += 1;
+        }
+        tracing::info!(
+            open = total,
+            cleared_or_deleted = missed,
+            unread,
+            "catch-up: alerts with an open ticket read as they are now"
+        );
+        if unread > 0 && !*self.stop.borrow() {
+            return Err(Failure::new(
+                crate::failure::UNREACHABLE,
+                format!("{unread} of {total} alerts with an open ticket could not be read"),
+            ));
+        }
+        Ok(missed)
     }
 
     /// The newest `modified` of any alert, as the appliance's time when it sends no `Date`.

@@ -467,7 +467,12 @@ impl Shared {
                         tracing::warn!(alert = %ev.resource_uri, sink = sink.name(), reason = %reason, "failed for good");
                         break;
                     }
-                    Outcome::Retry(after) => {
+                    Outcome::Retry(after) | Outcome::Unknown { after, .. } => {
+                        if let Outcome::Unknown { reason, .. } = &outcome {
+                            self.metrics
+                                .outcome_unknown(sink.name(), &ev.resource_uri, reason);
+                        }
+                        // The next call looks up what may have happened before acting again.
                         let mut stop = self.stop.clone();
                         tokio::select! {
                             _ = tokio::time::sleep(after) => {}
@@ -611,6 +616,13 @@ mod tests {
     }
 
     fn shared(first: Outcome) -> (Arc<Shared>, Arc<Recorder>, watch::Sender<bool>) {
+        shared_counted(first, &crate::telemetry::Metrics::new())
+    }
+
+    fn shared_counted(
+        first: Outcome,
+        metrics: &Arc<crate::telemetry::Metrics>,
+    ) -> (Arc<Shared>, Arc<Recorder>, watch::Sender<bool>) {
         let dir = std::env::temp_dir().join(format!(
             "scmb-pipeline-{}-{}",
             std::process::id(),
@@ -624,7 +636,7 @@ mod tests {
         });
         let (stop_tx, stop) = watch::channel(false);
         let shared = Arc::new(Shared {
-            metrics: crate::telemetry::Metrics::new().appliance("test"),
+            metrics: metrics.appliance("test"),
             filter: Filter::default(),
             store: Some(store),
             sinks: vec![recorder.clone()],
@@ -691,6 +703,39 @@ mod tests {
             "retried after its delay"
         );
         assert_eq!(recorder.seen.lock().expect("lock").len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_whose_outcome_is_unknown_is_called_again_after_its_pause_and_counted() {
+        let metrics = crate::telemetry::Metrics::new();
+        let (shared, recorder, _stop) = shared_counted(
+            Outcome::Unknown {
+                reason: "no answer within 30 s".into(),
+                after: Duration::from_secs(30),
+            },
+            &metrics,
+        );
+        let (fatal, _fatal_rx) = mpsc::channel(1);
+        let (finished, mut finished_rx) = mpsc::unbounded_channel();
+        let lanes = Dispatcher::new(shared, 2, fatal, finished);
+        let t0 = tokio::time::Instant::now();
+        lanes
+            .dispatch(Origin::Bus((0, 4), false), event("/rest/alerts/8", "x"))
+            .await;
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(
+            finished_rx.try_recv().is_err(),
+            "a delivery whose outcome is unknown must not be acked before it is settled"
+        );
+        let (_, tag) = finished_rx.recv().await.expect("finished");
+        assert_eq!(tag, 4);
+        assert!(t0.elapsed() >= Duration::from_secs(30));
+        assert_eq!(recorder.seen.lock().expect("lock").len(), 2, "called again");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"scmb_outcomes_unknown_total{appliance="test",sink="recorder"} 1"#),
+            "{text}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,6 +15,12 @@ pub enum Outcome {
     Retry(Duration),
     /// Failed for good (recorded, logged and counted by the sink): retrying cannot help.
     Failed(String),
+    /// The sink sent a change and got no usable answer (a timeout, a lost connection, a
+    /// success it cannot read): the change may have happened. The delivery stays unacked and
+    /// the pipeline calls again after `after`. A sink answers this only when it recorded,
+    /// before sending, an idempotency key (a reference) it looks up on that next call, before
+    /// sending anything again — in this process or, after a crash, in the next one.
+    Unknown { reason: String, after: Duration },
     /// A stop came first: the delivery stays unacked for a redelivery or the next catch-up.
     Interrupted,
 }
@@ -65,6 +71,14 @@ pub trait Sink: Send + Sync {
 
     /// Handles one event it wanted.
     async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError>;
+
+    /// The alerts (uris) for which it holds something open that the alert's clear or deletion
+    /// must close (an incident not resolved yet). After each (re)connect the pipeline reads
+    /// each one's current state over REST and feeds it the clear or deletion it missed while
+    /// nobody listened.
+    async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
+        Ok(Vec::new())
+    }
 
     /// Checks the destination (reachable, credentials accepted) without changing anything:
     /// `scmb check`, and the start of a command.

@@ -50,6 +50,10 @@ pub struct ServiceManagerConfig {
     pub retry_cap: Option<DurationValue>,
     /// Deprecated: `retry_cap` in seconds. Still read, with a warning.
     pub retry_cap_secs: Option<u64>,
+    /// How long one call may take, answer included, e.g. `"30s"` (`--sm-timeout`). A create
+    /// without an answer in time may still have happened: it is looked up by its reference
+    /// before being sent again. Default `"30s"`.
+    pub timeout: Option<DurationValue>,
     /// Incidents per page when listing (`--list-page-size`; only `ov_to_sm -l` lists).
     /// Default 100.
     #[serde(default = "default_page")]
@@ -146,6 +150,13 @@ impl ServiceManagerConfig {
             client.trust = scmb_tls::ServerTrust::Ca(
                 scmb_tls::load_certs(ca).map_err(|e| format!("service_manager.ca: {e}"))?,
             );
+        }
+        client.timeout = match &self.timeout {
+            Some(v) => v.resolve("service_manager.timeout")?,
+            None => scmb_servicemanager::DEFAULT_TIMEOUT,
+        };
+        if client.timeout.is_zero() {
+            return Err("service_manager.timeout must be above zero, e.g. \"30s\"".into());
         }
         Ok(ServiceManagerSettings {
             client,

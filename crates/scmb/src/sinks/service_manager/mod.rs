@@ -44,6 +44,10 @@ pub struct ServiceManagerSettings {
 pub struct ServiceManager {
     ticketer: Ticketer,
     journal_updates: bool,
+    /// How long to wait before looking up a create whose outcome is unknown: as long as we
+    /// waited for its answer (a slow create gets that long again to land), at most the
+    /// retry cap.
+    unknown_pause: Duration,
     report: Option<Mutex<Printer<Stdout>>>,
 }
 
@@ -73,6 +77,7 @@ impl ServiceManager {
                 metrics: ctx.metrics.clone(),
             },
             journal_updates: s.journal_updates,
+            unknown_pause: s.client.timeout.min(s.retry_cap),
             report: s.report.map(|format| {
                 let colour = format == Output::Human
                     && crate::telemetry::colour(std::io::IsTerminal::is_terminal(
@@ -141,6 +146,10 @@ impl Sink for ServiceManager {
             })?;
         Ok(match outcome {
             Ticketed::Interrupted => Outcome::Interrupted,
+            Ticketed::Unknown(reason) => Outcome::Unknown {
+                reason,
+                after: self.unknown_pause,
+            },
             Ticketed::Done(what) => Outcome::Done(what),
             Ticketed::Ticketed { incident, alert } => {
                 if let Some(p) = &self.report {
@@ -159,6 +168,13 @@ impl Sink for ServiceManager {
                 Outcome::Done(format!("ticketed as {incident}"))
             }
         })
+    }
+
+    async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
+        self.ticketer
+            .open_alerts()
+            .await
+            .map_err(|e| SinkError::new("service_manager", failure::UNEXPECTED, e.to_string()))
     }
 
     async fn healthcheck(&self) -> Result<String, SinkError> {

@@ -190,6 +190,9 @@ pub enum Outcome {
     },
     /// Shutting down before the work could finish: leave it for redelivery.
     Interrupted,
+    /// The incident may have been created (no usable answer to the create): the next call
+    /// looks it up by the reference recorded before the create, and creates only if absent.
+    Unknown(String),
 }
 
 /// A failure that stops the tool (the store is unusable).
@@ -220,6 +223,18 @@ enum Attempt<T> {
     Ok(T),
     Permanent(String),
     Interrupted,
+    /// A change was sent and may have happened: see [`Outcome::Unknown`].
+    Unknown(String),
+}
+
+/// Whether a Service Manager call is sent again blindly after an error (reads, resolving and
+/// closing, which a repeat does not change; a journal line, which a repeat at worst adds
+/// twice) or, when its outcome is unknown, looked up first (a create: a repeat would open a
+/// second incident).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    Blindly,
+    LookUpFirst,
 }
 
 impl Ticketer {
@@ -235,8 +250,9 @@ impl Ticketer {
         }
     }
 
-    /// Runs an SM call until it succeeds, fails for good, or shutdown comes.
-    async fn sm_retry<T, F, Fut>(&self, what: &str, mut f: F) -> Attempt<T>
+    /// Runs an SM call until it succeeds, fails for good, or shutdown comes; a call that
+    /// must not be repeated blindly also ends when its outcome is unknown.
+    async fn sm_retry<T, F, Fut>(&self, what: &str, repeat: Repeat, mut f: F) -> Attempt<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, SmError>>,
@@ -245,6 +261,9 @@ impl Ticketer {
         loop {
             match f().await {
                 Ok(v) => return Attempt::Ok(v),
+                Err(e) if repeat == Repeat::LookUpFirst && e.may_have_acted() => {
+                    return Attempt::Unknown(e.to_string())
+                }
                 Err(e) => match e.class() {
                     ErrorClass::Permanent => return Attempt::Permanent(e.to_string()),
                     ErrorClass::Unauthorized => {
@@ -376,7 +395,7 @@ impl Ticketer {
                         tracing::error!(alert = uri, error = %e, "cannot read the alert; not ticketed");
                         return Ok(Outcome::Done(format!("alert unreadable: {e}")));
                     }
-                    Attempt::Interrupted => return Ok(Outcome::Interrupted),
+                    Attempt::Interrupted | Attempt::Unknown(_) => return Ok(Outcome::Interrupted),
                 };
                 if let Some(id) = incident_in_change_log(&alert) {
                     self.metrics
@@ -411,19 +430,30 @@ impl Ticketer {
                 };
                 fields.insert(REFERENCE_FIELD.into(), json!(reference));
                 let query = format!("{REFERENCE_FIELD}=\"{reference}\"");
+                // A create that was interrupted, or whose outcome is unknown, may have
+                // happened: look for its reference before creating again.
                 let found = match existing.as_ref().map(|r| &r.step) {
                     Some(Step::Creating) => match self
-                        .sm_retry("looking up an interrupted incident", || {
-                            self.sm.list(Some(&query), 10)
-                        })
+                        .sm_retry(
+                            "looking up an incident that may exist",
+                            Repeat::Blindly,
+                            || self.sm.list(Some(&query), 10),
+                        )
                         .await
                     {
                         Attempt::Ok(list) => list.into_iter().next(),
                         Attempt::Permanent(e) => {
-                            tracing::warn!(alert = uri, error = %e, "cannot look up an interrupted incident; creating it");
-                            None
+                            // Creating now could open a second incident; failing says so.
+                            let reason = format!("the incident may exist (reference {reference}) but Service Manager refused to look it up: {e}; search for the reference and write its id into the alert's notes");
+                            self.metrics.incident_failed(uri, &reason);
+                            let mut rec = Record::new(None, Step::Failed);
+                            rec.reason = Some(reason.clone());
+                            self.put(uri, rec).await?;
+                            return Ok(Outcome::Done(format!("failed: {reason}")));
                         }
-                        Attempt::Interrupted => return Ok(Outcome::Interrupted),
+                        Attempt::Interrupted | Attempt::Unknown(_) => {
+                            return Ok(Outcome::Interrupted)
+                        }
                     },
                     _ => None,
                 };
@@ -437,8 +467,10 @@ impl Ticketer {
                         Attempt::Ok(inc)
                     }
                     None => {
-                        self.sm_retry("creating the incident", || self.sm.create_incident(&fields))
-                            .await
+                        self.sm_retry("creating the incident", Repeat::LookUpFirst, || {
+                            self.sm.create_incident(&fields)
+                        })
+                        .await
                     }
                 };
                 let id = match created {
@@ -451,6 +483,9 @@ impl Ticketer {
                         return Ok(Outcome::Done(format!("failed: {reason}")));
                     }
                     Attempt::Interrupted => return Ok(Outcome::Interrupted),
+                    // The record still says Creating with the reference: the next call
+                    // looks it up before creating.
+                    Attempt::Unknown(e) => return Ok(Outcome::Unknown(e)),
                 };
                 self.put(uri, Record::new(Some(id.clone()), Step::Created))
                     .await?;
@@ -472,7 +507,7 @@ impl Ticketer {
                 // The alert is gone or refuses notes: the incident exists, record it as done.
                 tracing::warn!(alert = uri, incident = %incident, error = %e, "could not write the note into the alert");
             }
-            Attempt::Interrupted => return Ok(Outcome::Interrupted),
+            Attempt::Interrupted | Attempt::Unknown(_) => return Ok(Outcome::Interrupted),
         }
         self.put(uri, Record::new(Some(incident.clone()), Step::Noted))
             .await?;
@@ -481,6 +516,20 @@ impl Ticketer {
             incident,
             alert: updated,
         })
+    }
+
+    /// The alerts whose incident is open (created, not yet updated for a clear), when a
+    /// clear changes something (`on_clear` is not `none`).
+    pub async fn open_alerts(&self) -> Result<Vec<String>, TicketError> {
+        if self.on_clear == OnClear::None {
+            return Ok(Vec::new());
+        }
+        let all = self.store.call(|s| s.all()).await?;
+        Ok(all
+            .into_iter()
+            .filter(|(_, r)| r.incident.is_some() && matches!(r.step, Step::Created | Step::Noted))
+            .map(|(uri, _)| uri)
+            .collect())
     }
 
     /// A journal line for someone else's change to an alert we ticketed (urgency, assignment, a
@@ -538,7 +587,7 @@ impl Ticketer {
         let mut fields = Map::new();
         fields.insert("JournalUpdates".into(), json!(lines));
         match self
-            .sm_retry("journaling an alert update", || {
+            .sm_retry("journaling an alert update", Repeat::Blindly, || {
                 self.sm.update_incident(&id, &fields)
             })
             .await
@@ -548,7 +597,7 @@ impl Ticketer {
                 tracing::warn!(alert = uri, incident = %id, error = %e, "could not journal the alert update");
                 Ok(Outcome::Done("journal failed".into()))
             }
-            Attempt::Interrupted => Ok(Outcome::Interrupted),
+            Attempt::Interrupted | Attempt::Unknown(_) => Ok(Outcome::Interrupted),
         }
     }
 
@@ -585,21 +634,25 @@ impl Ticketer {
         fields.insert("JournalUpdates".into(), json!([line]));
         let result = match self.on_clear {
             OnClear::Journal | OnClear::None => {
-                self.sm_retry("journaling the incident", || {
+                self.sm_retry("journaling the incident", Repeat::Blindly, || {
                     self.sm.update_incident(&id, &fields)
                 })
                 .await
             }
             OnClear::Resolve => {
                 fields.insert("Solution".into(), json!([line]));
-                self.sm_retry("resolving the incident", || self.sm.resolve(&id, &fields))
-                    .await
+                self.sm_retry("resolving the incident", Repeat::Blindly, || {
+                    self.sm.resolve(&id, &fields)
+                })
+                .await
             }
             OnClear::Close => {
                 fields.insert("Solution".into(), json!([line]));
                 fields.insert("ClosureCode".into(), json!("Automatically Closed"));
-                self.sm_retry("closing the incident", || self.sm.close(&id, &fields))
-                    .await
+                self.sm_retry("closing the incident", Repeat::Blindly, || {
+                    self.sm.close(&id, &fields)
+                })
+                .await
             }
         };
         match result {
@@ -607,7 +660,7 @@ impl Ticketer {
             Attempt::Permanent(e) => {
                 tracing::error!(alert = uri, incident = %id, error = %e, "could not update the incident for the cleared alert");
             }
-            Attempt::Interrupted => return Ok(Outcome::Interrupted),
+            Attempt::Interrupted | Attempt::Unknown(_) => return Ok(Outcome::Interrupted),
         }
         self.put(uri, Record::new(Some(id.clone()), Step::Closed))
             .await?;
