@@ -102,11 +102,28 @@ async fn alerts_raised_while_disconnected_are_caught_up_once() {
                 .to_string()
         })
         .collect();
-    assert_eq!(uris, vec![before, during, after], "each once, in order");
+    assert_eq!(
+        uris,
+        vec![before.clone(), during, after],
+        "each once, in order"
+    );
 
     // A restart catches up from the checkpoint it saved, and does not print again what it
-    // printed before: the first line is the alert raised while scmb was not running.
+    // printed before, even when the alert changed meanwhile (a note: a new eTag and a newer
+    // `modified`, so the catch-up lists it first): the first line is the alert raised while
+    // scmb was not running.
+    let id = before.rsplit('/').next().expect("id");
+    c.call(
+        Method::PATCH,
+        &format!("/sim/alerts/{id}"),
+        Some(serde_json::to_vec(&json!({"assignedToUser": "ops"})).expect("json")),
+    )
+    .await
+    .expect("change the alert");
     let offline = raise("offline").await;
+    // A second one: `--count 1` is reached within the catch-up with more to feed, which must
+    // not keep it waiting for work the console no longer takes.
+    let _ = raise("offline.2").await;
     let l = Listening::start_env(
         BIN,
         &[
@@ -126,7 +143,7 @@ async fn alerts_raised_while_disconnected_are_caught_up_once() {
         ],
         &env,
     );
-    // --count 1 is reached within the catch-up itself.
+    // --count 1 is reached within the catch-up itself, and it exits.
     let r = l.finish(Duration::from_secs(30));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let first: Value = serde_json::from_str(r.stdout.lines().next().unwrap_or("{}")).expect("json");

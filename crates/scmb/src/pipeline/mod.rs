@@ -262,6 +262,9 @@ impl Pipeline {
                 Some(job) if self.lanes == 1 => tokio::select! {
                     r = job.run() => if let Err(f) = r { break 'outer Err(f) },
                     _ = &mut shutdown => break 'outer Ok(()),
+                    // A sink that has all it wanted (`--count`) within the catch-up: what it
+                    // refuses after that is never finished, so the catch-up would wait for ever.
+                    _ = self.finish.notified() => break 'outer Ok(()),
                 },
                 Some(job) => {
                     let fatal = fatal_tx.clone();
@@ -490,18 +493,20 @@ impl Shared {
         Ok(true)
     }
 
-    /// False when this alert, as it is now (uri + eTag), was printed before. A fresh
-    /// delivery (published after we subscribed) can only repeat what this connection's
-    /// catch-up printed; anything else may repeat what an earlier run printed, which only the
-    /// store knows.
+    /// False when printing it would repeat what was printed before. A delivery repeats an
+    /// earlier print of the same alert as it was then (uri + eTag). A catch-up shows an
+    /// alert as if just created, which the listener printed once whatever changed since: it
+    /// repeats any earlier print of the alert. A fresh delivery (published after we
+    /// subscribed) can only repeat what this connection's catch-up printed; anything else may
+    /// repeat what an earlier run printed, which only the store knows.
     async fn first_time(&self, ev: &Event, origin: &Origin) -> Result<bool, Failure> {
         let etag = ev.str("eTag").unwrap_or("");
+        let caught_up = matches!(origin, Origin::CatchUp(_));
+        let repeats = |before: &str| caught_up || before == etag;
         for m in [&self.printed, &self.caught_up] {
             if let Ok(m) = m.lock() {
-                if let Some(before) = m.get(&ev.resource_uri) {
-                    if before == etag {
-                        return Ok(false);
-                    }
+                if m.get(&ev.resource_uri).is_some_and(|b| repeats(b)) {
+                    return Ok(false);
                 }
             }
         }
@@ -513,7 +518,7 @@ impl Shared {
         };
         // Printed by an earlier run: the store's record is the only one.
         let before = store.printed(&ev.resource_uri).map_err(store_failure)?;
-        Ok(before.as_deref() != Some(etag))
+        Ok(!before.as_deref().is_some_and(repeats))
     }
 
     /// Records that this alert, as it is now, was printed: in memory at once, in the store
