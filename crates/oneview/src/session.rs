@@ -351,6 +351,33 @@ impl Session {
         }
     }
 
+    /// Appends a note to an alert's changeLog only if the alert is still as it was at `etag`
+    /// (`PUT` with that eTag, once): `None` when it changed meanwhile (412). Two clients that
+    /// read the same alert and both write are told apart: one wins, the other gets `None`.
+    pub async fn add_alert_note_if(
+        &self,
+        uri: &str,
+        notes: &str,
+        etag: &str,
+    ) -> Result<Option<Value>, OneViewError> {
+        let path = rel_path(uri);
+        let body = json!({"notes": notes, "eTag": etag});
+        let reply = self
+            .call(&Request::new(Method::PUT, &path).body(&body))
+            .await?;
+        if reply.is_success() {
+            if reply.body.iter().all(u8::is_ascii_whitespace) {
+                return self.get_json(&path).await.map(Some);
+            }
+            return reply.json().map(Some);
+        }
+        let err = reply.error();
+        if stale_etag(&err) {
+            return Ok(None);
+        }
+        Err(err)
+    }
+
     /// `GET /rest/alerts` with `filter`s (each its own `filter=` parameter, ANDed), following
     /// `nextPageUri` to the end; alerts seen on two pages (the list shifts while we page)
     /// are returned once.

@@ -139,6 +139,10 @@ pub struct OvToSmCli {
     /// Longest pause between retries of a failing call (30s, 2m).
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = retry_cap)]
     pub retry_cap: Duration,
+    /// Claim each alert (an eTag-guarded note) before creating its incident, so that two
+    /// instances on separate state (an HA pair, both with --claim) never both create one.
+    #[arg(long)]
+    pub claim: bool,
     /// How long one Service Manager call may take, answer included (30s, 2m). A create
     /// without an answer in time may still have happened: it is looked up before being sent
     /// again.
@@ -275,6 +279,7 @@ impl OvToSmCli {
             on_clear: self.on_clear,
             journal_updates: self.journal_updates,
             retry_cap: self.retry_cap(),
+            claim: self.claim,
             report: Some(self.output),
         })
     }

@@ -50,6 +50,12 @@ pub struct ServiceManagerConfig {
     pub retry_cap: Option<DurationValue>,
     /// Deprecated: `retry_cap` in seconds. Still read, with a warning.
     pub retry_cap_secs: Option<u64>,
+    /// Claim each alert with an eTag-guarded note before creating its incident (`--claim`),
+    /// so that two instances on separate state (an HA pair) never both create one: of two
+    /// that read an alert at once, one writes the claim, the other waits for its incident.
+    /// Both instances must set it. Costs one more REST call per incident. Default false.
+    #[serde(default)]
+    pub claim: bool,
     /// How long one call may take, answer included, e.g. `"30s"` (`--sm-timeout`). A create
     /// without an answer in time may still have happened: it is looked up by its reference
     /// before being sent again. Default `"30s"`.
@@ -164,6 +170,7 @@ impl ServiceManagerConfig {
             on_clear: self.on_clear,
             journal_updates: self.journal_updates,
             retry_cap: self.retry_cap()?,
+            claim: self.claim,
             report: None,
         })
     }

@@ -36,6 +36,8 @@ pub struct ServiceManagerSettings {
     pub journal_updates: bool,
     /// Longest pause between retries of a failing call.
     pub retry_cap: Duration,
+    /// Claim each alert before creating its incident (two instances on separate state).
+    pub claim: bool,
     /// Print each ticketed alert, and the incident it got, on standard output in this format
     /// (`ov_to_sm`, like the HPE sample).
     pub report: Option<Output>,
@@ -75,6 +77,7 @@ impl ServiceManager {
                 retry_base: Duration::from_millis(250),
                 retry_cap: s.retry_cap,
                 metrics: ctx.metrics.clone(),
+                claim: s.claim,
             },
             journal_updates: s.journal_updates,
             unknown_pause: s.client.timeout.min(s.retry_cap),
@@ -146,6 +149,7 @@ impl Sink for ServiceManager {
             })?;
         Ok(match outcome {
             Ticketed::Interrupted => Outcome::Interrupted,
+            Ticketed::Retry(after) => Outcome::Retry(after),
             Ticketed::Unknown(reason) => Outcome::Unknown {
                 reason,
                 after: self.unknown_pause,

@@ -38,6 +38,43 @@ pub fn note_for(incident: &str) -> String {
     format!("{NOTE_PREFIX}{incident}")
 }
 
+/// The note that claims an alert before its incident is created, when two instances may
+/// ticket the same appliance (`claim`): written only if the alert is unchanged since it was
+/// read (its eTag), so of two instances that read it at once exactly one can write it.
+pub const CLAIM_PREFIX: &str = "Case being logged in HPE Service Manager by scmb, reference ";
+
+/// How long a claim holds without its incident: after that (by the appliance's clock) the
+/// instance that made it is taken for gone and another may claim the alert.
+const CLAIM_TTL: time::Duration = time::Duration::minutes(5);
+
+/// How often an instance that lost the claim reads the alert again for the incident.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
+
+/// The reference and time (the appliance's) of the newest claim in an alert's change log.
+fn latest_claim(alert: &Value) -> Option<(String, Option<String>)> {
+    alert
+        .get("changeLog")?
+        .as_array()?
+        .iter()
+        .rev()
+        .find_map(|e| {
+            let r = e.get("notes")?.as_str()?.strip_prefix(CLAIM_PREFIX)?;
+            let at = e.get("created").and_then(Value::as_str).map(str::to_string);
+            Some((r.trim().to_string(), at))
+        })
+}
+
+/// How claiming an alert went.
+enum Claim {
+    /// Ours (now or before): go on, with the alert's eTag after the claim.
+    Ours(Option<String>),
+    /// Another instance's, still valid: it creates the incident.
+    Theirs,
+    /// The alert changed between our read and our claim: read it again.
+    Changed,
+    Interrupted,
+}
+
 /// Whether a note is one of ours or the sample's (not someone else's to journal).
 pub fn is_ticket_note(note: &str) -> bool {
     NOTE_PREFIXES.iter().any(|p| note.starts_with(p))
@@ -190,6 +227,9 @@ pub enum Outcome {
     },
     /// Shutting down before the work could finish: leave it for redelivery.
     Interrupted,
+    /// Not now (another instance claimed the alert, or it changed under our claim): call
+    /// again after the delay.
+    Retry(Duration),
     /// The incident may have been created (no usable answer to the create): the next call
     /// looks it up by the reference recorded before the create, and creates only if absent.
     Unknown(String),
@@ -217,6 +257,9 @@ pub struct Ticketer {
     pub retry_cap: Duration,
     /// Where the ticketing events are logged and counted.
     pub metrics: ApplianceMetrics,
+    /// Claim each alert (an eTag-guarded note) before creating its incident, so that two
+    /// instances on separate state never both create one.
+    pub claim: bool,
 }
 
 enum Attempt<T> {
@@ -428,6 +471,16 @@ impl Ticketer {
                         r
                     }
                 };
+                if self.claim {
+                    match self.claim(uri, &alert, &reference).await {
+                        Claim::Ours(etag) => known_etag = etag.or(known_etag),
+                        Claim::Theirs => return Ok(Outcome::Retry(CLAIM_WAIT)),
+                        Claim::Changed => {
+                            return Ok(Outcome::Retry(self.retry_base));
+                        }
+                        Claim::Interrupted => return Ok(Outcome::Interrupted),
+                    }
+                }
                 fields.insert(REFERENCE_FIELD.into(), json!(reference));
                 let query = format!("{REFERENCE_FIELD}=\"{reference}\"");
                 // A create that was interrupted, or whose outcome is unknown, may have
@@ -518,6 +571,63 @@ impl Ticketer {
         })
     }
 
+    /// Claims the alert for this instance's `reference` unless another instance holds a
+    /// valid claim: an eTag-guarded note, which only one of two writers can add.
+    async fn claim(&self, uri: &str, alert: &Value, reference: &str) -> Claim {
+        let etag = alert.get("eTag").and_then(Value::as_str);
+        match latest_claim(alert) {
+            Some((r, _)) if r == reference => return Claim::Ours(etag.map(str::to_string)),
+            Some((r, at)) => {
+                if !self.claim_expired(at.as_deref()).await {
+                    tracing::debug!(alert = uri, claim = %r, "another instance claimed the alert; waiting for its incident");
+                    return Claim::Theirs;
+                }
+                tracing::warn!(alert = uri, claim = %r, "another instance claimed the alert over 5 minutes ago without an incident; taking it over");
+            }
+            None => {}
+        }
+        let Some(etag) = etag else {
+            tracing::warn!(
+                alert = uri,
+                "the alert has no eTag: it cannot be claimed; creating its incident unclaimed"
+            );
+            return Claim::Ours(None);
+        };
+        let note = format!("{CLAIM_PREFIX}{reference}");
+        match self
+            .ov_retry("claiming the alert", || {
+                self.ov.add_alert_note_if(uri, &note, etag)
+            })
+            .await
+        {
+            Attempt::Ok(Some(updated)) => Claim::Ours(
+                updated
+                    .get("eTag")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            ),
+            Attempt::Ok(None) => Claim::Changed,
+            Attempt::Permanent(e) => {
+                tracing::warn!(alert = uri, error = %e, "cannot claim the alert; reading it again");
+                Claim::Changed
+            }
+            Attempt::Interrupted | Attempt::Unknown(_) => Claim::Interrupted,
+        }
+    }
+
+    /// Whether a claim made at `at` (the appliance's time) is older than [`CLAIM_TTL`] by
+    /// the appliance's clock. Without either time it holds.
+    async fn claim_expired(&self, at: Option<&str>) -> bool {
+        let rfc3339 = &time::format_description::well_known::Rfc3339;
+        let Some(at) = at.and_then(|a| time::OffsetDateTime::parse(a, rfc3339).ok()) else {
+            return false;
+        };
+        match self.ov.clock().await {
+            Ok(Some(now)) => time::OffsetDateTime::from(now) - at > CLAIM_TTL,
+            _ => false,
+        }
+    }
+
     /// The alerts whose incident is open (created, not yet updated for a clear), when a
     /// clear changes something (`on_clear` is not `none`).
     pub async fn open_alerts(&self) -> Result<Vec<String>, TicketError> {
@@ -570,7 +680,8 @@ impl Ticketer {
                         .and_then(|e| e.get("notes"))
                         .and_then(Value::as_str)
                         .unwrap_or("");
-                    if !note.is_empty() && !is_ticket_note(note) {
+                    if !note.is_empty() && !is_ticket_note(note) && !note.starts_with(CLAIM_PREFIX)
+                    {
                         let who = last
                             .and_then(|e| e.get("username"))
                             .and_then(Value::as_str)
