@@ -567,6 +567,79 @@ async fn wait_noted(c: &SimClient, uris: &[String]) -> usize {
     }
 }
 
+/// Issue 13, item 1: Service Manager creates the incident and then answers too late (after
+/// the client's timeout), or answers garbage (201 without a body, 200 with an HTML page, JSON
+/// without the id). Such an outcome is unknown: `ov_to_sm` must look the incident up by its
+/// reference before creating again — in the same process — so each alert gets exactly one
+/// incident, and its note carries that incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_answered_late_or_with_garbage_is_looked_up_not_created_twice() {
+    let sim = own_sim("unknown", 0);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "unknown");
+    let state = temp_dir("unknown-state");
+    let tag = format!("Unknown.{}", rand::random::<u32>());
+    let l = start_with(
+        &sim,
+        &dir,
+        &state,
+        &tag,
+        &[("RUST_LOG", "info")],
+        &["--sm-timeout", "2s"],
+    );
+    let mut reports = Vec::new();
+    for (name, fault) in [
+        (
+            "create answered after the client's timeout",
+            json!({"createLateMs": 8000}),
+        ),
+        (
+            "create answered 201 with an empty body",
+            json!({"createGarbage": "empty"}),
+        ),
+        (
+            "create answered 200 with an HTML page",
+            json!({"createGarbage": "html"}),
+        ),
+        (
+            "create answered without the incident id",
+            json!({"createGarbage": "noId"}),
+        ),
+    ] {
+        let mut fault = fault;
+        fault["createFaultCount"] = json!(3);
+        c.call_sm(
+            Method::POST,
+            "/sim/faults",
+            Some(serde_json::to_vec(&fault).expect("json")),
+        )
+        .await
+        .expect("fault");
+        let started = Instant::now();
+        let uris = storm(&c, 3, 0, &format!("{tag}.{}", reports.len())).await;
+        let noted = wait_noted(&c, &uris).await;
+        assert_eq!(noted, uris.len(), "{name}: not every alert got its note");
+        // Anything still to come (a second create) would come within the retry pause.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        reports.push(settle(&c, name, &uris, started).await);
+        c.call_sm(Method::DELETE, "/sim/faults", None)
+            .await
+            .expect("clear");
+    }
+    l.terminate();
+    let r = l.finish(Duration::from_secs(40));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    for rep in &reports {
+        assert_eq!(
+            (rep.lost, rep.duplicates),
+            (0, 0),
+            "{}: lost or duplicated (created {})",
+            rep.name,
+            rep.created
+        );
+    }
+}
+
 /// Incident status per alert uri.
 async fn incident_status(c: &SimClient) -> HashMap<String, String> {
     let all = c
@@ -656,5 +729,63 @@ async fn incidents_of_alerts_cleared_or_deleted_while_stopped_are_resolved_at_th
     assert_eq!(
         still_open, 5,
         "the alerts still active keep their incidents open"
+    );
+}
+
+/// Issue 13, item 2: two instances on separate state (an HA pair) against one appliance and
+/// one Service Manager, through a storm. With `--claim` both write an eTag-guarded claim
+/// before creating; of two that read an alert at once only one can, so each alert gets
+/// exactly one incident (without it, most alerts got two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_claiming_alerts_open_one_incident_per_alert_in_a_storm() {
+    let sim = own_sim("pair", 0);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "pair");
+    let tag = format!("Pair.{}", rand::random::<u32>());
+    let claim: &[&str] = if std::env::var("SCMB_TEST_NO_CLAIM").is_ok() {
+        &[]
+    } else {
+        &["--claim"]
+    };
+    let a = start_with(
+        &sim,
+        &dir,
+        &temp_dir("pair-a"),
+        &tag,
+        &[("RUST_LOG", "info")],
+        claim,
+    );
+    let b = start_with(
+        &sim,
+        &dir,
+        &temp_dir("pair-b"),
+        &tag,
+        &[("RUST_LOG", "info")],
+        claim,
+    );
+    let started = Instant::now();
+    let uris = storm(&c, 300, 100, &format!("{tag}.storm")).await;
+    let noted = wait_noted(&c, &uris).await;
+    // Whatever else either instance would create comes within its claim wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rep = settle(
+        &c,
+        "two instances (--claim), 300-alert storm",
+        &uris,
+        started,
+    )
+    .await;
+    for l in [a, b] {
+        l.terminate();
+        let r = l.finish(Duration::from_secs(40));
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    }
+    assert_eq!(noted, uris.len(), "not every alert got its note");
+    assert_eq!(
+        (rep.lost, rep.duplicates),
+        (0, 0),
+        "{}: lost or duplicated (created {})",
+        rep.name,
+        rep.created
     );
 }

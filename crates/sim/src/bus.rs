@@ -118,19 +118,24 @@ impl Bus {
 /// verified against the simulator's CA but the name is not: the simulator's own connections
 /// must work whatever names the broker certificate was issued for (CN-only included).
 pub fn tls_adaptor(target: &BusTarget) -> Result<TlsAdaptor, String> {
+    Ok(TlsAdaptor::new(
+        tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(target)?)),
+        target.host.clone(),
+    ))
+}
+
+/// The TLS client configuration behind [`tls_adaptor`]: the target's client certificate, the
+/// chain verified against its CA, the name not checked.
+pub fn tls_client_config(target: &BusTarget) -> Result<rustls::ClientConfig, String> {
     let ca = scmb_tls::load_certs(&target.ca).map_err(|e| e.to_string())?;
     let certs = scmb_tls::load_certs(&target.cert).map_err(|e| e.to_string())?;
     let key = scmb_tls::load_key(&target.key).map_err(|e| e.to_string())?;
-    let cfg = scmb_tls::client_config(
+    scmb_tls::client_config(
         &scmb_tls::ServerTrust::Ca(ca),
         &scmb_tls::NameCheck::Skip,
         Some((certs, key)),
     )
-    .map_err(|e| e.to_string())?;
-    Ok(TlsAdaptor::new(
-        tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-        target.host.clone(),
-    ))
+    .map_err(|e| e.to_string())
 }
 
 async fn connect(target: &BusTarget) -> Result<(Connection, amqprs::channel::Channel), String> {

@@ -131,10 +131,22 @@ async fn show(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Response
     on_alert(&id, |n| c.ov.alert(n))
 }
 
-async fn clear(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Response {
+/// `POST /sim/alerts/{id}/clear`: the appliance clears the alert itself (`clearedByUser`
+/// "System"), or, with `{"user": "NAME"}`, a user clears it from the appliance's UI.
+async fn clear(State(c): State<Arc<Control>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let req = match object(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let mut m = Map::new();
     m.insert("alertState".into(), json!("Cleared"));
-    m.insert("clearedByUser".into(), json!("Administrator"));
+    match req.get("user") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(u)) if !u.is_empty() => {
+            m.insert("clearedByUser".into(), json!(u));
+        }
+        Some(_) => return bad("user must be a non-empty string"),
+    }
     changed(&c, &id, m)
 }
 
@@ -376,27 +388,85 @@ async fn regenerate(State(c): State<Arc<Control>>, RawQuery(q): RawQuery) -> Res
     }
 }
 
+/// `POST /sim/publish?routingKey=K[&exchange=scmb|msmb]`: the body, byte for byte, with any
+/// routing key. `routingKey` is form-decoded to raw bytes (`%FF` is the byte 0xFF), or the key
+/// is given as `routingKeyHex=...`. A UTF-8 key goes out through the publisher like every other
+/// message (in order with them); a key that is not UTF-8 through a connection of its own
+/// ([`crate::rawamqp`]), answered once the broker has confirmed it.
 async fn publish_raw(
     State(c): State<Arc<Control>>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    let pairs: Vec<(String, String)> = q
-        .as_deref()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let pairs = crate::rawamqp::query_bytes(q.as_deref().unwrap_or(""));
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let Some(key) = get("routingKey") else {
-        return bad("routingKey is required, e.g. /sim/publish?routingKey=scmb.alerts.Created./rest/alerts/1");
+    let key: Vec<u8> = match (get("routingKey"), get("routingKeyHex")) {
+        (Some(_), Some(_)) => return bad("give routingKey or routingKeyHex, not both"),
+        (Some(k), None) => k,
+        (None, Some(h)) => match crate::rawamqp::from_hex(&String::from_utf8_lossy(&h)) {
+            Ok(k) => k,
+            Err(e) => return bad(&format!("routingKeyHex {e}")),
+        },
+        (None, None) => {
+            return bad("routingKey (or routingKeyHex) is required, e.g. /sim/publish?routingKey=scmb.alerts.Created./rest/alerts/1")
+        }
     };
+    if key.len() > 255 {
+        return bad(&format!(
+            "a routing key has at most 255 bytes, this one {}",
+            key.len()
+        ));
+    }
     let exchange = match get("exchange").as_deref() {
-        None | Some("scmb") => "scmb",
-        Some("msmb") => "msmb",
-        Some(x) => return bad(&format!("unknown exchange {x}: use scmb or msmb")),
+        None | Some(b"scmb") => "scmb",
+        Some(b"msmb") => "msmb",
+        Some(x) => {
+            return bad(&format!(
+                "unknown exchange {}: use scmb or msmb",
+                String::from_utf8_lossy(x)
+            ))
+        }
     };
     let n = body.len();
-    c.ov.bus.publish(exchange, key.clone(), body.to_vec());
-    Json(json!({"published": n, "routingKey": key, "exchange": exchange})).into_response()
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let key = match String::from_utf8(key) {
+        Ok(k) => {
+            c.ov.bus.publish(exchange, k.clone(), body.to_vec());
+            return Json(
+                json!({"published": n, "routingKey": k, "routingKeyHex": hex,
+                               "exchange": exchange}),
+            )
+            .into_response();
+        }
+        Err(e) => e.into_bytes(),
+    };
+    let Some(broker) = c.ov.broker.clone() else {
+        return ov_error(
+            StatusCode::CONFLICT,
+            "SIM_NO_BROKER",
+            "this simulator runs without a broker",
+            &[],
+        );
+    };
+    let sent = async {
+        let mut conn = crate::rawamqp::RawConnection::open(&broker.admin_target()).await?;
+        let r = conn.publish(exchange, &key, &body).await;
+        conn.close().await;
+        r
+    };
+    match sent.await {
+        Ok(()) => Json(
+            json!({"published": n, "routingKey": String::from_utf8_lossy(&key),
+                              "routingKeyHex": hex, "exchange": exchange, "confirmed": true}),
+        )
+        .into_response(),
+        Err(e) => ov_error(
+            StatusCode::BAD_GATEWAY,
+            "SIM_PUBLISH_FAILED",
+            &format!("publishing a routing key that is not UTF-8 failed: {e}"),
+            &[],
+        ),
+    }
 }
 
 async fn publish_resource(State(c): State<Arc<Control>>, body: Bytes) -> Response {

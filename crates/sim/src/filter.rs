@@ -1,6 +1,9 @@
-//! OneView collection filters (`?filter=...`), as every public client writes them (SPEC §1.1):
-//! the whole expression in double quotes or not, `=`/`EQ`/`NE`/`GT`/`GE`/`LT`/`LE` and symbolic
-//! operators, `AND`/`OR` in either case, parentheses, `NOT`, `matches` with `%` wildcards, the
+//! OneView collection filters (`?filter=...`), as every public client writes them (SPEC §1.1) and
+//! as HPE's REST reference documents them: the whole expression (or any part of it) in double
+//! quotes or not, field names bare or in single quotes (`'name' = 'x'`),
+//! `=`/`EQ`/`NE`/`GT`/`GE`/`LT`/`LE` and symbolic operators, `AND`/`OR` in either case,
+//! parentheses, `NOT`, `LIKE` (case-sensitive) and `matches` (case-insensitive) with the SQL
+//! wildcards `%` and `_`, `IS NULL` / `IS NOT NULL`, `IN ('a','b')` / `NOT IN (...)`, the
 //! `field:value` form of the certificate endpoints, dotted field paths, and several `filter=`
 //! parameters ANDed together. Pure: parses text and evaluates it against JSON, no I/O.
 
@@ -12,10 +15,16 @@ pub enum Expr {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
     Not(Box<Expr>),
+    /// `value: None` compares with null: `Eq` is `IS NULL`, `Ne` is `IS NOT NULL`.
     Cmp {
         field: String,
         op: Op,
         value: Option<String>,
+    },
+    /// `field IN ('a', 'b')`: equal to one of them.
+    In {
+        field: String,
+        values: Vec<String>,
     },
     True,
 }
@@ -28,7 +37,10 @@ pub enum Op {
     Le,
     Gt,
     Ge,
+    /// Case-insensitive SQL wildcards (`%` any run, `_` one character).
     Matches,
+    /// Case-sensitive SQL wildcards.
+    Like,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,10 +53,12 @@ pub struct FilterError {
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Word(String),
-    Quoted(String),
+    /// A quoted string and its quote character (`'` or `"`).
+    Quoted(String, char),
     Sym(&'static str),
     LParen,
     RParen,
+    Comma,
 }
 
 fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
@@ -61,6 +75,10 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
             }
             ')' => {
                 out.push(Tok::RParen);
+                i += 1
+            }
+            ',' => {
+                out.push(Tok::Comma);
                 i += 1
             }
             '\'' | '"' => {
@@ -85,7 +103,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                         }
                     }
                 }
-                out.push(Tok::Quoted(v));
+                out.push(Tok::Quoted(v, quote));
             }
             '=' | '!' | '<' | '>' | ':' => {
                 let two: String = chars[i..chars.len().min(i + 2)].iter().collect();
@@ -115,7 +133,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 let start = i;
                 while i < chars.len()
                     && !chars[i].is_whitespace()
-                    && !"()'\"=!<>:".contains(chars[i])
+                    && !"()'\",=!<>:".contains(chars[i])
                 {
                     i += 1;
                 }
@@ -151,56 +169,136 @@ impl Parser {
         }
         Ok(left)
     }
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    /// Whether the token after the current one starts a predicate (an operator, `IS`, `IN`,
+    /// `NOT IN`...): the current token is then a field name.
+    fn operator_follows(&self) -> bool {
+        match self.toks.get(self.pos + 1) {
+            Some(Tok::Sym(_)) => true,
+            Some(Tok::Word(w)) => matches!(
+                w.to_ascii_uppercase().as_str(),
+                "EQ" | "NE" | "LT" | "LE" | "GT" | "GE" | "MATCHES" | "LIKE" | "IS" | "IN" | "NOT"
+            ),
+            _ => false,
+        }
+    }
     fn factor(&mut self) -> Result<Expr, String> {
         if self.peek_word("not") {
             self.pos += 1;
             return Ok(Expr::Not(Box::new(self.factor()?)));
         }
-        match self.toks.get(self.pos).cloned() {
+        match self.peek().cloned() {
             Some(Tok::LParen) => {
                 self.pos += 1;
                 let e = self.expr()?;
-                if self.toks.get(self.pos) != Some(&Tok::RParen) {
+                if self.peek() != Some(&Tok::RParen) {
                     return Err("missing ')'".into());
                 }
                 self.pos += 1;
                 Ok(e)
             }
-            Some(Tok::Word(field)) => {
+            // `NOT "name EQ 'x'"`, `"a='b'" AND "c='d'"`: a double-quoted expression.
+            Some(Tok::Quoted(inner, '"')) if !self.operator_follows() => {
                 self.pos += 1;
-                let op = match self.toks.get(self.pos) {
-                    Some(Tok::Sym(s)) => match *s {
-                        "=" | ":" => Op::Eq,
-                        "!=" => Op::Ne,
-                        "<" => Op::Lt,
-                        "<=" => Op::Le,
-                        ">" => Op::Gt,
-                        ">=" => Op::Ge,
-                        _ => return Err(format!("unknown operator {s}")),
-                    },
-                    Some(Tok::Word(w)) => match w.to_ascii_uppercase().as_str() {
-                        "EQ" => Op::Eq,
-                        "NE" => Op::Ne,
-                        "LT" => Op::Lt,
-                        "LE" => Op::Le,
-                        "GT" => Op::Gt,
-                        "GE" => Op::Ge,
-                        "MATCHES" => Op::Matches,
-                        _ => return Err(format!("unknown operator {w:?} after {field:?}")),
-                    },
-                    _ => return Err(format!("an operator must follow {field:?}")),
-                };
+                parse(&inner).map_err(|e| e.reason)
+            }
+            Some(Tok::Word(field)) | Some(Tok::Quoted(field, _)) => {
                 self.pos += 1;
-                let value = match self.toks.get(self.pos) {
-                    Some(Tok::Quoted(v)) => Some(v.clone()),
-                    Some(Tok::Word(w)) if w.eq_ignore_ascii_case("null") => None,
-                    Some(Tok::Word(w)) => Some(w.clone()),
-                    _ => return Err(format!("a value must follow {field:?}")),
-                };
-                self.pos += 1;
-                Ok(Expr::Cmp { field, op, value })
+                self.predicate(field)
             }
             other => Err(format!("expected a field name, found {other:?}")),
+        }
+    }
+    /// What follows a field name: an operator and a value, `IS [NOT] NULL`, `[NOT] IN (...)`,
+    /// `NOT LIKE`/`NOT MATCHES`.
+    fn predicate(&mut self, field: String) -> Result<Expr, String> {
+        if self.peek_word("not") {
+            self.pos += 1;
+            if !(self.peek_word("in") || self.peek_word("like") || self.peek_word("matches")) {
+                return Err(format!("IN, LIKE or MATCHES must follow {field:?} NOT"));
+            }
+            return Ok(Expr::Not(Box::new(self.predicate(field)?)));
+        }
+        if self.peek_word("is") {
+            self.pos += 1;
+            let negate = self.peek_word("not");
+            if negate {
+                self.pos += 1;
+            }
+            if !self.peek_word("null") {
+                return Err(format!("NULL must follow {field:?} IS"));
+            }
+            self.pos += 1;
+            let op = if negate { Op::Ne } else { Op::Eq };
+            return Ok(Expr::Cmp {
+                field,
+                op,
+                value: None,
+            });
+        }
+        if self.peek_word("in") {
+            self.pos += 1;
+            return self.in_list(field);
+        }
+        let op = match self.peek() {
+            Some(Tok::Sym(s)) => match *s {
+                "=" | ":" => Op::Eq,
+                "!=" => Op::Ne,
+                "<" => Op::Lt,
+                "<=" => Op::Le,
+                ">" => Op::Gt,
+                ">=" => Op::Ge,
+                _ => return Err(format!("unknown operator {s}")),
+            },
+            Some(Tok::Word(w)) => match w.to_ascii_uppercase().as_str() {
+                "EQ" => Op::Eq,
+                "NE" => Op::Ne,
+                "LT" => Op::Lt,
+                "LE" => Op::Le,
+                "GT" => Op::Gt,
+                "GE" => Op::Ge,
+                "MATCHES" => Op::Matches,
+                "LIKE" => Op::Like,
+                _ => return Err(format!("unknown operator {w:?} after {field:?}")),
+            },
+            _ => return Err(format!("an operator must follow {field:?}")),
+        };
+        self.pos += 1;
+        let value = match self.peek() {
+            Some(Tok::Quoted(v, _)) => Some(v.clone()),
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("null") => None,
+            Some(Tok::Word(w)) => Some(w.clone()),
+            _ => return Err(format!("a value must follow {field:?}")),
+        };
+        self.pos += 1;
+        if value.is_none() && matches!(op, Op::Like | Op::Matches) {
+            return Err(format!("{field:?}: a pattern cannot be null"));
+        }
+        Ok(Expr::Cmp { field, op, value })
+    }
+    /// `('a', 'b', 3)` after `IN`.
+    fn in_list(&mut self, field: String) -> Result<Expr, String> {
+        if self.peek() != Some(&Tok::LParen) {
+            return Err(format!("a list in parentheses must follow {field:?} IN"));
+        }
+        self.pos += 1;
+        let mut values = Vec::new();
+        loop {
+            match self.peek().cloned() {
+                Some(Tok::Quoted(v, _)) | Some(Tok::Word(v)) => values.push(v),
+                other => return Err(format!("a value must be in the IN list, found {other:?}")),
+            }
+            self.pos += 1;
+            match self.peek() {
+                Some(Tok::Comma) => self.pos += 1,
+                Some(Tok::RParen) => {
+                    self.pos += 1;
+                    return Ok(Expr::In { field, values });
+                }
+                _ => return Err("the IN list needs ',' between values and a closing ')'".into()),
+            }
         }
     }
 }
@@ -246,30 +344,41 @@ pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |cur, key| cur.get(key))
 }
 
-fn like(pattern: &str, text: &str) -> bool {
-    // SQL LIKE with % only, case-insensitive, as OneView's `matches`.
-    let p = pattern.to_lowercase();
-    let t = text.to_lowercase();
-    let parts: Vec<&str> = p.split('%').collect();
-    if parts.len() == 1 {
-        return p == t;
-    }
-    let mut rest = t.as_str();
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            if !rest.starts_with(part) {
-                return false;
-            }
-            rest = &rest[part.len()..];
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else if let Some(at) = rest.find(part) {
-            rest = &rest[at + part.len()..];
+/// SQL wildcard matching over the whole text: `%` any run of characters, `_` exactly one.
+fn like(pattern: &str, text: &str, case_sensitive: bool) -> bool {
+    let fold = |s: &str| -> Vec<char> {
+        if case_sensitive {
+            s.chars().collect()
         } else {
-            return false;
+            s.chars().flat_map(char::to_lowercase).collect()
+        }
+    };
+    let (p, t) = (fold(pattern), fold(text));
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `%` was, and the text position it now stands for the run up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('%') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if *c == '_' || *c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                // Let the last `%` swallow one more character and try again from there.
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
         }
     }
-    true
+    p[pi..].iter().all(|c| *c == '%')
 }
 
 fn compare(actual: &Value, wanted: &str) -> Option<Ordering> {
@@ -292,6 +401,13 @@ impl Expr {
             Expr::And(a, b) => a.matches(v) && b.matches(v),
             Expr::Or(a, b) => a.matches(v) || b.matches(v),
             Expr::Not(a) => !a.matches(v),
+            Expr::In { field, values } => {
+                lookup(v, field).filter(|x| !x.is_null()).is_some_and(|a| {
+                    values
+                        .iter()
+                        .any(|w| compare(a, w) == Some(Ordering::Equal))
+                })
+            }
             Expr::Cmp { field, op, value } => {
                 let actual = lookup(v, field).filter(|x| !x.is_null());
                 match (actual, value) {
@@ -299,8 +415,8 @@ impl Expr {
                     (None, Some(_)) => matches!(op, Op::Ne),
                     (Some(_), None) => matches!(op, Op::Ne),
                     (Some(a), Some(w)) => {
-                        if *op == Op::Matches {
-                            return a.as_str().is_some_and(|s| like(w, s));
+                        if matches!(op, Op::Matches | Op::Like) {
+                            return a.as_str().is_some_and(|s| like(w, s, *op == Op::Like));
                         }
                         let Some(ord) = compare(a, w) else {
                             return matches!(op, Op::Ne);
@@ -312,7 +428,7 @@ impl Expr {
                             Op::Le => ord != Ordering::Greater,
                             Op::Gt => ord == Ordering::Greater,
                             Op::Ge => ord != Ordering::Less,
-                            Op::Matches => false,
+                            Op::Matches | Op::Like => false,
                         }
                     }
                 }
@@ -359,6 +475,79 @@ mod tests {
         assert!(check("count GE 7"));
         assert!(!check("count GT 7"));
         assert!(check("alertState:Active"));
+    }
+
+    #[test]
+    fn like_is_null_and_in_work_as_hpe_documents_them() {
+        // LIKE: SQL wildcards, case-sensitive; matches: the same, case-insensitive.
+        assert!(check("description LIKE '%power supply%'"));
+        assert!(check("description like 'The power%'"));
+        assert!(!check("description LIKE '%POWER SUPPLY%'"));
+        assert!(check("description matches '%POWER SUPPLY%'"));
+        assert!(check(
+            "description LIKE 'The power supply in bay _ failed.'"
+        ));
+        assert!(!check(
+            "description LIKE 'The power supply in bay __ failed.'"
+        ));
+        assert!(
+            !check("description LIKE 'power%'"),
+            "LIKE matches the whole text"
+        );
+        assert!(check("description NOT LIKE 'power%'"));
+        assert!(check("alertState LIKE 'Act%'") && check("alertState LIKE '%'"));
+        assert!(check("associatedResource.resourceName LIKE 'Encl_'"));
+        // IS NULL / IS NOT NULL: null and absent fields are null.
+        assert!(check("correctiveAction IS NULL"));
+        assert!(check("noSuchField is null"));
+        assert!(!check("description IS NULL"));
+        assert!(check("description IS NOT NULL"));
+        assert!(!check("correctiveAction IS NOT NULL"));
+        assert!(check("NOT correctiveAction IS NOT NULL"));
+        // IN / NOT IN, with strings and numbers.
+        assert!(check("alertState IN ('Active','Locked')"));
+        assert!(check("alertState in ( 'Locked' , 'Active' )"));
+        assert!(!check("alertState IN ('Cleared')"));
+        assert!(check("alertState NOT IN ('Cleared','Locked')"));
+        assert!(check("count IN (3, 7)"));
+        assert!(!check("correctiveAction IN ('x')"), "null is in no list");
+        assert!(check(
+            "severity IN ('Critical','Warning') AND alertState IN ('Active','Locked')"
+        ));
+        // The quoted forms of HPE's reference: field names in single quotes, double-quoted
+        // parts, NOT before a double-quoted expression.
+        assert!(check("\"'alertState' = 'Active'\""));
+        assert!(check("'severity' EQ 'Critical'"));
+        assert!(check("NOT \"alertState EQ 'Cleared'\""));
+        assert!(!check("NOT \"alertState EQ 'Active'\""));
+        assert!(check(
+            "\"alertState='Active'\" AND \"severity LIKE 'Crit%'\""
+        ));
+        assert!(check("\"alertState IN ('Active','Locked')\""));
+        for bad in [
+            "alertState IN 'Active'",
+            "alertState IN ('Active'",
+            "alertState IN ()",
+            "alertState IN ('a' 'b')",
+            "alertState IS 'x'",
+            "alertState IS NOT",
+            "alertState NOT 'x'",
+            "description LIKE null",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn wildcards_match_the_whole_text() {
+        assert!(like("%", "", true));
+        assert!(like("a%b%c", "aXXbYYc", true));
+        assert!(like("a%b%c", "abbbc", true));
+        assert!(!like("a%b%c", "aXXbYY", true));
+        assert!(like("%a_", "bbab", true));
+        assert!(!like("_", "", true));
+        assert!(like("ÄB%", "äbc", false));
+        assert!(!like("ÄB%", "äbc", true));
     }
 
     #[test]

@@ -140,7 +140,8 @@ enum Cmd {
     Certs(CertsCmd),
     /// Publish a raw body (possibly malformed) with any routing key.
     Publish(PublishArgs),
-    /// Inject Service Manager faults (JSON, e.g. '{"latencyMs":50,"errorRate":0.1}'; '{}' clears).
+    /// Inject Service Manager faults (JSON, e.g. '{"latencyMs":50,"errorRate":0.1}' or
+    /// '{"createGarbage":"empty","createFaultCount":1}'; '{}' clears).
     SmFault {
         #[command(flatten)]
         state: StateArg,
@@ -311,8 +312,12 @@ struct RestFaultArgs {
 struct PublishArgs {
     #[command(flatten)]
     state: StateArg,
-    #[arg(long)]
-    routing_key: String,
+    /// The routing key, as text (bytes that are not UTF-8: --routing-key-hex).
+    #[arg(long, required_unless_present = "routing_key_hex")]
+    routing_key: Option<String>,
+    /// The routing key as hex bytes, for keys that are not UTF-8 (e.g. 73636d622eff).
+    #[arg(long, conflicts_with = "routing_key")]
+    routing_key_hex: Option<String>,
     /// scmb or msmb.
     #[arg(long, default_value = "scmb")]
     exchange: String,
@@ -602,12 +607,15 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 (None, Some(b)) => b.clone().into_bytes(),
                 (None, None) => bail!("give --file or --body"),
             };
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            match (&a.routing_key, &a.routing_key_hex) {
+                (_, Some(hex)) => query.append_pair("routingKeyHex", hex),
+                (Some(key), None) => query.append_pair("routingKey", key),
+                (None, None) => bail!("give --routing-key or --routing-key-hex"),
+            };
             let path = format!(
                 "/sim/publish?{}",
-                form_urlencoded::Serializer::new(String::new())
-                    .append_pair("routingKey", &a.routing_key)
-                    .append_pair("exchange", &a.exchange)
-                    .finish()
+                query.append_pair("exchange", &a.exchange).finish()
             );
             let c = client(&a.state)?;
             let resp = c

@@ -42,6 +42,8 @@ pub struct OvConfig {
     pub eula_pending: bool,
     /// Largest page a collection returns, whatever `count` asks for.
     pub page_limit: usize,
+    /// Page size of `GET /rest/alerts` without `count` (25 on an appliance).
+    pub default_alert_count: usize,
     /// How long the keypair generation task runs.
     pub task_duration: Duration,
     /// How many alerts the appliance keeps (oldest dropped first), 75,000 on a real one.
@@ -60,6 +62,7 @@ impl Default for OvConfig {
             idle_timeout: Duration::from_secs(24 * 3600),
             eula_pending: true,
             page_limit: 500,
+            default_alert_count: 25,
             task_duration: Duration::from_millis(1500),
             max_alerts: 75_000,
             clock_offset_ms: 0,
@@ -95,8 +98,8 @@ struct Inner {
     next_alert: u64,
     next_changelog: u64,
     next_event: u64,
-    tasks: HashMap<u64, Value>,
-    next_task: u64,
+    /// Tasks by id (a GUID, like an appliance's).
+    tasks: HashMap<String, Value>,
     eula_pending: bool,
     fault: RestFault,
     churn: Churn,
@@ -168,7 +171,6 @@ impl OvState {
             next_alert: 1,
             next_changelog: 1,
             next_event: 1,
-            next_task: 1,
             ..Default::default()
         };
         let clock = Clock::default();
@@ -309,6 +311,15 @@ impl OvState {
             if !fields.contains_key("alertState") && obj.get("severity") == Some(&json!("OK")) {
                 obj.insert("alertState".into(), json!("Cleared"));
             }
+            // Created cleared: the system cleared it, then.
+            if obj.get("alertState") == Some(&json!("Cleared")) {
+                if !fields.contains_key("clearedByUser") {
+                    obj.insert("clearedByUser".into(), json!(SYSTEM_USER));
+                }
+                if !fields.contains_key("clearedTime") {
+                    obj.insert("clearedTime".into(), json!(ts));
+                }
+            }
             inner.alerts.insert(id, a.clone());
             while inner.alerts.len() > self.cfg.max_alerts {
                 inner.alerts.pop_first();
@@ -320,24 +331,54 @@ impl OvState {
     }
 
     /// Applies `changes` (any fields) to alert `id` as the system would (no user, no eTag
-    /// check), bumps eTag/modified and publishes `Updated`.
+    /// check), bumps eTag/modified and publishes `Updated`. A change of `alertState` is
+    /// recorded as an appliance records one: a system change-log entry, and for a clear
+    /// `clearedTime` and `clearedByUser` (`"System"` unless `changes` name someone).
     pub fn update_alert(&self, id: u64, changes: &Map<String, Value>) -> Option<Value> {
+        let mut changed: Vec<String> = changes.keys().cloned().collect();
         let alert = {
             let mut inner = self.lock();
             let ts = self.clock.next();
+            let old_state = inner.alerts.get(&id)?["alertState"].clone();
+            let new_state = changes
+                .get("alertState")
+                .filter(|s| **s != old_state)
+                .cloned();
+            let log_uri = new_state.as_ref().map(|_| inner.new_changelog_uri());
             let a = inner.alerts.get_mut(&id)?;
             let obj = a.as_object_mut()?;
             for (k, v) in changes {
                 obj.insert(k.clone(), v.clone());
             }
-            if changes.get("alertState") == Some(&json!("Cleared")) {
-                obj.insert("clearedTime".into(), json!(ts));
+            if let (Some(state), Some(uri)) = (new_state, log_uri) {
+                let who = if state == "Cleared" {
+                    let who = changes
+                        .get("clearedByUser")
+                        .and_then(Value::as_str)
+                        .unwrap_or(SYSTEM_USER)
+                        .to_string();
+                    obj.insert("clearedByUser".into(), json!(who));
+                    obj.insert("clearedTime".into(), json!(ts));
+                    who
+                } else {
+                    if old_state == "Cleared" {
+                        obj.insert("clearedByUser".into(), Value::Null);
+                        obj.insert("clearedTime".into(), Value::Null);
+                    }
+                    SYSTEM_USER.to_string()
+                };
+                push_change_log(obj, state_change_entry(&who, &old_state, &state, &ts, uri));
+                for k in ["clearedByUser", "clearedTime", "changeLog"] {
+                    if !changed.iter().any(|c| c == k) {
+                        changed.push(k.to_string());
+                    }
+                }
             }
             obj.insert("eTag".into(), json!(ts));
             obj.insert("modified".into(), json!(ts));
             a.clone()
         };
-        let changed: Vec<&str> = changes.keys().map(String::as_str).collect();
+        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
         self.publish_alert(&alert, "Updated", &changed);
         Some(alert)
     }
@@ -366,7 +407,6 @@ impl OvState {
             .collect();
         let mut changes = Map::new();
         changes.insert("alertState".into(), json!("Cleared"));
-        changes.insert("clearedByUser".into(), json!("System"));
         ids.iter()
             .filter(|id| self.update_alert(**id, &changes).is_some())
             .count()
@@ -412,8 +452,7 @@ impl OvState {
 
     fn new_task(&self, name: &str, resource_uri: &str) -> Value {
         let mut inner = self.lock();
-        let id = inner.next_task;
-        inner.next_task += 1;
+        let id = guid();
         let ts = self.clock.next();
         let task = json!({
             "type": "TaskResourceV2", "category": "tasks", "uri": format!("/rest/tasks/{id}"),
@@ -428,11 +467,11 @@ impl OvState {
     }
 
     fn finish_task(&self, uri: &str, state: &str) {
-        let id = uri.rsplit('/').next().and_then(|s| s.parse::<u64>().ok());
+        let id = uri.rsplit('/').next().unwrap_or_default();
         let ts = self.clock.next();
         let task = {
             let mut inner = self.lock();
-            let Some(t) = id.and_then(|id| inner.tasks.get_mut(&id)) else {
+            let Some(t) = inner.tasks.get_mut(id) else {
                 return;
             };
             t["taskState"] = json!(state);
@@ -450,6 +489,95 @@ impl OvState {
         .unwrap_or_default();
         self.bus.publish("scmb", "scmb.tasks".into(), body);
     }
+}
+
+impl Inner {
+    /// The URI of a new change-log entry.
+    fn new_changelog_uri(&mut self) -> String {
+        changelog_uri(&mut self.next_changelog)
+    }
+}
+
+fn changelog_uri(next: &mut u64) -> String {
+    let n = *next;
+    *next += 1;
+    format!("/rest/alerts/AlertChangeLog/{n}")
+}
+
+/// Who the appliance names for changes nobody made through the REST API (`clearedByUser`,
+/// change-log `username`).
+pub const SYSTEM_USER: &str = "System";
+
+/// The change-log entry an appliance writes when an alert's state changes (not user-entered).
+fn state_change_entry(who: &str, from: &Value, to: &Value, ts: &str, uri: String) -> Value {
+    let name = |v: &Value| v.as_str().unwrap_or("unknown").to_string();
+    json!({
+        "userEntered": false, "username": who, "created": ts,
+        "notes": format!("Alert state changed from {} to {}.", name(from), name(to)),
+        "uri": uri,
+    })
+}
+
+fn push_change_log(alert: &mut Map<String, Value>, entry: Value) {
+    match alert.get_mut("changeLog").and_then(Value::as_array_mut) {
+        Some(log) => log.push(entry),
+        None => {
+            alert.insert("changeLog".into(), json!([entry]));
+        }
+    }
+}
+
+/// A random GUID in upper case, the form of an appliance's task ids
+/// (`/rest/tasks/145F808A-A8DD-4E1B-8C86-C2379C97B3B2`).
+fn guid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    // RFC 4122 version 4 (random), variant 1.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02X}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A single resource as an appliance answers it: the JSON body, and its `eTag` (when it has
+/// one) as the `ETag` header too, the same text.
+fn single(resource: Value) -> Response {
+    let etag = resource
+        .get("eTag")
+        .and_then(Value::as_str)
+        .and_then(|e| HeaderValue::from_str(e).ok());
+    let mut resp = Json(resource).into_response();
+    if let Some(e) = etag {
+        resp.headers_mut().insert(axum::http::header::ETAG, e);
+    }
+    resp
+}
+
+/// The entity tags an `If-Match` header names: `None` for none or `*` (no precondition),
+/// else each tag with its quotes and any weak prefix taken off.
+fn if_match_tags(headers: &HeaderMap) -> Option<Vec<String>> {
+    let raw: Vec<&str> = headers
+        .get_all("if-match")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let tags: Vec<String> = raw
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            let t = t.trim();
+            let t = t.strip_prefix("W/").unwrap_or(t);
+            t.trim_matches('"').to_string()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    (!tags.is_empty() && !tags.iter().any(|t| t == "*")).then_some(tags)
 }
 
 fn default_alert(id: u64, event: u64, ts: &str) -> Value {
@@ -513,13 +641,18 @@ pub fn router(state: Arc<OvState>) -> Router {
 }
 
 /// Applies the REST fault window (503s, latency) to every REST call, and dates every answer
-/// by the appliance's clock (`Date`, which may be off ours).
+/// by the appliance's clock (`Date`, which may be off ours) with `Cache-Control: no-cache`.
 async fn faults(State(st): State<Arc<OvState>>, req: Request, next: Next) -> Response {
     let mut resp = fault_window(&st, req, next).await;
     let date = std::time::SystemTime::from(st.clock.now());
     if let Ok(v) = axum::http::HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
         resp.headers_mut().insert(axum::http::header::DATE, v);
     }
+    // Every answer of an appliance forbids caching (HPE's REST reference, response headers).
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     resp
 }
 
@@ -957,8 +1090,9 @@ async fn list_alerts(
             )
         }
     };
+    // Without `count` an appliance answers pages of 25 (HPE's REST reference, GET /rest/alerts).
     let count: i64 = match get("count").map(str::parse).transpose() {
-        Ok(v) => v.unwrap_or(-1),
+        Ok(v) => v.unwrap_or_else(|| i64::try_from(st.cfg.default_alert_count).unwrap_or(i64::MAX)),
         Err(_) => {
             return ov_error(
                 StatusCode::BAD_REQUEST,
@@ -977,14 +1111,14 @@ async fn list_alerts(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let sort = get("sort").unwrap_or("created:descending").to_string();
+    // By default oldest first, by creation (HPE's REST reference: "the sort order is based on
+    // the create time, with the oldest entry first"); ids follow creation, so ties keep it.
+    let sort = get("sort").unwrap_or("created:ascending").to_string();
     let mut matching: Vec<Value> = {
         let inner = st.lock();
-        // Newest first, like the appliance, before any explicit sort.
         inner
             .alerts
             .values()
-            .rev()
             .filter(|a| expr.matches(a))
             .cloned()
             .collect()
@@ -1046,7 +1180,7 @@ async fn get_alert(
         return r;
     }
     match alert_id(&id).and_then(|id| st.alert(id)) {
-        Some(a) => Json(a).into_response(),
+        Some(a) => single(a),
         None => not_found(&format!("/rest/alerts/{id}")),
     }
 }
@@ -1096,31 +1230,38 @@ async fn put_alert(
     let Some(num) = alert_id(&id) else {
         return not_found(&uri);
     };
-    let if_match = headers
-        .get("if-match")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim_matches('"').to_string());
-    let wanted_etag = body
+    // Preconditions: an `eTag` in the body ("*", null or empty: none) and an `If-Match`
+    // header (any of its tags; "*": none). Each one given must name the current eTag.
+    let body_etag = body
         .get("eTag")
         .and_then(Value::as_str)
-        .map(str::to_string)
-        .or(if_match);
+        .filter(|e| !e.is_empty() && *e != "*")
+        .map(str::to_string);
+    let if_match = if_match_tags(&headers);
     let result = {
         let mut inner = st.lock();
-        let cl = inner.next_changelog;
-        let Some(alert) = inner.alerts.get_mut(&num) else {
+        let Inner {
+            alerts,
+            next_changelog,
+            ..
+        } = &mut *inner;
+        let mut new_changelog_uri = || changelog_uri(next_changelog);
+        let Some(alert) = alerts.get_mut(&num) else {
             drop(inner);
             return not_found(&uri);
         };
-        if let Some(e) = &wanted_etag {
-            if alert["eTag"].as_str() != Some(e.as_str()) && e != "*" {
-                return ov_error(
-                    StatusCode::PRECONDITION_FAILED,
-                    "ETAG_MISMATCH",
-                    "The resource was modified by another request: the eTag does not match.",
-                    &["Get the alert again and retry with its current eTag."],
-                );
-            }
+        let current = alert["eTag"].as_str().unwrap_or_default();
+        let stale = body_etag.as_deref().is_some_and(|e| e != current)
+            || if_match
+                .as_ref()
+                .is_some_and(|tags| !tags.iter().any(|t| t == current));
+        if stale {
+            return ov_error(
+                StatusCode::PRECONDITION_FAILED,
+                "ETAG_MISMATCH",
+                "The resource was modified by another request: the eTag does not match.",
+                &["Get the alert again and retry with its current eTag."],
+            );
         }
         let mut changed: Vec<&'static str> = Vec::new();
         let ts = st.clock.next();
@@ -1145,6 +1286,13 @@ async fn put_alert(
                 );
             }
             if alert["alertState"] != *state {
+                let entry = state_change_entry(
+                    &ctx.user,
+                    &alert["alertState"],
+                    state,
+                    &ts,
+                    new_changelog_uri(),
+                );
                 alert["alertState"] = state.clone();
                 if state == "Cleared" {
                     alert["clearedByUser"] = json!(ctx.user);
@@ -1153,7 +1301,10 @@ async fn put_alert(
                     alert["clearedByUser"] = Value::Null;
                     alert["clearedTime"] = Value::Null;
                 }
-                changed.push("alertState");
+                if let Some(obj) = alert.as_object_mut() {
+                    push_change_log(obj, entry);
+                }
+                changed.extend(["alertState", "clearedByUser", "clearedTime", "changeLog"]);
             }
         }
         if let Some(u) = body.get("alertUrgency") {
@@ -1164,34 +1315,29 @@ async fn put_alert(
             alert["assignedToUser"] = u.clone();
             changed.push("assignedToUser");
         }
-        let mut used_changelog = false;
         if let Some(n) = body.get("notes") {
             let entry = json!({
                 "userEntered": true, "username": ctx.user, "created": ts, "notes": n,
-                "uri": format!("/rest/alerts/AlertChangeLog/{cl}"),
+                "uri": new_changelog_uri(),
             });
-            match alert["changeLog"].as_array_mut() {
-                Some(log) => log.push(entry),
-                None => alert["changeLog"] = json!([entry]),
+            if let Some(obj) = alert.as_object_mut() {
+                push_change_log(obj, entry);
             }
-            changed.push("changeLog");
-            used_changelog = true;
+            if !changed.contains(&"changeLog") {
+                changed.push("changeLog");
+            }
         }
         if !changed.is_empty() {
             alert["eTag"] = json!(ts);
             alert["modified"] = json!(ts);
         }
-        let out = alert.clone();
-        if used_changelog {
-            inner.next_changelog += 1;
-        }
-        (out, changed)
+        (alert.clone(), changed)
     };
     let (alert, changed) = result;
     if !changed.is_empty() {
         st.publish_alert(&alert, "Updated", &changed);
     }
-    Json(alert).into_response()
+    single(alert)
 }
 
 async fn delete_alert(
@@ -1243,12 +1389,9 @@ async fn get_task(
     if let Err(r) = st.ctx(&headers) {
         return r;
     }
-    let task = id
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| st.lock().tasks.get(&n).cloned());
+    let task = st.lock().tasks.get(&id).cloned();
     match task {
-        Some(t) => Json(t).into_response(),
+        Some(t) => single(t),
         None => not_found(&format!("/rest/tasks/{id}")),
     }
 }

@@ -1,10 +1,13 @@
 //! The simulated appliance's PKI: its internal CA, the broker's and the REST API's server
-//! certificates, the RabbitMQ client keypair for CN `default` (RSA 2048, PKCS#1 PEM, exactly as an
-//! appliance hands it out) and the simulator's own admin identity for publishing.
+//! certificates and the RabbitMQ client keypair for CN `default`, all RSA 2048 like an
+//! appliance's (the client key PKCS#1 PEM, exactly as an appliance hands it out), and the
+//! simulator's own admin identity for publishing (ECDSA P-256: no appliance has it).
 //!
 //! Everything is generated under `DIR/pki` on first start and reused after. Private keys are
-//! written atomically with mode 0600. This module does file I/O and key generation only: it knows
-//! nothing of HTTP or AMQP.
+//! written atomically with mode 0600. RSA keys come from `openssl genpkey` when it is installed
+//! (milliseconds) and from the `rsa` crate otherwise (seconds in a debug build, where its
+//! big-integer arithmetic is unoptimised). This module does file I/O and key generation only: it
+//! knows nothing of HTTP or AMQP.
 
 use std::fs;
 use std::io::Write;
@@ -12,11 +15,11 @@ use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_RSA_SHA256,
 };
-use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::EncodePrivateKey;
 use serde::{Deserialize, Serialize};
 
@@ -232,41 +235,121 @@ fn ca_issuer(paths: &PkiPaths) -> Result<Issuer<'static, KeyPair>, PkiError> {
     Ok(Issuer::new(ca_params()?, key))
 }
 
-fn issue_ec(
-    issuer: &Issuer<'_, KeyPair>,
-    cn: &str,
-    sans: &[String],
-    eku: ExtendedKeyUsagePurpose,
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<(), PkiError> {
-    let key = KeyPair::generate()?;
-    let cert = leaf_params(cn, sans, eku)?.signed_by(&key, issuer)?;
-    write_atomic(key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomic(cert_path, cert.pem().as_bytes(), 0o644)
+/// Fresh RSA 2048 keys (PKCS#8 DER), made ahead and handed out one at a time. With `openssl`
+/// installed they come from `openssl genpkey` processes running side by side (a fraction of a
+/// second for all of them); without it, or when it fails, from the `rsa` crate (seconds each in
+/// a debug build, where its big-integer arithmetic is unoptimised).
+struct RsaKeys(Vec<Vec<u8>>);
+
+impl RsaKeys {
+    /// Starts making `n` keys at once.
+    fn new(n: usize) -> RsaKeys {
+        let children: Vec<_> = (0..n)
+            .filter_map(|_| {
+                std::process::Command::new("openssl")
+                    .args([
+                        "genpkey",
+                        "-algorithm",
+                        "RSA",
+                        "-pkeyopt",
+                        "rsa_keygen_bits:2048",
+                    ])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .ok()
+            })
+            .collect();
+        RsaKeys(
+            children
+                .into_iter()
+                .filter_map(|c| c.wait_with_output().ok())
+                .filter(|o| o.status.success())
+                .filter_map(
+                    |o| match rustls_pemfile::private_key(&mut o.stdout.as_slice()) {
+                        Ok(Some(rustls::pki_types::PrivateKeyDer::Pkcs8(k))) => {
+                            Some(k.secret_pkcs8_der().to_vec())
+                        }
+                        _ => None,
+                    },
+                )
+                .collect(),
+        )
+    }
+
+    /// One key: a ready one, or one made now. Returns the key and its PKCS#1 PEM.
+    fn take(&mut self) -> Result<(KeyPair, String), PkiError> {
+        let pkcs8 = match self.0.pop() {
+            Some(der) => der,
+            None => {
+                let gen_err = |e: &dyn std::fmt::Display| PkiError::Generate(e.to_string());
+                let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+                    .map_err(|e| gen_err(&e))?;
+                key.to_pkcs8_der()
+                    .map_err(|e| gen_err(&e))?
+                    .as_bytes()
+                    .to_vec()
+            }
+        };
+        // PKCS#1 is the private-key field of PKCS#8: no arithmetic needed to convert.
+        let info = rsa::pkcs8::PrivateKeyInfo::try_from(pkcs8.as_slice())
+            .map_err(|e| PkiError::Generate(format!("a new RSA key does not parse: {e}")))?;
+        let pkcs1_pem = pem("RSA PRIVATE KEY", info.private_key);
+        let key = KeyPair::from_pkcs8_der_and_sign_algo(
+            &rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
+            &PKCS_RSA_SHA256,
+        )?;
+        Ok((key, pkcs1_pem))
+    }
 }
 
-/// Generates an RSA 2048 client keypair for `cn`; the key is written as PKCS#1 PEM.
-fn issue_rsa_client(
+/// PEM text of `der` under `label`.
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// How a leaf certificate's key is made and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    /// RSA 2048, written as PKCS#8 (`PRIVATE KEY`).
+    Rsa,
+    /// RSA 2048, written as PKCS#1 (`RSA PRIVATE KEY`), as an appliance hands out its client key.
+    RsaPkcs1,
+    /// ECDSA P-256 (the simulator's own identity only).
+    Ec,
+}
+
+fn issue(
     issuer: &Issuer<'_, KeyPair>,
-    cn: &str,
-    cert_path: &Path,
-    key_path: &Path,
+    leaf: (&str, &[String], ExtendedKeyUsagePurpose),
+    kind: KeyKind,
+    keys: &mut RsaKeys,
+    (cert_path, key_path): (&Path, &Path),
 ) -> Result<(), PkiError> {
-    let gen_err = |e: &dyn std::fmt::Display| PkiError::Generate(e.to_string());
-    let mut rng = rand::thread_rng();
-    let rsa_key = rsa::RsaPrivateKey::new(&mut rng, 2048).map_err(|e| gen_err(&e))?;
-    let pkcs8 = rsa_key.to_pkcs8_der().map_err(|e| gen_err(&e))?;
-    let pkcs1_pem = rsa_key
-        .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
-        .map_err(|e| gen_err(&e))?;
-    let key = KeyPair::from_pkcs8_der_and_sign_algo(
-        &rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_bytes()),
-        &PKCS_RSA_SHA256,
-    )?;
-    let cert =
-        leaf_params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth)?.signed_by(&key, issuer)?;
-    write_atomic(key_path, pkcs1_pem.as_bytes(), 0o600)?;
+    let (cn, sans, eku) = leaf;
+    let (key, key_pem) = match kind {
+        KeyKind::Ec => {
+            let k = KeyPair::generate()?;
+            let pem = k.serialize_pem();
+            (k, pem)
+        }
+        KeyKind::Rsa => {
+            let (k, _) = keys.take()?;
+            let pem = k.serialize_pem();
+            (k, pem)
+        }
+        KeyKind::RsaPkcs1 => keys.take()?,
+    };
+    let cert = leaf_params(cn, sans, eku)?.signed_by(&key, issuer)?;
+    write_atomic(key_path, key_pem.as_bytes(), 0o600)?;
     write_atomic(cert_path, cert.pem().as_bytes(), 0o644)
 }
 
@@ -291,16 +374,24 @@ impl Pki {
             write_meta(dir, &meta)?;
         } else {
             let issuer = ca_issuer(&paths)?;
+            let mut keys = RsaKeys::new(0);
+            if issuer.key().algorithm() != &PKCS_RSA_SHA256 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "this state directory's CA key is not RSA (made by an older ov-sim); \
+                     `ov-sim certs regenerate` makes RSA keys like an appliance's"
+                );
+            }
             if meta.broker_names.as_ref() != Some(broker_names) || !paths.broker_cert.exists() {
-                Self::issue_broker(&issuer, &paths, broker_names)?;
+                Self::issue_broker(&issuer, &paths, broker_names, &mut keys)?;
                 meta.broker_names = Some(broker_names.clone());
                 write_meta(dir, &meta)?;
             }
             if !paths.rest_cert.exists() {
-                Self::issue_rest(&issuer, &paths, rest_sans)?;
+                Self::issue_rest(&issuer, &paths, rest_sans, &mut keys)?;
             }
             if !paths.client_cert.exists() || !paths.client_key.exists() {
-                issue_rsa_client(&issuer, CLIENT_CN, &paths.client_cert, &paths.client_key)?;
+                Self::issue_client(&issuer, &paths, &mut keys)?;
             }
             if !paths.admin_cert.exists() {
                 Self::issue_admin(&issuer, &paths)?;
@@ -333,31 +424,51 @@ impl Pki {
         broker_names: &BrokerCertNames,
         rest_sans: Option<&[String]>,
     ) -> Result<(), PkiError> {
-        let ca_key = KeyPair::generate()?;
+        // CA, broker, client and (perhaps) REST keys, made side by side.
+        let mut keys = RsaKeys::new(3 + usize::from(rest_sans.is_some()));
+        let (ca_key, _) = keys.take()?;
         let ca_cert = ca_params()?.self_signed(&ca_key)?;
         write_atomic(&paths.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
         write_atomic(&paths.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
         let issuer = Issuer::new(ca_params()?, ca_key);
-        Self::issue_broker(&issuer, paths, broker_names)?;
+        Self::issue_broker(&issuer, paths, broker_names, &mut keys)?;
         if let Some(sans) = rest_sans {
-            Self::issue_rest(&issuer, paths, sans)?;
+            Self::issue_rest(&issuer, paths, sans, &mut keys)?;
         }
-        issue_rsa_client(&issuer, CLIENT_CN, &paths.client_cert, &paths.client_key)?;
+        Self::issue_client(&issuer, paths, &mut keys)?;
         Self::issue_admin(&issuer, paths)
+    }
+
+    fn issue_client(
+        issuer: &Issuer<'_, KeyPair>,
+        paths: &PkiPaths,
+        keys: &mut RsaKeys,
+    ) -> Result<(), PkiError> {
+        issue(
+            issuer,
+            (CLIENT_CN, &[], ExtendedKeyUsagePurpose::ClientAuth),
+            KeyKind::RsaPkcs1,
+            keys,
+            (&paths.client_cert, &paths.client_key),
+        )
     }
 
     fn issue_broker(
         issuer: &Issuer<'_, KeyPair>,
         paths: &PkiPaths,
         names: &BrokerCertNames,
+        keys: &mut RsaKeys,
     ) -> Result<(), PkiError> {
-        issue_ec(
+        issue(
             issuer,
-            &names.common_name,
-            &names.sans,
-            ExtendedKeyUsagePurpose::ServerAuth,
-            &paths.broker_cert,
-            &paths.broker_key,
+            (
+                &names.common_name,
+                &names.sans,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            KeyKind::Rsa,
+            keys,
+            (&paths.broker_cert, &paths.broker_key),
         )
     }
 
@@ -365,25 +476,28 @@ impl Pki {
         issuer: &Issuer<'_, KeyPair>,
         paths: &PkiPaths,
         sans: &[String],
+        keys: &mut RsaKeys,
     ) -> Result<(), PkiError> {
-        issue_ec(
+        issue(
             issuer,
-            sans.first().map(String::as_str).unwrap_or("localhost"),
-            sans,
-            ExtendedKeyUsagePurpose::ServerAuth,
-            &paths.rest_cert,
-            &paths.rest_key,
+            (
+                sans.first().map(String::as_str).unwrap_or("localhost"),
+                sans,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            KeyKind::Rsa,
+            keys,
+            (&paths.rest_cert, &paths.rest_key),
         )
     }
 
     fn issue_admin(issuer: &Issuer<'_, KeyPair>, paths: &PkiPaths) -> Result<(), PkiError> {
-        issue_ec(
+        issue(
             issuer,
-            ADMIN_CN,
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            &paths.admin_cert,
-            &paths.admin_key,
+            (ADMIN_CN, &[], ExtendedKeyUsagePurpose::ClientAuth),
+            KeyKind::Ec,
+            &mut RsaKeys(Vec::new()),
+            (&paths.admin_cert, &paths.admin_key),
         )
     }
 
@@ -421,6 +535,9 @@ impl Pki {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("scmb-pki-{name}-{}", std::process::id()));
@@ -429,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn client_key_is_pkcs1_and_private_files_are_0600() {
+    fn keys_are_rsa_2048_the_client_key_pkcs1_and_private_files_0600() {
         let dir = tmpdir("pkcs1");
         let pki = Pki::load_or_create(&dir, &BrokerCertNames::default(), &["localhost".into()])
             .expect("pki");
@@ -448,6 +565,19 @@ mod tests {
         ] {
             let mode = fs::metadata(key).expect("key").permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        // The appliance's certificates are RSA 2048; the client key PKCS#1, the others PKCS#8.
+        for key in [
+            &pki.paths.ca_key,
+            &pki.paths.broker_key,
+            &pki.paths.rest_key,
+            &pki.paths.client_key,
+        ] {
+            let pem = fs::read_to_string(key).expect("key");
+            let rsa_key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+                .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(&pem))
+                .unwrap_or_else(|e| panic!("{} is not an RSA key: {e}", key.display()));
+            assert_eq!(rsa_key.size() * 8, 2048, "{}", key.display());
         }
         // Reused on the second start: same CA.
         let again = Pki::load_or_create(&dir, &BrokerCertNames::default(), &["localhost".into()])

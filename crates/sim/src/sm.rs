@@ -3,8 +3,9 @@
 //! resolved and closed; every answer a non-empty JSON body with `ReturnCode` and `Messages`.
 //!
 //! Fault injection (latency, a 5xx rate, forced 401s, an HTML error page, hangs, an outage that
-//! closes the port) is set through `/sim/...` routes on the same port, which need no auth and
-//! also read back every incident for tests. Incidents can persist to a JSON file.
+//! closes the port, and creates that store the incident and then answer late or badly) is set
+//! through `/sim/...` routes on the same port, which need no auth and also read back every
+//! incident for tests. Incidents can persist to a JSON file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -77,6 +78,44 @@ pub struct SmFaults {
     /// Take the service down (port closed) for this many ms.
     #[serde(default)]
     pub outage_ms: u64,
+    /// Incident creation only: store the incident, then hold the answer this long (a very
+    /// large value: never answer; the client's timeout fires while the incident exists).
+    #[serde(default)]
+    pub create_late_ms: u64,
+    /// Incident creation only: store the incident, then answer this instead of its record.
+    #[serde(default)]
+    pub create_garbage: Option<CreateGarbage>,
+    /// How many of the next creates get `createLateMs`/`createGarbage` (counts down; later
+    /// creates are answered normally). Absent: every create.
+    #[serde(default)]
+    pub create_fault_count: Option<u64>,
+}
+
+/// A bad answer to a create that did store the incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CreateGarbage {
+    /// 201 with an empty body.
+    Empty,
+    /// 200 with an HTML page (`text/html`), as from a proxy or a servlet error page.
+    Html,
+    /// 201 with the usual JSON, `ReturnCode` 0, but no `IncidentID` in the incident.
+    NoId,
+}
+
+impl SmFaults {
+    /// Whether this create gets the create faults (and counts it).
+    fn take_create_fault(&mut self) -> Option<(u64, Option<CreateGarbage>)> {
+        if self.create_late_ms == 0 && self.create_garbage.is_none() {
+            return None;
+        }
+        match &mut self.create_fault_count {
+            Some(0) => return None,
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        Some((self.create_late_ms, self.create_garbage))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -255,7 +294,10 @@ async fn fault_window(st: &SmState, req: Request, next: Next) -> Response {
     } else {
         0
     };
-    let delay = f.latency_ms + jitter + f.hang_ms;
+    let delay = f
+        .latency_ms
+        .saturating_add(jitter)
+        .saturating_add(f.hang_ms);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -320,10 +362,10 @@ fn id_num(id: &str) -> Option<u64> {
     id.strip_prefix("IM").unwrap_or(id).parse().ok()
 }
 
-fn ok_incident(status: StatusCode, msg: &str, inc: &Value) -> Response {
+fn ok_incident(status: StatusCode, messages: &[&str], inc: &Value) -> Response {
     (
         status,
-        Json(json!({"ReturnCode": 0, "Messages": [msg], "Incident": inc})),
+        Json(json!({"ReturnCode": 0, "Messages": messages, "Incident": inc})),
     )
         .into_response()
 }
@@ -353,24 +395,55 @@ async fn create(State(st): State<Arc<SmState>>, headers: HeaderMap, body: Bytes)
         }
     }
     normalise(&mut fields);
-    let mut inner = st.lock();
-    let n = inner.next;
-    inner.next += 1;
-    let id = format!("IM{n}");
-    let now = sm_now();
-    fields.insert("IncidentID".into(), json!(id));
-    fields.insert("Status".into(), json!("Open"));
-    fields.insert("OpenTime".into(), json!(now));
-    fields.insert("UpdatedTime".into(), json!(now));
-    fields.insert("OpenedBy".into(), json!(user));
-    let inc = Value::Object(fields);
-    inner.incidents.insert(n, inc.clone());
-    st.persist(&inner);
-    drop(inner);
+    let (id, inc, fault) = {
+        let mut inner = st.lock();
+        let n = inner.next;
+        inner.next += 1;
+        let id = format!("IM{n}");
+        let now = sm_now();
+        fields.insert("IncidentID".into(), json!(id));
+        fields.insert("Status".into(), json!("Open"));
+        fields.insert("OpenTime".into(), json!(now));
+        fields.insert("UpdatedTime".into(), json!(now));
+        fields.insert("OpenedBy".into(), json!(user));
+        let inc = Value::Object(fields);
+        inner.incidents.insert(n, inc.clone());
+        st.persist(&inner);
+        (id, inc, inner.faults.take_create_fault())
+    };
     tracing::debug!(incident = %id, "incident created");
+    // The incident is stored (and persisted) whatever the answer is now.
+    if let Some((late_ms, garbage)) = fault {
+        if late_ms > 0 {
+            tracing::debug!(incident = %id, late_ms, "holding the answer to a create");
+            tokio::time::sleep(Duration::from_millis(late_ms)).await;
+        }
+        match garbage {
+            Some(CreateGarbage::Empty) => {
+                return (StatusCode::CREATED, [("content-type", "application/json")], "")
+                    .into_response()
+            }
+            Some(CreateGarbage::Html) => {
+                return (
+                    StatusCode::OK,
+                    [("content-type", "text/html")],
+                    "<html><head><title>Service Manager</title></head><body><h1>HP Service Manager</h1><p>Your request is being processed.</p></body></html>",
+                )
+                    .into_response()
+            }
+            Some(CreateGarbage::NoId) => {
+                let mut without = inc.clone();
+                if let Some(o) = without.as_object_mut() {
+                    o.remove("IncidentID");
+                }
+                return ok_incident(StatusCode::CREATED, &[], &without);
+            }
+            None => {}
+        }
+    }
     ok_incident(
         StatusCode::OK,
-        &format!("Incident record added: {id}"),
+        &[&format!("Incident record added: {id}")],
         &inc,
     )
 }
@@ -384,7 +457,8 @@ async fn get_one(
         return r;
     }
     match id_num(&id).and_then(|n| st.lock().incidents.get(&n).cloned()) {
-        Some(inc) => ok_incident(StatusCode::OK, "", &inc),
+        // A read answers no messages: `"Messages": []`.
+        Some(inc) => ok_incident(StatusCode::OK, &[], &inc),
         None => sm_error(
             StatusCode::NOT_FOUND,
             3,
@@ -446,7 +520,7 @@ fn apply(st: &SmState, id: &str, fields: Map<String, Value>, status: Option<&str
     drop(inner);
     ok_incident(
         StatusCode::OK,
-        &format!("Incident record updated: {id}"),
+        &[&format!("Incident record updated: {id}")],
         &out,
     )
 }

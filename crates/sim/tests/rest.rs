@@ -327,6 +327,10 @@ async fn keypair_is_404_until_generated_then_409_on_a_second_generation() {
         .expect("Location")
         .to_string();
     assert!(location.starts_with("/rest/tasks/"));
+    assert!(
+        is_guid(location.trim_start_matches("/rest/tasks/")),
+        "task ids are GUIDs like an appliance's: {location}"
+    );
     assert_eq!(r.body["uri"], json!(location));
     // While the task runs, a second request conflicts too.
     let r2 = rest
@@ -341,6 +345,11 @@ async fn keypair_is_404_until_generated_then_409_on_a_second_generation() {
     for _ in 0..50 {
         let t = rest.get(&location).await;
         state = t.body["taskState"].as_str().unwrap_or("").to_string();
+        assert_eq!(
+            t.headers.get("etag").and_then(|v| v.to_str().ok()),
+            t.body["eTag"].as_str(),
+            "a task is a single resource: its eTag is a header too"
+        );
         if state == "Completed" {
             assert_eq!(t.body["percentComplete"], 100);
             break;
@@ -457,6 +466,16 @@ async fn alerts_page_filter_and_sort_like_an_appliance() {
         .await;
     assert_eq!(r.body["members"][0]["description"], "alert 19");
     sim.stop().await;
+}
+
+/// `145F808A-A8DD-4E1B-8C86-C2379C97B3B2`: upper-case hex in groups of 8-4-4-4-12.
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| {
+            g.chars()
+                .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))
+        })
 }
 
 fn urlencode(s: &str) -> String {
@@ -587,6 +606,8 @@ async fn alert_put_takes_only_allowed_keys_checks_etags_and_appends_notes() {
         .await
         .body;
     assert_eq!(ok["alertState"], "Cleared");
+    assert_eq!(ok["clearedByUser"], "System", "the system cleared it");
+    assert_eq!(ok["clearedTime"], ok["created"]);
     sim.stop().await;
 }
 
@@ -804,6 +825,8 @@ async fn service_manager_creates_reads_updates_resolves_and_closes_incidents() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["Incident"]["Title"], "OneView Alert");
+    assert_eq!(b["ReturnCode"], 0);
+    assert_eq!(b["Messages"], json!([]), "a read answers no messages");
     let (s, b) = sm
         .req(Method::GET, "/SM/9/rest/incidents/IM99999", FALCON, None)
         .await;
@@ -1052,5 +1075,530 @@ async fn service_manager_can_serve_https_signed_by_the_appliance_ca() {
             .is_err(),
         "verified against the CA"
     );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn alerts_come_in_pages_of_25_oldest_first_without_count_or_sort() {
+    let (sim, mut rest) = rest_sim(|_| {}).await;
+    rest.login("Administrator", "admin123").await;
+    for i in 0..30 {
+        let r = rest
+            .req(
+                Method::POST,
+                "/sim/alerts",
+                Some(json!({"description": format!("alert {i}")})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let first = rest.get("/rest/alerts").await;
+    assert_eq!(first.body["total"], 30);
+    assert_eq!(first.body["count"], 25, "25 a page when count is absent");
+    let descriptions = |r: &Resp| -> Vec<String> {
+        r.body["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| m["description"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let d = descriptions(&first);
+    assert_eq!(
+        d.first().map(String::as_str),
+        Some("alert 0"),
+        "oldest first"
+    );
+    assert_eq!(d.last().map(String::as_str), Some("alert 24"));
+    let next = first.body["nextPageUri"].as_str().expect("a next page");
+    assert!(
+        next.contains("start=25") && next.contains("count=25"),
+        "{next}"
+    );
+    let second = rest.get(next).await;
+    assert_eq!(
+        descriptions(&second),
+        (25..30).map(|i| format!("alert {i}")).collect::<Vec<_>>()
+    );
+    assert!(second.body["nextPageUri"].is_null());
+    // count=-1 still means as many as the appliance gives, and a sort still wins.
+    assert_eq!(rest.get("/rest/alerts?count=-1").await.body["count"], 30);
+    let newest = rest.get("/rest/alerts?sort=created:descending").await;
+    assert_eq!(
+        descriptions(&newest).first().map(String::as_str),
+        Some("alert 29")
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn alert_filters_take_like_is_null_in_and_hpe_quoting() {
+    let (sim, mut rest) = rest_sim(|_| {}).await;
+    rest.login("Administrator", "admin123").await;
+    let raise = |fields: Value| rest.req(Method::POST, "/sim/alerts", Some(fields));
+    raise(json!({"description": "Fan 1 failed", "severity": "Critical"})).await;
+    raise(json!({"description": "Fan 2 failed", "severity": "Warning", "assignedToUser": "ops"}))
+        .await;
+    raise(json!({"description": "Power supply failed", "severity": "Critical", "correctiveAction": null})).await;
+    raise(json!({"description": "fan 3 degraded", "severity": "Warning", "alertState": "Locked"}))
+        .await;
+    let total = |f: &'static str| {
+        let path = format!("/rest/alerts?filter={}", urlencode(f));
+        let rest = &rest;
+        async move {
+            let r = rest.get(&path).await;
+            assert_eq!(r.status, StatusCode::OK, "{f}: {}", r.body);
+            r.body["total"].as_u64().expect("total")
+        }
+    };
+    assert_eq!(
+        total("description LIKE 'Fan%'").await,
+        2,
+        "LIKE is case-sensitive"
+    );
+    assert_eq!(
+        total("description matches 'fan%'").await,
+        3,
+        "matches is not"
+    );
+    assert_eq!(total("\"description like '%failed'\"").await, 3);
+    assert_eq!(total("description LIKE 'Fan _ failed'").await, 2);
+    assert_eq!(total("assignedToUser IS NULL").await, 3);
+    assert_eq!(total("assignedToUser IS NOT NULL").await, 1);
+    assert_eq!(total("correctiveAction is null").await, 1);
+    assert_eq!(total("alertState IN ('Active','Locked')").await, 4);
+    assert_eq!(total("severity IN ('Critical')").await, 2);
+    assert_eq!(total("alertState NOT IN ('Active')").await, 1);
+    assert_eq!(total("\"'severity' = 'Warning'\"").await, 2);
+    assert_eq!(total("NOT \"severity EQ 'Warning'\"").await, 2);
+    assert_eq!(
+        total("\"severity='Critical'\" AND \"description LIKE 'Power%'\"").await,
+        1
+    );
+    let bad = rest
+        .get(&format!(
+            "/rest/alerts?filter={}",
+            urlencode("alertState IN 'Active'")
+        ))
+        .await;
+    assert_error_shape(&bad, StatusCode::BAD_REQUEST, "INVALID_FILTER");
+    sim.stop().await;
+}
+
+/// The change-log entries that are not user notes.
+fn state_entries(alert: &Value) -> Vec<Value> {
+    alert["changeLog"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["userEntered"] == false)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn clears_record_who_cleared_when_and_a_change_log_entry() {
+    let (sim, mut rest) = rest_sim(|_| {}).await;
+    rest.login("Administrator", "admin123").await;
+    let raise = || async {
+        rest.req(Method::POST, "/sim/alerts", Some(json!({})))
+            .await
+            .body
+    };
+    let id = |a: &Value| {
+        a["uri"]
+            .as_str()
+            .expect("uri")
+            .rsplit('/')
+            .next()
+            .expect("id")
+            .to_string()
+    };
+
+    // The appliance clears an alert itself.
+    let a = raise().await;
+    let c = rest
+        .req(Method::POST, &format!("/sim/alerts/{}/clear", id(&a)), None)
+        .await
+        .body;
+    assert_eq!(c["alertState"], "Cleared");
+    assert_eq!(c["clearedByUser"], "System");
+    assert_eq!(c["clearedTime"], c["modified"]);
+    let log = state_entries(&c);
+    assert_eq!(log.len(), 1, "{c}");
+    assert_eq!(log[0]["username"], "System");
+    assert_eq!(log[0]["created"], c["clearedTime"]);
+    assert_eq!(
+        log[0]["notes"],
+        "Alert state changed from Active to Cleared."
+    );
+    assert!(log[0]["uri"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("/rest/alerts/AlertChangeLog/")));
+    // Clearing a cleared alert changes nothing more.
+    let again = rest
+        .req(Method::POST, &format!("/sim/alerts/{}/clear", id(&a)), None)
+        .await
+        .body;
+    assert_eq!(state_entries(&again).len(), 1);
+    assert_eq!(again["clearedTime"], c["clearedTime"]);
+
+    // A user clears one from the appliance's UI.
+    let b = raise().await;
+    let c = rest
+        .req(
+            Method::POST,
+            &format!("/sim/alerts/{}/clear", id(&b)),
+            Some(json!({"user": "jdoe"})),
+        )
+        .await
+        .body;
+    assert_eq!(c["clearedByUser"], "jdoe");
+    assert_eq!(state_entries(&c)[0]["username"], "jdoe");
+
+    // The churn fault clears as the system.
+    let d = raise().await;
+    rest.req(
+        Method::POST,
+        "/sim/faults/churn",
+        Some(json!({"clearServed": 100, "pages": 1})),
+    )
+    .await;
+    rest.get("/rest/alerts?count=100").await;
+    let d = rest.get(&format!("/rest/alerts/{}", id(&d))).await.body;
+    assert_eq!(d["alertState"], "Cleared");
+    assert_eq!(d["clearedByUser"], "System");
+    assert!(d["clearedTime"].is_string());
+    assert_eq!(state_entries(&d)[0]["username"], "System");
+
+    // A user clears one through REST: the session's user; re-activating it empties both.
+    let e = raise().await;
+    let uri = e["uri"].as_str().expect("uri");
+    let c = rest
+        .req(
+            Method::PUT,
+            uri,
+            Some(json!({"alertState": "Cleared", "notes": "done"})),
+        )
+        .await
+        .body;
+    assert_eq!(c["clearedByUser"], "Administrator");
+    assert_eq!(c["clearedTime"], c["modified"]);
+    let log = c["changeLog"].as_array().expect("changeLog");
+    assert_eq!(log.len(), 2, "the state change and the note: {c}");
+    assert_eq!(state_entries(&c)[0]["username"], "Administrator");
+    assert!(log
+        .iter()
+        .any(|e| e["userEntered"] == true && e["notes"] == "done"));
+    let r = rest
+        .req(Method::PUT, uri, Some(json!({"alertState": "Active"})))
+        .await
+        .body;
+    assert_eq!(r["clearedByUser"], Value::Null);
+    assert_eq!(r["clearedTime"], Value::Null);
+    assert_eq!(
+        state_entries(&r).last().map(|e| e["notes"].clone()),
+        Some(json!("Alert state changed from Cleared to Active."))
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn single_resources_carry_their_etag_as_a_header_and_if_match_follows_it() {
+    let (sim, mut rest) = rest_sim(|_| {}).await;
+    rest.login("Administrator", "admin123").await;
+    let a = rest
+        .req(Method::POST, "/sim/alerts", Some(json!({})))
+        .await
+        .body;
+    let uri = a["uri"].as_str().expect("uri").to_string();
+    let header = |r: &Resp, name: &str| {
+        r.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let got = rest.get(&uri).await;
+    assert_eq!(header(&got, "etag").as_deref(), a["eTag"].as_str());
+    assert_eq!(header(&got, "cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(
+        header(&rest.get("/rest/alerts").await, "etag"),
+        None,
+        "not on collections"
+    );
+
+    let put = |if_match: Option<String>, body: Value| {
+        let mut r = rest
+            .http
+            .put(format!("{}{}", rest.base, uri))
+            .header("X-API-Version", "4200")
+            .header("auth", rest.session.clone().expect("session"))
+            .json(&body);
+        if let Some(m) = if_match {
+            r = r.header("If-Match", m);
+        }
+        async move {
+            let resp = r.send().await.expect("put");
+            let status = resp.status();
+            let etag = resp
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body: Value = resp.json().await.expect("json");
+            (status, etag, body)
+        }
+    };
+    // The header of a GET, as is, is a valid If-Match; the answer carries the new one.
+    let current = header(&got, "etag").expect("etag");
+    let (status, etag, body) = put(Some(current.clone()), json!({"notes": "one"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(etag.as_deref(), body["eTag"].as_str());
+    assert_ne!(etag.as_deref(), Some(current.as_str()));
+    let mut current = etag.expect("etag");
+    // Stale: 412, whichever form.
+    let (status, _, body) = put(
+        Some(a["eTag"].as_str().expect("e").into()),
+        json!({"notes": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    assert_eq!(body["errorCode"], "ETAG_MISMATCH");
+    // Quoted, weak, in a list, "*": each names the current one.
+    let forms: [fn(&str) -> String; 4] = [
+        |e| format!("\"{e}\""),
+        |e| format!("W/\"{e}\""),
+        |e| format!("\"stale\", \"{e}\""),
+        |_| "*".to_string(),
+    ];
+    for form in forms {
+        let m = form(&current);
+        let (status, etag, body) = put(Some(m.clone()), json!({"notes": m})).await;
+        assert_eq!(status, StatusCode::OK, "If-Match {m}: {body}");
+        assert_eq!(etag.as_deref(), body["eTag"].as_str());
+        current = etag.expect("etag");
+    }
+    let current = rest.get(&uri).await.body["eTag"]
+        .as_str()
+        .expect("e")
+        .to_string();
+    // A body eTag that is empty, "*" or null sets no precondition; a stale one fails even
+    // with a current If-Match (both are checked).
+    for e in [json!(""), json!("*"), Value::Null] {
+        let (status, _, body) = put(None, json!({"notes": "n", "eTag": e})).await;
+        assert_eq!(status, StatusCode::OK, "eTag {e}: {body}");
+    }
+    let current_now = rest.get(&uri).await.body["eTag"]
+        .as_str()
+        .expect("e")
+        .to_string();
+    assert_ne!(current, current_now);
+    let (status, _, _) = put(Some(current_now), json!({"notes": "n", "eTag": current})).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_routing_key_that_is_not_utf8_needs_the_broker() {
+    let (sim, rest) = rest_sim(|_| {}).await;
+    let r = rest
+        .req(
+            Method::POST,
+            "/sim/publish?routingKeyHex=73636d622eff",
+            None,
+        )
+        .await;
+    assert_error_shape(&r, StatusCode::CONFLICT, "SIM_NO_BROKER");
+    // A UTF-8 key is dropped as always without a broker, given as hex or not.
+    let r = rest
+        .req(
+            Method::POST,
+            "/sim/publish?routingKeyHex=73636d622e78",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["routingKey"], "scmb.x");
+    sim.stop().await;
+}
+
+/// What a raw create answers: status, content type, body text.
+async fn raw_create(
+    sm: &Sm,
+    title: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, String, String), reqwest::Error> {
+    let resp = sm
+        .http
+        .post(format!("{}/SM/9/rest/incidents", sm.base))
+        .basic_auth("falcon", Some("secret"))
+        .timeout(timeout)
+        .json(&incident(title))
+        .send()
+        .await?;
+    let status = resp.status();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok((status, ct, resp.text().await?))
+}
+
+/// The incidents the simulator holds with this title.
+async fn titled(sm: &Sm, title: &str) -> Vec<Value> {
+    let (_, all) = sm.req(Method::GET, "/sim/incidents", None, None).await;
+    all["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["Title"] == title)
+        .cloned()
+        .collect()
+}
+
+async fn sm_stats(sm: &Sm) -> Value {
+    sm.req(Method::GET, "/sim/stats", None, None).await.1
+}
+
+/// Waits until the SM simulator has no call in flight.
+async fn until_idle(sm: &Sm) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = sm_stats(sm).await;
+        if s["inFlight"] == 0 || std::time::Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_late_create_stores_the_incident_before_the_client_gives_up() {
+    let (sim, sm) = sm_sim(|_| {}).await;
+    // Never answers (an hour), for the next create only.
+    let (s, f) = sm
+        .req(
+            Method::POST,
+            "/sim/faults",
+            None,
+            Some(json!({"createLateMs": 3_600_000, "createFaultCount": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{f}");
+    let before = sm_stats(&sm).await["requests"].as_u64().expect("requests");
+    let r = raw_create(&sm, "late", Duration::from_millis(500)).await;
+    assert!(
+        r.is_err_and(|e| e.is_timeout()),
+        "the client's timeout fires"
+    );
+    // The incident exists, for the simulator's read-back and for SM's own query.
+    let stored = titled(&sm, "late").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["IncidentID"], "IM10001");
+    let q = urlencode("Title=\"late\"");
+    let (_, l) = sm
+        .req(
+            Method::GET,
+            &format!("/SM/9/rest/incidents?view=expand&query={q}"),
+            FALCON,
+            None,
+        )
+        .await;
+    assert_eq!(l["@totalcount"], 1, "{l}");
+    // The abandoned call no longer counts as in flight; every call was counted.
+    let stats = until_idle(&sm).await;
+    assert_eq!(stats["inFlight"], 0, "{stats}");
+    assert!(
+        stats["requests"].as_u64().expect("requests") >= before + 2,
+        "{stats}"
+    );
+    // The count is used up: the next create is answered at once, normally.
+    let (_, f) = sm.req(Method::GET, "/sim/faults", None, None).await;
+    assert_eq!(f["faults"]["createFaultCount"], 0, "{f}");
+    let (status, _, text) = raw_create(&sm, "on time", Duration::from_secs(5))
+        .await
+        .expect("answered");
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["Incident"]["IncidentID"], "IM10002");
+    // Other calls never get the create faults.
+    sm.req(
+        Method::POST,
+        "/sim/faults",
+        None,
+        Some(json!({"createLateMs": 3_600_000})),
+    )
+    .await;
+    let (s, _) = sm
+        .req(Method::GET, "/SM/9/rest/incidents/IM10001", FALCON, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_garbage_create_answer_comes_after_the_incident_is_stored() {
+    let (sim, sm) = sm_sim(|_| {}).await;
+    let set = |f: Value| sm.req(Method::POST, "/sim/faults", None, Some(f));
+    // Empty: 201 and no body at all.
+    set(json!({"createGarbage": "empty", "createFaultCount": 1})).await;
+    let (status, _, text) = raw_create(&sm, "empty", Duration::from_secs(5))
+        .await
+        .expect("answer");
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(text.is_empty(), "{text:?}");
+    assert_eq!(titled(&sm, "empty").await.len(), 1);
+    // HTML: 200 with a page.
+    set(json!({"createGarbage": "html", "createFaultCount": 1})).await;
+    let (status, ct, text) = raw_create(&sm, "html", Duration::from_secs(5))
+        .await
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    assert!(ct.starts_with("text/html"), "{ct}");
+    assert!(text.contains("<html>"), "{text}");
+    assert_eq!(titled(&sm, "html").await.len(), 1);
+    // No id: 201, ReturnCode 0, the incident without IncidentID.
+    set(json!({"createGarbage": "noId", "createFaultCount": 1})).await;
+    let (status, ct, text) = raw_create(&sm, "noid", Duration::from_secs(5))
+        .await
+        .expect("answer");
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["ReturnCode"], 0);
+    assert_eq!(v["Messages"], json!([]));
+    assert_eq!(v["Incident"]["Title"], "noid");
+    assert!(v["Incident"].get("IncidentID").is_none(), "{v}");
+    let stored = titled(&sm, "noid").await;
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0]["IncidentID"].is_string(), "stored with its id");
+    // Without a count every create gets it, late and garbage together; a retrying client
+    // makes one incident a try. Clearing the faults ends it.
+    set(json!({"createGarbage": "empty", "createLateMs": 50})).await;
+    for _ in 0..2 {
+        let (status, _, text) = raw_create(&sm, "again", Duration::from_secs(5))
+            .await
+            .expect("answer");
+        assert_eq!((status, text.as_str()), (StatusCode::CREATED, ""));
+    }
+    assert_eq!(titled(&sm, "again").await.len(), 2);
+    // A create the simulator refuses (validation) stores nothing and answers as usual.
+    let (s, b) = sm
+        .req(
+            Method::POST,
+            "/SM/9/rest/incidents",
+            FALCON,
+            Some(json!({"Incident": {"Description": ["x"]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    sm.req(Method::DELETE, "/sim/faults", None, None).await;
+    let (status, _, _) = raw_create(&sm, "normal", Duration::from_secs(5))
+        .await
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(until_idle(&sm).await["inFlight"], 0);
     sim.stop().await;
 }
