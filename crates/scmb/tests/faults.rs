@@ -789,3 +789,77 @@ async fn two_instances_claiming_alerts_open_one_incident_per_alert_in_a_storm() 
         rep.created
     );
 }
+
+/// Issue 13, item 10: one message whose routing key is not UTF-8, published in the middle of a
+/// storm while Service Manager is slow (so hundreds of deliveries are unacked). The AMQP
+/// library cannot decode that frame and drops the connection, and with it the exclusive
+/// queue's unacked deliveries; the reconnect (counted) and its catch-up must lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_key_that_is_not_utf8_costs_a_counted_reconnect_and_loses_nothing() {
+    let sim = own_sim("badkey", 0);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "badkey");
+    let state = temp_dir("badkey-state");
+    let tag = format!("BadKey.{}", rand::random::<u32>());
+    let mut l = start_with(
+        &sim,
+        &dir,
+        &state,
+        &tag,
+        &[("RUST_LOG", "info,scmb=debug")],
+        &[],
+    );
+    assert!(
+        l.wait_for("catch-up checkpoint saved", Duration::from_secs(60)),
+        "{:?}",
+        l.stderr
+    );
+    c.call_sm(
+        Method::POST,
+        "/sim/faults",
+        Some(serde_json::to_vec(&json!({"latencyMs": 20})).expect("json")),
+    )
+    .await
+    .expect("slow");
+    let started = Instant::now();
+    let mut uris = storm(&c, 300, 0, &format!("{tag}.before")).await;
+    let r = c
+        .http
+        .post(format!(
+            "{}/sim/publish?routingKeyHex=73636d622e616c657274732e437265617465642eff2f726573742f616c657274732f31",
+            c.rest_url
+        ))
+        .body(br#"{"changeType":"Created","resourceUri":"/rest/alerts/1"}"#.to_vec())
+        .send()
+        .await
+        .expect("publish");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    uris.extend(storm(&c, 100, 0, &format!("{tag}.after")).await);
+    assert!(
+        l.wait_for("reconnected to the message bus", Duration::from_secs(60)),
+        "the connection was not lost and regained: {:?}",
+        l.stderr
+    );
+    c.call_sm(Method::DELETE, "/sim/faults", None)
+        .await
+        .expect("clear");
+    let noted = wait_noted(&c, &uris).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rep = settle(
+        &c,
+        "a routing key that is not UTF-8 amid 400 alerts",
+        &uris,
+        started,
+    )
+    .await;
+    l.terminate();
+    let r = l.finish(Duration::from_secs(40));
+    let lost_connection = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("not connected to the message bus"))
+        .collect::<Vec<_>>();
+    eprintln!("connection lost: {lost_connection:?}");
+    assert_eq!(noted, uris.len(), "not every alert got its note");
+    assert_eq!((rep.lost, rep.duplicates), (0, 0), "{}", rep.name);
+}
