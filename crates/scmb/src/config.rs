@@ -36,7 +36,13 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("appliance {appliance:?}: {message}")]
     Secret { appliance: String, message: String },
+    /// A file the appliance needs (a CA, its certificates) cannot be read.
+    #[error("appliance {appliance:?}: {message}")]
+    File { appliance: String, message: String },
 }
+
+/// An appliance's passwords, read: OneView's, and its Service Manager sink's when it has one.
+pub type Secrets = (Secret, Option<Secret>);
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -146,6 +152,10 @@ pub struct ApplianceConfig {
     /// Largest message accepted, in bytes (`--max-message-bytes`). Default 4 MiB.
     #[serde(default = "default_max_bytes")]
     pub max_message_bytes: usize,
+    /// Most bytes of messages held at once (`--max-in-flight-bytes`): the prefetch is lowered
+    /// so that `prefetch × max_message_bytes` stays within it. Default 256 MiB.
+    #[serde(default = "default_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// After every (re)connect, read the alerts raised meanwhile over REST (`--catch-up`).
     /// Default true.
     #[serde(default = "yes")]
@@ -211,6 +221,10 @@ fn yes() -> bool {
 fn default_amqp_port() -> u16 {
     5671
 }
+fn default_in_flight_bytes() -> usize {
+    crate::settings::DEFAULT_IN_FLIGHT_BYTES
+}
+
 fn default_prefetch() -> u16 {
     1000
 }
@@ -433,6 +447,13 @@ impl ApplianceConfig {
     /// The settings to run this appliance with, its passwords read now (from the
     /// environment, a file or a systemd credential).
     pub fn settings(&self, state_dir: &Path) -> Result<settings::Appliance, ConfigError> {
+        let secrets = self.secrets()?;
+        self.settings_with(state_dir, secrets)
+    }
+
+    /// Reads this appliance's passwords now. The error names the appliance and the source
+    /// (the file, the variable, the credential), never the secret.
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
         let err = |message: String| ConfigError::Secret {
             appliance: self.name.clone(),
             message,
@@ -446,7 +467,53 @@ impl ApplianceConfig {
             ),
             None => None,
         };
-        self.assemble(state_dir, ov, sm).map_err(err)
+        Ok((ov, sm))
+    }
+
+    /// The settings to run this appliance with, its passwords already read.
+    pub fn settings_with(
+        &self,
+        state_dir: &Path,
+        (ov, sm): Secrets,
+    ) -> Result<settings::Appliance, ConfigError> {
+        self.assemble(state_dir, ov, sm)
+            .map_err(|message| ConfigError::Secret {
+                appliance: self.name.clone(),
+                message,
+            })
+    }
+
+    /// Reads, now, every file besides its passwords that this appliance needs to start: the
+    /// REST CA (`rest_ca`) and, unless `auto_bootstrap` may download them, the certificates
+    /// and key in its certificate directory. A reload checks them before stopping anything.
+    pub fn check_files(&self, state_dir: &Path) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError::File {
+            appliance: self.name.clone(),
+            message,
+        };
+        if let Some(ca) = &self.rest_ca {
+            scmb_tls::load_certs(ca).map_err(|e| err(format!("rest_ca: {e}")))?;
+        }
+        if !self.auto_bootstrap {
+            let dir = self
+                .cert_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir(state_dir));
+            for name in [
+                crate::certs::CA_FILE,
+                crate::certs::CERT_FILE,
+                crate::certs::KEY_FILE,
+            ] {
+                let path = dir.join(name);
+                std::fs::File::open(&path).map_err(|e| {
+                    err(format!(
+                        "cannot read {}: {e} (download the certificates with `scmb setup`, or set auto_bootstrap = true)",
+                        path.display()
+                    ))
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The settings, given the passwords. Call after [`Config::check`].
@@ -479,6 +546,7 @@ impl ApplianceConfig {
                 prefetch: self.prefetch,
                 queue: self.queue.clone(),
                 max_message_bytes: self.max_message_bytes,
+                max_in_flight_bytes: self.max_in_flight_bytes,
                 auto_bootstrap: self.auto_bootstrap,
                 drain: self.drain()?,
             },
@@ -717,6 +785,54 @@ password_env = "OV_EAST_PASSWORD"
             .expect_err("look_back")
             .to_string()
             .contains("look_back"));
+    }
+
+    #[test]
+    fn the_files_an_appliance_needs_are_read_before_it_starts_and_named_when_missing() {
+        let dir = std::env::temp_dir().join(format!(
+            "scmb-config-files-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let c = parse(&MINIMAL.replace(
+            "[appliance.console]",
+            &format!("cert_dir = \"{}\"\n[appliance.console]", dir.display()),
+        ))
+        .expect("parse");
+        let a = &c.appliances[0];
+        let e = a
+            .check_files(&dir)
+            .expect_err("no certificates")
+            .to_string();
+        assert!(e.starts_with("appliance \"east\": "), "{e}");
+        assert!(
+            e.contains(&dir.join("caroot.pem").display().to_string()),
+            "{e}"
+        );
+        assert!(e.contains("scmb setup") && !e.contains('\n'), "{e}");
+        for f in ["caroot.pem", "client.pem", "key.pem"] {
+            std::fs::write(dir.join(f), "x").expect("write");
+        }
+        assert!(a.check_files(&dir).is_ok());
+        // Downloaded when missing: not needed before the start.
+        let mut auto = a.clone();
+        auto.auto_bootstrap = true;
+        auto.cert_dir = Some(dir.join("empty"));
+        assert!(auto.check_files(&dir).is_ok());
+        let mut ca = a.clone();
+        ca.rest_ca = Some(dir.join("no-such-ca.pem"));
+        let e = ca.check_files(&dir).expect_err("no CA").to_string();
+        assert!(e.contains("rest_ca") && e.contains("no-such-ca.pem"), "{e}");
+        let mut pw = a.clone();
+        pw.password_env = None;
+        pw.password_file = Some(dir.join("no-such-password"));
+        let e = pw.secrets().expect_err("no password file").to_string();
+        assert!(
+            e.starts_with("appliance \"east\": ") && e.contains("no-such-password"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

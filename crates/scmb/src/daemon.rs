@@ -2,7 +2,8 @@
 //! supervised task with its own connection, store, lanes and sinks, so that one appliance
 //! down, mis-configured or flooding never stops the others. Serves `/metrics`, `/healthz` and
 //! `/readyz`; tells systemd READY=1 after the first successful connection; SIGHUP reloads the
-//! config after validating it (an invalid one is refused and the running one stays).
+//! config after validating it and reading every password and file it names: a config that is
+//! invalid, or names something that cannot be read, is refused and the running one stays.
 //!
 //! The supervisor never exits on an appliance's failure: it logs it, marks the appliance
 //! disconnected, and builds its pipeline again after a capped backoff.
@@ -16,9 +17,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{ApplianceConfig, Config};
+use crate::config::{ApplianceConfig, Config, ConfigError, Secrets};
 use crate::failure::{self, Failure};
 use crate::pipeline::Pipeline;
+use crate::settings;
 use crate::telemetry::{ApplianceMetrics, Metrics};
 
 /// What `scmb run` is told besides the config file's contents (flags and environment).
@@ -66,37 +68,59 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// An appliance of a new config, ready to start: its passwords and files read, its settings
+/// built. A reload prepares every appliance before it stops any.
+struct Prepared {
+    config: ApplianceConfig,
+    secrets: Secrets,
+    settings: settings::Appliance,
+}
+
+fn prepare(a: &ApplianceConfig, state_dir: &Path) -> Result<Prepared, ConfigError> {
+    let secrets = a.secrets()?;
+    a.check_files(state_dir)?;
+    let settings = a.settings_with(state_dir, secrets.clone())?;
+    Ok(Prepared {
+        config: a.clone(),
+        secrets,
+        settings,
+    })
+}
+
 struct Daemon {
     state_dir: PathBuf,
     metrics: Arc<Metrics>,
     running: BTreeMap<String, Running>,
-}
-
-/// An appliance's OneView and Service Manager passwords.
-type Secrets = (scmb_oneview::Secret, Option<scmb_oneview::Secret>);
-
-fn read_secrets(a: &ApplianceConfig) -> Option<Secrets> {
-    let ov = a.password().read().ok()?;
-    let sm = match &a.service_manager {
-        Some(sm) => Some(sm.password().read().ok()?),
-        None => None,
-    };
-    Some((ov, sm))
+    /// Reloads refused since the start (an invalid config, a file that cannot be read).
+    reload_failures: u64,
 }
 
 impl Daemon {
-    fn start(&mut self, a: ApplianceConfig) {
+    /// Starts an appliance: with its settings prepared by a reload, or (at the service's
+    /// start) built by its first attempt, which reports what is missing and is retried.
+    fn start(&mut self, config: ApplianceConfig, prepared: Option<Prepared>) {
         let (stop, stop_rx) = watch::channel(false);
-        let metrics = self.metrics.appliance(&a.name);
-        let span = tracing::info_span!("appliance", appliance = %a.name);
+        let metrics = self.metrics.appliance(&config.name);
+        let span = tracing::info_span!("appliance", appliance = %config.name);
+        let (secrets, first) = match prepared {
+            Some(p) => (Some(p.secrets), Some(p.settings)),
+            None => (config.secrets().ok(), None),
+        };
         let task = tokio::spawn(
-            supervise(a.clone(), self.state_dir.clone(), metrics, stop_rx).instrument(span),
+            supervise(
+                config.clone(),
+                first,
+                self.state_dir.clone(),
+                metrics,
+                stop_rx,
+            )
+            .instrument(span),
         );
         self.running.insert(
-            a.name.clone(),
+            config.name.clone(),
             Running {
-                secrets: read_secrets(&a),
-                config: a,
+                secrets,
+                config,
                 stop,
                 task,
             },
@@ -128,20 +152,25 @@ impl Daemon {
         }
     }
 
-    /// Applies a new, already validated config: removed and changed appliances stop, new and
-    /// changed ones start, unchanged ones carry on untouched.
-    async fn apply(&mut self, new: Config) {
-        let wanted: BTreeMap<String, ApplianceConfig> = new
-            .appliances
-            .into_iter()
-            .map(|a| (a.name.clone(), a))
-            .collect();
+    /// Reads every password and file of every appliance of `new`, and builds their settings,
+    /// touching nothing: the first that cannot be read refuses the whole config.
+    fn prepare(&self, new: &Config) -> Result<BTreeMap<String, Prepared>, ConfigError> {
+        new.appliances
+            .iter()
+            .map(|a| Ok((a.name.clone(), prepare(a, &self.state_dir)?)))
+            .collect()
+    }
+
+    /// Applies a new config whose appliances are all prepared: removed and changed ones stop,
+    /// then new and changed ones start from what was prepared; unchanged ones carry on
+    /// untouched.
+    async fn apply(&mut self, wanted: BTreeMap<String, Prepared>) {
         let stale: Vec<String> = self
             .running
             .iter()
             .filter(|(n, r)| match wanted.get(*n) {
-                Some(a) if *a == r.config => {
-                    let changed = read_secrets(a) != r.secrets;
+                Some(p) if p.config == r.config => {
+                    let changed = r.secrets.as_ref() != Some(&p.secrets);
                     if changed {
                         tracing::info!(appliance = %n, "its password changed: restarting it");
                     }
@@ -159,10 +188,10 @@ impl Daemon {
             }
         }
         let mut started = 0;
-        for (n, a) in wanted {
+        for (n, p) in wanted {
             if !self.running.contains_key(&n) {
                 tracing::info!(appliance = %n, "starting");
-                self.start(a);
+                self.start(p.config.clone(), Some(p));
                 started += 1;
             }
         }
@@ -173,11 +202,23 @@ impl Daemon {
             "configuration reloaded"
         );
     }
+
+    /// A reload refused: logged, counted and shown in `systemctl status`; nothing changed.
+    fn refuse(&mut self, why: &str, error: &dyn std::fmt::Display) {
+        self.reload_failures += 1;
+        tracing::error!(%error, reload_failures = self.reload_failures, "{why}: refused; the running one stays");
+        sd_notify(&format!(
+            "STATUS=configuration reload refused ({why}): {error}"
+        ));
+    }
 }
 
 /// Runs one appliance until told to stop, rebuilding its pipeline after any failure.
+/// `first`, when given, are the settings of the first attempt (prepared by a reload); every
+/// later attempt builds them again, reading the passwords anew.
 async fn supervise(
     a: ApplianceConfig,
+    mut first: Option<settings::Appliance>,
     state_dir: PathBuf,
     metrics: ApplianceMetrics,
     mut stop: watch::Receiver<bool>,
@@ -185,7 +226,7 @@ async fn supervise(
     let mut attempt = 0u32;
     loop {
         let started = Instant::now();
-        let outcome = run_once(&a, &state_dir, &metrics, stop.clone()).await;
+        let outcome = run_once(&a, first.take(), &state_dir, &metrics, stop.clone()).await;
         if *stop.borrow() {
             return;
         }
@@ -209,13 +250,17 @@ async fn supervise(
 
 async fn run_once(
     a: &ApplianceConfig,
+    prepared: Option<settings::Appliance>,
     state_dir: &Path,
     metrics: &ApplianceMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Failure> {
-    let s = a
-        .settings(state_dir)
-        .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?;
+    let s = match prepared {
+        Some(s) => s,
+        None => a
+            .settings(state_dir)
+            .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?,
+    };
     let build = Pipeline::build(s, metrics.clone());
     // A stop while logging in (a slow or hanging appliance) ends the attempt at once.
     let mut waiting = stop.clone();
@@ -248,11 +293,12 @@ pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
         state_dir: state_dir.clone(),
         metrics: metrics.clone(),
         running: BTreeMap::new(),
+        reload_failures: 0,
     };
     tracing::info!(state_dir = %state_dir.display(), appliances = cfg.appliances.len(), config = %args.config.display(), "starting");
     let mut current = cfg.clone();
     for a in cfg.appliances {
-        daemon.start(a);
+        daemon.start(a, None);
     }
     {
         let m = metrics.clone();
@@ -269,24 +315,32 @@ pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
             _ = &mut shutdown => break,
             _ = hup.recv() => {
                 tracing::info!(config = %args.config.display(), "SIGHUP: reloading the configuration");
-                match Config::load(&args.config) {
+                let new = match Config::load(&args.config) {
+                    Ok(new) => new,
                     Err(e) => {
-                        tracing::error!(error = %e, "the new configuration is invalid: refused; the running one stays");
+                        daemon.refuse("the new configuration is invalid", &e);
+                        continue;
                     }
-                    Ok(new) => {
-                        sd_notify("RELOADING=1");
-                        if new.state_dir != current.state_dir
-                            || new.metrics != current.metrics
-                            || new.log != current.log
-                            || new.worker_threads != current.worker_threads
-                        {
-                            tracing::warn!("state_dir, worker_threads, [metrics] and [log] changes take effect at the next restart");
-                        }
-                        current = new.clone();
-                        daemon.apply(new).await;
-                        sd_notify("READY=1");
+                };
+                // Everything it names is read before anything stops.
+                let prepared = match daemon.prepare(&new) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        daemon.refuse("a password or file of the new configuration cannot be read", &e);
+                        continue;
                     }
+                };
+                sd_notify("RELOADING=1");
+                if new.state_dir != current.state_dir
+                    || new.metrics != current.metrics
+                    || new.log != current.log
+                    || new.worker_threads != current.worker_threads
+                {
+                    tracing::warn!("state_dir, worker_threads, [metrics] and [log] changes take effect at the next restart");
                 }
+                current = new;
+                daemon.apply(prepared).await;
+                sd_notify("READY=1\nSTATUS=configuration reloaded");
             }
         }
     }

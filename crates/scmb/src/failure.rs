@@ -10,6 +10,9 @@
 //! | 5 | appliance or message bus unreachable |
 //! | 6 | TLS verification failed (CA, name or pinned fingerprint mismatch) |
 //! | 7 | the appliance refused the request (API error) |
+//! | 8 | the state store is in use by another process (locked) |
+//! | 9 | the state store is damaged or truncated |
+//! | 10 | the state store cannot be written (no space left, permission denied, other I/O errors) |
 
 use std::fmt;
 
@@ -17,6 +20,7 @@ use scmb_bus::BusError;
 use scmb_oneview::OneViewError;
 
 use crate::certs::CertError;
+use crate::store::StoreError;
 
 #[derive(Debug)]
 pub struct Failure {
@@ -39,6 +43,9 @@ pub const CERTS: u8 = 4;
 pub const UNREACHABLE: u8 = 5;
 pub const TLS: u8 = 6;
 pub const API: u8 = 7;
+pub const STORE_LOCKED: u8 = 8;
+pub const STORE_DAMAGED: u8 = 9;
+pub const STORE_UNWRITABLE: u8 = 10;
 
 impl Failure {
     pub fn new(code: u8, message: impl Into<String>) -> Failure {
@@ -89,5 +96,49 @@ impl From<CertError> for Failure {
 impl From<scmb_tls::TlsError> for Failure {
     fn from(e: scmb_tls::TlsError) -> Self {
         Failure::new(CERTS, e.to_string())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::Locked { .. } => STORE_LOCKED,
+            StoreError::Damaged { .. } | StoreError::Corrupt { .. } => STORE_DAMAGED,
+            StoreError::NoSpace { .. }
+            | StoreError::Denied { .. }
+            | StoreError::Open { .. }
+            | StoreError::Db(_) => STORE_UNWRITABLE,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_store_failure_has_its_documented_exit_code() {
+        let path = std::path::PathBuf::from("/var/lib/scmb/dc1/scmb.redb");
+        let dir = std::path::PathBuf::from("/var/lib/scmb/dc1");
+        let code = |e: StoreError| Failure::from(e).code;
+        assert_eq!(code(StoreError::Locked { path: path.clone() }), 8);
+        let detail = String::from("x");
+        assert_eq!(
+            code(StoreError::Damaged {
+                path: path.clone(),
+                detail: detail.clone()
+            }),
+            9
+        );
+        assert_eq!(
+            code(StoreError::NoSpace {
+                path: path.clone(),
+                dir: dir.clone(),
+                detail: detail.clone()
+            }),
+            10
+        );
+        assert_eq!(code(StoreError::Denied { path, dir, detail }), 10);
     }
 }

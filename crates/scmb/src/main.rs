@@ -7,5 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before anything reads a password, flags included.
+    scmb::commands::forbid_core_dumps();
     scmb::commands::scmb(scmb::flags::Cli::parse())
 }

@@ -183,7 +183,12 @@ impl SecretRef {
 
 fn first_line(path: &Path) -> Result<Secret, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot read the password file {}: {e} (check the path, and that the user scmb runs as may read it)",
+                path.display()
+            )
+        })?;
     Ok(Secret::new(text.lines().next().unwrap_or("")))
 }
 

@@ -46,11 +46,17 @@ pub struct Bus {
     pub config: BusConfig,
     /// Largest message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// The prefetch asked for, when it was lowered to keep the bytes in flight within
+    /// budget (logged at the start).
+    pub prefetch_lowered_from: Option<u16>,
     /// Download the certificates again when the broker refuses the ones on disk.
     pub auto_bootstrap: bool,
     /// On a stop, how long work in hand may take to finish; the rest stays unacked.
     pub drain: Duration,
 }
+
+/// The default budget for the bytes of messages held at once (delivered, not finished).
+pub const DEFAULT_IN_FLIGHT_BYTES: usize = 256 << 20;
 
 /// The default drain time: well below systemd's default `TimeoutStopSec` (90 s).
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
@@ -66,6 +72,7 @@ pub struct BusChoices {
     pub prefetch: u16,
     pub queue: Option<String>,
     pub max_message_bytes: usize,
+    pub max_in_flight_bytes: usize,
     pub auto_bootstrap: bool,
     pub drain: Duration,
 }
@@ -81,7 +88,11 @@ impl Bus {
             (None, true) => NameCheck::Host,
         };
         bus.heartbeat = c.heartbeat.as_secs().min(u16::MAX as u64) as u16;
-        bus.prefetch = c.prefetch.max(1);
+        // The broker sends up to `prefetch` messages ahead, whatever their size: memory is
+        // bounded by prefetch × the largest message, so the prefetch fits the byte budget.
+        let fits = (c.max_in_flight_bytes / c.max_message_bytes.max(1)).clamp(1, 65535) as u16;
+        bus.prefetch = c.prefetch.clamp(1, fits);
+        let prefetch_lowered_from = (c.prefetch > bus.prefetch).then_some(c.prefetch);
         if !c.routes.is_empty() {
             bus.routes = c.routes;
         }
@@ -89,6 +100,7 @@ impl Bus {
         Bus {
             config: bus,
             max_message_bytes: c.max_message_bytes,
+            prefetch_lowered_from,
             auto_bootstrap: c.auto_bootstrap,
             drain: c.drain,
         }

@@ -23,9 +23,28 @@ const PRINTED: TableDefinition<&str, &str> = TableDefinition::new("printed");
 /// The catch-up checkpoint: every alert modified before it has been handled.
 pub const CHECKPOINT: &str = "checkpoint";
 
+/// What can go wrong with the store. Opening it says why it cannot be used, each reason with
+/// what to do: locked by another process, damaged or truncated, no space left, permission
+/// denied, or anything else the file system answered.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state database {path}: {detail} (is another scmb or ov_to_sm using the same state directory?)")]
+    #[error("the state database {path} is in use by another process (another scmb run, or an ov_to_sm with the same --state-dir): stop it, or give each its own state directory")]
+    Locked { path: PathBuf },
+    #[error("the state database {path} is damaged or truncated ({detail}): restore it from a copy, or move it aside and start again (the notes on the alerts and Service Manager's reference lookups still prevent duplicate incidents)")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("cannot write the state database {path}: no space left on its file system ({detail}): free space in {dir} and start again")]
+    NoSpace {
+        path: PathBuf,
+        dir: PathBuf,
+        detail: String,
+    },
+    #[error("cannot write the state database {path}: {detail}: make {dir} and the file writable by the user scmb runs as")]
+    Denied {
+        path: PathBuf,
+        dir: PathBuf,
+        detail: String,
+    },
+    #[error("cannot open the state database {path}: {detail}: check the file and the file system holding it")]
     Open { path: PathBuf, detail: String },
     #[error("state database error: {0}")]
     Db(String),
@@ -35,6 +54,83 @@ pub enum StoreError {
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
+}
+
+/// Why the store at `path` cannot be opened, from what the file system answered.
+fn io_failure(path: &Path, e: &std::io::Error) -> StoreError {
+    use std::io::ErrorKind as K;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let (path, detail) = (path.to_path_buf(), e.to_string());
+    match e.kind() {
+        K::StorageFull | K::QuotaExceeded => StoreError::NoSpace { path, dir, detail },
+        K::PermissionDenied | K::ReadOnlyFilesystem => StoreError::Denied { path, dir, detail },
+        // Shorter than its header or its own layout says: a partial copy.
+        K::InvalidData | K::UnexpectedEof => StoreError::Damaged { path, detail },
+        _ => StoreError::Open { path, detail },
+    }
+}
+
+/// Why the store at `path` cannot be opened, from what redb answered.
+fn open_failure(path: &Path, e: redb::Error) -> StoreError {
+    let damaged = |detail: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        detail,
+    };
+    match e {
+        redb::Error::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        redb::Error::Io(io) => io_failure(path, &io),
+        redb::Error::Corrupted(detail) => damaged(detail),
+        redb::Error::UpgradeRequired(v) => damaged(format!(
+            "written in another version of the file format ({v})"
+        )),
+        e @ (redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_)
+        | redb::Error::TypeDefinitionChanged { .. }) => {
+            damaged(format!("not a store written by scmb: {e}"))
+        }
+        e => StoreError::Open {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs redb where a panic is caught and reported as an error: the
+    /// panic hook then stays silent, so that the user sees the one line of that error.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it (redb asserts on files it cannot make sense of, e.g. a
+/// truncated one) into `Err` with the panic's message, without the panic hook's output.
+fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    r.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        format!("redb stopped: {message}")
+    })
 }
 
 /// How far the work for one alert got.
@@ -164,7 +260,8 @@ fn group_commit(
             .lock()
             .map(|mut n| std::mem::take(&mut *n))
             .unwrap_or_default();
-        let result = (|| -> Result<(), String> {
+        // A panic inside redb fails this batch instead of ending the writer thread.
+        let result = catching_panics(|| -> Result<(), String> {
             let e = |e: redb::Error| e.to_string();
             let w = db.begin_write().map_err(|x| e(x.into()))?;
             {
@@ -192,7 +289,8 @@ fn group_commit(
                 }
             }
             w.commit().map_err(|x| e(x.into()))
-        })();
+        })
+        .unwrap_or_else(Err);
         if let Err(e) = &result {
             if !noted.is_empty() {
                 tracing::warn!(error = %e, notes = noted.len(), "cannot record what was printed; a catch-up may print it again");
@@ -218,25 +316,31 @@ impl Store {
         Store::open_with_cache(path, SMALL_CACHE_BYTES)
     }
 
-    /// Opens (or creates) the database at `path` with a page cache of `cache_bytes`.
+    /// Opens (or creates) the database at `path` with a page cache of `cache_bytes`. A file
+    /// that cannot be used is an error saying why (never a panic, whatever the file holds).
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
-        let open_err = |detail: String| StoreError::Open {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_failure(path, &e))?;
+        }
+        let fail = |e: redb::Error| open_failure(path, e);
+        let database = catching_panics(|| -> Result<Database, StoreError> {
+            // A bounded page cache: redb's default (up to 1 GiB) would grow with every page
+            // written.
+            let database = redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(|e| fail(e.into()))?;
+            let w = database.begin_write().map_err(|e| fail(e.into()))?;
+            w.open_table(ALERTS).map_err(|e| fail(e.into()))?;
+            w.open_table(META).map_err(|e| fail(e.into()))?;
+            w.open_table(PRINTED).map_err(|e| fail(e.into()))?;
+            w.commit().map_err(|e| fail(e.into()))?;
+            Ok(database)
+        })
+        .map_err(|detail| StoreError::Damaged {
             path: path.to_path_buf(),
             detail,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        }
-        // A bounded page cache: redb's default (up to 1 GiB) would grow with every page written.
-        let database = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| open_err(e.to_string()))?;
-        let w = database.begin_write().map_err(db)?;
-        w.open_table(ALERTS).map_err(db)?;
-        w.open_table(META).map_err(db)?;
-        w.open_table(PRINTED).map_err(db)?;
-        w.commit().map_err(db)?;
+        })??;
         let database = Arc::new(database);
         let (writer, jobs) = std::sync::mpsc::channel();
         let d = database.clone();
@@ -245,7 +349,10 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("scmb-store".into())
             .spawn(move || group_commit(d, jobs, n))
-            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                detail: format!("cannot start the writer thread: {e}"),
+            })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db: database,
@@ -433,6 +540,81 @@ mod tests {
             Some("2026-11-25T10:00:00.000Z")
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn fresh(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "scmb-store-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("state.redb")
+    }
+
+    #[test]
+    fn a_truncated_store_is_an_error_naming_the_file_not_a_panic() {
+        let path = fresh("truncated");
+        {
+            let s = Store::open(&path).expect("open");
+            s.put("/rest/alerts/1", &Record::new(None, Step::Noted))
+                .expect("put");
+        }
+        let full = std::fs::read(&path).expect("read");
+        // Every length a copy onto a full disk may leave, from nothing to one byte short.
+        for cut in [1, 100, 512, 4096, full.len() / 2, full.len() - 1] {
+            std::fs::write(&path, &full[..cut]).expect("truncate");
+            let e = Store::open(&path).expect_err("truncated");
+            assert!(matches!(e, StoreError::Damaged { .. }), "{cut}: {e:?}");
+            let m = e.to_string();
+            assert!(m.contains(path.to_str().expect("utf8")), "{m}");
+            assert!(
+                m.contains("restore it") && m.contains("move it aside"),
+                "{m}"
+            );
+            assert!(!m.contains('\n') && !m.contains("another"), "{m}");
+        }
+        // An empty file is a new store (nothing was ever committed to it).
+        std::fs::write(&path, b"").expect("empty");
+        assert!(Store::open(&path).is_ok());
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn a_store_open_elsewhere_is_locked_and_says_so() {
+        let path = fresh("locked");
+        let _held = Store::open(&path).expect("open");
+        let e = Store::open(&path).expect_err("second open");
+        assert!(matches!(e, StoreError::Locked { .. }), "{e:?}");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn no_space_and_permission_denied_each_say_what_to_do_and_never_blame_another_scmb() {
+        let path = Path::new("/var/lib/scmb/dc1/scmb.redb");
+        let nospace = io_failure(path, &std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let quota = io_failure(path, &std::io::Error::from_raw_os_error(libc::EDQUOT));
+        for e in [&nospace, &quota] {
+            assert!(matches!(e, StoreError::NoSpace { .. }), "{e:?}");
+            let m = e.to_string();
+            assert!(
+                m.contains("no space left") && m.contains("free space in /var/lib/scmb/dc1"),
+                "{m}"
+            );
+        }
+        for errno in [libc::EACCES, libc::EPERM, libc::EROFS] {
+            let e = io_failure(path, &std::io::Error::from_raw_os_error(errno));
+            assert!(matches!(e, StoreError::Denied { .. }), "{errno}: {e:?}");
+            assert!(e.to_string().contains("writable by the user"), "{e}");
+        }
+        let other = io_failure(path, &std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(other, StoreError::Open { .. }), "{other:?}");
+        for e in [nospace, quota, other] {
+            let m = e.to_string();
+            assert!(!m.contains("another") && !m.contains("message bus"), "{m}");
+            assert!(m.contains("/var/lib/scmb/dc1/scmb.redb"), "{m}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

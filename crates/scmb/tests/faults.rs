@@ -863,3 +863,107 @@ async fn a_routing_key_that_is_not_utf8_costs_a_counted_reconnect_and_loses_noth
     assert_eq!(noted, uris.len(), "not every alert got its note");
     assert_eq!((rep.lost, rep.duplicates), (0, 0), "{}", rep.name);
 }
+
+/// The peak resident memory of a process, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Issue 13, item 9: 20 messages of 20 MB while the only lane waits on a hanging Service
+/// Manager. The broker sends up to `prefetch` messages ahead whatever their size, so memory is
+/// bounded by bytes in flight only if the prefetch fits the byte budget: with
+/// `--max-in-flight-bytes 64000000` and `--max-message-bytes 25000000`, at most 2 of them are
+/// held (the old behaviour held all 20, over 400 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_while_the_lanes_are_busy_stay_within_the_in_flight_budget() {
+    let sim = own_sim("bytes", 0);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "bytes");
+    let state = temp_dir("bytes-state");
+    let tag = format!("Bytes.{}", rand::random::<u32>());
+    let l = start_with(
+        &sim,
+        &dir,
+        &state,
+        &tag,
+        &[("RUST_LOG", "info")],
+        &[
+            "--concurrency",
+            "1",
+            "--max-message-bytes",
+            "25000000",
+            "--max-in-flight-bytes",
+            "64000000",
+        ],
+    );
+    let pid = l.child.id();
+    c.call_sm(
+        Method::POST,
+        "/sim/faults",
+        Some(serde_json::to_vec(&json!({"hangMs": 600_000})).expect("json")),
+    )
+    .await
+    .expect("hang");
+    let _ = storm(&c, 1, 0, &format!("{tag}.first")).await;
+    // The lane holds that alert's create, which Service Manager never answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .call_sm(Method::GET, "/sim/stats", None)
+        .await
+        .expect("stats")["inFlight"]
+        .as_u64()
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lane never reached Service Manager"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = peak_rss(pid);
+    let padding = "x".repeat(20_000_000);
+    for i in 0..20 {
+        let uri = format!("/rest/alerts/{}", 900_000 + i);
+        let body = json!({"changeType": "Created", "resourceUri": uri, "newState": "Active",
+            "resource": {"uri": uri, "severity": "Critical", "alertState": "Active",
+                         "alertTypeID": format!("{tag}.big"), "description": padding}});
+        let r = c
+            .http
+            .post(format!(
+                "{}/sim/publish?routingKey=scmb.alerts.Created.{uri}",
+                c.rest_url
+            ))
+            .body(serde_json::to_vec(&body).expect("json"))
+            .send()
+            .await
+            .expect("publish");
+        assert!(r.status().is_success());
+    }
+    // What the broker may send ahead arrives within moments; watch the peak for a while.
+    let watch_until = Instant::now() + Duration::from_secs(8);
+    let mut peak = peak_rss(pid);
+    while Instant::now() < watch_until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        peak = peak_rss(pid);
+    }
+    eprintln!(
+        "| 20 messages of 20 MB while the lane is busy | peak RSS {:.0} MB (before {:.0} MB) |",
+        peak as f64 / 1e6,
+        before as f64 / 1e6
+    );
+    c.call_sm(Method::DELETE, "/sim/faults", None)
+        .await
+        .expect("clear");
+    l.terminate();
+    let _ = l.finish(Duration::from_secs(40));
+    assert!(
+        peak < 200_000_000,
+        "peak RSS {peak} bytes: more than the budget's 2 messages held"
+    );
+}

@@ -7,5 +7,7 @@ use clap::Parser;
 use scmb::flags::ov_to_sm::{normalise_args, OvToSmCli};
 
 fn main() -> ExitCode {
+    // Before anything reads a password, flags included.
+    scmb::commands::forbid_core_dumps();
     scmb::commands::ov_to_sm::main(OvToSmCli::parse_from(normalise_args(std::env::args())))
 }

@@ -15,6 +15,51 @@ use crate::failure::{self, Failure};
 use crate::flags::{CertsCmd, Cli, Cmd};
 use crate::telemetry::LogSettings;
 
+/// The environment variable that, set to `1`, leaves core dumps possible (to debug a crash).
+pub const ALLOW_CORE_DUMPS: &str = "SCMB_ALLOW_CORE_DUMPS";
+
+/// Keeps the passwords out of core dumps: the process is made non-dumpable (no core file, no
+/// `ptrace` or `/proc/PID/mem` by the same user; its `/proc/PID` belongs to root) and its core
+/// size limit is set to 0, soft and hard. Called first thing in `main`, before the flags are
+/// parsed (a password typed as a flag is in memory from then on). `SCMB_ALLOW_CORE_DUMPS=1`
+/// leaves both as they are, with a warning once logging starts.
+pub fn forbid_core_dumps() {
+    use crate::telemetry::early_warn;
+    if std::env::var_os(ALLOW_CORE_DUMPS).is_some_and(|v| v == "1") {
+        early_warn(format!(
+            "{ALLOW_CORE_DUMPS}=1: core dumps are allowed, and a dump of this process holds its passwords: unset it once the crash is understood"
+        ));
+        return;
+    }
+    // SAFETY: prctl with integer arguments only changes this process's dumpable flag.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        early_warn(format!(
+            "cannot make the process non-dumpable: {}: a core dump may hold the passwords",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit only reads the limit we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        let zero_already =
+            unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut now) } == 0 && now.rlim_cur == 0;
+        if !zero_already {
+            early_warn(format!(
+                "cannot set the core size limit to 0: {e}: set it before starting (ulimit -c 0, or LimitCORE=0 in the unit)"
+            ));
+        }
+    }
+}
+
 /// `scmb`, whatever its subcommand.
 pub fn scmb(cli: Cli) -> ExitCode {
     match cli.cmd {

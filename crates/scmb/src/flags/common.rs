@@ -103,6 +103,10 @@ pub struct BusArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     pub max_message_bytes: usize,
+    /// Most bytes of messages held at once: the prefetch is lowered so that
+    /// prefetch × --max-message-bytes stays within it (default 256 MiB).
+    #[arg(long, default_value_t = crate::settings::DEFAULT_IN_FLIGHT_BYTES)]
+    pub max_in_flight_bytes: usize,
     /// When the broker refuses the certificates on disk (the appliance regenerated them),
     /// download the new ones over REST and carry on (needs the OneView password).
     #[arg(long)]
@@ -266,6 +270,7 @@ impl BusArgs {
                 prefetch: self.prefetch,
                 queue: self.queue.clone(),
                 max_message_bytes: self.max_message_bytes,
+                max_in_flight_bytes: self.max_in_flight_bytes,
                 auto_bootstrap: self.auto_bootstrap,
                 drain: self.drain,
             },

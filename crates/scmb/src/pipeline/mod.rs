@@ -80,7 +80,7 @@ pub struct Pipeline {
 }
 
 fn store_failure(e: StoreError) -> Failure {
-    Failure::new(failure::UNEXPECTED, e.to_string())
+    Failure::from(e)
 }
 
 /// A sink's health at start: refused credentials stop the command (exit 3, the setting to fix
@@ -119,6 +119,14 @@ fn open_store(path: &std::path::Path, cache_bytes: usize) -> Result<Store, Failu
 impl Pipeline {
     /// Opens the store, logs in to REST and builds the sinks. Connects to nothing else.
     pub async fn build(spec: Appliance, metrics: ApplianceMetrics) -> Result<Pipeline, Failure> {
+        if let Some(asked) = spec.bus.prefetch_lowered_from {
+            tracing::info!(
+                asked,
+                prefetch = spec.bus.config.prefetch,
+                max_message_bytes = spec.bus.max_message_bytes,
+                "prefetch lowered so that the messages held at once stay within --max-in-flight-bytes"
+            );
+        }
         let filter = spec.filter;
         // Ticketing always catches up: an alert raised while down must still get its incident.
         let catch_up = spec.catch_up || spec.sinks.tickets();
@@ -369,7 +377,9 @@ impl Pipeline {
         sub.close().await;
         match &result {
             Ok(()) => metrics.stopped(),
-            Err(f) => metrics.disconnected(f),
+            // Not a bus failure (a store error, a sink that cannot go on): the caller says
+            // what it is; it must not read as "not connected to the message bus".
+            Err(_) => metrics.unavailable(),
         }
         result
     }

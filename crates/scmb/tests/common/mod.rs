@@ -266,3 +266,42 @@ pub async fn raise(c: &scmb_sim::client::SimClient, fields: serde_json::Value) -
         .expect("raise");
     a["uri"].as_str().expect("uri").to_string()
 }
+
+impl Listening {
+    /// Starts a command prepared by the caller (its own working directory, limits or user),
+    /// reading its stderr line by line and draining its stdout, like [`Listening::start_env`].
+    pub fn spawn(mut command: Command) -> Listening {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let err = child.stderr.take().expect("stderr");
+        let out = child.stdout.take().expect("stdout");
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stdout.clone();
+        let stdout_reader = Some(std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        }));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Listening {
+            child,
+            lines: rx,
+            stderr: Vec::new(),
+            stdout,
+            stdout_reader,
+        }
+    }
+}
