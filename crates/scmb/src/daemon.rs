@@ -206,6 +206,7 @@ impl Daemon {
     /// A reload refused: logged, counted and shown in `systemctl status`; nothing changed.
     fn refuse(&mut self, why: &str, error: &dyn std::fmt::Display) {
         self.reload_failures += 1;
+        self.metrics.reload_refused();
         tracing::error!(%error, reload_failures = self.reload_failures, "{why}: refused; the running one stays");
         sd_notify(&format!(
             "STATUS=configuration reload refused ({why}): {error}"

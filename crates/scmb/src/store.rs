@@ -186,6 +186,8 @@ pub struct Store {
 
 struct Inner {
     db: Arc<Database>,
+    /// The file, for the message when a read finds it damaged.
+    path: PathBuf,
     writer: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Printed notes waiting for their commit (see [`Store::note_printed`]).
@@ -356,6 +358,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 db: database,
+                path: path.to_path_buf(),
                 writer: Some(writer),
                 thread: Some(thread),
                 notes,
@@ -420,6 +423,21 @@ impl Store {
     }
 
     pub fn get(&self, uri: &str) -> Result<Option<Record>, StoreError> {
+        self.guarded(|| self.get_unguarded(uri))
+    }
+
+    /// Runs a read or a direct write, turning a panic inside redb (a page damaged after the
+    /// open) into [`StoreError::Damaged`] instead of the end of the task that called.
+    fn guarded<T>(&self, read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        catching_panics(read).unwrap_or_else(|detail| {
+            Err(StoreError::Damaged {
+                path: self.inner.path.clone(),
+                detail,
+            })
+        })
+    }
+
+    fn get_unguarded(&self, uri: &str) -> Result<Option<Record>, StoreError> {
         let r = self.inner.db.begin_read().map_err(db)?;
         let t = r.open_table(ALERTS).map_err(db)?;
         let Some(v) = t.get(uri).map_err(db)? else {
@@ -435,6 +453,10 @@ impl Store {
 
     /// Writes `rec` for `uri`, durably.
     pub fn put(&self, uri: &str, rec: &Record) -> Result<(), StoreError> {
+        self.guarded(|| self.put_unguarded(uri, rec))
+    }
+
+    fn put_unguarded(&self, uri: &str, rec: &Record) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(rec).map_err(db)?;
         let w = self.inner.db.begin_write().map_err(db)?;
         {
@@ -445,38 +467,50 @@ impl Store {
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let r = self.inner.db.begin_read().map_err(db)?;
-        let t = r.open_table(META).map_err(db)?;
-        Ok(t.get(key).map_err(db)?.map(|v| v.value().to_string()))
+        self.guarded(|| {
+            let r = self.inner.db.begin_read().map_err(db)?;
+            let t = r.open_table(META).map_err(db)?;
+            Ok(t.get(key).map_err(db)?.map(|v| v.value().to_string()))
+        })
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let w = self.inner.db.begin_write().map_err(db)?;
-        {
-            let mut t = w.open_table(META).map_err(db)?;
-            t.insert(key, value).map_err(db)?;
-        }
-        w.commit().map_err(db)
+        self.guarded(|| {
+            let w = self.inner.db.begin_write().map_err(db)?;
+            {
+                let mut t = w.open_table(META).map_err(db)?;
+                t.insert(key, value).map_err(db)?;
+            }
+            w.commit().map_err(db)
+        })
     }
 
     /// The eTag last printed for `uri` (scmb's de-duplication across restarts).
     pub fn printed(&self, uri: &str) -> Result<Option<String>, StoreError> {
-        let r = self.inner.db.begin_read().map_err(db)?;
-        let t = r.open_table(PRINTED).map_err(db)?;
-        Ok(t.get(uri).map_err(db)?.map(|v| v.value().to_string()))
+        self.guarded(|| {
+            let r = self.inner.db.begin_read().map_err(db)?;
+            let t = r.open_table(PRINTED).map_err(db)?;
+            Ok(t.get(uri).map_err(db)?.map(|v| v.value().to_string()))
+        })
     }
 
     pub fn set_printed(&self, uri: &str, etag: &str) -> Result<(), StoreError> {
-        let w = self.inner.db.begin_write().map_err(db)?;
-        {
-            let mut t = w.open_table(PRINTED).map_err(db)?;
-            t.insert(uri, etag).map_err(db)?;
-        }
-        w.commit().map_err(db)
+        self.guarded(|| {
+            let w = self.inner.db.begin_write().map_err(db)?;
+            {
+                let mut t = w.open_table(PRINTED).map_err(db)?;
+                t.insert(uri, etag).map_err(db)?;
+            }
+            w.commit().map_err(db)
+        })
     }
 
     /// Every record (for reports and tests).
     pub fn all(&self) -> Result<Vec<(String, Record)>, StoreError> {
+        self.guarded(|| self.all_unguarded())
+    }
+
+    fn all_unguarded(&self) -> Result<Vec<(String, Record)>, StoreError> {
         let r = self.inner.db.begin_read().map_err(db)?;
         let t = r.open_table(ALERTS).map_err(db)?;
         let mut out = Vec::new();

@@ -223,6 +223,7 @@ pub struct Metrics {
     retries: Family<TargetLabel, Counter>,
     unknown: Family<SinkLabel, Counter>,
     reconnects: Counters,
+    reload_failures: Counter,
     catch_up_runs: Counters,
     catch_up_alerts: Counters,
     latency: Family<SinkLabel, Histogram, fn() -> Histogram>,
@@ -273,6 +274,12 @@ impl Metrics {
             "Retried calls, by target (service_manager, oneview)",
             retries.clone(),
         );
+        let reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Configuration reloads refused (invalid, or a password or file unreadable): the running appliances stayed",
+            reload_failures.clone(),
+        );
         let unknown = Family::<SinkLabel, Counter>::default();
         registry.register(
             "outcomes_unknown",
@@ -306,6 +313,7 @@ impl Metrics {
             retries,
             unknown,
             reconnects,
+            reload_failures,
             catch_up_runs,
             catch_up_alerts,
             latency,
@@ -313,6 +321,11 @@ impl Metrics {
             states: Mutex::new(BTreeMap::new()),
             first_connect: watch::channel(false).0,
         })
+    }
+
+    /// A configuration reload was refused; the running appliances stay as they are.
+    pub fn reload_refused(&self) {
+        self.reload_failures.inc();
     }
 
     /// The handle an appliance's tasks count through.

@@ -513,9 +513,15 @@ async fn a_reload_naming_a_password_file_that_cannot_be_read_keeps_the_running_a
     let certs = download_certs(&sim.rest_url, "reload-missing-certs");
     let pw = dir.join("ov-password");
     std::fs::write(&pw, "admin123\n").expect("password file");
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
     let table = |password_file: &Path, heartbeat: &str| {
         format!(
             r#"state_dir = "{state}"
+[metrics]
+listen = "{metrics_addr}"
 [[appliance]]
 name = "keep"
 address = "{addr}"
@@ -602,6 +608,12 @@ path = "events.jsonl"
     );
     let third = raise(sim, &tag).await;
     assert!(written(&events, &third).await, "{:?}", l.stderr);
+    let (_, text) = common::get(&format!("http://{metrics_addr}/metrics")).await;
+    assert_eq!(
+        common::metric(&text, "scmb_config_reload_failures_total"),
+        2,
+        "both refusals counted: {text}"
+    );
 
     l.terminate();
     let r = l.finish(WAIT);
