@@ -219,6 +219,7 @@ pub struct Metrics {
     created: Counters,
     failed: Counters,
     deduplicated: Counters,
+    conflicts: Counters,
     resolved: Counters,
     retries: Family<TargetLabel, Counter>,
     unknown: Family<SinkLabel, Counter>,
@@ -257,6 +258,10 @@ impl Metrics {
         let deduplicated = counter(
             "incidents_deduplicated",
             "Alerts found already ticketed (alert notes or an interrupted create), not ticketed again",
+        );
+        let conflicts = counter(
+            "incidents_conflicting",
+            "Alerts another instance ticketed at the same time (two instances without claim): duplicates",
         );
         let resolved = counter(
             "incidents_resolved",
@@ -309,6 +314,7 @@ impl Metrics {
             created,
             failed,
             deduplicated,
+            conflicts,
             resolved,
             retries,
             unknown,
@@ -344,6 +350,7 @@ impl Metrics {
             created: c(&self.created),
             failed: c(&self.failed),
             deduplicated: c(&self.deduplicated),
+            conflicts: c(&self.conflicts),
             resolved: c(&self.resolved),
             reconnects: c(&self.reconnects),
             catch_up_runs: c(&self.catch_up_runs),
@@ -405,6 +412,7 @@ pub struct ApplianceMetrics {
     created: Counter,
     failed: Counter,
     deduplicated: Counter,
+    conflicts: Counter,
     resolved: Counter,
     reconnects: Counter,
     catch_up_runs: Counter,
@@ -463,6 +471,18 @@ impl ApplianceMetrics {
     pub fn incident_failed(&self, alert: &str, reason: &str) {
         self.failed.inc();
         tracing::error!(alert, error = %reason, "Service Manager rejected the incident; recorded as failed, not retried");
+    }
+
+    /// Another instance ticketed `alert` at the same time as this one (`others`): two
+    /// instances on separate state without claims.
+    pub fn incident_conflict(&self, alert: &str, incident: &str, others: &str) {
+        self.conflicts.inc();
+        tracing::error!(
+            alert,
+            incident,
+            others,
+            "another instance ticketed the same alert at the same time: run a single instance, or set claim = true (--claim) on every instance"
+        );
     }
 
     pub fn incident_deduplicated(&self, alert: &str, incident: &str, how: &str) {

@@ -775,11 +775,18 @@ async fn two_instances_claiming_alerts_open_one_incident_per_alert_in_a_storm() 
         started,
     )
     .await;
+    let mut conflicts = 0;
     for l in [a, b] {
         l.terminate();
         let r = l.finish(Duration::from_secs(40));
         assert_eq!(r.code, Some(0), "{}", r.stderr);
+        conflicts += r
+            .stderr
+            .lines()
+            .filter(|x| x.contains("another instance ticketed the same alert"))
+            .count();
     }
+    eprintln!("alerts reported as ticketed by both instances: {conflicts}");
     assert_eq!(noted, uris.len(), "not every alert got its note");
     assert_eq!(
         (rep.lost, rep.duplicates),

@@ -93,6 +93,18 @@ fn incident_in_note(note: &str) -> Option<String> {
     })
 }
 
+/// The incident ids of every ticket note in the alert's change log.
+fn incidents_in_change_log(alert: &Value) -> Vec<String> {
+    alert
+        .get("changeLog")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("notes").and_then(Value::as_str))
+        .filter_map(incident_in_note)
+        .collect()
+}
+
 /// The incident id of a note already in the alert's change log, if any.
 pub fn incident_in_change_log(alert: &Value) -> Option<String> {
     alert
@@ -555,7 +567,19 @@ impl Ticketer {
             })
             .await
         {
-            Attempt::Ok(a) => updated = Some(a),
+            Attempt::Ok(a) => {
+                // Another incident's note beside ours: another instance, on state of its own
+                // and without claims, ticketed the same alert at the same time.
+                let others: Vec<String> = incidents_in_change_log(&a)
+                    .into_iter()
+                    .filter(|id| *id != incident)
+                    .collect();
+                if !others.is_empty() && !self.claim {
+                    self.metrics
+                        .incident_conflict(uri, &incident, &others.join(", "));
+                }
+                updated = Some(a);
+            }
             Attempt::Permanent(e) => {
                 // The alert is gone or refuses notes: the incident exists, record it as done.
                 tracing::warn!(alert = uri, incident = %incident, error = %e, "could not write the note into the alert");
@@ -608,8 +632,9 @@ impl Ticketer {
             ),
             Attempt::Ok(None) => Claim::Changed,
             Attempt::Permanent(e) => {
-                tracing::warn!(alert = uri, error = %e, "cannot claim the alert; reading it again");
-                Claim::Changed
+                // Retrying cannot help (the appliance refuses the note): as without an eTag.
+                tracing::warn!(alert = uri, error = %e, "cannot claim the alert; creating its incident unclaimed");
+                Claim::Ours(Some(etag.to_string()))
             }
             Attempt::Interrupted | Attempt::Unknown(_) => Claim::Interrupted,
         }
