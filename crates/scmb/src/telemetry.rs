@@ -243,7 +243,10 @@ impl Metrics {
             f
         };
         let received = counter("messages_received", "Messages delivered by the bus");
-        let matched = counter("messages_matched", "Messages the filter admitted");
+        let matched = counter(
+            "messages_matched",
+            "Messages delivered by the bus that the filter admitted (catch-ups: catch_up_alerts)",
+        );
         let malformed = counter(
             "messages_malformed",
             "Messages rejected as malformed (not JSON, too big, no resource)",

@@ -170,15 +170,7 @@ impl Dispatcher {
     }
 
     /// Resolves when nothing is in work (every lane free).
-    pub(super) fn idle_owned(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let permits = self.permits.clone();
-        let lanes = self.lanes;
-        async move {
-            let _ = permits.acquire_many(lanes).await;
-        }
-    }
-
     pub(super) async fn idle(&self) {
-        self.idle_owned().await
+        let _ = self.permits.acquire_many(self.lanes).await;
     }
 }

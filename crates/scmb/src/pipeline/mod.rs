@@ -454,7 +454,8 @@ impl Shared {
     async fn handle(&self, ev: &Event, origin: &Origin) -> Result<bool, Failure> {
         let peek = ev.peek();
         let admitted = self.filter.admits_peek(&peek);
-        if admitted {
+        // Of the bus's deliveries (like `received`); what a catch-up feeds is counted apart.
+        if admitted && matches!(origin, Origin::Bus(..)) {
             self.metrics.matched();
         }
         // An alert, as it is now (uri + eTag), printed before is not printed again (a
