@@ -46,9 +46,9 @@ pub struct Bus {
     pub config: BusConfig,
     /// Largest message accepted, in bytes.
     pub max_message_bytes: usize,
-    /// The prefetch asked for, when it was lowered to keep the bytes in flight within
-    /// budget (logged at the start).
-    pub prefetch_lowered_from: Option<u16>,
+    /// Most bytes of messages held at once: the pipeline lowers the prefetch until
+    /// prefetch × `max_message_bytes` fits.
+    pub max_in_flight_bytes: usize,
     /// Download the certificates again when the broker refuses the ones on disk.
     pub auto_bootstrap: bool,
     /// On a stop, how long work in hand may take to finish; the rest stays unacked.
@@ -78,6 +78,11 @@ pub struct BusChoices {
 }
 
 impl Bus {
+    /// How many messages of the largest size fit the bytes-in-flight budget (at least 1).
+    pub fn prefetch_that_fits(&self) -> u16 {
+        (self.max_in_flight_bytes / self.max_message_bytes.max(1)).clamp(1, 65535) as u16
+    }
+
     /// The bus of the appliance `rest` names, on the same host.
     pub fn new(rest: &Rest, c: BusChoices) -> Bus {
         let mut bus = BusConfig::new(bus_host(&rest.host), &rest.cert_dir);
@@ -88,11 +93,7 @@ impl Bus {
             (None, true) => NameCheck::Host,
         };
         bus.heartbeat = c.heartbeat.as_secs().min(u16::MAX as u64) as u16;
-        // The broker sends up to `prefetch` messages ahead, whatever their size: memory is
-        // bounded by prefetch × the largest message, so the prefetch fits the byte budget.
-        let fits = (c.max_in_flight_bytes / c.max_message_bytes.max(1)).clamp(1, 65535) as u16;
-        bus.prefetch = c.prefetch.clamp(1, fits);
-        let prefetch_lowered_from = (c.prefetch > bus.prefetch).then_some(c.prefetch);
+        bus.prefetch = c.prefetch.max(1);
         if !c.routes.is_empty() {
             bus.routes = c.routes;
         }
@@ -100,7 +101,7 @@ impl Bus {
         Bus {
             config: bus,
             max_message_bytes: c.max_message_bytes,
-            prefetch_lowered_from,
+            max_in_flight_bytes: c.max_in_flight_bytes,
             auto_bootstrap: c.auto_bootstrap,
             drain: c.drain,
         }

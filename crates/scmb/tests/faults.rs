@@ -885,7 +885,7 @@ fn peak_rss(pid: u32) -> u64 {
 /// Manager. The broker sends up to `prefetch` messages ahead whatever their size, so memory is
 /// bounded by bytes in flight only if the prefetch fits the byte budget: with
 /// `--max-in-flight-bytes 64000000` and `--max-message-bytes 25000000`, at most 2 of them are
-/// held (the old behaviour held all 20, over 400 MB).
+/// sent ahead, whatever the lanes would like (the old behaviour held all 20, over 400 MB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_while_the_lanes_are_busy_stay_within_the_in_flight_budget() {
     let sim = own_sim("bytes", 0);
@@ -970,7 +970,7 @@ async fn large_messages_while_the_lanes_are_busy_stay_within_the_in_flight_budge
     l.terminate();
     let _ = l.finish(Duration::from_secs(40));
     assert!(
-        peak < 200_000_000,
+        peak < 150_000_000,
         "peak RSS {peak} bytes: more than the budget's 2 messages held"
     );
 }

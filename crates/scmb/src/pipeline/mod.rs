@@ -119,14 +119,6 @@ fn open_store(path: &std::path::Path, cache_bytes: usize) -> Result<Store, Failu
 impl Pipeline {
     /// Opens the store, logs in to REST and builds the sinks. Connects to nothing else.
     pub async fn build(spec: Appliance, metrics: ApplianceMetrics) -> Result<Pipeline, Failure> {
-        if let Some(asked) = spec.bus.prefetch_lowered_from {
-            tracing::info!(
-                asked,
-                prefetch = spec.bus.config.prefetch,
-                max_message_bytes = spec.bus.max_message_bytes,
-                "prefetch lowered so that the messages held at once stay within --max-in-flight-bytes"
-            );
-        }
         let filter = spec.filter;
         // Ticketing always catches up: an alert raised while down must still get its incident.
         let catch_up = spec.catch_up || spec.sinks.tickets();
@@ -158,9 +150,23 @@ impl Pipeline {
                 }
                 None
             };
+        let fits = spec.bus.prefetch_that_fits();
         let mut bus = spec.bus.config;
         let lanes = spec.lanes.max(1);
-        bus.prefetch = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
+        // Enough ahead to keep every lane busy, but the broker sends up to `prefetch` messages
+        // whatever their size: memory is bounded by prefetch × the largest message, so the
+        // prefetch fits the byte budget, whatever the lanes would like.
+        let wanted = bus.prefetch.max((lanes * 4).min(u16::MAX as usize) as u16);
+        bus.prefetch = wanted.min(fits);
+        if bus.prefetch < wanted {
+            tracing::info!(
+                wanted,
+                prefetch = bus.prefetch,
+                max_message_bytes = spec.bus.max_message_bytes,
+                max_in_flight_bytes = spec.bus.max_in_flight_bytes,
+                "prefetch lowered so that the messages held at once stay within --max-in-flight-bytes"
+            );
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let finish = Arc::new(tokio::sync::Notify::new());
         let sinks = crate::sinks::build(
