@@ -153,7 +153,7 @@ pub struct ApplianceConfig {
     #[serde(default = "default_max_bytes")]
     pub max_message_bytes: usize,
     /// Most bytes of messages held at once (`--max-in-flight-bytes`): the prefetch is lowered
-    /// so that `prefetch × max_message_bytes` stays within it. Default 256 MiB.
+    /// so that `prefetch × max_message_bytes` stays within it. Default 1 GiB.
     #[serde(default = "default_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
     /// After every (re)connect, read the alerts raised meanwhile over REST (`--catch-up`).

@@ -104,7 +104,7 @@ pub struct BusArgs {
     #[arg(long, default_value_t = 4 << 20)]
     pub max_message_bytes: usize,
     /// Most bytes of messages held at once: the prefetch is lowered so that
-    /// prefetch × --max-message-bytes stays within it (default 256 MiB).
+    /// prefetch × --max-message-bytes stays within it (default 1 GiB).
     #[arg(long, default_value_t = crate::settings::DEFAULT_IN_FLIGHT_BYTES)]
     pub max_in_flight_bytes: usize,
     /// When the broker refuses the certificates on disk (the appliance regenerated them),
