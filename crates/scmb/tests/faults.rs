@@ -91,6 +91,20 @@ fn own_sim(name: &str, clock_offset_ms: i64) -> SimInfo {
     scmb_sim::testkit::start_in_background(cfg)
 }
 
+/// Sets Service Manager's faults (`POST /sim/faults`), or clears them all.
+async fn sm_faults(c: &SimClient, faults: Option<Value>) {
+    match faults {
+        Some(f) => c.call_sm(
+            Method::POST,
+            "/sim/faults",
+            Some(serde_json::to_vec(&f).expect("json")),
+        ),
+        None => c.call_sm(Method::DELETE, "/sim/faults", None),
+    }
+    .await
+    .expect("Service Manager faults");
+}
+
 /// Incidents per alert uri (from the `alertUri:` description line), asking again while the SM
 /// port is closed by an outage.
 async fn incidents(c: &SimClient) -> HashMap<String, usize> {
@@ -216,13 +230,7 @@ async fn nothing_is_lost_or_duplicated_through_broker_rest_sm_crash_and_garbage_
     let t = format!("{tag}.sm");
     let raising = tokio::spawn(async move { storm(&c2, 500, 100, &t).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    c.call_sm(
-        Method::POST,
-        "/sim/faults",
-        Some(serde_json::to_vec(&json!({"outageMs": down})).expect("json")),
-    )
-    .await
-    .expect("outage");
+    sm_faults(&c, Some(json!({"outageMs": down}))).await;
     let fault_end = Instant::now() + Duration::from_millis(down);
     let uris = raising.await.expect("storm");
     tokio::time::sleep_until(fault_end.into()).await;
@@ -433,13 +441,7 @@ async fn a_stop_is_seen_while_every_lane_waits_on_a_hanging_service_manager() {
         &[("RUST_LOG", "info")],
         &["--concurrency", "2", "--drain", "2s"],
     );
-    c.call_sm(
-        Method::POST,
-        "/sim/faults",
-        Some(serde_json::to_vec(&json!({"hangMs": 600_000})).expect("json")),
-    )
-    .await
-    .expect("hang");
+    sm_faults(&c, Some(json!({"hangMs": 600_000}))).await;
     let _uris = storm(&c, 20, 0, &format!("{tag}.hang")).await;
     // Both lanes hold a create Service Manager never answers; the consumer waits for a lane.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -472,9 +474,7 @@ async fn a_stop_is_seen_while_every_lane_waits_on_a_hanging_service_manager() {
         "did not exit by itself within 25 s of SIGTERM: {}",
         r.stderr
     );
-    c.call_sm(Method::DELETE, "/sim/faults", None)
-        .await
-        .expect("clear");
+    sm_faults(&c, None).await;
 }
 
 /// Issue 13, item 4: alerts clear while the first start's catch-up pages through 3,000 active
@@ -608,13 +608,7 @@ async fn a_create_answered_late_or_with_garbage_is_looked_up_not_created_twice()
     ] {
         let mut fault = fault;
         fault["createFaultCount"] = json!(3);
-        c.call_sm(
-            Method::POST,
-            "/sim/faults",
-            Some(serde_json::to_vec(&fault).expect("json")),
-        )
-        .await
-        .expect("fault");
+        sm_faults(&c, Some(fault)).await;
         let started = Instant::now();
         let uris = storm(&c, 3, 0, &format!("{tag}.{}", reports.len())).await;
         let noted = wait_noted(&c, &uris).await;
@@ -622,9 +616,7 @@ async fn a_create_answered_late_or_with_garbage_is_looked_up_not_created_twice()
         // Anything still to come (a second create) would come within the retry pause.
         tokio::time::sleep(Duration::from_secs(3)).await;
         reports.push(settle(&c, name, &uris, started).await);
-        c.call_sm(Method::DELETE, "/sim/faults", None)
-            .await
-            .expect("clear");
+        sm_faults(&c, None).await;
     }
     l.terminate();
     let r = l.finish(Duration::from_secs(40));
@@ -821,13 +813,7 @@ async fn a_routing_key_that_is_not_utf8_costs_a_counted_reconnect_and_loses_noth
         "{:?}",
         l.stderr
     );
-    c.call_sm(
-        Method::POST,
-        "/sim/faults",
-        Some(serde_json::to_vec(&json!({"latencyMs": 20})).expect("json")),
-    )
-    .await
-    .expect("slow");
+    sm_faults(&c, Some(json!({"latencyMs": 20}))).await;
     let started = Instant::now();
     let mut uris = storm(&c, 300, 0, &format!("{tag}.before")).await;
     let r = c
@@ -847,9 +833,7 @@ async fn a_routing_key_that_is_not_utf8_costs_a_counted_reconnect_and_loses_noth
         "the connection was not lost and regained: {:?}",
         l.stderr
     );
-    c.call_sm(Method::DELETE, "/sim/faults", None)
-        .await
-        .expect("clear");
+    sm_faults(&c, None).await;
     let noted = wait_noted(&c, &uris).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rep = settle(
@@ -909,13 +893,7 @@ async fn large_messages_while_the_lanes_are_busy_stay_within_the_in_flight_budge
         ],
     );
     let pid = l.child.id();
-    c.call_sm(
-        Method::POST,
-        "/sim/faults",
-        Some(serde_json::to_vec(&json!({"hangMs": 600_000})).expect("json")),
-    )
-    .await
-    .expect("hang");
+    sm_faults(&c, Some(json!({"hangMs": 600_000}))).await;
     let _ = storm(&c, 1, 0, &format!("{tag}.first")).await;
     // The lane holds that alert's create, which Service Manager never answers.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -964,9 +942,7 @@ async fn large_messages_while_the_lanes_are_busy_stay_within_the_in_flight_budge
         peak as f64 / 1e6,
         before as f64 / 1e6
     );
-    c.call_sm(Method::DELETE, "/sim/faults", None)
-        .await
-        .expect("clear");
+    sm_faults(&c, None).await;
     l.terminate();
     let _ = l.finish(Duration::from_secs(40));
     assert!(

@@ -69,38 +69,7 @@ impl Listening {
     }
 
     pub fn start_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Listening {
-        let mut child = command_for(bin, args, env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn scmb");
-        let err = child.stderr.take().expect("stderr");
-        let out = child.stdout.take().expect("stdout");
-        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stdout.clone();
-        let stdout_reader = Some(std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }
-        }));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Listening {
-            child,
-            lines: rx,
-            stderr: Vec::new(),
-            stdout,
-            stdout_reader,
-        }
+        Self::spawn(command_for(bin, args, env))
     }
 
     /// What the process printed on stdout so far.
