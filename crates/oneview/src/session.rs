@@ -20,6 +20,15 @@ use crate::types::{Generation, Keypair, Task, TaskOutcome};
 const KEYPAIR_PATH: &str = "/rest/certificates/client/rabbitmq/keypair/default";
 /// PUT attempts on an alert whose eTag keeps changing under us.
 const NOTE_ATTEMPTS: u32 = 5;
+
+/// How one note's `PUT` went.
+enum NotePut {
+    /// Written: the alert as it is now.
+    Done(Value),
+    /// The alert changed since its eTag was read (412).
+    Stale(OneViewError),
+}
+
 const FIRST_POLL: Duration = Duration::from_millis(250);
 const MAX_POLL: Duration = Duration::from_secs(5);
 
@@ -325,25 +334,10 @@ impl Session {
         };
         let mut attempt = 1;
         loop {
-            let mut body = Map::new();
-            body.insert("notes".into(), json!(notes));
-            if let Some(e) = &etag {
-                body.insert("eTag".into(), json!(e));
-            }
-            let body = Value::Object(body);
-            let reply = self
-                .call(&Request::new(Method::PUT, &path).body(&body))
-                .await?;
-            if reply.is_success() {
-                if reply.body.iter().all(u8::is_ascii_whitespace) {
-                    // Some appliances answer without a body: read the result.
-                    return self.get_json(&path).await;
-                }
-                return reply.json();
-            }
-            let err = reply.error();
-            if !stale_etag(&err) || attempt >= NOTE_ATTEMPTS {
-                return Err(err);
+            match self.put_note(&path, notes, etag.as_deref()).await? {
+                NotePut::Done(alert) => return Ok(alert),
+                NotePut::Stale(err) if attempt >= NOTE_ATTEMPTS => return Err(err),
+                NotePut::Stale(_) => {}
             }
             tracing::debug!(alert = %path, attempt, "alert changed meanwhile (stale eTag), reading it again");
             attempt += 1;
@@ -360,20 +354,41 @@ impl Session {
         notes: &str,
         etag: &str,
     ) -> Result<Option<Value>, OneViewError> {
-        let path = rel_path(uri);
-        let body = json!({"notes": notes, "eTag": etag});
+        Ok(
+            match self.put_note(&rel_path(uri), notes, Some(etag)).await? {
+                NotePut::Done(alert) => Some(alert),
+                NotePut::Stale(_) => None,
+            },
+        )
+    }
+
+    /// One `PUT {"notes", "eTag"}` (nothing else, so assignment, urgency and state stay as
+    /// they are): the alert as updated, or the 412 of a stale eTag.
+    async fn put_note(
+        &self,
+        path: &str,
+        notes: &str,
+        etag: Option<&str>,
+    ) -> Result<NotePut, OneViewError> {
+        let mut body = Map::new();
+        body.insert("notes".into(), json!(notes));
+        if let Some(e) = etag {
+            body.insert("eTag".into(), json!(e));
+        }
+        let body = Value::Object(body);
         let reply = self
-            .call(&Request::new(Method::PUT, &path).body(&body))
+            .call(&Request::new(Method::PUT, path).body(&body))
             .await?;
         if reply.is_success() {
             if reply.body.iter().all(u8::is_ascii_whitespace) {
-                return self.get_json(&path).await.map(Some);
+                // Some appliances answer without a body: read the result.
+                return self.get_json(path).await.map(NotePut::Done);
             }
-            return reply.json().map(Some);
+            return reply.json().map(NotePut::Done);
         }
         let err = reply.error();
         if stale_etag(&err) {
-            return Ok(None);
+            return Ok(NotePut::Stale(err));
         }
         Err(err)
     }

@@ -107,12 +107,7 @@ fn incidents_in_change_log(alert: &Value) -> Vec<String> {
 
 /// The incident id of a note already in the alert's change log, if any.
 pub fn incident_in_change_log(alert: &Value) -> Option<String> {
-    alert
-        .get("changeLog")?
-        .as_array()?
-        .iter()
-        .filter_map(|e| e.get("notes").and_then(Value::as_str))
-        .find_map(incident_in_note)
+    incidents_in_change_log(alert).into_iter().next()
 }
 
 /// What the incident looks like; the defaults are the HPE sample's.
