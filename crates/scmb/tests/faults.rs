@@ -157,6 +157,17 @@ struct Report {
     recover: Duration,
 }
 
+/// Fails the test on any alert without its incident, or with two.
+fn assert_exactly_once(rep: &Report) {
+    assert_eq!(
+        (rep.lost, rep.duplicates),
+        (0, 0),
+        "{}: lost or duplicated (created {})",
+        rep.name,
+        rep.created
+    );
+}
+
 /// Waits until every alert has an incident (or SETTLE passes) and reports.
 async fn settle(c: &SimClient, name: &'static str, uris: &[String], fault_end: Instant) -> Report {
     let deadline = Instant::now() + SETTLE;
@@ -353,13 +364,7 @@ async fn nothing_is_lost_or_duplicated_through_broker_rest_sm_crash_and_garbage_
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     for rep in &reports {
-        assert_eq!(
-            (rep.lost, rep.duplicates),
-            (0, 0),
-            "{}: lost or duplicated (created {})",
-            rep.name,
-            rep.created
-        );
+        assert_exactly_once(rep);
     }
 }
 
@@ -412,13 +417,7 @@ async fn an_alert_raised_while_stopped_is_ticketed_when_the_appliances_clock_is_
     l.terminate();
     let _ = l.finish(Duration::from_secs(40));
     for rep in [first, rep] {
-        assert_eq!(
-            (rep.lost, rep.duplicates),
-            (0, 0),
-            "{}: lost or duplicated (created {})",
-            rep.name,
-            rep.created
-        );
+        assert_exactly_once(&rep);
     }
 }
 
@@ -622,13 +621,7 @@ async fn a_create_answered_late_or_with_garbage_is_looked_up_not_created_twice()
     let r = l.finish(Duration::from_secs(40));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     for rep in &reports {
-        assert_eq!(
-            (rep.lost, rep.duplicates),
-            (0, 0),
-            "{}: lost or duplicated (created {})",
-            rep.name,
-            rep.created
-        );
+        assert_exactly_once(rep);
     }
 }
 
@@ -780,13 +773,7 @@ async fn two_instances_claiming_alerts_open_one_incident_per_alert_in_a_storm() 
     }
     eprintln!("alerts reported as ticketed by both instances: {conflicts}");
     assert_eq!(noted, uris.len(), "not every alert got its note");
-    assert_eq!(
-        (rep.lost, rep.duplicates),
-        (0, 0),
-        "{}: lost or duplicated (created {})",
-        rep.name,
-        rep.created
-    );
+    assert_exactly_once(&rep);
 }
 
 /// Issue 13, item 10: one message whose routing key is not UTF-8, published in the middle of a
