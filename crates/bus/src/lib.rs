@@ -239,12 +239,18 @@ impl Delivery {
     }
 }
 
+/// How often a subscription waiting for deliveries checks that its connection is open.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// A bound, consuming queue. Exists only after a successful connect, declare, bind and consume.
 pub struct Subscription {
     conn: Connection,
     channel: Channel,
     pub queue: String,
     rx: mpsc::UnboundedReceiver<ConsumerMessage>,
+    /// When [`Subscription::next`] next checks that the connection is still open: one timer
+    /// for the subscription, not one per wait for a delivery.
+    check: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -323,6 +329,7 @@ pub async fn subscribe(cfg: &BusConfig) -> Result<Subscription, BusError> {
         channel,
         queue,
         rx,
+        check: Box::pin(tokio::time::sleep(CHECK_EVERY)),
     })
 }
 
@@ -360,7 +367,8 @@ impl Subscription {
                         return Some(d);
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                _ = self.check.as_mut() => {
+                    self.check.as_mut().reset(tokio::time::Instant::now() + CHECK_EVERY);
                     if !self.conn.is_open() || !self.channel.is_open() {
                         return None;
                     }

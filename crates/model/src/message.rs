@@ -5,6 +5,8 @@
 //! large, or without a usable `changeType`/`resourceUri` is a [`DecodeError`] with the reason,
 //! so that the caller can reject it and carry on.
 
+use std::sync::OnceLock;
+
 use serde_json::Value;
 
 /// `changeType` of an SCMB message.
@@ -61,11 +63,15 @@ pub struct Event {
     pub category: String,
     pub change_type: ChangeType,
     pub resource_uri: String,
-    /// The whole message, as received.
-    pub body: Value,
+    /// The whole message ([`Event::body`]): decoded from `raw` the first time a sink asks for
+    /// it, so that a delivery whose sinks need only its bytes (a JSON printer) is never
+    /// decoded in full.
+    body: OnceLock<Value>,
     /// The body's bytes as they came off the bus (none for an event built from a REST read):
-    /// a printer in JSON mode writes them as they are instead of serialising `body` again.
+    /// a printer in JSON mode writes them as they are instead of serialising the body again.
     pub raw: Option<Vec<u8>>,
+    /// What the peek read from `raw` (a delivery), so [`Event::peek`] needs no full decode.
+    peeked: Option<Peeked>,
 }
 
 /// The default limit on a message body (real SCMB messages are a few KB).
@@ -79,7 +85,7 @@ pub fn decode(routing_key: &str, body: &[u8], max_bytes: usize) -> Result<Event,
 }
 
 /// [`decode`] for a body already checked by [`crate::peek::peek`]: keeps the whole body
-/// without checking it a second time.
+/// decoded, without checking it a second time.
 pub fn decode_peeked(
     routing_key: &str,
     body: &[u8],
@@ -87,28 +93,128 @@ pub fn decode_peeked(
 ) -> Result<Event, DecodeError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    Ok(Event {
-        routing_key: routing_key.to_string(),
-        category: p.category.into_owned(),
-        change_type: p.change_type,
-        resource_uri: p.resource_uri.into_owned(),
-        body: value,
-        raw: None,
-    })
+    Ok(Event::new(
+        routing_key.to_string(),
+        p.category.into_owned(),
+        p.change_type,
+        p.resource_uri.into_owned(),
+        value,
+    ))
+}
+
+/// A [`crate::peek::Peek`] owned: what [`Event::delivered`] keeps besides the bytes (taken
+/// before the bytes move, since the peek borrows them), so that the filter and the pipeline
+/// never need the body decoded in full.
+#[derive(Debug, Clone)]
+pub struct EventHead {
+    pub category: String,
+    pub change_type: ChangeType,
+    pub resource_uri: String,
+    fields: Peeked,
+}
+
+/// The peeked fields besides the key ones.
+#[derive(Debug, Clone)]
+struct Peeked {
+    etag: Option<String>,
+    severity: Option<String>,
+    alert_state: Option<String>,
+    alert_type_id: Option<String>,
+    severity_changed: bool,
+    new_state: Option<String>,
+}
+
+impl crate::peek::Peek<'_> {
+    pub fn head(&self) -> EventHead {
+        let own = |c: &Option<std::borrow::Cow<'_, str>>| c.as_deref().map(str::to_string);
+        EventHead {
+            category: self.category.to_string(),
+            change_type: self.change_type,
+            resource_uri: self.resource_uri.to_string(),
+            fields: Peeked {
+                etag: own(&self.etag),
+                severity: own(&self.severity),
+                alert_state: own(&self.alert_state),
+                alert_type_id: own(&self.alert_type_id),
+                severity_changed: self.severity_changed,
+                new_state: own(&self.new_state),
+            },
+        }
+    }
 }
 
 impl Event {
+    /// An event whose whole message is already decoded (a REST read, a test).
+    pub fn new(
+        routing_key: String,
+        category: String,
+        change_type: ChangeType,
+        resource_uri: String,
+        body: Value,
+    ) -> Event {
+        Event {
+            routing_key,
+            category,
+            change_type,
+            resource_uri,
+            body: OnceLock::from(body),
+            raw: None,
+            peeked: None,
+        }
+    }
+
+    /// An event for a delivery that [`crate::peek::peek`] accepted: the bytes are kept as they
+    /// came and decoded in full only when [`Event::body`] is first asked for.
+    pub fn delivered(routing_key: String, head: EventHead, raw: Vec<u8>) -> Event {
+        Event {
+            routing_key,
+            category: head.category,
+            change_type: head.change_type,
+            resource_uri: head.resource_uri,
+            body: OnceLock::new(),
+            raw: Some(raw),
+            peeked: Some(head.fields),
+        }
+    }
+
+    /// The whole message as received. For a delivery, decoded from its bytes on first use;
+    /// the peek accepted them, so this cannot fail (if it ever did, the body reads as null).
+    pub fn body(&self) -> &Value {
+        self.body.get_or_init(|| {
+            self.raw
+                .as_deref()
+                .and_then(|raw| serde_json::from_slice(raw).ok())
+                .unwrap_or(Value::Null)
+        })
+    }
+
+    /// Replaces the body (a sink showing an event with fresher data); the bytes as received
+    /// no longer match it, so they are dropped.
+    pub fn set_body(&mut self, body: Value) {
+        self.body = OnceLock::from(body);
+        self.raw = None;
+        self.peeked = None;
+    }
+
+    /// `eTag`, if any.
+    pub fn etag(&self) -> Option<&str> {
+        match &self.peeked {
+            Some(k) => k.etag.as_deref(),
+            None => self.str("eTag"),
+        }
+    }
+
     /// `resource`, or an empty object.
     pub fn resource(&self) -> &Value {
         static EMPTY: Value = Value::Null;
-        self.body.get("resource").unwrap_or(&EMPTY)
+        self.body().get("resource").unwrap_or(&EMPTY)
     }
     pub fn str(&self, field: &str) -> Option<&str> {
-        self.body.get(field).and_then(Value::as_str)
+        self.body().get(field).and_then(Value::as_str)
     }
     /// `changedAttributes`, as strings.
     pub fn changed_attributes(&self) -> impl Iterator<Item = &str> {
-        self.body
+        self.body()
             .get("changedAttributes")
             .and_then(Value::as_array)
             .into_iter()
@@ -123,6 +229,22 @@ impl Event {
     /// fields [`crate::peek::peek`] reads from the raw body.
     pub fn peek(&self) -> crate::peek::Peek<'_> {
         use std::borrow::Cow;
+        if let Some(k) = &self.peeked {
+            fn b(s: &Option<String>) -> Option<Cow<'_, str>> {
+                s.as_deref().map(Cow::Borrowed)
+            }
+            return crate::peek::Peek {
+                category: Cow::Borrowed(&self.category),
+                change_type: self.change_type,
+                resource_uri: Cow::Borrowed(&self.resource_uri),
+                etag: b(&k.etag),
+                severity: b(&k.severity),
+                alert_state: b(&k.alert_state),
+                alert_type_id: b(&k.alert_type_id),
+                severity_changed: k.severity_changed,
+                new_state: b(&k.new_state),
+            };
+        }
         let r = self.resource();
         fn s(v: Option<&Value>) -> Option<Cow<'_, str>> {
             v.and_then(Value::as_str).map(Cow::Borrowed)
@@ -131,12 +253,12 @@ impl Event {
             category: Cow::Borrowed(&self.category),
             change_type: self.change_type,
             resource_uri: Cow::Borrowed(&self.resource_uri),
-            etag: s(self.body.get("eTag")),
+            etag: s(self.body().get("eTag")),
             severity: s(r.get("severity")),
             alert_state: s(r.get("alertState")),
             alert_type_id: s(r.get("alertTypeID")),
             severity_changed: self.changed_attributes().any(|c| c == "severity"),
-            new_state: s(self.body.get("newState")),
+            new_state: s(self.body().get("newState")),
         }
     }
 }
@@ -171,14 +293,13 @@ pub fn alert_as_created_event(alert: Value) -> Option<Event> {
         "eTag": alert.get("eTag"), "timestamp": alert.get("created"), "resource": alert,
         "changedAttributes": [], "data": null,
     });
-    Some(Event {
-        routing_key: format!("scmb.alerts.Created.{uri}"),
-        category: "alerts".into(),
-        change_type: ChangeType::Created,
-        resource_uri: uri,
+    Some(Event::new(
+        format!("scmb.alerts.Created.{uri}"),
+        "alerts".into(),
+        ChangeType::Created,
+        uri,
         body,
-        raw: None,
-    })
+    ))
 }
 
 /// The event a listener would have received for an alert cleared while nobody listened: an
@@ -196,14 +317,13 @@ pub fn alert_as_cleared_event(alert: Value) -> Option<Event> {
         "eTag": alert.get("eTag"), "timestamp": at, "resource": alert,
         "changedAttributes": ["alertState"], "data": null,
     });
-    Some(Event {
-        routing_key: format!("scmb.alerts.Updated.{uri}"),
-        category: "alerts".into(),
-        change_type: ChangeType::Updated,
-        resource_uri: uri,
+    Some(Event::new(
+        format!("scmb.alerts.Updated.{uri}"),
+        "alerts".into(),
+        ChangeType::Updated,
+        uri,
         body,
-        raw: None,
-    })
+    ))
 }
 
 /// The event a listener would have received for an alert deleted while nobody listened:
@@ -214,14 +334,13 @@ pub fn alert_deleted_event(uri: &str) -> Event {
         "timestamp": null, "resource": {"uri": uri, "category": "alerts"},
         "changedAttributes": [], "data": null,
     });
-    Event {
-        routing_key: format!("scmb.alerts.Deleted.{uri}"),
-        category: "alerts".into(),
-        change_type: ChangeType::Deleted,
-        resource_uri: uri.to_string(),
+    Event::new(
+        format!("scmb.alerts.Deleted.{uri}"),
+        "alerts".into(),
+        ChangeType::Deleted,
+        uri.to_string(),
         body,
-        raw: None,
-    }
+    )
 }
 
 /// Formats an instant as SCMB does: `2026-11-25T10:00:00.123Z`.
@@ -244,6 +363,29 @@ mod tests {
     use super::*;
 
     const KEY: &str = "scmb.alerts.Created./rest/alerts/1";
+
+    #[test]
+    fn a_delivery_kept_as_bytes_reads_as_the_decoded_message_does() {
+        let body = br#"{"resourceUri":"/rest/alerts/1","changeType":"Updated","newState":"Cleared","eTag":"e2","resource":{"category":"alerts","severity":"Critical","alertState":"Cleared","alertTypeID":"x.y"},"changedAttributes":["severity"]}"#;
+        let full = decode(KEY, body, DEFAULT_MAX_BYTES).expect("decode");
+        let p = crate::peek::peek(KEY, body, DEFAULT_MAX_BYTES).expect("peek");
+        let kept = Event::delivered(KEY.into(), p.head(), body.to_vec());
+        assert_eq!(kept.peek(), full.peek());
+        assert_eq!(kept.etag(), Some("e2"));
+        assert_eq!(kept.body(), full.body(), "decoded on demand from the bytes");
+        assert_eq!(kept.raw.as_deref(), Some(&body[..]));
+        let mut changed = kept.clone();
+        changed.set_body(serde_json::json!({"eTag": "e3"}));
+        assert_eq!(
+            changed.etag(),
+            Some("e3"),
+            "a new body replaces what was peeked"
+        );
+        assert!(
+            changed.raw.is_none(),
+            "and the bytes that no longer match it"
+        );
+    }
 
     #[test]
     fn a_real_message_decodes() {

@@ -266,20 +266,24 @@ pub fn peek<'a>(
     let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(DecodeError::Empty);
     };
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(DecodeError::NotUtf8 {
-            at: e.valid_up_to(),
-        });
-    }
+    // Checked once here; parsing the checked text then skips a UTF-8 check per string.
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(DecodeError::NotUtf8 {
+                at: e.valid_up_to(),
+            })
+        }
+    };
     if *first != b'{' {
         // Valid JSON that is not an object, or not JSON at all: let the parser tell which.
-        return match serde_json::from_slice::<IgnoredAny>(body) {
+        return match serde_json::from_str::<IgnoredAny>(text) {
             Ok(_) => Err(DecodeError::NotObject),
             Err(e) => Err(DecodeError::NotJson(e.to_string())),
         };
     }
     let raw: RawEnvelope<'a> =
-        serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let change_type = match raw.change_type.strict("changeType")? {
         Some(s) => ChangeType::parse(s).ok_or(DecodeError::Field {
             field: "changeType",

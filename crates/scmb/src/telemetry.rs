@@ -124,29 +124,37 @@ pub fn deprecated(message: String) {
     early_warn(message)
 }
 
-/// Installs the process's log subscriber, writing to stderr. `level` is an `EnvFilter`
-/// directive (`info`, `debug`, `warn,scmb=debug`); an invalid one falls back to the default
-/// with a warning. Then logs the warnings that came before it.
+/// Installs the process's log subscriber, writing to stderr. `level` is a level or
+/// `RUST_LOG`-style target directives (`info`, `debug`, `warn,scmb=debug`); an invalid one
+/// falls back to the default with a warning. Then logs the warnings that came before it.
+///
+/// Directives are read by `tracing_subscriber`'s `Targets` (levels per target), not its
+/// `EnvFilter`: no span or field filters, and no regular-expression engine compiled at every
+/// start (its code and tables were about a megabyte of every process's memory).
 pub fn init_logging(log: &LogSettings) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let (level, format) = (log.level.as_str(), log.format);
     let _ = COLOR.set(log.color);
-    use tracing_subscriber::EnvFilter;
-    let (filter, bad) = match EnvFilter::try_new(level) {
-        Ok(f) => (f, false),
-        Err(_) => (EnvFilter::new(DEFAULT_LOG_LEVEL), true),
+    let (filter, bad) = match parse_level(level) {
+        Some(f) => (f, false),
+        None => (parse_level(DEFAULT_LOG_LEVEL).unwrap_or_default(), true),
     };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+            .finish()
+            .with(filter)
             .try_init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(filter)
             .try_init(),
     };
     if bad {
@@ -159,9 +167,14 @@ pub fn init_logging(log: &LogSettings) {
     }
 }
 
+/// A level or target directives (`info`, `warn,scmb=debug`); `None` when it is not one.
+fn parse_level(level: &str) -> Option<tracing_subscriber::filter::Targets> {
+    level.trim().parse().ok()
+}
+
 /// Checks a log level directive before it is used.
 pub fn valid_level(level: &str) -> bool {
-    tracing_subscriber::EnvFilter::try_new(level).is_ok()
+    parse_level(level).is_some()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

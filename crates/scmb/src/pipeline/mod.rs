@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scmb_bus::{BusConfig, Delivery};
-use scmb_model::message::decode_peeked;
 use scmb_model::peek;
 use scmb_model::{Event, Filter};
 use scmb_oneview::Session;
@@ -256,6 +255,9 @@ impl Pipeline {
         let mut lingering = false;
 
         tokio::pin!(shutdown);
+        // One waiter for the whole run (not a new one per delivery): a sink asked for a stop.
+        let finished = self.finish.notified();
+        tokio::pin!(finished);
         let mut sub = match self.subscribe().await {
             Ok(s) => s,
             Err(e) => {
@@ -278,7 +280,7 @@ impl Pipeline {
                     _ = &mut shutdown => break 'outer Ok(()),
                     // A sink that has all it wanted (`--count`) within the catch-up: what it
                     // refuses after that is never finished, so the catch-up would wait for ever.
-                    _ = self.finish.notified() => break 'outer Ok(()),
+                    _ = &mut finished => break 'outer Ok(()),
                 },
                 Some(job) => {
                     let fatal = fatal_tx.clone();
@@ -295,7 +297,7 @@ impl Pipeline {
             loop {
                 tokio::select! {
                     _ = &mut shutdown => break 'outer Ok(()),
-                    _ = self.finish.notified() => break 'outer Ok(()),
+                    _ = &mut finished => break 'outer Ok(()),
                     f = fatal_rx.recv() => break 'outer Err(f.unwrap_or_else(|| Failure::new(failure::UNEXPECTED, "workers stopped"))),
                     Some((e, tag)) = finished_rx.recv() => {
                         if e == epoch {
@@ -416,7 +418,7 @@ impl Pipeline {
     async fn take(&self, d: Delivery, epoch: u64, acks: &mut Acks, lanes: &Dispatcher) {
         let metrics = &self.shared.metrics;
         metrics.received();
-        let decoded = match peek(&d.routing_key, &d.body, self.max_bytes) {
+        let head = match peek(&d.routing_key, &d.body, self.max_bytes) {
             Err(reason) => {
                 metrics.malformed(&d.routing_key, d.body.len(), &reason);
                 // Settled here, for good: it never enters the ack order.
@@ -431,24 +433,19 @@ impl Pipeline {
                     .sinks
                     .iter()
                     .any(|s| s.wants(&self.shared.filter, &p));
-                // Decoded in full only when a sink wants it, and checked only once.
-                wanted.then(|| decode_peeked(&d.routing_key, &d.body, p))
+                // Checked only once; decoded in full only when a sink asks for the body.
+                wanted.then(|| p.head())
             }
         };
         acks.received(d.delivery_tag);
-        match decoded {
+        match head {
             None => acks.finished(d.delivery_tag),
-            Some(Ok(mut ev)) => {
-                ev.raw = Some(d.body);
+            Some(head) => {
                 let seen = d.redelivered || self.shared.durable_queue;
+                let ev = Event::delivered(d.routing_key, head, d.body);
                 lanes
                     .dispatch(Origin::Bus((epoch, d.delivery_tag), seen), ev)
                     .await
-            }
-            // The peek accepted it, so this cannot happen; finish it rather than hold back acks.
-            Some(Err(reason)) => {
-                metrics.malformed(&d.routing_key, d.body.len(), &reason);
-                acks.finished(d.delivery_tag);
             }
         }
     }
@@ -517,7 +514,7 @@ impl Shared {
     /// subscribed) can only repeat what this connection's catch-up printed; anything else may
     /// repeat what an earlier run printed, which only the store knows.
     async fn first_time(&self, ev: &Event, origin: &Origin) -> Result<bool, Failure> {
-        let etag = ev.str("eTag").unwrap_or("");
+        let etag = ev.etag().unwrap_or("");
         let caught_up = matches!(origin, Origin::CatchUp(_));
         let repeats = |before: &str| caught_up || before == etag;
         for m in [&self.printed, &self.caught_up] {
@@ -541,7 +538,7 @@ impl Shared {
     /// Records that this alert, as it is now, was printed: in memory at once, in the store
     /// with its next group commit (not awaited: the printing path does not wait for fsync).
     fn mark_printed(&self, ev: &Event, origin: &Origin) -> Result<(), Failure> {
-        let etag = ev.str("eTag").unwrap_or("").to_string();
+        let etag = ev.etag().unwrap_or("").to_string();
         if matches!(origin, Origin::CatchUp(_)) {
             if let Ok(mut m) = self.caught_up.lock() {
                 m.insert(ev.resource_uri.clone(), etag.clone());
@@ -610,11 +607,7 @@ mod tests {
         async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
             let mut seen = self.seen.lock().expect("lock");
             let again = seen.iter().any(|s| s.starts_with(&ev.resource_uri));
-            seen.push(format!(
-                "{} {}",
-                ev.resource_uri,
-                ev.str("eTag").unwrap_or("")
-            ));
+            seen.push(format!("{} {}", ev.resource_uri, ev.etag().unwrap_or("")));
             Ok(if again {
                 Outcome::Done("again".into())
             } else {

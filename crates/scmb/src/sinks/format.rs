@@ -113,12 +113,12 @@ impl<W: Write> Printer<W> {
                 }
             }
             (Output::Json, Some(label)) => {
-                let line = json!({"appliance": label, "routingKey": e.routing_key, "receivedAt": received_at, "message": e.body});
+                let line = json!({"appliance": label, "routingKey": e.routing_key, "receivedAt": received_at, "message": e.body()});
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")?;
             }
             (Output::Json, None) => {
-                let line = json!({"routingKey": e.routing_key, "receivedAt": received_at, "message": e.body});
+                let line = json!({"routingKey": e.routing_key, "receivedAt": received_at, "message": e.body()});
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")?;
             }
@@ -176,7 +176,7 @@ impl<W: Write> Printer<W> {
     }
 
     fn alert(&mut self, e: &Event) -> std::io::Result<()> {
-        let body = &e.body;
+        let body = e.body();
         let a = AlertView(e.resource());
         let ts = body
             .get("timestamp")
@@ -208,7 +208,7 @@ impl<W: Write> Printer<W> {
     }
 
     fn generic(&mut self, e: &Event) -> std::io::Result<()> {
-        let body = &e.body;
+        let body = e.body();
         let r = e.resource();
         let ts = body
             .get("timestamp")

@@ -160,8 +160,10 @@ impl Sink for ServiceManager {
                     // The alert as updated (with its note), like the sample prints it.
                     let mut shown = ev.clone();
                     if let Some(a) = alert {
-                        shown.body["resource"] = a;
-                        shown.raw = None; // the bytes as they came do not carry the note
+                        // The bytes as they came do not carry the note: set_body drops them.
+                        let mut body = shown.body().clone();
+                        body["resource"] = a;
+                        shown.set_body(body);
                     }
                     crate::sinks::format::print_to(p, &shown, self.name())?;
                     println!(

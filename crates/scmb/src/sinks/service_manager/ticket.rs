@@ -407,7 +407,7 @@ impl Ticketer {
         let uri = ev.resource_uri.as_str();
         let cleared = ev.change_type == ChangeType::Deleted
             || (ev.change_type == ChangeType::Updated
-                && ev.body.get("newState").and_then(Value::as_str) == Some("Cleared"));
+                && ev.body().get("newState").and_then(Value::as_str) == Some("Cleared"));
         if cleared {
             return self.lifecycle(ev, uri).await;
         }
@@ -756,7 +756,7 @@ impl Ticketer {
         };
         let line = format!(
             "OneView alert {uri} was {what} at {}",
-            ev.body
+            ev.body()
                 .get("timestamp")
                 .and_then(Value::as_str)
                 .unwrap_or(NA)
