@@ -38,6 +38,8 @@ pub struct SimClient {
     pub http: reqwest::Client,
     pub rest_url: String,
     pub sm_url: Option<String>,
+    pub servicenow_url: Option<String>,
+    pub pagerduty_url: Option<String>,
 }
 
 impl SimClient {
@@ -50,6 +52,8 @@ impl SimClient {
                 .ok_or("ready file has no restUrl")?
                 .to_string(),
             sm_url: ready["smUrl"].as_str().map(str::to_string),
+            servicenow_url: ready["servicenowUrl"].as_str().map(str::to_string),
+            pagerduty_url: ready["pagerdutyUrl"].as_str().map(str::to_string),
         })
     }
 
@@ -74,6 +78,34 @@ impl SimClient {
             .sm_url
             .clone()
             .ok_or("this simulator runs without Service Manager")?;
+        self.send(&base, method, path, body).await
+    }
+
+    /// Calls the ServiceNow simulator (its `/sim/...` control routes need no auth).
+    pub async fn call_servicenow(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value, String> {
+        let base = self
+            .servicenow_url
+            .clone()
+            .ok_or("this simulator runs without ServiceNow")?;
+        self.send(&base, method, path, body).await
+    }
+
+    /// Calls the PagerDuty simulator.
+    pub async fn call_pagerduty(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value, String> {
+        let base = self
+            .pagerduty_url
+            .clone()
+            .ok_or("this simulator runs without PagerDuty")?;
         self.send(&base, method, path, body).await
     }
 

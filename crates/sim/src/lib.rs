@@ -6,9 +6,10 @@
 //!
 //! Module map: [`pki`] certificates on disk; [`broker`] the RabbitMQ child process; [`bus`] the
 //! publisher; [`ov`] the OneView REST API; [`control`] the `/sim/` control surface; [`sm`] the
-//! Service Manager; [`serve`] HTTP(S) serving; [`sim`] wiring it all together; [`client`] a
-//! small client of the control surface for the CLI and tests; [`rawamqp`] a minimal AMQP client
-//! for routing keys that are not UTF-8.
+//! Service Manager; [`servicenow`] a ServiceNow instance (Table API, OAuth, Event Management);
+//! [`pagerduty`] PagerDuty's Events API v2; [`serve`] HTTP(S) serving; [`sim`] wiring it all
+//! together; [`client`] a small client of the control surface for the CLI and tests;
+//! [`rawamqp`] a minimal AMQP client for routing keys that are not UTF-8.
 
 // Handlers return `Result<T, Response>` so that `?`-style early answers stay readable; the
 // size of an error `Response` does not matter on these paths.
@@ -21,9 +22,11 @@ pub mod clock;
 pub mod control;
 pub mod filter;
 pub mod ov;
+pub mod pagerduty;
 pub mod pki;
 pub mod rawamqp;
 pub mod serve;
+pub mod servicenow;
 pub mod sim;
 pub mod sm;
 pub mod testkit;

@@ -1,4 +1,5 @@
-//! `ov-sim`: runs the simulated OneView appliance (and Service Manager), or drives a running one.
+//! `ov-sim`: runs the simulated OneView appliance (and Service Manager, ServiceNow, PagerDuty),
+//! or drives a running one.
 //!
 //! Exit codes: 0 success; 1 the request failed or the simulator could not start; 2 usage error.
 
@@ -12,7 +13,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use reqwest::Method;
 use scmb_sim::client::SimClient;
+use scmb_sim::pagerduty::{PdConfig, PdState};
 use scmb_sim::pki::BrokerCertNames;
+use scmb_sim::servicenow::{OauthClient, SnConfig, SnState};
 use scmb_sim::sm::{SmConfig, SmState};
 use scmb_sim::{Sim, SimConfig};
 use serde_json::{json, Map, Value};
@@ -22,7 +25,9 @@ use serde_json::{json, Map, Value};
     name = "ov-sim",
     version,
     about = "A simulated HPE OneView appliance (REST API + SCMB on a real RabbitMQ) and HP Service Manager",
-    after_help = "Examples:\n  ov-sim --state ./state                 # start everything, print a ready line\n  ov-sim alert raise --state ./state --severity Critical --description 'Fan failed'\n  ov-sim storm --state ./state --count 1000 --rate 0 --critical 1 --warning 9\n  ov-sim broker restart --state ./state\n  ov-sim sm --port 13080                 # Service Manager alone"
+    after_help = "Examples:\n  ov-sim --state ./state                 # start everything, print a ready line\n  ov-sim alert raise --state ./state --severity Critical --description 'Fan failed'\n  ov-sim storm --state ./state --count 1000 --rate 0 --critical 1 --warning 9\n  ov-sim broker restart --state ./state\n  ov-sim sm --port 13080                 # Service Manager alone
+  ov-sim servicenow --port 13081         # ServiceNow alone
+  ov-sim pagerduty --port 13082          # PagerDuty Events API v2 alone"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +65,42 @@ struct RunArgs {
     /// Serve Service Manager over HTTPS (certificate signed by the appliance CA).
     #[arg(long)]
     sm_tls: bool,
+    /// Port of the ServiceNow simulator (0 = any free port; the ready line says which).
+    #[arg(long, default_value_t = 0)]
+    servicenow_port: u16,
+    /// Do not start the ServiceNow simulator.
+    #[arg(long)]
+    no_servicenow: bool,
+    /// Serve ServiceNow over HTTPS (certificate signed by the appliance CA).
+    #[arg(long)]
+    servicenow_tls: bool,
+    /// ServiceNow user as NAME:PASSWORD (repeatable; default admin:admin).
+    #[arg(long = "servicenow-user", value_name = "NAME:PASSWORD")]
+    servicenow_users: Vec<String>,
+    /// ServiceNow OAuth client as ID:SECRET[:USER] (repeatable; default scmb-sim:secret:admin).
+    #[arg(long = "servicenow-oauth-client", value_name = "ID:SECRET[:USER]")]
+    servicenow_oauth_clients: Vec<String>,
+    /// Lifetime of ServiceNow OAuth access tokens (e.g. 30m, 90s).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    servicenow_token_lifetime: Duration,
+    /// Keep ServiceNow's tables in this JSON file across restarts.
+    #[arg(long)]
+    servicenow_persist: Option<PathBuf>,
+    /// Port of the PagerDuty Events API v2 simulator (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    pagerduty_port: u16,
+    /// Do not start the PagerDuty simulator.
+    #[arg(long)]
+    no_pagerduty: bool,
+    /// Serve PagerDuty over HTTPS (certificate signed by the appliance CA).
+    #[arg(long)]
+    pagerduty_tls: bool,
+    /// A PagerDuty integration key that exists (32 characters, repeatable; none = any).
+    #[arg(long = "pagerduty-routing-key", value_name = "KEY")]
+    pagerduty_routing_keys: Vec<String>,
+    /// Keep PagerDuty's events and incidents in this JSON file across restarts.
+    #[arg(long)]
+    pagerduty_persist: Option<PathBuf>,
     /// Do not start RabbitMQ (REST only; nothing is published).
     #[arg(long)]
     no_broker: bool,
@@ -123,6 +164,10 @@ enum Cmd {
     Run(RunArgs),
     /// Run the Service Manager simulator alone.
     Sm(SmArgs),
+    /// Run the ServiceNow simulator alone (Table API, OAuth, Event Management).
+    Servicenow(ServicenowArgs),
+    /// Run the PagerDuty Events API v2 simulator alone.
+    Pagerduty(PagerdutyArgs),
     /// Raise, update, clear, lock or delete alerts on a running simulator.
     #[command(subcommand)]
     Alert(AlertCmd),
@@ -149,6 +194,19 @@ enum Cmd {
     },
     /// Print every Service Manager incident.
     Incidents(StateArg),
+    /// Inject ServiceNow faults (JSON, e.g. '{"rateLimitNext":3}' or
+    /// '{"createLateMs":60000,"createFaultCount":1}'; '{}' clears).
+    ServicenowFault {
+        #[command(flatten)]
+        state: StateArg,
+        json: String,
+    },
+    /// Inject PagerDuty faults (JSON, e.g. '{"throttleNext":2}'; '{}' clears).
+    PagerdutyFault {
+        #[command(flatten)]
+        state: StateArg,
+        json: String,
+    },
     /// Print the simulator's endpoints and counters.
     Info(StateArg),
     /// Print what the bus publishes, as the appliance's CN `default` client sees it.
@@ -222,6 +280,46 @@ struct SmArgs {
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
     users: Vec<String>,
     /// Keep incidents in this JSON file across restarts.
+    #[arg(long)]
+    persist: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ServicenowArgs {
+    #[arg(long, default_value_t = 13081)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// User as NAME:PASSWORD (repeatable; default admin:admin).
+    #[arg(long = "user", value_name = "NAME:PASSWORD")]
+    users: Vec<String>,
+    /// OAuth client as ID:SECRET[:USER] (repeatable; default scmb-sim:secret:admin).
+    #[arg(long = "oauth-client", value_name = "ID:SECRET[:USER]")]
+    oauth_clients: Vec<String>,
+    /// Lifetime of OAuth access tokens (e.g. 30m, 90s).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    token_lifetime: Duration,
+    /// Allow resolving and closing without close_code and close_notes (no data policy).
+    #[arg(long)]
+    no_close_policy: bool,
+    /// Keep the tables in this JSON file across restarts.
+    #[arg(long)]
+    persist: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct PagerdutyArgs {
+    #[arg(long, default_value_t = 13082)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// An integration key that exists (32 characters, repeatable; none = any well-formed key).
+    #[arg(long = "routing-key", value_name = "KEY")]
+    routing_keys: Vec<String>,
+    /// Also serve the API under this path (e.g. /pd: /pd/v2/enqueue).
+    #[arg(long)]
+    base_path: Option<String>,
+    /// Keep events and incidents in this JSON file across restarts.
     #[arg(long)]
     persist: Option<PathBuf>,
 }
@@ -345,6 +443,52 @@ fn pairs(list: &[String], default: (&str, &str)) -> anyhow::Result<HashMap<Strin
         .collect()
 }
 
+/// `ID:SECRET[:USER]` OAuth clients (default `scmb-sim:secret:admin`).
+fn oauth_clients(list: &[String]) -> anyhow::Result<HashMap<String, OauthClient>> {
+    if list.is_empty() {
+        return Ok(SnConfig::default().oauth_clients);
+    }
+    list.iter()
+        .map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (Some(id), Some(secret)) = (parts.next(), parts.next()) else {
+                bail!("{s:?}: expected ID:SECRET[:USER]");
+            };
+            let user = parts.next().unwrap_or("admin").to_string();
+            Ok((
+                id.to_string(),
+                OauthClient {
+                    secret: secret.to_string(),
+                    user,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Serves one simulator alone until SIGTERM/SIGINT, after printing its ready line.
+async fn run_alone(
+    name: &str,
+    bind: IpAddr,
+    port: u16,
+    app: axum::Router,
+    gate: std::sync::Arc<scmb_sim::serve::OutageGate>,
+) -> anyhow::Result<()> {
+    let addr = std::net::SocketAddr::new(bind, port);
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = l.local_addr().unwrap_or(addr);
+    let stop = shutdown_signal();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(scmb_sim::serve::serve(l, None, app, rx, Some(gate)));
+    println!("ov-sim {name} ready: {name}=http://{local}");
+    stop.await;
+    let _ = tx.send(true);
+    server.abort();
+    Ok(())
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -397,6 +541,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     cfg.ov.clock_offset_ms = a.clock_offset.unwrap_or(0);
     cfg.sm.users = pairs(&a.sm_users, ("falcon", ""))?;
     cfg.sm.persist = a.sm_persist;
+    cfg.servicenow_port = (!a.no_servicenow).then_some(a.servicenow_port);
+    cfg.servicenow_tls = a.servicenow_tls;
+    cfg.servicenow.users = pairs(&a.servicenow_users, ("admin", "admin"))?;
+    cfg.servicenow.oauth_clients = oauth_clients(&a.servicenow_oauth_clients)?;
+    cfg.servicenow.token_lifetime = a.servicenow_token_lifetime;
+    cfg.servicenow.persist = a.servicenow_persist;
+    cfg.pagerduty_port = (!a.no_pagerduty).then_some(a.pagerduty_port);
+    cfg.pagerduty_tls = a.pagerduty_tls;
+    cfg.pagerduty.routing_keys = a.pagerduty_routing_keys;
+    cfg.pagerduty.persist = a.pagerduty_persist;
     cfg.broker_names = BrokerCertNames {
         common_name: a.broker_cert_cn,
         sans: a
@@ -453,6 +607,33 @@ async fn run_sm(a: SmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_servicenow(a: ServicenowArgs) -> anyhow::Result<()> {
+    let cfg = SnConfig {
+        users: pairs(&a.users, ("admin", "admin"))?,
+        oauth_clients: oauth_clients(&a.oauth_clients)?,
+        token_lifetime: a.token_lifetime,
+        require_close_fields: !a.no_close_policy,
+        persist: a.persist,
+        ..SnConfig::default()
+    };
+    let st = SnState::new(cfg);
+    let gate = st.gate.clone();
+    let app = scmb_sim::servicenow::router(st);
+    run_alone("servicenow", a.bind, a.port, app, gate).await
+}
+
+async fn run_pagerduty(a: PagerdutyArgs) -> anyhow::Result<()> {
+    let cfg = PdConfig {
+        routing_keys: a.routing_keys,
+        base_path: a.base_path,
+        persist: a.persist,
+    };
+    let st = PdState::new(cfg);
+    let gate = st.gate.clone();
+    let app = scmb_sim::pagerduty::router(st);
+    run_alone("pagerduty", a.bind, a.port, app, gate).await
+}
+
 fn client(state: &StateArg) -> anyhow::Result<SimClient> {
     let ready = scmb_sim::sim::read_ready(&state.state).map_err(anyhow::Error::msg)?;
     SimClient::from_ready(&ready).map_err(anyhow::Error::msg)
@@ -479,6 +660,26 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => run(a).await,
         Cmd::Sm(a) => run_sm(a).await,
+        Cmd::Servicenow(a) => run_servicenow(a).await,
+        Cmd::Pagerduty(a) => run_pagerduty(a).await,
+        Cmd::ServicenowFault { state, json } => {
+            let f = parse_object(&json)?;
+            show(
+                client(&state)?
+                    .call_servicenow(Method::POST, "/sim/faults", body(Value::Object(f)))
+                    .await,
+            )
+            .await
+        }
+        Cmd::PagerdutyFault { state, json } => {
+            let f = parse_object(&json)?;
+            show(
+                client(&state)?
+                    .call_pagerduty(Method::POST, "/sim/faults", body(Value::Object(f)))
+                    .await,
+            )
+            .await
+        }
         Cmd::Alert(AlertCmd::Raise(a)) => {
             let mut f = match &a.json {
                 Some(j) => parse_object(j)?,

@@ -1,6 +1,6 @@
 //! Brings up a whole simulated appliance: PKI, the RabbitMQ node, the publisher, the OneView
-//! REST API with its control surface, and (optionally) the Service Manager simulator; writes the
-//! ready file; stops everything it started.
+//! REST API with its control surface, and (optionally) the Service Manager, ServiceNow and
+//! PagerDuty simulators; writes the ready file; stops everything it started.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,8 +16,10 @@ use crate::broker::{BrokerConfig, BrokerHandle};
 use crate::bus::Bus;
 use crate::control::{self, Control};
 use crate::ov::{self, OvConfig, OvState};
+use crate::pagerduty::{self, PdConfig, PdState};
 use crate::pki::{BrokerCertNames, Pki};
-use crate::serve::{self, SwappableCert};
+use crate::serve::{self, OutageGate, SwappableCert};
+use crate::servicenow::{self, SnConfig, SnState};
 use crate::sm::{self, SmConfig, SmState};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +62,18 @@ pub struct SimConfig {
     pub sm_port: Option<u16>,
     /// Serve the SM simulator over HTTPS with the appliance CA.
     pub sm_tls: bool,
+    /// Port of the ServiceNow simulator (`None`: not started; 0 = any free port).
+    pub servicenow_port: Option<u16>,
+    /// Serve the ServiceNow simulator over HTTPS with the appliance CA.
+    pub servicenow_tls: bool,
+    /// Port of the PagerDuty Events API simulator (`None`: not started; 0 = any free port).
+    pub pagerduty_port: Option<u16>,
+    /// Serve the PagerDuty simulator over HTTPS with the appliance CA.
+    pub pagerduty_tls: bool,
     pub ov: OvConfig,
     pub sm: SmConfig,
+    pub servicenow: SnConfig,
+    pub pagerduty: PdConfig,
     pub broker_names: BrokerCertNames,
     /// Make the keypair available without `POST /rest/certificates/client/rabbitmq`.
     pub keypair_pregenerated: bool,
@@ -77,8 +89,14 @@ impl SimConfig {
             broker: true,
             sm_port: Some(13080),
             sm_tls: false,
+            servicenow_port: None,
+            servicenow_tls: false,
+            pagerduty_port: None,
+            pagerduty_tls: false,
             ov: OvConfig::default(),
             sm: SmConfig::default(),
+            servicenow: SnConfig::default(),
+            pagerduty: PdConfig::default(),
             broker_names: BrokerCertNames::default(),
             keypair_pregenerated: false,
         }
@@ -89,11 +107,15 @@ impl SimConfig {
 pub struct Sim {
     pub ov: Arc<OvState>,
     pub sm: Option<Arc<SmState>>,
+    pub servicenow: Option<Arc<SnState>>,
+    pub pagerduty: Option<Arc<PdState>>,
     pub broker: Option<Arc<BrokerHandle>>,
     /// The endpoints (also in `state_dir/ready.json`).
     pub info: Value,
     pub rest_addr: SocketAddr,
     pub sm_addr: Option<SocketAddr>,
+    pub servicenow_addr: Option<SocketAddr>,
+    pub pagerduty_addr: Option<SocketAddr>,
     pub amqps_port: u16,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -205,12 +227,52 @@ impl Sim {
         };
         let _ = sm_cert;
 
+        let (sn_state, sn_addr) = match cfg.servicenow_port {
+            Some(port) => {
+                let mut sn_cfg = cfg.servicenow.clone();
+                sn_cfg.tls = cfg.servicenow_tls;
+                let st = SnState::new(sn_cfg);
+                let addr = spawn_http(
+                    SocketAddr::new(cfg.bind, port),
+                    cfg.servicenow_tls.then(|| rest_cert.clone()),
+                    servicenow::router(st.clone()),
+                    st.gate.clone(),
+                    &shutdown_rx,
+                    &mut tasks,
+                )
+                .await?;
+                (Some(st), Some(addr))
+            }
+            None => (None, None),
+        };
+        let (pd_state, pd_addr) = match cfg.pagerduty_port {
+            Some(port) => {
+                let st = PdState::new(cfg.pagerduty.clone());
+                let addr = spawn_http(
+                    SocketAddr::new(cfg.bind, port),
+                    cfg.pagerduty_tls.then(|| rest_cert.clone()),
+                    pagerduty::router(st.clone()),
+                    st.gate.clone(),
+                    &shutdown_rx,
+                    &mut tasks,
+                )
+                .await?;
+                (Some(st), Some(addr))
+            }
+            None => (None, None),
+        };
+        let url = |addr: Option<SocketAddr>, tls: bool| {
+            addr.map(|a| format!("{}://{}", if tls { "https" } else { "http" }, host_port(a)))
+        };
+
         let info = json!({
             "restUrl": format!("https://{}", host_port(rest_addr)),
             "amqpsHost": cfg.bind.to_string(),
             "amqpsPort": amqps_port,
             "broker": cfg.broker,
-            "smUrl": sm_addr.map(|a| format!("{}://{}", if cfg.sm_tls { "https" } else { "http" }, host_port(a))),
+            "smUrl": url(sm_addr, cfg.sm_tls),
+            "servicenowUrl": url(sn_addr, cfg.servicenow_tls),
+            "pagerdutyUrl": url(pd_addr, cfg.pagerduty_tls),
             "caCert": pki.paths.ca_cert,
             "clientCert": pki.paths.client_cert,
             "clientKey": pki.paths.client_key,
@@ -257,10 +319,14 @@ impl Sim {
         Ok(Sim {
             ov,
             sm: sm_state,
+            servicenow: sn_state,
+            pagerduty: pd_state,
             broker,
             info,
             rest_addr,
             sm_addr,
+            servicenow_addr: sn_addr,
+            pagerduty_addr: pd_addr,
             amqps_port,
             shutdown,
             tasks,
@@ -280,10 +346,12 @@ impl Sim {
             "none".into()
         };
         format!(
-            "ov-sim ready: rest={} amqps={} sm={} state={}",
+            "ov-sim ready: rest={} amqps={} sm={} servicenow={} pagerduty={} state={}",
             self.info["restUrl"].as_str().unwrap_or(""),
             amqps,
             self.info["smUrl"].as_str().unwrap_or("none"),
+            self.info["servicenowUrl"].as_str().unwrap_or("none"),
+            self.info["pagerdutyUrl"].as_str().unwrap_or("none"),
             self.info["stateDir"].as_str().unwrap_or(""),
         )
     }
@@ -299,6 +367,33 @@ impl Sim {
         }
         let _ = std::fs::remove_file(&self.ready_file);
     }
+}
+
+/// Binds `addr` and serves `app` on it (TLS with `cert` if given) until shutdown; the address.
+async fn spawn_http(
+    addr: SocketAddr,
+    cert: Option<Arc<SwappableCert>>,
+    app: axum::Router,
+    gate: Arc<OutageGate>,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr, SimError> {
+    let l = bind(addr).await?;
+    let local = l
+        .local_addr()
+        .map_err(|source| SimError::Listen { addr, source })?;
+    let tls = cert
+        .map(serve::tls_config)
+        .transpose()
+        .map_err(SimError::Tls)?;
+    tasks.push(tokio::spawn(serve::serve(
+        l,
+        tls,
+        app,
+        shutdown.clone(),
+        Some(gate),
+    )));
+    Ok(local)
 }
 
 fn host_port(a: SocketAddr) -> String {

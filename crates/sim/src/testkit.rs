@@ -32,6 +32,14 @@ impl SimInfo {
     pub fn client(&self) -> SimClient {
         SimClient::from_ready(&self.ready).expect("ready file")
     }
+    /// Base URL of the ServiceNow simulator, when it runs.
+    pub fn servicenow_url(&self) -> Option<String> {
+        self.ready["servicenowUrl"].as_str().map(str::to_string)
+    }
+    /// Base URL of the PagerDuty Events API simulator, when it runs.
+    pub fn pagerduty_url(&self) -> Option<String> {
+        self.ready["pagerdutyUrl"].as_str().map(str::to_string)
+    }
     pub fn pki_dir(&self) -> PathBuf {
         self.state_dir.join("pki")
     }
@@ -133,9 +141,75 @@ pub fn test_config(name: &str) -> SimConfig {
     cfg.rest_port = 0;
     cfg.amqps_port = 0;
     cfg.sm_port = Some(0);
+    cfg.servicenow_port = Some(0);
+    cfg.pagerduty_port = Some(0);
     cfg.keypair_pregenerated = true;
     cfg.ov.eula_pending = false;
     cfg
+}
+
+/// A config that starts only the ticketing simulators (ServiceNow and PagerDuty, any free
+/// ports): no broker, and the OneView REST API on any free port.
+pub fn ticketing_config(name: &str) -> SimConfig {
+    let mut cfg = SimConfig::new(temp_dir(name));
+    cfg.rest_port = 0;
+    cfg.broker = false;
+    cfg.sm_port = None;
+    cfg.servicenow_port = Some(0);
+    cfg.pagerduty_port = Some(0);
+    cfg
+}
+
+/// One simulator served alone on 127.0.0.1 (any free port) in the current async runtime, for
+/// tests that need no appliance; stopped when dropped.
+pub struct Served<S> {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    pub state: std::sync::Arc<S>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<S> Drop for Served<S> {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.task.abort();
+    }
+}
+
+async fn serve_alone<S>(
+    state: std::sync::Arc<S>,
+    app: axum::Router,
+    gate: std::sync::Arc<crate::serve::OutageGate>,
+) -> Served<S> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let url = format!("http://{}", l.local_addr().expect("local address"));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(crate::serve::serve(l, None, app, rx, Some(gate)));
+    Served {
+        url,
+        state,
+        stop,
+        task,
+    }
+}
+
+/// The ServiceNow simulator alone (see [`Served`]).
+pub async fn serve_servicenow(
+    cfg: crate::servicenow::SnConfig,
+) -> Served<crate::servicenow::SnState> {
+    let st = crate::servicenow::SnState::new(cfg);
+    let gate = st.gate.clone();
+    serve_alone(st.clone(), crate::servicenow::router(st), gate).await
+}
+
+/// The PagerDuty Events API simulator alone (see [`Served`]).
+pub async fn serve_pagerduty(cfg: crate::pagerduty::PdConfig) -> Served<crate::pagerduty::PdState> {
+    let st = crate::pagerduty::PdState::new(cfg);
+    let gate = st.gate.clone();
+    serve_alone(st.clone(), crate::pagerduty::router(st), gate).await
 }
 
 /// One full simulated appliance shared by every test of a test binary.

@@ -1,0 +1,783 @@
+//! PagerDuty's Events API v2 (`POST /v2/enqueue`): trigger, acknowledge and resolve events with
+//! the documented validation (400 `{"status":"invalid event","message":"Event object is
+//! invalid","errors":[...]}`), 202 `{"status":"success","message":"Event processed",
+//! "dedup_key"}`, de-duplication by `dedup_key` per routing key into incidents (a trigger on an
+//! open incident adds to it; one after a resolve opens a new incident; acknowledge and resolve
+//! with nothing open are dropped), generated dedup keys, known integration keys, and 429 when
+//! a routing key sends too fast.
+//!
+//! Fault injection (latency, a 5xx rate, 429 for the next N events, a per-key rate, an HTML
+//! page, hangs, an outage that closes the port, and events that are accepted and then answered
+//! late or badly) is set through `/sim/...` routes on the same port, which also read back every
+//! event and incident, let a person acknowledge or resolve an incident, and reset.
+//! docs/FIDELITY.md lists what is simplified.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::serve::OutageGate;
+use crate::sm::CreateGarbage;
+
+/// Settings of the PagerDuty simulator.
+#[derive(Debug, Clone, Default)]
+pub struct PdConfig {
+    /// Integration keys that exist (32 characters each). Empty: every well-formed key exists.
+    pub routing_keys: Vec<String>,
+    /// Also serve the API under this path (`/pd` serves `/pd/v2/enqueue` too).
+    pub base_path: Option<String>,
+    /// Where events and incidents persist (JSON), if anywhere.
+    pub persist: Option<PathBuf>,
+}
+
+/// Faults, set through `POST /sim/faults` (all fields optional; `{}` clears).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PdFaults {
+    /// Fixed latency added to every call, ms.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Extra random latency, uniform in 0..jitter_ms.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Hold every call this long before answering.
+    #[serde(default)]
+    pub hang_ms: u64,
+    /// Fraction (0..1) of calls answered with `errorStatus` (default 500).
+    #[serde(default)]
+    pub error_rate: f64,
+    #[serde(default)]
+    pub error_status: Option<u16>,
+    /// Answer the next N calls 429 (counts down); nothing is ingested.
+    #[serde(default)]
+    pub throttle_next: u64,
+    /// Events a routing key may send in any 60 s (0 = unlimited); more get 429. PagerDuty
+    /// documents about 120.
+    #[serde(default)]
+    pub rate_per_minute: u64,
+    /// Answer every call with an HTML error page (502), as a proxy would.
+    #[serde(default)]
+    pub html: bool,
+    /// Take the service down (port closed) for this many ms.
+    #[serde(default)]
+    pub outage_ms: u64,
+    /// Accepted events only: ingest the event, then hold the answer this long.
+    #[serde(default)]
+    pub create_late_ms: u64,
+    /// Accepted events only: ingest the event, then answer this instead.
+    #[serde(default)]
+    pub create_garbage: Option<CreateGarbage>,
+    /// How many of the next accepted events get `createLateMs`/`createGarbage` (absent: all).
+    #[serde(default)]
+    pub create_fault_count: Option<u64>,
+}
+
+impl PdFaults {
+    fn take_create_fault(&mut self) -> Option<(u64, Option<CreateGarbage>)> {
+        if self.create_late_ms == 0 && self.create_garbage.is_none() {
+            return None;
+        }
+        match &mut self.create_fault_count {
+            Some(0) => return None,
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        Some((self.create_late_ms, self.create_garbage))
+    }
+}
+
+/// An incident (one alert per incident: PagerDuty's grouping of alerts is not simulated).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PdIncident {
+    pub id: String,
+    pub incident_number: u64,
+    pub routing_key: String,
+    pub dedup_key: String,
+    /// `triggered`, `acknowledged` or `resolved`.
+    pub status: String,
+    pub summary: String,
+    pub source: String,
+    pub severity: String,
+    #[serde(default)]
+    pub component: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub class: Option<String>,
+    #[serde(default)]
+    pub custom_details: Value,
+    pub created_at: String,
+    #[serde(default)]
+    pub acknowledged_at: Option<String>,
+    #[serde(default)]
+    pub acknowledged_by: Option<String>,
+    #[serde(default)]
+    pub resolved_at: Option<String>,
+    #[serde(default)]
+    pub resolved_by: Option<String>,
+    /// Events applied to it (the trigger that opened it included).
+    pub event_count: u64,
+}
+
+/// An event as received, with what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PdEvent {
+    pub seq: u64,
+    pub received_at: String,
+    pub routing_key: String,
+    pub event_action: String,
+    pub dedup_key: String,
+    /// The whole body as sent.
+    pub body: Value,
+    /// `triggered` (opened an incident), `deduplicated` (added to an open one),
+    /// `acknowledged`, `resolved`, or `dropped` (nothing open to apply it to).
+    pub outcome: String,
+    pub incident: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Snapshot {
+    #[serde(default)]
+    incidents: Vec<PdIncident>,
+    #[serde(default)]
+    events: Vec<PdEvent>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    incidents: Vec<PdIncident>,
+    events: Vec<PdEvent>,
+    faults: PdFaults,
+    /// Recent events per routing key, for `ratePerMinute`.
+    recent: HashMap<String, VecDeque<Instant>>,
+    requests: u64,
+    in_flight: u64,
+}
+
+pub struct PdState {
+    cfg: PdConfig,
+    inner: Mutex<Inner>,
+    pub gate: Arc<OutageGate>,
+}
+
+impl std::fmt::Debug for PdState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PdState").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// `2026-11-25T10:00:00Z`.
+fn pd_now() -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
+fn invalid(errors: Vec<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors})),
+    )
+        .into_response()
+}
+
+fn throttled() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(json!({"status": "throttle event", "message": "Requests for this service are arriving too quickly.  Please retry later."})),
+    )
+        .into_response()
+}
+
+/// ISO 8601 as PagerDuty's examples write it: RFC 3339, or with a `+0000` offset.
+fn valid_timestamp(s: &str) -> bool {
+    use time::format_description::well_known::Rfc3339;
+    if time::OffsetDateTime::parse(s, &Rfc3339).is_ok() {
+        return true;
+    }
+    let n = s.len();
+    if n > 5 && s.is_char_boundary(n - 5) {
+        let (head, off) = s.split_at(n - 5);
+        if (off.starts_with('+') || off.starts_with('-'))
+            && off[1..].chars().all(|c| c.is_ascii_digit())
+        {
+            let fixed = format!("{head}{}:{}", &off[..3], &off[3..]);
+            return time::OffsetDateTime::parse(&fixed, &Rfc3339).is_ok();
+        }
+    }
+    false
+}
+
+fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+fn blank(v: &Value, k: &str) -> bool {
+    str_field(v, k).is_none_or(|s| s.trim().is_empty())
+}
+
+/// The documented checks, every failure listed.
+fn validate(ev: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    if blank(ev, "routing_key") {
+        errors.push("'routing_key' is missing or blank".to_string());
+    } else if let Some(k) = str_field(ev, "routing_key") {
+        if k.chars().count() != 32 {
+            errors.push("Length of 'routing_key' is incorrect (should be 32 characters)".into());
+        }
+        if !k.chars().all(|c| c.is_ascii_alphanumeric()) {
+            errors.push("'routing_key' cannot contain non-alphanumeric characters.".into());
+        }
+    }
+    let action = str_field(ev, "event_action").unwrap_or("");
+    if action.trim().is_empty() {
+        errors.push("'event_action' is missing or blank".to_string());
+    } else if !matches!(action, "trigger" | "acknowledge" | "resolve") {
+        errors.push("'event_action' must be one of trigger, acknowledge or resolve".to_string());
+    }
+    match ev.get("dedup_key") {
+        None | Some(Value::Null) => {
+            if matches!(action, "acknowledge" | "resolve") {
+                errors.push("'dedup_key' is missing or blank".to_string());
+            }
+        }
+        Some(Value::String(d)) => {
+            if d.trim().is_empty() && matches!(action, "acknowledge" | "resolve") {
+                errors.push("'dedup_key' is missing or blank".to_string());
+            }
+            if d.chars().count() > 255 {
+                errors.push("'dedup_key' is too long (maximum is 255 characters)".to_string());
+            }
+        }
+        Some(_) => errors.push("'dedup_key' must be a string".to_string()),
+    }
+    if action == "trigger" {
+        match ev.get("payload") {
+            Some(p @ Value::Object(_)) => {
+                for f in ["summary", "source", "severity"] {
+                    if blank(p, f) {
+                        errors.push(format!("'payload.{f}' is missing or blank"));
+                    }
+                }
+                if str_field(p, "summary").is_some_and(|s| s.chars().count() > 1024) {
+                    errors.push(
+                        "'payload.summary' is too long (maximum is 1024 characters)".to_string(),
+                    );
+                }
+                if let Some(s) = str_field(p, "severity").filter(|s| !s.trim().is_empty()) {
+                    if !matches!(s, "critical" | "error" | "warning" | "info") {
+                        errors.push(
+                            "'payload.severity' must be one of critical, error, warning or info"
+                                .to_string(),
+                        );
+                    }
+                }
+                match p.get("timestamp") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(t)) if valid_timestamp(t) => {}
+                    Some(_) => errors
+                        .push("'payload.timestamp' is not a valid ISO 8601 timestamp".to_string()),
+                }
+            }
+            _ => errors.push("'payload' is missing or blank".to_string()),
+        }
+    }
+    for (f, required) in [("links", "href"), ("images", "src")] {
+        match ev.get(f) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                if items.iter().any(|i| blank(i, required)) {
+                    errors.push(format!("'{f}' entries must have '{required}'"));
+                }
+            }
+            Some(_) => errors.push(format!("'{f}' must be an array")),
+        }
+    }
+    errors
+}
+
+fn new_incident_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..6)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("P{tail}")
+}
+
+impl PdState {
+    pub fn new(cfg: PdConfig) -> Arc<PdState> {
+        let mut inner = Inner::default();
+        if let Some(p) = &cfg.persist {
+            if let Ok(bytes) = std::fs::read(p) {
+                match serde_json::from_slice::<Snapshot>(&bytes) {
+                    Ok(s) => {
+                        inner.incidents = s.incidents;
+                        inner.events = s.events;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), error = %e, "ignoring unreadable PagerDuty file")
+                    }
+                }
+            }
+        }
+        Arc::new(PdState {
+            cfg,
+            inner: Mutex::new(inner),
+            gate: Arc::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_faults(&self, f: PdFaults) {
+        if f.outage_ms > 0 {
+            self.gate.start(Duration::from_millis(f.outage_ms));
+        } else {
+            self.gate.end();
+        }
+        let mut i = self.lock();
+        i.faults = f;
+        i.recent.clear();
+    }
+
+    /// Every incident, oldest first, each with the events applied to it.
+    pub fn incidents(&self) -> Vec<Value> {
+        let i = self.lock();
+        i.incidents
+            .iter()
+            .map(|inc| {
+                let mut v = serde_json::to_value(inc).unwrap_or(Value::Null);
+                let events: Vec<&PdEvent> = i
+                    .events
+                    .iter()
+                    .filter(|e| e.incident.as_deref() == Some(inc.id.as_str()))
+                    .collect();
+                v["events"] = json!(events);
+                v
+            })
+            .collect()
+    }
+
+    /// Every event received and accepted, oldest first.
+    pub fn events(&self) -> Vec<PdEvent> {
+        self.lock().events.clone()
+    }
+
+    fn persist(&self, inner: &Inner) {
+        let Some(p) = &self.cfg.persist else { return };
+        let snap = json!({"incidents": inner.incidents, "events": inner.events});
+        match serde_json::to_vec_pretty(&snap) {
+            Ok(body) => {
+                if let Err(e) = crate::pki::write_atomic(p, &body, 0o644) {
+                    tracing::warn!(error = %e, "cannot persist PagerDuty state");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialise PagerDuty state"),
+        }
+    }
+}
+
+/// The Events API routes, with the `/sim/...` control routes.
+pub fn router(state: Arc<PdState>) -> Router {
+    let mut api = Router::new().route("/v2/enqueue", post(enqueue));
+    if let Some(base) = state.cfg.base_path.as_deref() {
+        let base = base.trim_end_matches('/');
+        if !base.is_empty() && base.starts_with('/') {
+            api = api.route(&format!("{base}/v2/enqueue"), post(enqueue));
+        }
+    }
+    let api = api.layer(axum::middleware::from_fn_with_state(state.clone(), faults));
+    Router::new()
+        .merge(api)
+        .route("/sim/events", get(sim_events))
+        .route("/sim/incidents", get(sim_incidents))
+        .route("/sim/incidents/{id}/{action}", post(sim_act))
+        .route("/sim/stats", get(sim_stats))
+        .route("/sim/reset", post(sim_reset))
+        .route(
+            "/sim/faults",
+            post(sim_set_faults)
+                .delete(sim_clear_faults)
+                .get(sim_get_faults),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"status": "not found", "message": "Not found"})),
+            )
+        })
+        .with_state(state)
+}
+
+async fn faults(State(st): State<Arc<PdState>>, req: Request, next: Next) -> Response {
+    struct InFlight(Arc<PdState>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.lock().in_flight -= 1;
+        }
+    }
+    st.lock().in_flight += 1;
+    let _guard = InFlight(st.clone());
+    let (f, throttle) = {
+        let mut i = st.lock();
+        i.requests += 1;
+        let throttle = i.faults.throttle_next > 0;
+        if throttle {
+            i.faults.throttle_next -= 1;
+        }
+        (i.faults.clone(), throttle)
+    };
+    let jitter = if f.jitter_ms > 0 {
+        rand::thread_rng().gen_range(0..f.jitter_ms)
+    } else {
+        0
+    };
+    let delay = f
+        .latency_ms
+        .saturating_add(jitter)
+        .saturating_add(f.hang_ms);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if throttle {
+        return throttled();
+    }
+    if f.html {
+        return (
+            StatusCode::BAD_GATEWAY,
+            [("content-type", "text/html")],
+            "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>",
+        )
+            .into_response();
+    }
+    if f.error_rate > 0.0 && rand::thread_rng().gen_bool(f.error_rate.clamp(0.0, 1.0)) {
+        let code = StatusCode::from_u16(f.error_status.unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (
+            code,
+            Json(json!({"status": "error", "message": "Internal error (injected fault)"})),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
+    let ev: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return invalid(vec!["Event object is not valid JSON".to_string()]),
+    };
+    let routing_key = str_field(&ev, "routing_key").unwrap_or("").to_string();
+    // Throttling counts what a key sends, valid or not.
+    {
+        let mut i = st.lock();
+        let per_minute = i.faults.rate_per_minute;
+        if per_minute > 0 {
+            let now = Instant::now();
+            let q = i.recent.entry(routing_key.clone()).or_default();
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+            {
+                q.pop_front();
+            }
+            if q.len() as u64 >= per_minute {
+                return throttled();
+            }
+            q.push_back(now);
+        }
+    }
+    let errors = validate(&ev);
+    if !errors.is_empty() {
+        return invalid(errors);
+    }
+    if !st.cfg.routing_keys.is_empty() && !st.cfg.routing_keys.contains(&routing_key) {
+        return invalid(vec!["Invalid routing key".to_string()]);
+    }
+    let action = str_field(&ev, "event_action").unwrap_or("").to_string();
+    let dedup_key = match str_field(&ev, "dedup_key").filter(|d| !d.trim().is_empty()) {
+        Some(d) => d.to_string(),
+        // A trigger without a key gets a unique one: it always opens a new incident.
+        None => format!("{:032x}", rand::thread_rng().gen::<u128>()),
+    };
+    let (fault, outcome, incident) = {
+        let mut i = st.lock();
+        let (outcome, incident) = apply(&mut i, &routing_key, &dedup_key, &action, &ev, None);
+        let seq = i.events.len() as u64 + 1;
+        i.events.push(PdEvent {
+            seq,
+            received_at: pd_now(),
+            routing_key,
+            event_action: action,
+            dedup_key: dedup_key.clone(),
+            body: ev,
+            outcome: outcome.to_string(),
+            incident: incident.clone(),
+        });
+        st.persist(&i);
+        (i.faults.take_create_fault(), outcome, incident)
+    };
+    tracing::debug!(%dedup_key, outcome, incident = ?incident, "event processed");
+    if let Some((late_ms, garbage)) = fault {
+        if late_ms > 0 {
+            tracing::debug!(%dedup_key, late_ms, "holding the answer to an event");
+            tokio::time::sleep(Duration::from_millis(late_ms)).await;
+        }
+        match garbage {
+            Some(CreateGarbage::Empty) => {
+                return (
+                    StatusCode::ACCEPTED,
+                    [("content-type", "application/json")],
+                    "",
+                )
+                    .into_response()
+            }
+            Some(CreateGarbage::Html) => {
+                return (
+                    StatusCode::OK,
+                    [("content-type", "text/html")],
+                    "<html><head><title>PagerDuty</title></head><body><h1>PagerDuty</h1><p>Please wait while we process your request.</p></body></html>",
+                )
+                    .into_response()
+            }
+            Some(CreateGarbage::NoId) => {
+                return (
+                    StatusCode::ACCEPTED,
+                    Json(json!({"status": "success", "message": "Event processed"})),
+                )
+                    .into_response()
+            }
+            None => {}
+        }
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "success", "message": "Event processed", "dedup_key": dedup_key})),
+    )
+        .into_response()
+}
+
+/// Applies an event (or a person's action, `by`) to the incidents; its outcome and incident.
+fn apply(
+    i: &mut Inner,
+    routing_key: &str,
+    dedup_key: &str,
+    action: &str,
+    ev: &Value,
+    by: Option<&str>,
+) -> (&'static str, Option<String>) {
+    let now = pd_now();
+    let open = i.incidents.iter_mut().find(|inc| {
+        inc.routing_key == routing_key && inc.dedup_key == dedup_key && inc.status != "resolved"
+    });
+    match (action, open) {
+        ("trigger", Some(inc)) => {
+            inc.event_count += 1;
+            ("deduplicated", Some(inc.id.clone()))
+        }
+        ("trigger", None) => {
+            let p = ev.get("payload").cloned().unwrap_or(Value::Null);
+            let s = |k: &str| str_field(&p, k).unwrap_or("").to_string();
+            let o = |k: &str| str_field(&p, k).map(str::to_string);
+            let number = i.incidents.len() as u64 + 1;
+            let id = new_incident_id();
+            i.incidents.push(PdIncident {
+                id: id.clone(),
+                incident_number: number,
+                routing_key: routing_key.to_string(),
+                dedup_key: dedup_key.to_string(),
+                status: "triggered".into(),
+                summary: s("summary"),
+                source: s("source"),
+                severity: s("severity"),
+                component: o("component"),
+                group: o("group"),
+                class: o("class"),
+                custom_details: p.get("custom_details").cloned().unwrap_or(Value::Null),
+                created_at: now,
+                acknowledged_at: None,
+                acknowledged_by: None,
+                resolved_at: None,
+                resolved_by: None,
+                event_count: 1,
+            });
+            ("triggered", Some(id))
+        }
+        ("acknowledge", Some(inc)) => {
+            inc.event_count += u64::from(by.is_none());
+            if inc.status == "triggered" {
+                inc.status = "acknowledged".into();
+                inc.acknowledged_at = Some(now);
+                inc.acknowledged_by = Some(by.map_or("events API".into(), |u| format!("user:{u}")));
+            }
+            ("acknowledged", Some(inc.id.clone()))
+        }
+        ("resolve", Some(inc)) => {
+            inc.event_count += u64::from(by.is_none());
+            inc.status = "resolved".into();
+            inc.resolved_at = Some(now);
+            inc.resolved_by = Some(by.map_or("events API".into(), |u| format!("user:{u}")));
+            ("resolved", Some(inc.id.clone()))
+        }
+        _ => ("dropped", None),
+    }
+}
+
+async fn sim_events(State(st): State<Arc<PdState>>) -> Response {
+    Json(json!({ "events": st.events() })).into_response()
+}
+
+async fn sim_incidents(State(st): State<Arc<PdState>>) -> Response {
+    Json(json!({ "incidents": st.incidents() })).into_response()
+}
+
+/// `POST /sim/incidents/{id}/{acknowledge|resolve} {"user": "jdoe"}`: a person acting in
+/// PagerDuty's UI (no event is recorded).
+async fn sim_act(
+    State(st): State<Arc<PdState>>,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let user = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| str_field(&v, "user").map(str::to_string))
+        .unwrap_or_else(|| "sim.human".into());
+    if !matches!(action.as_str(), "acknowledge" | "resolve") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": "error", "message": format!("unknown action {action}")})),
+        )
+            .into_response();
+    }
+    let mut i = st.lock();
+    let Some((rk, dk)) = i
+        .incidents
+        .iter()
+        .find(|inc| inc.id == id)
+        .map(|inc| (inc.routing_key.clone(), inc.dedup_key.clone()))
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"status": "error", "message": format!("no incident {id}")})),
+        )
+            .into_response();
+    };
+    let open = i
+        .incidents
+        .iter()
+        .any(|inc| inc.id == id && inc.status != "resolved");
+    if !open {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"status": "error", "message": format!("incident {id} is resolved")})),
+        )
+            .into_response();
+    }
+    apply(&mut i, &rk, &dk, &action, &Value::Null, Some(&user));
+    st.persist(&i);
+    let inc = i.incidents.iter().find(|inc| inc.id == id).cloned();
+    Json(json!({ "incident": inc })).into_response()
+}
+
+async fn sim_stats(State(st): State<Arc<PdState>>) -> Response {
+    let i = st.lock();
+    Json(json!({
+        "requests": i.requests,
+        "inFlight": i.in_flight,
+        "events": i.events.len(),
+        "incidents": i.incidents.len(),
+    }))
+    .into_response()
+}
+
+/// `POST /sim/reset`: forgets every event and incident and clears the faults.
+async fn sim_reset(State(st): State<Arc<PdState>>) -> Response {
+    st.gate.end();
+    let mut i = st.lock();
+    i.incidents.clear();
+    i.events.clear();
+    i.recent.clear();
+    i.faults = PdFaults::default();
+    st.persist(&i);
+    Json(json!({ "reset": true })).into_response()
+}
+
+async fn sim_set_faults(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<PdFaults>(&body) {
+        Ok(f) => {
+            st.set_faults(f.clone());
+            Json(json!({ "faults": f })).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": "error", "message": format!("invalid faults: {e}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn sim_clear_faults(State(st): State<Arc<PdState>>) -> Response {
+    st.set_faults(PdFaults::default());
+    Json(json!({"faults": PdFaults::default()})).into_response()
+}
+
+async fn sim_get_faults(State(st): State<Arc<PdState>>) -> Response {
+    let f = st.lock().faults.clone();
+    Json(json!({ "faults": f })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let e = validate(&json!({"routing_key": "short-key!", "event_action": "page"}));
+        assert!(e.contains(
+            &"Length of 'routing_key' is incorrect (should be 32 characters)".to_string()
+        ));
+        assert!(
+            e.contains(&"'routing_key' cannot contain non-alphanumeric characters.".to_string())
+        );
+        assert!(e.iter().any(|m| m.starts_with("'event_action' must be")));
+        let e = validate(&json!({"routing_key": KEY, "event_action": "trigger",
+            "payload": {"summary": "x".repeat(1025), "severity": "fatal"}}));
+        assert_eq!(e.len(), 3, "{e:?}");
+        let e = validate(&json!({"routing_key": KEY, "event_action": "resolve"}));
+        assert_eq!(e, vec!["'dedup_key' is missing or blank"]);
+        let ok = json!({"routing_key": KEY, "event_action": "trigger",
+            "payload": {"summary": "s", "source": "h", "severity": "info",
+                "timestamp": "2015-07-17T08:42:58.315+0000"}});
+        assert!(validate(&ok).is_empty());
+    }
+
+    #[test]
+    fn timestamps_take_rfc3339_and_the_plus_0000_form() {
+        assert!(valid_timestamp("2026-11-25T10:00:00Z"));
+        assert!(valid_timestamp("2015-07-17T08:42:58.315+0000"));
+        assert!(valid_timestamp("2015-07-17T08:42:58-05:00"));
+        assert!(!valid_timestamp("yesterday"));
+        assert!(!valid_timestamp("2015-07-17 08:42:58"));
+    }
+}
