@@ -10,6 +10,7 @@ pub mod format;
 pub mod jsonl;
 pub mod service_manager;
 mod sink;
+pub mod ticketing;
 
 use std::path::PathBuf;
 use std::sync::Arc;

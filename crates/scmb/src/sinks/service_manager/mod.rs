@@ -1,24 +1,27 @@
 //! The Service Manager sink (what `ov_to_sm` does): every admitted alert becomes exactly one
 //! HP Service Manager incident whose id is written back into the alert's notes; cleared or
-//! deleted alerts update or close it. The work, step by step and recorded, is in
-//! [`ticket`]; the client is the `scmb-servicemanager` crate.
+//! deleted alerts update or close it. The work, step by step and recorded, is the shared
+//! [`crate::sinks::ticketing`]; what is Service Manager's (its incident, its notes, its
+//! errors) is in [`incident`]; the client is the `scmb-servicemanager` crate.
 
 mod config;
-mod ticket;
+mod incident;
 
 use std::io::Stdout;
 use std::sync::Mutex;
 use std::time::Duration;
 
 pub use config::{IncidentConfig, ServiceManagerConfig};
-pub use ticket::{
-    incident_in_change_log, is_ticket_note, note_for, OnClear, Template, NOTE_PREFIX,
-    NOTE_PREFIXES, REFERENCE_FIELD,
+pub use crate::sinks::ticketing::OnClear;
+pub use incident::{
+    incident_in_change_log, is_ticket_note, note_for, Template, NOTE_PREFIX, NOTE_PREFIXES,
+    REFERENCE_FIELD,
 };
 
 use scmb_model::{ChangeType, Event, Filter, Peek};
 use scmb_servicemanager::{SmClient, SmConfig};
-use ticket::{Outcome as Ticketed, Ticketer};
+use crate::sinks::ticketing::{Outcome as Ticketed, Ticketer};
+use incident::SmSystem;
 
 use crate::failure;
 use crate::sinks::format::{Output, Printer};
@@ -45,6 +48,8 @@ pub struct ServiceManagerSettings {
 
 pub struct ServiceManager {
     ticketer: Ticketer,
+    /// The client, for `-l` and the start-up check (the ticketer has it too).
+    client: SmClient,
     journal_updates: bool,
     /// How long to wait before looking up a create whose outcome is unknown: as long as we
     /// waited for its answer (a slow create gets that long again to land), at most the
@@ -65,11 +70,14 @@ impl ServiceManager {
             ));
         };
         Ok(ServiceManager {
+            client: sm.clone(),
             ticketer: Ticketer {
                 store,
-                sm,
+                system: std::sync::Arc::new(SmSystem {
+                    sm,
+                    template: s.template.clone(),
+                }),
                 ov,
-                template: s.template.clone(),
                 on_clear: s.on_clear,
                 journal_updates: s.journal_updates,
                 filter: ctx.filter.clone(),
@@ -93,7 +101,7 @@ impl ServiceManager {
 
     /// The client, for `-l` and the start-up check.
     pub fn client(&self) -> &SmClient {
-        &self.ticketer.sm
+        &self.client
     }
 }
 

@@ -1,47 +1,28 @@
-//! Ticketing: every admitted alert becomes exactly one Service Manager incident, whose id is
-//! written back into the alert's notes; cleared or deleted alerts update or close their incident.
+//! Ticketing, whatever the system: every admitted alert becomes exactly one incident whose
+//! id is written back into the alert's notes; cleared or deleted alerts update or close it.
+//! A system (Service Manager, ServiceNow) is a [`TicketSystem`]: how to create, find,
+//! journal and clear an incident, and what its notes look like. The steps, their records and
+//! their retries are here, once.
 //!
-//! Exactly-once rests on three things: the durable [`Store`] (alert uri → incident, step),
-//! consulted before any work and written after each step; the alert's own change log, searched
-//! for a note carrying an incident id before creating one (a wiped store or a second instance
-//! does not duplicate); and acking the delivery only once the work is recorded. A crash at any
-//! instant leaves an unacked message and a recorded step, and the redelivery finishes the work.
+//! Exactly-once rests on three things: the durable [`Store`] (alert → incident, step),
+//! consulted before any work and written after each step; an idempotency reference given to
+//! the incident before it is created and recorded first, looked up before any create that
+//! may repeat one (and before every create when the reference is stable for the alert); the
+//! alert's own change log, searched for a note carrying an incident id before creating one
+//! (a wiped store or a second instance does not duplicate); and acking the delivery only once
+//! the work is recorded. A crash at any instant leaves an unacked message and a recorded
+//! step, and the redelivery finishes the work.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use scmb_model::{AlertView, ChangeType, Event, Filter};
 use scmb_oneview::{OneViewError, Session};
-use scmb_servicemanager::{ErrorClass, SmClient, SmError};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::store::{Record, Step, Store, StoreError};
 use crate::telemetry::ApplianceMetrics;
-
-/// The incident field carrying our correlation reference (Service Manager has none of its own;
-/// unknown fields pass through and can be queried).
-pub const REFERENCE_FIELD: &str = "ExternalReference";
-
-/// The note written into the alert (the HPE sample's sentence, spelled correctly).
-pub const NOTE_PREFIX: &str = "Case automatically logged in HPE Service Manager with ID: ";
-
-/// Every spelling of the note that means "this alert already has an incident": ours, and the
-/// HPE sample's `ov_to_sm.py`, which writes "loged". An alert the sample ticketed before the
-/// switch to `ov_to_sm` must not get a second incident.
-pub const NOTE_PREFIXES: [&str; 2] = [
-    NOTE_PREFIX,
-    "Case automatically loged in HPE Service Manager with ID: ",
-];
-
-pub fn note_for(incident: &str) -> String {
-    format!("{NOTE_PREFIX}{incident}")
-}
-
-/// The note that claims an alert before its incident is created, when two instances may
-/// ticket the same appliance (`claim`): written only if the alert is unchanged since it was
-/// read (its eTag), so of two instances that read it at once exactly one can write it.
-pub const CLAIM_PREFIX: &str = "Case being logged in HPE Service Manager by scmb, reference ";
 
 /// How long a claim holds without its incident: after that (by the appliance's clock) the
 /// instance that made it is taken for gone and another may claim the alert.
@@ -50,15 +31,75 @@ const CLAIM_TTL: time::Duration = time::Duration::minutes(5);
 /// How often an instance that lost the claim reads the alert again for the incident.
 const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
+/// The longest `Retry-After` honoured as given.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
+
+const NA: &str = "n/a";
+
+/// A ticketing system, as the [`Ticketer`] uses it.
+#[async_trait::async_trait]
+pub trait TicketSystem: Send + Sync {
+    /// The sink's name in metrics and logs (`service_manager`, `servicenow`).
+    fn name(&self) -> &'static str;
+    /// The system's name for people (`Service Manager`).
+    fn title(&self) -> &'static str;
+    /// Which settings to fix when the system refuses our credentials.
+    fn credentials_hint(&self) -> &'static str;
+    /// The prefix of this system's records in the store (see [`Ticketer`]): empty only for
+    /// Service Manager, whose records predate the others.
+    fn store_prefix(&self) -> &'static str;
+    /// The note written into the alert once its incident exists.
+    fn note_for(&self, incident: &str) -> String;
+    /// Every prefix of a note that carries an incident id of this system (older spellings
+    /// included): such a note means the alert is ticketed.
+    fn note_prefixes(&self) -> &[&'static str];
+    /// The note that claims an alert before its incident is created (see `claim`).
+    fn claim_prefix(&self) -> &'static str;
+    /// The idempotency reference of a new incident for the alert at `uri`.
+    fn reference(&self, uri: &str) -> String;
+    /// True when [`TicketSystem::reference`] is the same for an alert every time: it is then
+    /// looked up before every create, not only after an interrupted one.
+    fn stable_reference(&self) -> bool;
+    /// The id of the incident carrying `reference`, if one exists.
+    async fn find(&self, reference: &str) -> Result<Option<String>, CallError>;
+    /// Creates the incident for `alert`, tagged with `reference`: its id.
+    async fn create(&self, alert: &Value, reference: &str) -> Result<String, CallError>;
+    /// Adds lines to the incident's journal (work notes).
+    async fn journal(&self, incident: &str, lines: &[String]) -> Result<(), CallError>;
+    /// What a cleared or deleted alert does to its incident (`line` says what happened).
+    async fn clear(&self, incident: &str, how: OnClear, line: &str) -> Result<(), CallError>;
+}
+
+/// A call to the ticketing system that failed.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    pub message: String,
+    pub class: CallClass,
+    /// The change may have happened (a timeout or lost connection after sending, a 5xx, a
+    /// success without a usable answer): never sent again before a look-up.
+    pub may_have_acted: bool,
+}
+
+/// What to do about a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallClass {
+    /// Again later: after the system's `Retry-After` when it gave one, else a backoff.
+    Retryable { after: Option<Duration> },
+    /// Our credentials were refused: pause (keep the work) until an operator fixes them.
+    Unauthorized,
+    /// It will never succeed as sent: give up on it, visibly.
+    Permanent,
+}
+
 /// The reference and time (the appliance's) of the newest claim in an alert's change log.
-fn latest_claim(alert: &Value) -> Option<(String, Option<String>)> {
+fn latest_claim(alert: &Value, claim_prefix: &str) -> Option<(String, Option<String>)> {
     alert
         .get("changeLog")?
         .as_array()?
         .iter()
         .rev()
         .find_map(|e| {
-            let r = e.get("notes")?.as_str()?.strip_prefix(CLAIM_PREFIX)?;
+            let r = e.get("notes")?.as_str()?.strip_prefix(claim_prefix)?;
             let at = e.get("created").and_then(Value::as_str).map(str::to_string);
             Some((r.trim().to_string(), at))
         })
@@ -75,15 +116,10 @@ enum Claim {
     Interrupted,
 }
 
-/// Whether a note is one of ours or the sample's (not someone else's to journal).
-pub fn is_ticket_note(note: &str) -> bool {
-    NOTE_PREFIXES.iter().any(|p| note.starts_with(p))
-}
-
-/// The incident id in a note of ours or the sample's: the word after the prefix, without
+/// The incident id in a note carrying one of `prefixes`: the word after the prefix, without
 /// trailing punctuation.
-fn incident_in_note(note: &str) -> Option<String> {
-    NOTE_PREFIXES.iter().find_map(|p| {
+pub fn incident_in_note(note: &str, prefixes: &[&str]) -> Option<String> {
+    prefixes.iter().find_map(|p| {
         let at = note.find(p)?;
         let id = note[at + p.len()..]
             .split_whitespace()
@@ -93,105 +129,16 @@ fn incident_in_note(note: &str) -> Option<String> {
     })
 }
 
-/// The incident ids of every ticket note in the alert's change log.
-fn incidents_in_change_log(alert: &Value) -> Vec<String> {
+/// The incident ids of every note in the alert's change log carrying one of `prefixes`.
+pub fn incidents_in_change_log(alert: &Value, prefixes: &[&str]) -> Vec<String> {
     alert
         .get("changeLog")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|e| e.get("notes").and_then(Value::as_str))
-        .filter_map(incident_in_note)
+        .filter_map(|n| incident_in_note(n, prefixes))
         .collect()
-}
-
-/// The incident id of a note already in the alert's change log, if any.
-pub fn incident_in_change_log(alert: &Value) -> Option<String> {
-    incidents_in_change_log(alert).into_iter().next()
-}
-
-/// What the incident looks like; the defaults are the HPE sample's.
-#[derive(Debug, Clone)]
-pub struct Template {
-    pub title: String,
-    pub category: String,
-    pub area: String,
-    pub subarea: String,
-    pub impact: String,
-    pub assignment_group: String,
-    pub service: String,
-    /// Urgency by alert severity; others get `default_urgency`.
-    pub urgency: Vec<(String, String)>,
-    pub default_urgency: String,
-    /// Put the alert's resource name in `AffectedCI`.
-    pub affected_ci: bool,
-    /// Extra fields, added as they are.
-    pub extra: Map<String, Value>,
-}
-
-impl Default for Template {
-    fn default() -> Self {
-        Template {
-            title: "OneView Alert".into(),
-            category: "incident".into(),
-            area: "hardware".into(),
-            subarea: "hardware failure".into(),
-            impact: "4".into(),
-            assignment_group: "Service Manager".into(),
-            service: "MyDevices".into(),
-            urgency: vec![
-                ("Critical".into(), "1".into()),
-                ("Warning".into(), "2".into()),
-                ("OK".into(), "3".into()),
-            ],
-            default_urgency: "3".into(),
-            affected_ci: true,
-            extra: Map::new(),
-        }
-    }
-}
-
-const NA: &str = "n/a";
-
-impl Template {
-    /// The fields of `{"Incident": {...}}` for an alert; nulls never crash.
-    pub fn incident(&self, alert: &Value) -> Map<String, Value> {
-        let a = AlertView(alert);
-        let urgency = a
-            .severity()
-            .and_then(|s| self.urgency.iter().find(|(k, _)| k.eq_ignore_ascii_case(s)))
-            .map(|(_, u)| u.clone())
-            .unwrap_or_else(|| self.default_urgency.clone());
-        let mut m = Map::new();
-        m.insert("Title".into(), json!(self.title));
-        m.insert(
-            "Description".into(),
-            json!([
-                format!("resourceName: {}", a.resource_name().unwrap_or(NA)),
-                format!("Description: {}", a.description().unwrap_or(NA)),
-                format!("correctiveAction: {}", a.corrective_action().unwrap_or(NA)),
-                // Spelled as the HPE sample spells it, for continuity of existing SM rules.
-                format!("healthCatagory: {}", a.health_category().unwrap_or(NA)),
-                format!("alertUri: {}", a.uri().unwrap_or(NA)),
-            ]),
-        );
-        m.insert("Category".into(), json!(self.category));
-        m.insert("Area".into(), json!(self.area));
-        m.insert("Subarea".into(), json!(self.subarea));
-        m.insert("Impact".into(), json!(self.impact));
-        m.insert("Urgency".into(), json!(urgency));
-        m.insert("AssignmentGroup".into(), json!(self.assignment_group));
-        m.insert("Service".into(), json!(self.service));
-        if self.affected_ci {
-            if let Some(n) = a.resource_name() {
-                m.insert("AffectedCI".into(), json!(n));
-            }
-        }
-        for (k, v) in &self.extra {
-            m.insert(k.clone(), v.clone());
-        }
-        m
-    }
 }
 
 /// What happens to an incident when its alert is cleared or deleted.
@@ -251,9 +198,8 @@ pub enum TicketError {
 
 pub struct Ticketer {
     pub store: Store,
-    pub sm: SmClient,
+    pub system: Arc<dyn TicketSystem>,
     pub ov: Arc<Session>,
-    pub template: Template,
     pub on_clear: OnClear,
     /// Journal other people's changes to a ticketed alert.
     pub journal_updates: bool,
@@ -277,10 +223,10 @@ enum Attempt<T> {
     Unknown(String),
 }
 
-/// Whether a Service Manager call is sent again blindly after an error (reads, resolving and
-/// closing, which a repeat does not change; a journal line, which a repeat at worst adds
-/// twice) or, when its outcome is unknown, looked up first (a create: a repeat would open a
-/// second incident).
+/// Whether a call to the ticketing system is sent again blindly after an error (reads,
+/// resolving and closing, which a repeat does not change; a journal line, which a repeat at
+/// worst adds twice) or, when its outcome is unknown, looked up first (a create: a repeat
+/// would open a second incident).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Repeat {
     Blindly,
@@ -300,34 +246,37 @@ impl Ticketer {
         }
     }
 
-    /// Runs an SM call until it succeeds, fails for good, or shutdown comes; a call that
-    /// must not be repeated blindly also ends when its outcome is unknown.
-    async fn sm_retry<T, F, Fut>(&self, what: &str, repeat: Repeat, mut f: F) -> Attempt<T>
+    /// Runs a call to the ticketing system until it succeeds, fails for good, or shutdown
+    /// comes; a call that must not be repeated blindly also ends when its outcome is unknown.
+    async fn sys_retry<T, F, Fut>(&self, what: &str, repeat: Repeat, mut f: F) -> Attempt<T>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, SmError>>,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
     {
         let mut attempt = 0;
         loop {
             match f().await {
                 Ok(v) => return Attempt::Ok(v),
-                Err(e) if repeat == Repeat::LookUpFirst && e.may_have_acted() => {
-                    return Attempt::Unknown(e.to_string())
+                Err(e) if repeat == Repeat::LookUpFirst && e.may_have_acted => {
+                    return Attempt::Unknown(e.message)
                 }
-                Err(e) => match e.class() {
-                    ErrorClass::Permanent => return Attempt::Permanent(e.to_string()),
-                    ErrorClass::Unauthorized => {
-                        tracing::error!(error = %e, pause_secs = self.retry_cap.as_secs(), "Service Manager refused our credentials: check -i/--id and the SM password; pausing");
+                Err(e) => match e.class {
+                    CallClass::Permanent => return Attempt::Permanent(e.message),
+                    CallClass::Unauthorized => {
+                        tracing::error!(sink = self.system.name(), error = %e.message, pause_secs = self.retry_cap.as_secs(), "{} refused our credentials: {}; pausing", self.system.title(), self.system.credentials_hint());
                         if !self.pause(self.retry_cap).await {
                             return Attempt::Interrupted;
                         }
                     }
-                    ErrorClass::Retryable => {
-                        let d =
+                    CallClass::Retryable { after } => {
+                        let backoff =
                             scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
+                        // The system's own Retry-After, when it gave one (bounded: a bogus
+                        // hour must not stall the lane).
+                        let d = after.map_or(backoff, |a| a.min(RETRY_AFTER_CAP));
                         attempt += 1;
                         self.metrics
-                            .retry("service_manager", what, attempt, d, &e.to_string());
+                            .retry(self.system.name(), what, attempt, d, &e.message);
                         if !self.pause(d).await {
                             return Attempt::Interrupted;
                         }
@@ -389,14 +338,24 @@ impl Ticketer {
         }
     }
 
+    /// The store's key of an alert's record for this system: the bare uri for Service
+    /// Manager (as stores written before other systems existed have it), `name:uri` for
+    /// the others.
+    fn key(&self, uri: &str) -> String {
+        match self.system.store_prefix() {
+            "" => uri.to_string(),
+            p => format!("{p}:{uri}"),
+        }
+    }
+
     async fn get(&self, uri: &str) -> Result<Option<Record>, TicketError> {
         // A read is a few microseconds from the page cache: done in place, not handed to a
         // blocking thread (two context switches per alert saved in a storm).
-        Ok(self.store.get(uri)?)
+        Ok(self.store.get(&self.key(uri))?)
     }
 
     async fn put(&self, uri: &str, rec: Record) -> Result<(), TicketError> {
-        Ok(self.store.put_async(uri, &rec).await?)
+        Ok(self.store.put_async(&self.key(uri), &rec).await?)
     }
 
     /// Handles one decoded message. Returns when the delivery may be acked (or must be left).
@@ -447,7 +406,7 @@ impl Ticketer {
                     }
                     Attempt::Interrupted | Attempt::Unknown(_) => return Ok(Outcome::Interrupted),
                 };
-                if let Some(id) = incident_in_change_log(&alert) {
+                if let Some(id) = self.incident_in_change_log(&alert) {
                     self.metrics
                         .incident_deduplicated(uri, &id, "its notes carry the incident");
                     self.put(uri, Record::new(Some(id.clone()), Step::Noted))
@@ -461,9 +420,8 @@ impl Ticketer {
                 if alert.get("alertState").and_then(Value::as_str) == Some("Cleared") {
                     return Ok(Outcome::Done("alert already cleared".into()));
                 }
-                let mut fields = self.template.incident(&alert);
                 // Tag the incident before creating it, and record the tag first: a crash between
-                // Service Manager's answer and our record is then resolved by looking it up.
+                // the system's answer and our record is then resolved by looking it up.
                 let reference = match existing.as_ref() {
                     Some(Record {
                         step: Step::Creating,
@@ -471,7 +429,7 @@ impl Ticketer {
                         ..
                     }) => r.clone(),
                     _ => {
-                        let r = format!("scmb-{:016x}", rand::random::<u64>());
+                        let r = self.system.reference(uri);
                         let mut rec = Record::new(None, Step::Creating);
                         rec.reference = Some(r.clone());
                         self.put(uri, rec).await?;
@@ -488,23 +446,25 @@ impl Ticketer {
                         Claim::Interrupted => return Ok(Outcome::Interrupted),
                     }
                 }
-                fields.insert(REFERENCE_FIELD.into(), json!(reference));
-                let query = format!("{REFERENCE_FIELD}=\"{reference}\"");
                 // A create that was interrupted, or whose outcome is unknown, may have
-                // happened: look for its reference before creating again.
-                let found = match existing.as_ref().map(|r| &r.step) {
-                    Some(Step::Creating) => match self
-                        .sm_retry(
+                // happened: look for its reference before creating again. A system whose
+                // reference is stable for the alert is asked every time (a wiped store, or an
+                // incident opened by hand with our key, is found too).
+                let look_up = self.system.stable_reference()
+                    || matches!(existing.as_ref().map(|r| &r.step), Some(Step::Creating));
+                let found = match look_up {
+                    true => match self
+                        .sys_retry(
                             "looking up an incident that may exist",
                             Repeat::Blindly,
-                            || self.sm.list(Some(&query), 10),
+                            || self.system.find(&reference),
                         )
                         .await
                     {
-                        Attempt::Ok(list) => list.into_iter().next(),
+                        Attempt::Ok(found) => found,
                         Attempt::Permanent(e) => {
                             // Creating now could open a second incident; failing says so.
-                            let reason = format!("the incident may exist (reference {reference}) but Service Manager refused to look it up: {e}; search for the reference and write its id into the alert's notes");
+                            let reason = format!("the incident may exist (reference {reference}) but {} refused to look it up: {e}; search for the reference and write its id into the alert's notes", self.system.title());
                             self.metrics.incident_failed(uri, &reason);
                             let mut rec = Record::new(None, Step::Failed);
                             rec.reason = Some(reason.clone());
@@ -515,26 +475,26 @@ impl Ticketer {
                             return Ok(Outcome::Interrupted)
                         }
                     },
-                    _ => None,
+                    false => None,
                 };
                 let created = match found {
-                    Some(inc) => {
+                    Some(id) => {
                         self.metrics.incident_deduplicated(
                             uri,
-                            &inc.id,
-                            "found the incident created before an interruption",
+                            &id,
+                            "found the incident by its reference",
                         );
-                        Attempt::Ok(inc)
+                        Attempt::Ok(id)
                     }
                     None => {
-                        self.sm_retry("creating the incident", Repeat::LookUpFirst, || {
-                            self.sm.create_incident(&fields)
+                        self.sys_retry("creating the incident", Repeat::LookUpFirst, || {
+                            self.system.create(&alert, &reference)
                         })
                         .await
                     }
                 };
                 let id = match created {
-                    Attempt::Ok(inc) => inc.id,
+                    Attempt::Ok(id) => id,
                     Attempt::Permanent(reason) => {
                         self.metrics.incident_failed(uri, &reason);
                         let mut rec = Record::new(None, Step::Failed);
@@ -553,7 +513,7 @@ impl Ticketer {
                 id
             }
         };
-        let note = note_for(&incident);
+        let note = self.system.note_for(&incident);
         let mut updated = None;
         match self
             .ov_retry("writing the note", || {
@@ -565,7 +525,8 @@ impl Ticketer {
             Attempt::Ok(a) => {
                 // Another incident's note beside ours: another instance, on state of its own
                 // and without claims, ticketed the same alert at the same time.
-                let others: Vec<String> = incidents_in_change_log(&a)
+                let others: Vec<String> = self
+                    .incidents_in_change_log(&a)
                     .into_iter()
                     .filter(|id| *id != incident)
                     .collect();
@@ -594,7 +555,7 @@ impl Ticketer {
     /// valid claim: an eTag-guarded note, which only one of two writers can add.
     async fn claim(&self, uri: &str, alert: &Value, reference: &str) -> Claim {
         let etag = alert.get("eTag").and_then(Value::as_str);
-        match latest_claim(alert) {
+        match latest_claim(alert, self.system.claim_prefix()) {
             Some((r, _)) if r == reference => return Claim::Ours(etag.map(str::to_string)),
             Some((r, at)) => {
                 if !self.claim_expired(at.as_deref()).await {
@@ -612,7 +573,7 @@ impl Ticketer {
             );
             return Claim::Ours(None);
         };
-        let note = format!("{CLAIM_PREFIX}{reference}");
+        let note = format!("{}{reference}", self.system.claim_prefix());
         match self
             .ov_retry("claiming the alert", || {
                 self.ov.add_alert_note_if(uri, &note, etag)
@@ -655,10 +616,18 @@ impl Ticketer {
             return Ok(Vec::new());
         }
         let all = self.store.call(|s| s.all()).await?;
+        let prefix = self.system.store_prefix();
         Ok(all
             .into_iter()
             .filter(|(_, r)| r.incident.is_some() && matches!(r.step, Step::Created | Step::Noted))
-            .map(|(uri, _)| uri)
+            .filter_map(|(key, _)| match prefix {
+                // Service Manager's keys are bare uris; another system's `name:uri`.
+                "" => key.starts_with('/').then_some(key),
+                p => key
+                    .strip_prefix(p)
+                    .and_then(|k| k.strip_prefix(':'))
+                    .map(str::to_string),
+            })
             .collect())
     }
 
@@ -700,8 +669,7 @@ impl Ticketer {
                         .and_then(|e| e.get("notes"))
                         .and_then(Value::as_str)
                         .unwrap_or("");
-                    if !note.is_empty() && !is_ticket_note(note) && !note.starts_with(CLAIM_PREFIX)
-                    {
+                    if !note.is_empty() && !self.is_ours(note) {
                         let who = last
                             .and_then(|e| e.get("username"))
                             .and_then(Value::as_str)
@@ -715,11 +683,9 @@ impl Ticketer {
         if lines.is_empty() {
             return Ok(Outcome::Done("update not journaled".into()));
         }
-        let mut fields = Map::new();
-        fields.insert("JournalUpdates".into(), json!(lines));
         match self
-            .sm_retry("journaling an alert update", Repeat::Blindly, || {
-                self.sm.update_incident(&id, &fields)
+            .sys_retry("journaling an alert update", Repeat::Blindly, || {
+                self.system.journal(&id, &lines)
             })
             .await
         {
@@ -761,31 +727,16 @@ impl Ticketer {
                 .and_then(Value::as_str)
                 .unwrap_or(NA)
         );
-        let mut fields = Map::new();
-        fields.insert("JournalUpdates".into(), json!([line]));
-        let result = match self.on_clear {
-            OnClear::Journal | OnClear::None => {
-                self.sm_retry("journaling the incident", Repeat::Blindly, || {
-                    self.sm.update_incident(&id, &fields)
-                })
-                .await
-            }
-            OnClear::Resolve => {
-                fields.insert("Solution".into(), json!([line]));
-                self.sm_retry("resolving the incident", Repeat::Blindly, || {
-                    self.sm.resolve(&id, &fields)
-                })
-                .await
-            }
-            OnClear::Close => {
-                fields.insert("Solution".into(), json!([line]));
-                fields.insert("ClosureCode".into(), json!("Automatically Closed"));
-                self.sm_retry("closing the incident", Repeat::Blindly, || {
-                    self.sm.close(&id, &fields)
-                })
-                .await
-            }
+        let what_call = match self.on_clear {
+            OnClear::Journal | OnClear::None => "journaling the incident",
+            OnClear::Resolve => "resolving the incident",
+            OnClear::Close => "closing the incident",
         };
+        let result = self
+            .sys_retry(what_call, Repeat::Blindly, || {
+                self.system.clear(&id, self.on_clear, &line)
+            })
+            .await;
         match result {
             Attempt::Ok(_) => {}
             Attempt::Permanent(e) => {
@@ -801,50 +752,24 @@ impl Ticketer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
 
-    #[test]
-    fn the_incident_follows_the_sample_and_survives_nulls() {
-        let alert = json!({"uri": "/rest/alerts/1", "severity": "Critical", "description": null,
-            "correctiveAction": null, "healthCategory": null, "associatedResource": null});
-        let m = Template::default().incident(&alert);
-        assert_eq!(m["Title"], "OneView Alert");
-        assert_eq!(m["Urgency"], "1");
-        assert_eq!(m["Description"][1], "Description: n/a");
-        assert_eq!(m["Description"][0], "resourceName: n/a");
-        assert!(m.get("AffectedCI").is_none());
-        let warn = Template::default().incident(&json!({"severity": "Warning"}));
-        assert_eq!(warn["Urgency"], "2");
+impl Ticketer {
+    /// The incident ids of this system's notes in the alert's change log.
+    fn incidents_in_change_log(&self, alert: &Value) -> Vec<String> {
+        incidents_in_change_log(alert, self.system.note_prefixes())
     }
 
-    #[test]
-    fn an_existing_note_is_found_in_the_change_log() {
-        let a = json!({"changeLog": [{"notes": "hello"}, {"notes": note_for("IM10042")}]});
-        assert_eq!(incident_in_change_log(&a).as_deref(), Some("IM10042"));
-        assert_eq!(incident_in_change_log(&json!({"changeLog": null})), None);
-        assert_eq!(
-            incident_in_change_log(&json!({"changeLog": [{"notes": NOTE_PREFIX}]})),
-            None
-        );
+    /// The incident id of a note of this system already in the alert's change log.
+    fn incident_in_change_log(&self, alert: &Value) -> Option<String> {
+        self.incidents_in_change_log(alert).into_iter().next()
     }
 
-    #[test]
-    fn the_hpe_samples_note_counts_as_an_existing_ticket_in_both_spellings() {
-        // ov_to_sm.py writes "loged"; an alert it ticketed must not get a second incident.
-        for note in [
-            "Case automatically loged in HPE Service Manager with ID: IM10007",
-            "Case automatically logged in HPE Service Manager with ID: IM10007.",
-        ] {
-            let a = json!({"changeLog": [{"notes": "hello"}, {"notes": note}]});
-            assert_eq!(
-                incident_in_change_log(&a).as_deref(),
-                Some("IM10007"),
-                "{note}"
-            );
-            assert!(is_ticket_note(note));
-        }
-        assert!(!is_ticket_note("Case opened by hand: IM1"));
+    /// Whether a note is this system's (a ticket or a claim), not someone else's to journal.
+    fn is_ours(&self, note: &str) -> bool {
+        self.system
+            .note_prefixes()
+            .iter()
+            .any(|p| note.starts_with(p))
+            || note.starts_with(self.system.claim_prefix())
     }
 }

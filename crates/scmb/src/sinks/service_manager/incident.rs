@@ -1,0 +1,284 @@
+//! Service Manager as a [`TicketSystem`]: the incident's fields (the HPE sample's template),
+//! the note written back, the reference field, and Service Manager's errors as the ticketer
+//! understands them.
+
+use scmb_model::AlertView;
+use scmb_servicemanager::{ErrorClass, SmClient, SmError};
+use serde_json::{json, Map, Value};
+
+use crate::sinks::ticketing::{CallClass, CallError, OnClear, TicketSystem};
+
+/// The incident field carrying our correlation reference (Service Manager has none of its own;
+/// unknown fields pass through and can be queried).
+pub const REFERENCE_FIELD: &str = "ExternalReference";
+
+/// The note written into the alert (the HPE sample's sentence, spelled correctly).
+pub const NOTE_PREFIX: &str = "Case automatically logged in HPE Service Manager with ID: ";
+
+/// Every spelling of the note that means "this alert already has an incident": ours, and the
+/// HPE sample's `ov_to_sm.py`, which writes "loged". An alert the sample ticketed before the
+/// switch to `ov_to_sm` must not get a second incident.
+pub const NOTE_PREFIXES: [&str; 2] = [
+    NOTE_PREFIX,
+    "Case automatically loged in HPE Service Manager with ID: ",
+];
+
+pub fn note_for(incident: &str) -> String {
+    format!("{NOTE_PREFIX}{incident}")
+}
+
+/// The note that claims an alert before its incident is created, when two instances may
+/// ticket the same appliance (`claim`): written only if the alert is unchanged since it was
+/// read (its eTag), so of two instances that read it at once exactly one can write it.
+pub const CLAIM_PREFIX: &str = "Case being logged in HPE Service Manager by scmb, reference ";
+
+/// Whether a note is one of ours or the sample's (not someone else's to journal).
+pub fn is_ticket_note(note: &str) -> bool {
+    NOTE_PREFIXES.iter().any(|p| note.starts_with(p))
+}
+
+/// The incident id of a note of ours or the sample's already in the alert's change log.
+pub fn incident_in_change_log(alert: &Value) -> Option<String> {
+    crate::sinks::ticketing::incidents_in_change_log(alert, &NOTE_PREFIXES)
+        .into_iter()
+        .next()
+}
+
+/// What the incident looks like; the defaults are the HPE sample's.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub title: String,
+    pub category: String,
+    pub area: String,
+    pub subarea: String,
+    pub impact: String,
+    pub assignment_group: String,
+    pub service: String,
+    /// Urgency by alert severity; others get `default_urgency`.
+    pub urgency: Vec<(String, String)>,
+    pub default_urgency: String,
+    /// Put the alert's resource name in `AffectedCI`.
+    pub affected_ci: bool,
+    /// Extra fields, added as they are.
+    pub extra: Map<String, Value>,
+}
+
+impl Default for Template {
+    fn default() -> Self {
+        Template {
+            title: "OneView Alert".into(),
+            category: "incident".into(),
+            area: "hardware".into(),
+            subarea: "hardware failure".into(),
+            impact: "4".into(),
+            assignment_group: "Service Manager".into(),
+            service: "MyDevices".into(),
+            urgency: vec![
+                ("Critical".into(), "1".into()),
+                ("Warning".into(), "2".into()),
+                ("OK".into(), "3".into()),
+            ],
+            default_urgency: "3".into(),
+            affected_ci: true,
+            extra: Map::new(),
+        }
+    }
+}
+
+const NA: &str = "n/a";
+
+impl Template {
+    /// The fields of `{"Incident": {...}}` for an alert; nulls never crash.
+    pub fn incident(&self, alert: &Value) -> Map<String, Value> {
+        let a = AlertView(alert);
+        let urgency = a
+            .severity()
+            .and_then(|s| self.urgency.iter().find(|(k, _)| k.eq_ignore_ascii_case(s)))
+            .map(|(_, u)| u.clone())
+            .unwrap_or_else(|| self.default_urgency.clone());
+        let mut m = Map::new();
+        m.insert("Title".into(), json!(self.title));
+        m.insert(
+            "Description".into(),
+            json!([
+                format!("resourceName: {}", a.resource_name().unwrap_or(NA)),
+                format!("Description: {}", a.description().unwrap_or(NA)),
+                format!("correctiveAction: {}", a.corrective_action().unwrap_or(NA)),
+                // Spelled as the HPE sample spells it, for continuity of existing SM rules.
+                format!("healthCatagory: {}", a.health_category().unwrap_or(NA)),
+                format!("alertUri: {}", a.uri().unwrap_or(NA)),
+            ]),
+        );
+        m.insert("Category".into(), json!(self.category));
+        m.insert("Area".into(), json!(self.area));
+        m.insert("Subarea".into(), json!(self.subarea));
+        m.insert("Impact".into(), json!(self.impact));
+        m.insert("Urgency".into(), json!(urgency));
+        m.insert("AssignmentGroup".into(), json!(self.assignment_group));
+        m.insert("Service".into(), json!(self.service));
+        if self.affected_ci {
+            if let Some(n) = a.resource_name() {
+                m.insert("AffectedCI".into(), json!(n));
+            }
+        }
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        m
+    }
+}
+
+/// Service Manager, ticketing.
+pub struct SmSystem {
+    pub sm: SmClient,
+    pub template: Template,
+}
+
+/// A Service Manager error as the ticketer sees it.
+fn call_error(e: SmError) -> CallError {
+    CallError {
+        class: match e.class() {
+            ErrorClass::Retryable => CallClass::Retryable { after: None },
+            ErrorClass::Unauthorized => CallClass::Unauthorized,
+            ErrorClass::Permanent => CallClass::Permanent,
+        },
+        may_have_acted: e.may_have_acted(),
+        message: e.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl TicketSystem for SmSystem {
+    fn name(&self) -> &'static str {
+        "service_manager"
+    }
+
+    fn title(&self) -> &'static str {
+        "Service Manager"
+    }
+
+    fn credentials_hint(&self) -> &'static str {
+        "check -i/--id and the SM password (service_manager.user, password_env/_file/_credential)"
+    }
+
+    fn store_prefix(&self) -> &'static str {
+        ""
+    }
+
+    fn note_for(&self, incident: &str) -> String {
+        note_for(incident)
+    }
+
+    fn note_prefixes(&self) -> &[&'static str] {
+        &NOTE_PREFIXES
+    }
+
+    fn claim_prefix(&self) -> &'static str {
+        CLAIM_PREFIX
+    }
+
+    /// Random per first attempt (recorded before the create): Service Manager has no field of
+    /// ours to search by the alert, and ov_to_sm's incidents never carried one.
+    fn reference(&self, _uri: &str) -> String {
+        format!("scmb-{:016x}", rand::random::<u64>())
+    }
+
+    fn stable_reference(&self) -> bool {
+        false
+    }
+
+    async fn find(&self, reference: &str) -> Result<Option<String>, CallError> {
+        let query = format!("{REFERENCE_FIELD}=\"{reference}\"");
+        self.sm
+            .list(Some(&query), 10)
+            .await
+            .map(|l| l.into_iter().next().map(|i| i.id))
+            .map_err(call_error)
+    }
+
+    async fn create(&self, alert: &Value, reference: &str) -> Result<String, CallError> {
+        let mut fields = self.template.incident(alert);
+        fields.insert(REFERENCE_FIELD.into(), json!(reference));
+        self.sm
+            .create_incident(&fields)
+            .await
+            .map(|i| i.id)
+            .map_err(call_error)
+    }
+
+    async fn journal(&self, incident: &str, lines: &[String]) -> Result<(), CallError> {
+        let mut fields = Map::new();
+        fields.insert("JournalUpdates".into(), json!(lines));
+        self.sm
+            .update_incident(incident, &fields)
+            .await
+            .map(|_| ())
+            .map_err(call_error)
+    }
+
+    async fn clear(&self, incident: &str, how: OnClear, line: &str) -> Result<(), CallError> {
+        let mut fields = Map::new();
+        fields.insert("JournalUpdates".into(), json!([line]));
+        let r = match how {
+            OnClear::Journal | OnClear::None => self.sm.update_incident(incident, &fields).await,
+            OnClear::Resolve => {
+                fields.insert("Solution".into(), json!([line]));
+                self.sm.resolve(incident, &fields).await
+            }
+            OnClear::Close => {
+                fields.insert("Solution".into(), json!([line]));
+                fields.insert("ClosureCode".into(), json!("Automatically Closed"));
+                self.sm.close(incident, &fields).await
+            }
+        };
+        r.map(|_| ()).map_err(call_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_incident_follows_the_sample_and_survives_nulls() {
+        let alert = json!({"uri": "/rest/alerts/1", "severity": "Critical", "description": null,
+            "correctiveAction": null, "healthCategory": null, "associatedResource": null});
+        let m = Template::default().incident(&alert);
+        assert_eq!(m["Title"], "OneView Alert");
+        assert_eq!(m["Urgency"], "1");
+        assert_eq!(m["Description"][1], "Description: n/a");
+        assert_eq!(m["Description"][0], "resourceName: n/a");
+        assert!(m.get("AffectedCI").is_none());
+        let warn = Template::default().incident(&json!({"severity": "Warning"}));
+        assert_eq!(warn["Urgency"], "2");
+    }
+
+    #[test]
+    fn an_existing_note_is_found_in_the_change_log() {
+        let a = json!({"changeLog": [{"notes": "hello"}, {"notes": note_for("IM10042")}]});
+        assert_eq!(incident_in_change_log(&a).as_deref(), Some("IM10042"));
+        assert_eq!(incident_in_change_log(&json!({"changeLog": null})), None);
+        assert_eq!(
+            incident_in_change_log(&json!({"changeLog": [{"notes": NOTE_PREFIX}]})),
+            None
+        );
+    }
+
+    #[test]
+    fn the_hpe_samples_note_counts_as_an_existing_ticket_in_both_spellings() {
+        // ov_to_sm.py writes "loged"; an alert it ticketed must not get a second incident.
+        for note in [
+            "Case automatically loged in HPE Service Manager with ID: IM10007",
+            "Case automatically logged in HPE Service Manager with ID: IM10007.",
+        ] {
+            let a = json!({"changeLog": [{"notes": "hello"}, {"notes": note}]});
+            assert_eq!(
+                incident_in_change_log(&a).as_deref(),
+                Some("IM10007"),
+                "{note}"
+            );
+            assert!(is_ticket_note(note));
+        }
+        assert!(!is_ticket_note("Case opened by hand: IM1"));
+    }
+}
