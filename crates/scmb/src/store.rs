@@ -191,7 +191,28 @@ struct Inner {
     writer: Option<std::sync::mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Printed notes waiting for their commit (see [`Store::note_printed`]).
-    notes: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    notes: Arc<std::sync::Mutex<Notes>>,
+}
+
+/// Printed notes not yet in the database: waiting for the next batch, or in the batch being
+/// committed. [`Store::printed`] reads them first, so what was printed is known from the
+/// moment it was noted, not only once committed.
+#[derive(Default)]
+struct Notes {
+    waiting: Vec<(String, String)>,
+    committing: Vec<(String, String)>,
+}
+
+impl Notes {
+    /// The newest eTag noted for `uri` and not yet committed.
+    fn find(&self, uri: &str) -> Option<String> {
+        self.waiting
+            .iter()
+            .rev()
+            .chain(self.committing.iter().rev())
+            .find(|(u, _)| u == uri)
+            .map(|(_, e)| e.clone())
+    }
 }
 
 /// The store's page cache where a sink tickets: each event reads and writes its alert's
@@ -237,7 +258,7 @@ const NOTE_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 fn group_commit(
     db: Arc<Database>,
     jobs: std::sync::mpsc::Receiver<Job>,
-    notes: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    notes: Arc<std::sync::Mutex<Notes>>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut urgent = !matches!(first.write, Write::Notes);
@@ -258,9 +279,14 @@ fn group_commit(
                 None => break,
             }
         }
+        // Taken into the batch, but still readable until committed.
         let noted = notes
             .lock()
-            .map(|mut n| std::mem::take(&mut *n))
+            .map(|mut n| {
+                let w = std::mem::take(&mut n.waiting);
+                n.committing = w.clone();
+                w
+            })
             .unwrap_or_default();
         // A panic inside redb fails this batch instead of ending the writer thread.
         let result = catching_panics(|| -> Result<(), String> {
@@ -293,6 +319,9 @@ fn group_commit(
             w.commit().map_err(|x| e(x.into()))
         })
         .unwrap_or_else(Err);
+        if let Ok(mut n) = notes.lock() {
+            n.committing.clear();
+        }
         if let Err(e) = &result {
             if !noted.is_empty() {
                 tracing::warn!(error = %e, notes = noted.len(), "cannot record what was printed; a catch-up may print it again");
@@ -346,7 +375,7 @@ impl Store {
         let database = Arc::new(database);
         let (writer, jobs) = std::sync::mpsc::channel();
         let d = database.clone();
-        let notes: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+        let notes: Arc<std::sync::Mutex<Notes>> = Arc::default();
         let n = notes.clone();
         let thread = std::thread::Builder::new()
             .name("scmb-store".into())
@@ -399,8 +428,8 @@ impl Store {
                 .notes
                 .lock()
                 .map_err(|_| StoreError::Db("the store's note buffer is poisoned".into()))?;
-            n.push((uri.to_string(), etag.to_string()));
-            n.len() == 1
+            n.waiting.push((uri.to_string(), etag.to_string()));
+            n.waiting.len() == 1
         };
         if !first {
             return Ok(()); // the writer was woken for the burst already
@@ -485,8 +514,12 @@ impl Store {
         })
     }
 
-    /// The eTag last printed for `uri` (scmb's de-duplication across restarts).
+    /// The eTag last printed for `uri` (scmb's de-duplication across restarts), noted but not
+    /// yet committed included.
     pub fn printed(&self, uri: &str) -> Result<Option<String>, StoreError> {
+        if let Some(etag) = self.inner.notes.lock().ok().and_then(|n| n.find(uri)) {
+            return Ok(Some(etag));
+        }
         self.guarded(|| {
             let r = self.inner.db.begin_read().map_err(db)?;
             let t = r.open_table(PRINTED).map_err(db)?;
@@ -649,6 +682,27 @@ mod tests {
             assert!(!m.contains("another") && !m.contains("message bus"), "{m}");
             assert!(m.contains("/var/lib/scmb/dc1/scmb.redb"), "{m}");
         }
+    }
+
+    #[test]
+    fn a_print_noted_but_not_yet_committed_is_already_known() {
+        let path = fresh("noted");
+        let store = Store::open(&path).expect("open");
+        store.note_printed("/rest/alerts/1", "e1").expect("note");
+        store.note_printed("/rest/alerts/1", "e2").expect("note");
+        // Asked at once, well before the batch's linger is over: the newest eTag noted.
+        assert_eq!(
+            store.printed("/rest/alerts/1").expect("read").as_deref(),
+            Some("e2")
+        );
+        assert_eq!(store.printed("/rest/alerts/2").expect("read"), None);
+        drop(store);
+        let again = Store::open(&path).expect("reopen");
+        assert_eq!(
+            again.printed("/rest/alerts/1").expect("read").as_deref(),
+            Some("e2"),
+            "committed at the latest when the store closed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,7 +140,9 @@ pub fn init_logging(log: &LogSettings) {
         Some(f) => (f, false),
         None => (parse_level(DEFAULT_LOG_LEVEL).unwrap_or_default(), true),
     };
+    // The builder's own level (INFO unless told) would hide what the directives let through.
     let builder = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {

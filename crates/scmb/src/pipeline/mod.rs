@@ -41,14 +41,11 @@ use crate::telemetry::ApplianceMetrics;
 struct Shared {
     metrics: ApplianceMetrics,
     filter: Filter,
-    /// Where outcomes, what was printed and the catch-up checkpoint are kept (none for a
-    /// listener without catch-up: it keeps nothing).
-    store: Option<Store>,
     sinks: Vec<Arc<dyn Sink>>,
     /// Some sink prints what the filter admits: a catch-up must not show it twice.
     prints: bool,
-    /// What was printed lately (uri → eTag), in front of the store's record of it: a
-    /// catch-up right after a reconnect sees what the store has not committed yet.
+    /// What was printed lately (uri → eTag): fresh deliveries, which do not ask the store,
+    /// are checked against it (the store's own answer includes what it has not committed).
     printed: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// What this connection's catch-up printed (uri → eTag), all of it: the only earlier
     /// print a fresh delivery can repeat (a change published before the listing read it).
@@ -56,6 +53,10 @@ struct Shared {
     /// The queue outlives us (`--queue`): a delivery may have been seen by an earlier run.
     durable_queue: bool,
     stop: watch::Receiver<bool>,
+    /// Where outcomes, what was printed and the catch-up checkpoint are kept (none for a
+    /// listener without catch-up: it keeps nothing). Declared last, so dropped last: closing
+    /// the database allocates (redb writes its allocator state), best once the rest is freed.
+    store: Option<Store>,
 }
 
 /// A pipeline ready to run: logged in (when something needs REST), store open, sinks built.
@@ -559,9 +560,10 @@ impl Shared {
     }
 }
 
-/// How many printed alerts are remembered in memory in front of the store: enough to cover
-/// the few milliseconds before the store's next group commit.
-const PRINTED_IN_MEMORY: usize = 4096;
+/// How many printed alerts are remembered in memory for fresh deliveries (which repeat an
+/// earlier print only if the appliance sends the same version twice); the store knows them
+/// all, committed or not.
+const PRINTED_IN_MEMORY: usize = 1024;
 
 /// How long finished deliveries wait for more before their ack goes out.
 const LINGER: Duration = Duration::from_millis(5);

@@ -752,7 +752,6 @@ impl Ticketer {
     }
 }
 
-
 impl Ticketer {
     /// The incident ids of this system's notes in the alert's change log.
     fn incidents_in_change_log(&self, alert: &Value) -> Vec<String> {
