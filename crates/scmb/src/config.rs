@@ -41,8 +41,13 @@ pub enum ConfigError {
     File { appliance: String, message: String },
 }
 
-/// An appliance's passwords, read: OneView's, and its Service Manager sink's when it has one.
-pub type Secrets = (Secret, Option<Secret>);
+/// An appliance's passwords, read: OneView's, its Service Manager sink's when it has one, and
+/// its PagerDuty sink's routing keys when it has one.
+pub type Secrets = (
+    Secret,
+    Option<Secret>,
+    Option<crate::sinks::pagerduty::RoutingKeys>,
+);
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -180,6 +185,8 @@ pub struct ApplianceConfig {
     pub jsonl: Option<crate::sinks::jsonl::JsonlConfig>,
     /// Open an incident per admitted alert (what `ov_to_sm` does).
     pub service_manager: Option<crate::sinks::service_manager::ServiceManagerConfig>,
+    /// Page PagerDuty (Events API v2) for every admitted alert; resolve when it clears.
+    pub pagerduty: Option<crate::sinks::pagerduty::PagerDutyConfig>,
 }
 
 /// `[appliance.filter]`; every list empty means the default.
@@ -301,9 +308,13 @@ impl Config {
             a.password()
                 .check()
                 .map_err(|m| ctx(format!("OneView {m}")))?;
-            if a.console.is_none() && a.jsonl.is_none() && a.service_manager.is_none() {
+            if a.console.is_none()
+                && a.jsonl.is_none()
+                && a.service_manager.is_none()
+                && a.pagerduty.is_none()
+            {
                 return Err(ctx(
-                    "no sink: add [appliance.console], [appliance.jsonl] or [appliance.service_manager]"
+                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager] or [appliance.pagerduty]"
                         .into(),
                 ));
             }
@@ -318,6 +329,9 @@ impl Config {
             if let Some(sm) = &a.service_manager {
                 sm.keep_alive().map_err(ctx)?;
                 sm.retry_cap().map_err(ctx)?;
+            }
+            if let Some(pd) = &a.pagerduty {
+                pd.check(&a.filter.severities).map_err(ctx)?;
             }
             if let Some(fp) = &a.rest_fingerprint {
                 fp.parse::<scmb_tls::Fingerprint>()
@@ -425,7 +439,9 @@ impl ApplianceConfig {
     fn look_back(&self) -> Result<LookBack, String> {
         match &self.look_back {
             Some(l) => LookBack::parse(l).map_err(|e| e.replace("look-back", "look_back")),
-            None => Ok(LookBack::default_for(self.service_manager.is_some())),
+            None => Ok(LookBack::default_for(
+                self.service_manager.is_some() || self.pagerduty.is_some(),
+            )),
         }
     }
 
@@ -467,20 +483,28 @@ impl ApplianceConfig {
             ),
             None => None,
         };
-        Ok((ov, sm))
+        let pd = match &self.pagerduty {
+            Some(p) => Some(p.routing_keys().map_err(err)?),
+            None => None,
+        };
+        Ok((ov, sm, pd))
     }
 
     /// The settings to run this appliance with, its passwords already read.
     pub fn settings_with(
         &self,
         state_dir: &Path,
-        (ov, sm): Secrets,
+        (ov, sm, pd): Secrets,
     ) -> Result<settings::Appliance, ConfigError> {
-        self.assemble(state_dir, ov, sm)
-            .map_err(|message| ConfigError::Secret {
-                appliance: self.name.clone(),
-                message,
-            })
+        let err = |message: String| ConfigError::Secret {
+            appliance: self.name.clone(),
+            message,
+        };
+        let mut s = self.assemble(state_dir, ov, sm).map_err(err)?;
+        if let (Some(p), Some(keys)) = (&self.pagerduty, pd) {
+            s.sinks.pagerduty = Some(p.settings(keys, &self.name, &self.address).map_err(err)?);
+        }
+        Ok(s)
     }
 
     /// Reads, now, every file besides its passwords that this appliance needs to start: the
@@ -585,6 +609,8 @@ impl ApplianceConfig {
                     }),
                 jsonl: self.jsonl.as_ref().map(|j| own.join(&j.path)),
                 service_manager,
+                // Needs its routing keys: set by `settings_with`.
+                pagerduty: None,
             },
             store: Some(own.join(STORE_FILE)),
             login_at_start: true,

@@ -198,6 +198,15 @@ struct TargetLabel {
 
 type Counters = Family<ApplianceLabel, Counter>;
 
+/// The incident counters of the sinks labelled by sink (`scmb_sink_incidents_*_total`); the
+/// Service Manager sink keeps its own unlabelled `scmb_incidents_*_total`.
+struct SinkIncidents {
+    created: Family<SinkLabel, Counter>,
+    failed: Family<SinkLabel, Counter>,
+    deduplicated: Family<SinkLabel, Counter>,
+    resolved: Family<SinkLabel, Counter>,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~16 s: a console write is sub-millisecond, a ticket with retries can take seconds.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -238,6 +247,8 @@ pub struct Metrics {
     resolved: Counters,
     retries: Family<TargetLabel, Counter>,
     unknown: Family<SinkLabel, Counter>,
+    /// What the sinks that open incidents elsewhere (PagerDuty) did, per sink.
+    sink_incidents: SinkIncidents,
     reconnects: Counters,
     reload_failures: Counter,
     catch_up_runs: Counters,
@@ -294,7 +305,7 @@ impl Metrics {
         let retries = Family::<TargetLabel, Counter>::default();
         registry.register(
             "retries",
-            "Retried calls, by target (service_manager, oneview)",
+            "Retried calls, by target (service_manager, oneview, pagerduty)",
             retries.clone(),
         );
         let reload_failures = Counter::default();
@@ -309,6 +320,29 @@ impl Metrics {
             "Changes a sink sent whose outcome is unknown (no usable answer): looked up by their reference before being sent again",
             unknown.clone(),
         );
+        let mut sink_counter = |name: &str, help: &str| {
+            let f = Family::<SinkLabel, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let sink_incidents = SinkIncidents {
+            created: sink_counter(
+                "sink_incidents_created",
+                "Incidents a sink opened (PagerDuty: triggers accepted), one per alert",
+            ),
+            failed: sink_counter(
+                "sink_incidents_failed",
+                "Alerts a sink's destination refused for good (recorded as failed, not retried)",
+            ),
+            deduplicated: sink_counter(
+                "sink_incidents_deduplicated",
+                "Alerts a sink found already handled (their notes say so), not sent again",
+            ),
+            resolved: sink_counter(
+                "sink_incidents_resolved",
+                "Incidents a sink resolved because their alert cleared or was deleted",
+            ),
+        };
         let latency: Family<SinkLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -336,6 +370,7 @@ impl Metrics {
             resolved,
             retries,
             unknown,
+            sink_incidents,
             reconnects,
             reload_failures,
             catch_up_runs,
@@ -519,6 +554,58 @@ impl ApplianceMetrics {
             incident,
             action,
             "incident updated for the cleared alert"
+        );
+    }
+
+    fn sink_label(&self, sink: &str) -> SinkLabel {
+        SinkLabel {
+            appliance: self.name.clone(),
+            sink: sink.to_string(),
+        }
+    }
+
+    /// `sink` opened `incident` for `alert` (PagerDuty: a trigger accepted, `incident` its
+    /// dedup key).
+    pub fn sink_incident_created(&self, sink: &str, alert: &str, incident: &str) {
+        let c = &self.parent.sink_incidents.created;
+        c.get_or_create(&self.sink_label(sink)).inc();
+        tracing::info!(alert, sink, incident, "incident opened");
+    }
+
+    /// `sink`'s destination refused `alert` for good: recorded as failed, not retried.
+    pub fn sink_incident_failed(&self, sink: &str, alert: &str, reason: &str) {
+        let c = &self.parent.sink_incidents.failed;
+        c.get_or_create(&self.sink_label(sink)).inc();
+        tracing::error!(
+            alert,
+            sink,
+            error = %reason,
+            "refused for good; recorded as failed, not retried"
+        );
+    }
+
+    /// `sink` found `alert` already handled (`how`): not sent again.
+    pub fn sink_incident_deduplicated(&self, sink: &str, alert: &str, incident: &str, how: &str) {
+        let c = &self.parent.sink_incidents.deduplicated;
+        c.get_or_create(&self.sink_label(sink)).inc();
+        tracing::info!(
+            alert,
+            sink,
+            incident,
+            "already handled ({how}); not sent again"
+        );
+    }
+
+    /// `sink` resolved `incident` because `alert` cleared or was deleted.
+    pub fn sink_incident_resolved(&self, sink: &str, alert: &str, incident: &str, action: &str) {
+        let c = &self.parent.sink_incidents.resolved;
+        c.get_or_create(&self.sink_label(sink)).inc();
+        tracing::info!(
+            alert,
+            sink,
+            incident,
+            action,
+            "incident resolved for the cleared alert"
         );
     }
 
@@ -715,6 +802,29 @@ mod tests {
         assert!(text
             .contains("scmb_sink_latency_seconds_count{appliance=\"ov-east\",sink=\"console\"} 1"));
         assert!(text.contains("scmb_bus_connected{appliance=\"ov-west\"} 0"));
+    }
+
+    #[test]
+    fn sink_incident_counters_carry_appliance_and_sink() {
+        let m = Metrics::new();
+        let a = m.appliance("ov-east");
+        a.sink_incident_created("pagerduty", "/rest/alerts/1", "k");
+        a.sink_incident_failed("pagerduty", "/rest/alerts/2", "HTTP 400");
+        a.sink_incident_deduplicated("pagerduty", "/rest/alerts/1", "k", "noted");
+        a.sink_incident_resolved("pagerduty", "/rest/alerts/1", "k", "resolved");
+        a.retry("pagerduty", "triggering", 1, Duration::ZERO, "429");
+        let text = m.encode();
+        for name in ["created", "failed", "deduplicated", "resolved"] {
+            let series = format!(
+                "scmb_sink_incidents_{name}_total{{appliance=\"ov-east\",sink=\"pagerduty\"}} 1"
+            );
+            assert!(text.contains(&series), "{series}\n{text}");
+        }
+        assert!(text.contains("scmb_retries_total{appliance=\"ov-east\",target=\"pagerduty\"} 1"));
+        assert!(
+            !text.contains("scmb_incidents_created_total{appliance=\"ov-east\"} 1"),
+            "Service Manager's own counters are not touched"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `scmb check --config FILE`: is everything in place before the service starts? Validates
 //! the config, then for each appliance logs in to REST, completes a TLS + EXTERNAL handshake
 //! with its broker (queue declared and bound, then closed), reports the certificates' expiry
-//! (a warning under 30 days) and checks Service Manager's reachability and credentials.
+//! (a warning under 30 days), checks Service Manager's reachability and credentials, and
+//! PagerDuty's reachability, the form of its routing keys and the alerts it refused.
 //! One line per check on stdout; exit 0 only when none failed (warnings do not fail).
 
 use std::path::Path;
@@ -197,6 +198,20 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
             Ok(l) => r.line(Verdict::Ok, who, "service manager", &l),
             Err(f) => r.fail(who, "service manager", &f),
         }
+    }
+    if let Some(pd) = &s.sinks.pagerduty {
+        match crate::sinks::pagerduty::probe(pd).await {
+            Ok(l) => r.line(Verdict::Ok, who, "pagerduty", &l),
+            Err(e) => r.fail(who, "pagerduty", &e.into()),
+        }
+        let store = s.store.clone();
+        let (fine, line) = tokio::task::spawn_blocking(move || {
+            crate::sinks::pagerduty::recorded_failures(store.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| (false, format!("cannot read the state store: {e}")));
+        let v = if fine { Verdict::Ok } else { Verdict::Warn };
+        r.line(v, who, "pagerduty store", &line);
     }
 }
 

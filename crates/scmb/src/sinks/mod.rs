@@ -7,7 +7,9 @@
 
 pub mod console;
 pub mod format;
+pub mod http;
 pub mod jsonl;
+pub mod pagerduty;
 pub mod service_manager;
 mod sink;
 pub mod ticketing;
@@ -45,12 +47,14 @@ pub struct SinkSettings {
     pub console: Option<console::ConsoleSettings>,
     pub jsonl: Option<PathBuf>,
     pub service_manager: Option<service_manager::ServiceManagerSettings>,
+    pub pagerduty: Option<pagerduty::PagerDutySettings>,
 }
 
 impl SinkSettings {
-    /// Whether a sink tickets: the first start then catches up on every active alert.
+    /// Whether a sink tickets (or pages): the first start then catches up on every active
+    /// alert.
     pub fn tickets(&self) -> bool {
-        self.service_manager.is_some()
+        self.service_manager.is_some() || self.pagerduty.is_some()
     }
 }
 
@@ -69,6 +73,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     if let Some(sm) = &s.service_manager {
         sinks.push(Arc::new(service_manager::ServiceManager::new(sm, ctx)?));
+    }
+    if let Some(pd) = &s.pagerduty {
+        sinks.push(Arc::new(pagerduty::PagerDuty::new(pd, ctx)?));
     }
     Ok(sinks)
 }
