@@ -1,7 +1,8 @@
 //! `scmb check --config FILE`: is everything in place before the service starts? Validates
 //! the config, then for each appliance logs in to REST, completes a TLS + EXTERNAL handshake
 //! with its broker (queue declared and bound, then closed), reports the certificates' expiry
-//! (a warning under 30 days) and checks Service Manager's reachability and credentials.
+//! (a warning under 30 days) and checks Service Manager's and ServiceNow's reachability and
+//! credentials (reading, never creating).
 //! One line per check on stdout; exit 0 only when none failed (warnings do not fail).
 
 use std::path::Path;
@@ -196,6 +197,19 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         match line {
             Ok(l) => r.line(Verdict::Ok, who, "service manager", &l),
             Err(f) => r.fail(who, "service manager", &f),
+        }
+    }
+    if let Some(sn) = &s.sinks.servicenow {
+        use crate::sinks::servicenow;
+        let line = match servicenow::SnClient::new(&sn.client) {
+            Err(e) => Err(Failure::new(failure::USAGE, e.to_string())),
+            Ok(client) => servicenow::probe(&client, sn.template.cmdb_ci)
+                .await
+                .map_err(Failure::from),
+        };
+        match line {
+            Ok(l) => r.line(Verdict::Ok, who, "servicenow", &l),
+            Err(f) => r.fail(who, "servicenow", &f),
         }
     }
 }

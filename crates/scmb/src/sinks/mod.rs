@@ -9,6 +9,7 @@ pub mod console;
 pub mod format;
 pub mod jsonl;
 pub mod service_manager;
+pub mod servicenow;
 mod sink;
 pub mod ticketing;
 
@@ -45,12 +46,13 @@ pub struct SinkSettings {
     pub console: Option<console::ConsoleSettings>,
     pub jsonl: Option<PathBuf>,
     pub service_manager: Option<service_manager::ServiceManagerSettings>,
+    pub servicenow: Option<servicenow::ServiceNowSettings>,
 }
 
 impl SinkSettings {
     /// Whether a sink tickets: the first start then catches up on every active alert.
     pub fn tickets(&self) -> bool {
-        self.service_manager.is_some()
+        self.service_manager.is_some() || self.servicenow.is_some()
     }
 }
 
@@ -69,6 +71,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     if let Some(sm) = &s.service_manager {
         sinks.push(Arc::new(service_manager::ServiceManager::new(sm, ctx)?));
+    }
+    if let Some(sn) = &s.servicenow {
+        sinks.push(Arc::new(servicenow::ServiceNow::new(sn, ctx)?));
     }
     Ok(sinks)
 }

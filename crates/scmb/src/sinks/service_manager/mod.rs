@@ -11,17 +11,17 @@ use std::io::Stdout;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use config::{IncidentConfig, ServiceManagerConfig};
 pub use crate::sinks::ticketing::OnClear;
+pub use config::{IncidentConfig, ServiceManagerConfig};
 pub use incident::{
     incident_in_change_log, is_ticket_note, note_for, Template, NOTE_PREFIX, NOTE_PREFIXES,
     REFERENCE_FIELD,
 };
 
-use scmb_model::{ChangeType, Event, Filter, Peek};
-use scmb_servicemanager::{SmClient, SmConfig};
 use crate::sinks::ticketing::{Outcome as Ticketed, Ticketer};
 use incident::SmSystem;
+use scmb_model::{ChangeType, Event, Filter, Peek};
+use scmb_servicemanager::{SmClient, SmConfig};
 
 use crate::failure;
 use crate::sinks::format::{Output, Printer};
