@@ -41,13 +41,18 @@ pub enum ConfigError {
     File { appliance: String, message: String },
 }
 
-/// An appliance's passwords, read: OneView's, its Service Manager sink's when it has one, and
-/// its PagerDuty sink's routing keys when it has one.
-pub type Secrets = (
-    Secret,
-    Option<Secret>,
-    Option<crate::sinks::pagerduty::RoutingKeys>,
-);
+/// An appliance's secrets, read: OneView's password, and each sink's when it has one (a
+/// ticketing system's password or client secret, PagerDuty's routing keys). A reload
+/// restarts an appliance whose secrets changed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Secrets {
+    pub ov: Secret,
+    pub service_manager: Option<Secret>,
+    /// The ServiceNow password (Basic) or client secret (OAuth).
+    pub servicenow: Option<Secret>,
+    /// PagerDuty's routing keys.
+    pub pagerduty: Option<crate::sinks::pagerduty::RoutingKeys>,
+}
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -166,7 +171,8 @@ pub struct ApplianceConfig {
     #[serde(default = "yes")]
     pub catch_up: bool,
     /// At the first start, how far back to catch up: `none`, `all`, or a window like `"24h"`
-    /// (`--look-back`). Default `all` with a Service Manager sink, else `none`.
+    /// (`--look-back`). Default `all` with a ticketing sink (Service Manager, ServiceNow),
+    /// else `none`.
     pub look_back: Option<String>,
     /// Download the certificates again when the appliance regenerated them
     /// (`--auto-bootstrap`). Default false.
@@ -187,6 +193,8 @@ pub struct ApplianceConfig {
     pub service_manager: Option<crate::sinks::service_manager::ServiceManagerConfig>,
     /// Page PagerDuty (Events API v2) for every admitted alert; resolve when it clears.
     pub pagerduty: Option<crate::sinks::pagerduty::PagerDutyConfig>,
+    /// Open a ServiceNow incident per admitted alert.
+    pub servicenow: Option<crate::sinks::servicenow::ServiceNowConfig>,
 }
 
 /// `[appliance.filter]`; every list empty means the default.
@@ -311,10 +319,11 @@ impl Config {
             if a.console.is_none()
                 && a.jsonl.is_none()
                 && a.service_manager.is_none()
+                && a.servicenow.is_none()
                 && a.pagerduty.is_none()
             {
                 return Err(ctx(
-                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager] or [appliance.pagerduty]"
+                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow] or [appliance.pagerduty]"
                         .into(),
                 ));
             }
@@ -344,6 +353,9 @@ impl Config {
                 if sm.concurrency == 0 {
                     return Err(ctx("service_manager.concurrency must be at least 1".into()));
                 }
+            }
+            if let Some(sn) = &a.servicenow {
+                sn.check().map_err(|m| ctx(format!("servicenow: {m}")))?;
             }
         }
         Ok(())
@@ -440,7 +452,9 @@ impl ApplianceConfig {
         match &self.look_back {
             Some(l) => LookBack::parse(l).map_err(|e| e.replace("look-back", "look_back")),
             None => Ok(LookBack::default_for(
-                self.service_manager.is_some() || self.pagerduty.is_some(),
+                self.service_manager.is_some()
+                    || self.servicenow.is_some()
+                    || self.pagerduty.is_some(),
             )),
         }
     }
@@ -475,7 +489,7 @@ impl ApplianceConfig {
             message,
         };
         let ov = self.password().read().map_err(err)?;
-        let sm = match &self.service_manager {
+        let service_manager = match &self.service_manager {
             Some(s) => Some(
                 s.password()
                     .read()
@@ -483,24 +497,37 @@ impl ApplianceConfig {
             ),
             None => None,
         };
-        let pd = match &self.pagerduty {
+        let servicenow = match &self.servicenow {
+            Some(s) => Some(
+                s.read_secret()
+                    .map_err(|m| err(format!("servicenow: {m}")))?,
+            ),
+            None => None,
+        };
+        let pagerduty = match &self.pagerduty {
             Some(p) => Some(p.routing_keys().map_err(err)?),
             None => None,
         };
-        Ok((ov, sm, pd))
+        Ok(Secrets {
+            ov,
+            service_manager,
+            servicenow,
+            pagerduty,
+        })
     }
 
     /// The settings to run this appliance with, its passwords already read.
     pub fn settings_with(
         &self,
         state_dir: &Path,
-        (ov, sm, pd): Secrets,
+        secrets: Secrets,
     ) -> Result<settings::Appliance, ConfigError> {
         let err = |message: String| ConfigError::Secret {
             appliance: self.name.clone(),
             message,
         };
-        let mut s = self.assemble(state_dir, ov, sm).map_err(err)?;
+        let pd = secrets.pagerduty.clone();
+        let mut s = self.assemble(state_dir, secrets).map_err(err)?;
         if let (Some(p), Some(keys)) = (&self.pagerduty, pd) {
             s.sinks.pagerduty = Some(p.settings(keys, &self.name, &self.address).map_err(err)?);
         }
@@ -541,12 +568,13 @@ impl ApplianceConfig {
     }
 
     /// The settings, given the passwords. Call after [`Config::check`].
-    fn assemble(
-        &self,
-        state_dir: &Path,
-        ov: Secret,
-        sm: Option<Secret>,
-    ) -> Result<settings::Appliance, String> {
+    fn assemble(&self, state_dir: &Path, secrets: Secrets) -> Result<settings::Appliance, String> {
+        let Secrets {
+            ov,
+            service_manager: sm,
+            servicenow: sn,
+            ..
+        } = secrets;
         let own = self.state_dir(state_dir);
         let rest = settings::Rest {
             host: self.address.clone(),
@@ -582,6 +610,28 @@ impl ApplianceConfig {
             ),
             _ => None,
         };
+        let servicenow = match (&self.servicenow, sn) {
+            (Some(s), Some(secret)) => {
+                Some(s.settings(secret).map_err(|m| format!("servicenow: {m}"))?)
+            }
+            _ => None,
+        };
+        // REST keep-alive: the shortest a ticketing sink asks for.
+        let keep_alive = [
+            self.service_manager
+                .as_ref()
+                .map(|sm| sm.keep_alive_setting())
+                .transpose()?
+                .flatten(),
+            self.servicenow
+                .as_ref()
+                .map(|sn| sn.keep_alive_setting())
+                .transpose()?
+                .flatten(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         Ok(settings::Appliance {
             label: Some(self.name.clone()),
             rest,
@@ -591,14 +641,15 @@ impl ApplianceConfig {
             look_back: self.look_back()?,
             // Alerts in parallel (one alert's events still in order): the printing sinks'
             // records of what they printed then share the store's group commits.
-            lanes: self
-                .service_manager
-                .as_ref()
-                .map_or(DEFAULT_LANES, |sm| sm.concurrency.max(1)),
-            keep_alive: match &self.service_manager {
-                Some(sm) => sm.keep_alive_setting()?,
-                None => None,
-            },
+            lanes: [
+                self.service_manager.as_ref().map(|sm| sm.concurrency),
+                self.servicenow.as_ref().map(|sn| sn.concurrency),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .map_or(DEFAULT_LANES, |c| c.max(1)),
+            keep_alive,
             sinks: SinkSettings {
                 console: self
                     .console
@@ -609,6 +660,7 @@ impl ApplianceConfig {
                     }),
                 jsonl: self.jsonl.as_ref().map(|j| own.join(&j.path)),
                 service_manager,
+                servicenow,
                 // Needs its routing keys: set by `settings_with`.
                 pagerduty: None,
             },
@@ -650,7 +702,7 @@ password_env = "OV_EAST_PASSWORD"
         assert!(a.verify_hostname && a.accept_eula && a.catch_up && !a.insecure);
         assert_eq!(a.prefetch, 1000);
         let args = a
-            .assemble(Path::new("/var/lib/scmb"), Secret::default(), None)
+            .assemble(Path::new("/var/lib/scmb"), Secrets::default())
             .expect("args");
         assert_eq!(args.rest.cert_dir, Path::new("/var/lib/scmb/east"));
         assert_eq!(
@@ -730,7 +782,13 @@ password_env = "OV_EAST_PASSWORD"
         let c = parse(&text).expect("parse");
         let a = &c.appliances[0];
         let args = a
-            .assemble(Path::new("/s"), Secret::default(), Some(Secret::new("pw")))
+            .assemble(
+                Path::new("/s"),
+                Secrets {
+                    service_manager: Some(Secret::new("pw")),
+                    ..Secrets::default()
+                },
+            )
             .expect("args");
         assert_eq!(args.look_back, LookBack::All);
         assert_eq!(args.keep_alive, Some(std::time::Duration::from_secs(600)));
@@ -775,7 +833,13 @@ password_env = "OV_EAST_PASSWORD"
             let c = parse(text).expect("parse");
             let a = &c.appliances[0];
             let args = a
-                .assemble(Path::new("/s"), Secret::default(), Some(Secret::default()))
+                .assemble(
+                    Path::new("/s"),
+                    Secrets {
+                        service_manager: Some(Secret::default()),
+                        ..Secrets::default()
+                    },
+                )
                 .expect("args");
             let sm = args.sinks.service_manager.expect("sm");
             (
@@ -868,5 +932,47 @@ password_env = "OV_EAST_PASSWORD"
         assert!(c.appliances.len() >= 2);
         assert!(c.appliances.iter().any(|a| a.service_manager.is_some()));
         assert!(c.appliances.iter().any(|a| a.jsonl.is_some()));
+    }
+
+    #[test]
+    fn the_servicenow_example_is_valid_and_becomes_its_settings() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/servicenow.toml");
+        let c = Config::load(&path).expect("examples/servicenow.toml must stay valid");
+        let a = &c.appliances[0];
+        let args = a
+            .assemble(
+                Path::new("/s"),
+                Secrets {
+                    servicenow: Some(Secret::new("pw")),
+                    ..Secrets::default()
+                },
+            )
+            .expect("settings");
+        assert!(args.sinks.tickets());
+        let sn = args.sinks.servicenow.expect("servicenow");
+        assert_eq!(sn.client.instance, "https://acme.service-now.com");
+        assert!(sn.template.cmdb_ci);
+        // Ticketing: catch up on every active alert at the first start, 16 lanes.
+        assert_eq!(args.look_back, LookBack::All);
+        assert_eq!(args.lanes, 16);
+        assert_eq!(args.keep_alive, Some(std::time::Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn servicenow_mistakes_are_named_with_their_table() {
+        let sn = |extra: &str| {
+            MINIMAL.replace(
+                "[appliance.console]\n",
+                &format!("[appliance.servicenow]\ninstance = \"acme\"\n{extra}"),
+            )
+        };
+        let e = parse(&sn("")).expect_err("no credentials").to_string();
+        assert!(e.contains("servicenow: no credentials"), "{e}");
+        let e = parse(&sn("user = \"u\"\npassword_env = \"X\"\nconcurency = 2\n"))
+            .expect_err("typo")
+            .to_string();
+        assert!(e.contains("concurency"), "{e}");
+        // A ServiceNow sink alone is a sink.
+        assert!(parse(&sn("user = \"u\"\npassword_env = \"X\"\n")).is_ok());
     }
 }

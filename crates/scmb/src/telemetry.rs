@@ -279,10 +279,13 @@ impl Metrics {
         );
         let acks = counter("acks", "Messages acknowledged after their work was done");
         let rejects = counter("rejects", "Messages rejected without requeue");
-        let created = counter("incidents_created", "Service Manager incidents created");
+        let created = counter(
+            "incidents_created",
+            "Incidents created (Service Manager, ServiceNow)",
+        );
         let failed = counter(
             "incidents_failed",
-            "Alerts Service Manager refused to ticket (recorded as failed)",
+            "Alerts the ticketing system refused to ticket (recorded as failed)",
         );
         let deduplicated = counter(
             "incidents_deduplicated",
@@ -305,7 +308,7 @@ impl Metrics {
         let retries = Family::<TargetLabel, Counter>::default();
         registry.register(
             "retries",
-            "Retried calls, by target (service_manager, oneview, pagerduty)",
+            "Retried calls, by target (service_manager, servicenow, pagerduty, oneview)",
             retries.clone(),
         );
         let reload_failures = Counter::default();
@@ -521,9 +524,10 @@ impl ApplianceMetrics {
         tracing::info!(alert, incident, "incident created");
     }
 
-    pub fn incident_failed(&self, alert: &str, reason: &str) {
+    /// `system` (Service Manager, ServiceNow) refused to ticket `alert` for good.
+    pub fn incident_failed(&self, system: &str, alert: &str, reason: &str) {
         self.failed.inc();
-        tracing::error!(alert, error = %reason, "Service Manager rejected the incident; recorded as failed, not retried");
+        tracing::error!(alert, error = %reason, "{system} rejected the incident; recorded as failed, not retried");
     }
 
     /// Another instance ticketed `alert` at the same time as this one (`others`): two

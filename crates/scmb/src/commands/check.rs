@@ -1,8 +1,9 @@
 //! `scmb check --config FILE`: is everything in place before the service starts? Validates
 //! the config, then for each appliance logs in to REST, completes a TLS + EXTERNAL handshake
 //! with its broker (queue declared and bound, then closed), reports the certificates' expiry
-//! (a warning under 30 days), checks Service Manager's reachability and credentials, and
-//! PagerDuty's reachability, the form of its routing keys and the alerts it refused.
+//! (a warning under 30 days), checks Service Manager's and ServiceNow's reachability and
+//! credentials (reading, never creating), and PagerDuty's reachability, the form of its
+//! routing keys and the alerts it refused.
 //! One line per check on stdout; exit 0 only when none failed (warnings do not fail).
 
 use std::path::Path;
@@ -212,6 +213,19 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         .unwrap_or_else(|e| (false, format!("cannot read the state store: {e}")));
         let v = if fine { Verdict::Ok } else { Verdict::Warn };
         r.line(v, who, "pagerduty store", &line);
+    }
+    if let Some(sn) = &s.sinks.servicenow {
+        use crate::sinks::servicenow;
+        let line = match servicenow::SnClient::new(&sn.client) {
+            Err(e) => Err(Failure::new(failure::USAGE, e.to_string())),
+            Ok(client) => servicenow::probe(&client, sn.template.cmdb_ci)
+                .await
+                .map_err(Failure::from),
+        };
+        match line {
+            Ok(l) => r.line(Verdict::Ok, who, "servicenow", &l),
+            Err(f) => r.fail(who, "servicenow", &f),
+        }
     }
 }
 

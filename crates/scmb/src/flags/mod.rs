@@ -57,7 +57,7 @@ pub enum Cmd {
     /// Run as a service: every appliance of a config file, with its sinks, metrics and health.
     Run(DaemonArgs),
     /// Check a config file, then each appliance: REST login, bus handshake, certificate
-    /// expiry, Service Manager. One line per check; exit 0 only when all pass.
+    /// expiry, Service Manager, ServiceNow. One line per check; exit 0 only when all pass.
     Check(DaemonArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) for scmb or
     /// ov_to_sm, e.g. `scmb completions bash > /etc/bash_completion.d/scmb`.

@@ -11,6 +11,7 @@ pub mod http;
 pub mod jsonl;
 pub mod pagerduty;
 pub mod service_manager;
+pub mod servicenow;
 mod sink;
 pub mod ticketing;
 
@@ -48,13 +49,14 @@ pub struct SinkSettings {
     pub jsonl: Option<PathBuf>,
     pub service_manager: Option<service_manager::ServiceManagerSettings>,
     pub pagerduty: Option<pagerduty::PagerDutySettings>,
+    pub servicenow: Option<servicenow::ServiceNowSettings>,
 }
 
 impl SinkSettings {
     /// Whether a sink tickets (or pages): the first start then catches up on every active
     /// alert.
     pub fn tickets(&self) -> bool {
-        self.service_manager.is_some() || self.pagerduty.is_some()
+        self.service_manager.is_some() || self.servicenow.is_some() || self.pagerduty.is_some()
     }
 }
 
@@ -76,6 +78,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     if let Some(pd) = &s.pagerduty {
         sinks.push(Arc::new(pagerduty::PagerDuty::new(pd, ctx)?));
+    }
+    if let Some(sn) = &s.servicenow {
+        sinks.push(Arc::new(servicenow::ServiceNow::new(sn, ctx)?));
     }
     Ok(sinks)
 }

@@ -169,8 +169,8 @@ impl TicketSystem for SmSystem {
         note_for(incident)
     }
 
-    fn note_prefixes(&self) -> &[&'static str] {
-        &NOTE_PREFIXES
+    fn note_prefixes(&self) -> Vec<&str> {
+        NOTE_PREFIXES.to_vec()
     }
 
     fn claim_prefix(&self) -> &'static str {

@@ -51,8 +51,8 @@ pub trait TicketSystem: Send + Sync {
     /// The note written into the alert once its incident exists.
     fn note_for(&self, incident: &str) -> String;
     /// Every prefix of a note that carries an incident id of this system (older spellings
-    /// included): such a note means the alert is ticketed.
-    fn note_prefixes(&self) -> &[&'static str];
+    /// and the configured one included): such a note means the alert is ticketed.
+    fn note_prefixes(&self) -> Vec<&str>;
     /// The note that claims an alert before its incident is created (see `claim`).
     fn claim_prefix(&self) -> &'static str;
     /// The idempotency reference of a new incident for the alert at `uri`.
@@ -465,7 +465,8 @@ impl Ticketer {
                         Attempt::Permanent(e) => {
                             // Creating now could open a second incident; failing says so.
                             let reason = format!("the incident may exist (reference {reference}) but {} refused to look it up: {e}; search for the reference and write its id into the alert's notes", self.system.title());
-                            self.metrics.incident_failed(uri, &reason);
+                            self.metrics
+                                .incident_failed(self.system.title(), uri, &reason);
                             let mut rec = Record::new(None, Step::Failed);
                             rec.reason = Some(reason.clone());
                             self.put(uri, rec).await?;
@@ -496,7 +497,8 @@ impl Ticketer {
                 let id = match created {
                     Attempt::Ok(id) => id,
                     Attempt::Permanent(reason) => {
-                        self.metrics.incident_failed(uri, &reason);
+                        self.metrics
+                            .incident_failed(self.system.title(), uri, &reason);
                         let mut rec = Record::new(None, Step::Failed);
                         rec.reason = Some(reason.clone());
                         self.put(uri, rec).await?;
@@ -755,7 +757,7 @@ impl Ticketer {
 impl Ticketer {
     /// The incident ids of this system's notes in the alert's change log.
     fn incidents_in_change_log(&self, alert: &Value) -> Vec<String> {
-        incidents_in_change_log(alert, self.system.note_prefixes())
+        incidents_in_change_log(alert, &self.system.note_prefixes())
     }
 
     /// The incident id of a note of this system already in the alert's change log.

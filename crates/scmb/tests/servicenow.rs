@@ -1,0 +1,723 @@
+//! The ServiceNow sink end to end: `scmb run` (a real process) against the simulated appliance
+//! (its REST API and a real RabbitMQ) and a ServiceNow simulator of each test's own (real
+//! sockets, faults injected per test). Tests wait on states (the instance's incidents, the
+//! alert's notes, `/readyz`), never on log wording.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{appliance, download_certs, get, raise, run, Listening, BIN};
+use reqwest::Method;
+use scmb_sim::client::SimClient;
+use scmb_sim::servicenow::{SnConfig, SnFaults, SnState};
+use scmb_sim::testkit::{serve_servicenow, shared_sim, temp_dir, Served, SimInfo};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(90);
+const NOTE: &str = "Case automatically logged in ServiceNow with ID: ";
+
+/// A ServiceNow simulator of the test's own.
+struct Sn {
+    served: Served<SnState>,
+    http: reqwest::Client,
+}
+
+impl Sn {
+    async fn start(cfg: SnConfig) -> Sn {
+        Sn {
+            served: serve_servicenow(cfg).await,
+            http: reqwest::Client::builder()
+                .use_preconfigured_tls(
+                    scmb_tls::client_config(
+                        &scmb_tls::ServerTrust::Insecure,
+                        &scmb_tls::NameCheck::Skip,
+                        None,
+                    )
+                    .expect("tls"),
+                )
+                .build()
+                .expect("client"),
+        }
+    }
+
+    fn url(&self) -> &str {
+        &self.served.url
+    }
+
+    /// Every incident, with its journal.
+    fn incidents(&self) -> Vec<Value> {
+        self.served.state.incidents()
+    }
+
+    /// Incidents by `correlation_id` (a duplicate shows as two).
+    fn by_correlation(&self) -> HashMap<String, Vec<Value>> {
+        let mut by: HashMap<String, Vec<Value>> = HashMap::new();
+        for i in self.incidents() {
+            let k = i["correlation_id"].as_str().unwrap_or("").to_string();
+            by.entry(k).or_default().push(i);
+        }
+        by
+    }
+
+    fn faults(&self, f: Value) {
+        let f: SnFaults = serde_json::from_value(f).expect("faults");
+        self.served.state.set_faults(f);
+    }
+
+    /// `GET /sim/stats`.
+    async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/sim/stats", self.url()))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// A control route (`/sim/...`): its JSON answer.
+    async fn control(&self, path: &str, body: Value) -> Value {
+        self.http
+            .post(format!("{}{path}", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("control call")
+            .json()
+            .await
+            .expect("json")
+    }
+}
+
+/// The `correlation_id` scmb gives the incident of `uri` on the appliance `name`.
+fn key(name: &str, uri: &str) -> String {
+    format!("scmb:{name}:{uri}")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// One test's `scmb run`: its config, state and metrics address.
+struct Setup {
+    name: String,
+    tag: String,
+    dir: PathBuf,
+    config: PathBuf,
+    metrics: String,
+}
+
+impl Setup {
+    /// A config with one appliance (the shared simulator, alerts of a fresh tag only) and a
+    /// ServiceNow sink at `sn`; `servicenow` and `incident` are added to its tables.
+    fn new(test: &str, sim: &SimInfo, sn: &Sn, servicenow: &str, incident: &str) -> Setup {
+        let dir = temp_dir(test);
+        let certs = download_certs(&sim.rest_url, &format!("{test}-certs"));
+        let tag = format!("Test.sn.{test}.{}", rand::random::<u32>());
+        let name = format!("{test}-ov");
+        let port = free_port();
+        let config = dir.join("scmb.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"state_dir = "{state}"
+[metrics]
+listen = "127.0.0.1:{port}"
+[[appliance]]
+name = "{name}"
+address = "{addr}"
+password_env = "OV_PASSWORD"
+cert_dir = "{certs}"
+amqp_port = {amqp}
+[appliance.filter]
+alert_types = ["{tag}*"]
+[appliance.servicenow]
+instance = "{sn}"
+retry_cap = "1s"
+{servicenow}
+[appliance.servicenow.incident]
+{incident}
+"#,
+                state = dir.join("state").display(),
+                addr = appliance(&sim.rest_url),
+                certs = certs.display(),
+                amqp = sim.amqps_port,
+                sn = sn.url(),
+            ),
+        )
+        .expect("config");
+        Setup {
+            name,
+            tag,
+            dir,
+            config,
+            metrics: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Starts `scmb run` and waits until it is connected (`/readyz`).
+    async fn start(&self, env: &[(&str, &str)]) -> Listening {
+        let mut all = vec![("OV_PASSWORD", "admin123"), ("RUST_LOG", "info")];
+        all.extend_from_slice(env);
+        let l = Listening::start_env(
+            BIN,
+            &["run", "--config", self.config.to_str().expect("utf8")],
+            &all,
+        );
+        let deadline = Instant::now() + WAIT;
+        while get(&format!("{}/readyz", self.metrics)).await.0 != 200 {
+            assert!(Instant::now() < deadline, "scmb run never became ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        l
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.join("state").join(&self.name).join("scmb.redb")
+    }
+}
+
+/// Raises a critical alert of `tag`; its uri.
+async fn critical(c: &SimClient, tag: &str, extra: Value) -> String {
+    let mut fields = json!({"severity": "Critical", "alertTypeID": format!("{tag}.a")});
+    if let (Some(f), Some(e)) = (fields.as_object_mut(), extra.as_object()) {
+        f.extend(e.clone());
+    }
+    raise(c, fields).await
+}
+
+/// The alert as it is now (no session needed).
+async fn alert(c: &SimClient, uri: &str) -> Value {
+    let id = uri.rsplit('/').next().expect("id");
+    c.call(Method::GET, &format!("/sim/alerts/{id}"), None)
+        .await
+        .expect("alert")
+}
+
+/// The incident numbers in the alert's notes.
+fn noted(a: &Value) -> Vec<String> {
+    a["changeLog"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["notes"].as_str()?.strip_prefix(NOTE).map(str::to_string))
+        .collect()
+}
+
+/// Polls `f` until it gives a value, or fails the test naming `what`.
+async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every alert carries an incident number in its notes.
+async fn wait_noted(c: &SimClient, uris: &[String]) {
+    until("every alert's note", || async {
+        for u in uris {
+            if noted(&alert(c, u).await).is_empty() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+}
+
+/// Exactly one incident per alert, carrying its `correlation_id`, and its number the one in
+/// the alert's notes (written once).
+async fn assert_exactly_once(c: &SimClient, sn: &Sn, name: &str, uris: &[String]) {
+    let by = sn.by_correlation();
+    for u in uris {
+        let found = by.get(&key(name, u)).map(Vec::len).unwrap_or(0);
+        assert_eq!(found, 1, "{u}: {found} incidents");
+        let number = by[&key(name, u)][0]["number"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(noted(&alert(c, u).await), vec![number], "{u}: its note");
+    }
+}
+
+/// Adds a note to an alert as an operator would (REST: GET for the eTag, PUT the note).
+async fn operator_note(c: &SimClient, uri: &str, text: &str) {
+    let session: Value = c
+        .http
+        .post(format!("{}/rest/login-sessions", c.rest_url))
+        .header("X-API-Version", "4200")
+        .json(&json!({"userName": "Administrator", "password": "admin123"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let auth = session["sessionID"].as_str().expect("session").to_string();
+    let a: Value = c
+        .http
+        .get(format!("{}{uri}", c.rest_url))
+        .header("X-API-Version", "4200")
+        .header("auth", &auth)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let r = c
+        .http
+        .put(format!("{}{uri}", c.rest_url))
+        .header("X-API-Version", "4200")
+        .header("auth", &auth)
+        .json(&json!({"notes": text, "eTag": a["eTag"]}))
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+fn work_notes(inc: &Value) -> Vec<String> {
+    inc["journal"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["element"] == "work_notes")
+        .filter_map(|j| j["value"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn storm(c: &SimClient, tag: &str, count: u64) -> Vec<String> {
+    let body = json!({"count": count, "rate": 0, "severities": {"Critical": 1},
+        "fields": {"alertTypeID": format!("{tag}.storm")}});
+    let r = c
+        .call(
+            Method::POST,
+            "/sim/storm",
+            Some(serde_json::to_vec(&body).expect("json")),
+        )
+        .await
+        .expect("storm");
+    let first: u64 = r["firstUri"]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .and_then(|n| n.parse().ok())
+        .expect("first uri");
+    (first..first + count)
+        .map(|n| format!("/rest/alerts/{n}"))
+        .collect()
+}
+
+const BASIC: &str = "user = \"admin\"\npassword_env = \"SN_PASSWORD\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_alert_opens_one_incident_from_the_template_journals_notes_and_resolves_on_clear(
+) {
+    let sim = shared_sim();
+    let c = sim.client();
+    let sn = Sn::start(SnConfig::default()).await;
+    let ci = sn
+        .control("/sim/cmdb_ci", json!({"name": "Encl-template-1"}))
+        .await["result"]["sys_id"]
+        .as_str()
+        .expect("ci")
+        .to_string();
+    let s = Setup::new(
+        "template",
+        sim,
+        &sn,
+        &format!("{BASIC}journal_updates = true\nclose_code = \"Solution provided\"\n"),
+        "short_description = \"OneView {severity}: {description}\"\nurgency = { Critical = \"1\" }\nimpact = { Critical = \"1\" }\nsubcategory = \"disk\"\nassignment_group = \"a715cd759f2002002920bde8132e7018\"\ncaller_id = \"5137153cc611227c000bbd1bd8cd2007\"\ncmdb_ci = true\nfields = { contact_type = \"monitoring\", u_ignored = \"{uri}\" }",
+    );
+    let l = s.start(&[("SN_PASSWORD", "admin")]).await;
+
+    let uri = critical(
+        &c,
+        &s.tag,
+        json!({"description": "Disk 3 failed", "associatedResource": {"resourceName": "Encl-template-1"}}),
+    )
+    .await;
+    // A warning is not admitted: no incident.
+    let warning = raise(
+        &c,
+        json!({"severity": "Warning", "alertTypeID": format!("{}.w", s.tag)}),
+    )
+    .await;
+    wait_noted(&c, std::slice::from_ref(&uri)).await;
+    assert_exactly_once(&c, &sn, &s.name, std::slice::from_ref(&uri)).await;
+    let inc = sn.by_correlation()[&key(&s.name, &uri)][0].clone();
+    assert_eq!(inc["short_description"], "OneView Critical: Disk 3 failed");
+    assert_eq!(
+        (&inc["urgency"], &inc["impact"], &inc["priority"]),
+        (&json!("1"), &json!("1"), &json!("1"))
+    );
+    assert_eq!(
+        (&inc["category"], &inc["subcategory"]),
+        (&json!("hardware"), &json!("disk"))
+    );
+    assert_eq!(inc["assignment_group"], "a715cd759f2002002920bde8132e7018");
+    assert_eq!(inc["caller_id"], "5137153cc611227c000bbd1bd8cd2007");
+    assert_eq!(inc["cmdb_ci"], json!(ci));
+    assert_eq!(inc["contact_type"], "monitoring");
+    assert_eq!(inc["correlation_display"], "scmb");
+    let description = inc["description"].as_str().unwrap_or("");
+    assert!(
+        description.contains(&uri) && description.contains("Disk 3 failed"),
+        "{description}"
+    );
+    assert_eq!(inc["state"], "1");
+    assert!(!sn.by_correlation().contains_key(&key(&s.name, &warning)));
+    let number = inc["number"].as_str().expect("number").to_string();
+    assert!(number.starts_with("INC"), "{number}");
+
+    // Someone else's note on the alert becomes a work note.
+    operator_note(&c, &uri, "Replacement disk ordered").await;
+    until("the operator's note as a work note", || async {
+        let inc = sn.by_correlation()[&key(&s.name, &uri)][0].clone();
+        work_notes(&inc)
+            .iter()
+            .any(|n| n.contains("Replacement disk ordered"))
+            .then_some(())
+    })
+    .await;
+
+    // Clearing the alert resolves the incident, with the resolution code and notes.
+    let id = uri.rsplit('/').next().expect("id");
+    c.call(Method::POST, &format!("/sim/alerts/{id}/clear"), None)
+        .await
+        .expect("clear");
+    let inc = until("the incident resolved", || async {
+        let inc = sn.by_correlation()[&key(&s.name, &uri)][0].clone();
+        (inc["state"] == "6").then_some(inc)
+    })
+    .await;
+    assert_eq!(inc["close_code"], "Solution provided");
+    let close_notes = inc["close_notes"].as_str().unwrap_or("");
+    assert!(
+        close_notes.contains(&uri) && close_notes.contains("cleared"),
+        "{close_notes}"
+    );
+    assert!(
+        work_notes(&inc).iter().any(|n| n.contains("cleared")),
+        "{:?}",
+        work_notes(&inc)
+    );
+    assert_eq!(sn.incidents().len(), 1, "one incident in all");
+
+    l.terminate();
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains("admin123"), "no password in the logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_tokens_that_expire_or_are_revoked_are_renewed_without_duplicates() {
+    let sim = shared_sim();
+    let c = sim.client();
+    // Tokens live 4 s: renewed before they expire, and once more when revoked.
+    let sn = Sn::start(SnConfig {
+        token_lifetime: Duration::from_secs(4),
+        ..SnConfig::default()
+    })
+    .await;
+    let s = Setup::new(
+        "oauth",
+        sim,
+        &sn,
+        "client_id = \"scmb-sim\"\nclient_secret_env = \"SN_SECRET\"\n",
+        "",
+    );
+    let l = s.start(&[("SN_SECRET", "secret")]).await;
+    let mut uris = vec![critical(&c, &s.tag, json!({})).await];
+    wait_noted(&c, &uris).await;
+
+    // Every token revoked: the next call is refused, a new token is fetched, the call goes on.
+    let expired = sn.control("/sim/tokens/expire", json!({})).await;
+    assert!(expired["expired"].as_u64().unwrap_or(0) >= 1, "{expired}");
+    uris.push(critical(&c, &s.tag, json!({})).await);
+    wait_noted(&c, &uris).await;
+
+    // Past the token's lifetime, twice: renewed before it lapses.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        uris.push(critical(&c, &s.tag, json!({})).await);
+        wait_noted(&c, &uris).await;
+    }
+    // Clearing works with the token too.
+    let id = uris[0].rsplit('/').next().expect("id");
+    c.call(Method::POST, &format!("/sim/alerts/{id}/clear"), None)
+        .await
+        .expect("clear");
+    until("the first incident resolved", || async {
+        (sn.by_correlation()[&key(&s.name, &uris[0])][0]["state"] == "6").then_some(())
+    })
+    .await;
+    assert_exactly_once(&c, &sn, &s.name, &uris).await;
+    assert_eq!(sn.incidents().len(), uris.len());
+
+    l.terminate();
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains("secret\""), "no secret in the logs");
+    assert!(!r.stderr.contains("Bearer "), "no token in the logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_answered_late_or_with_garbage_is_found_by_its_correlation_id_not_created_twice() {
+    let sim = shared_sim();
+    let c = sim.client();
+    let sn = Sn::start(SnConfig::default()).await;
+    let s = Setup::new("late", sim, &sn, &format!("{BASIC}timeout = \"2s\"\n"), "");
+    let l = s.start(&[("SN_PASSWORD", "admin")]).await;
+    let mut uris = Vec::new();
+    // The instance stores each incident, then answers past our timeout, or badly.
+    for fault in [
+        json!({"createLateMs": 4000, "createFaultCount": 1}),
+        json!({"createGarbage": "empty", "createFaultCount": 1}),
+        json!({"createGarbage": "html", "createFaultCount": 1}),
+        json!({"createGarbage": "noId", "createFaultCount": 1}),
+    ] {
+        sn.faults(fault.clone());
+        let uri = critical(&c, &s.tag, json!({})).await;
+        uris.push(uri);
+        wait_noted(&c, &uris).await;
+        assert_exactly_once(&c, &sn, &s.name, &uris).await;
+    }
+    assert_eq!(sn.incidents().len(), 4);
+    let unknown = metric_sum(
+        &get(&format!("{}/metrics", s.metrics)).await.1,
+        "scmb_outcomes_unknown_total",
+    );
+    assert!(
+        unknown >= 4,
+        "every bad answer was an unknown outcome: {unknown}"
+    );
+    l.terminate();
+    assert_eq!(l.finish(WAIT).code, Some(0));
+}
+
+/// The sum of a metric's series.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_create_and_record_and_a_wiped_store_still_give_one_incident_per_alert() {
+    let sim = shared_sim();
+    let c = sim.client();
+    let sn = Sn::start(SnConfig::default()).await;
+    let s = Setup::new("kill", sim, &sn, &format!("{BASIC}timeout = \"10s\"\n"), "");
+    let env = [("SN_PASSWORD", "admin")];
+    let mut l = s.start(&env).await;
+
+    // Every create is stored at once and answered 3 s later: a kill now falls between the
+    // incidents' creation and their record.
+    sn.faults(json!({"createLateMs": 3000}));
+    let uris = storm(&c, &s.tag, 20).await;
+    until("incidents stored, their answers pending", || async {
+        (sn.incidents().len() >= 4).then_some(())
+    })
+    .await;
+    l.child.kill().expect("SIGKILL");
+    let _ = l.finish(WAIT);
+    let created = sn.incidents().len();
+    assert!(created >= 4, "{created}");
+    sn.faults(json!({}));
+
+    let l = s.start(&env).await;
+    wait_noted(&c, &uris).await;
+    assert_exactly_once(&c, &sn, &s.name, &uris).await;
+    assert_eq!(sn.incidents().len(), uris.len());
+    // Each incident created before the kill was found by its correlation_id.
+    let deduplicated = |text: String| {
+        metric_sum(
+            &text,
+            "scmb_incidents_deduplicated_total{appliance=\"kill-ov\"}",
+        )
+    };
+    let found = deduplicated(get(&format!("{}/metrics", s.metrics)).await.1);
+    assert!(found >= created as u64, "{found} found of {created}");
+    l.terminate();
+    assert_eq!(l.finish(WAIT).code, Some(0));
+
+    // While scmb is down, an alert is raised and (as by a crash after its create, with its
+    // record and note lost) its incident already exists; then the store is wiped.
+    let late = critical(&c, &s.tag, json!({})).await;
+    let made = sn
+        .http
+        .post(format!("{}/api/now/table/incident", sn.url()))
+        .basic_auth("admin", Some("admin"))
+        .json(&json!({"short_description": "created before the crash", "correlation_id": key(&s.name, &late)}))
+        .send()
+        .await
+        .expect("create by hand");
+    assert_eq!(made.status().as_u16(), 201);
+    std::fs::remove_file(s.store()).expect("wipe the store");
+    let l = s.start(&env).await;
+    let all: Vec<String> = uris.iter().cloned().chain([late.clone()]).collect();
+    wait_noted(&c, &all).await;
+    assert_exactly_once(&c, &sn, &s.name, &all).await;
+    assert_eq!(sn.incidents().len(), all.len(), "nothing created again");
+    let by = sn.by_correlation();
+    assert_eq!(
+        by[&key(&s.name, &late)][0]["short_description"],
+        "created before the crash"
+    );
+    let found = deduplicated(get(&format!("{}/metrics", s.metrics)).await.1);
+    assert!(found >= all.len() as u64, "{found} found of {}", all.len());
+    l.terminate();
+    assert_eq!(l.finish(WAIT).code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_an_outage_lose_nothing_and_duplicate_nothing() {
+    let sim = shared_sim();
+    let c = sim.client();
+    let sn = Sn::start(SnConfig::default()).await;
+    let s = Setup::new(
+        "storms",
+        sim,
+        &sn,
+        &format!("{BASIC}timeout = \"3s\"\n"),
+        "",
+    );
+    let l = s.start(&[("SN_PASSWORD", "admin")]).await;
+
+    // A 429 storm: the next 25 calls refused, each saying to come back in 1 s.
+    sn.faults(json!({"rateLimitNext": 25, "retryAfterS": 1}));
+    let mut uris = storm(&c, &s.tag, 10).await;
+    wait_noted(&c, &uris).await;
+    assert_exactly_once(&c, &sn, &s.name, &uris).await;
+    let metrics = get(&format!("{}/metrics", s.metrics)).await.1;
+    assert!(
+        metric_sum(
+            &metrics,
+            "scmb_retries_total{appliance=\"storms-ov\",target=\"servicenow\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+
+    // The instance goes away (its port closed) for 6 s while alerts keep coming.
+    sn.faults(json!({"outageMs": 6000}));
+    uris.extend(storm(&c, &s.tag, 10).await);
+    wait_noted(&c, &uris).await;
+    assert_exactly_once(&c, &sn, &s.name, &uris).await;
+    assert_eq!(sn.incidents().len(), uris.len());
+    l.terminate();
+    assert_eq!(l.finish(WAIT).code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_pause_the_work_with_a_message_and_it_resumes_once_fixed() {
+    let sim = shared_sim();
+    let c = sim.client();
+    let sn = Sn::start(SnConfig::default()).await;
+    let s = Setup::new("refused", sim, &sn, BASIC, "");
+    let mut l = s.start(&[("SN_PASSWORD", "admin")]).await;
+
+    sn.faults(json!({"unauthorized": true}));
+    let uri = critical(&c, &s.tag, json!({})).await;
+    // The instance is asked and refuses, again and again; nothing is created meanwhile.
+    let asked = || async { sn.stats().await["requests"].as_u64().unwrap_or(0) };
+    let before = asked().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(asked().await >= before + 2, "asked again after a pause");
+    assert!(sn.incidents().is_empty());
+    assert!(noted(&alert(&c, &uri).await).is_empty());
+    // The pause says which settings to fix.
+    assert!(
+        l.wait_for("servicenow.user and password_env", Duration::from_secs(10)),
+        "{:?}",
+        l.stderr
+    );
+
+    sn.faults(json!({}));
+    wait_noted(&c, std::slice::from_ref(&uri)).await;
+    assert_exactly_once(&c, &sn, &s.name, std::slice::from_ref(&uri)).await;
+    l.terminate();
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains("\"admin\""), "no password in the logs");
+}
+
+/// `scmb check`'s ServiceNow line for a config with the `servicenow` table given.
+fn check_line(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let path = dir.join(format!("check-{}.toml", rand::random::<u32>()));
+    std::fs::write(&path, config).expect("config");
+    let r = run(
+        &["check", "--config", path.to_str().expect("utf8")],
+        &[
+            ("OV_PASSWORD", "admin123"),
+            ("SN_PASSWORD", "wrong"),
+            ("SN_GOOD", "admin"),
+            ("SN_SECRET", "secret"),
+        ],
+    );
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(" servicenow "))
+        .unwrap_or_else(|| panic!("no servicenow line: {r:?}"))
+        .to_string();
+    (r.code, line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_proves_the_instance_and_credentials_without_creating_anything() {
+    let sim = shared_sim();
+    let sn = Sn::start(SnConfig::default()).await;
+    let s = Setup::new("check", sim, &sn, BASIC, "");
+    let base = std::fs::read_to_string(&s.config).expect("config");
+    let with = |creds: &str| base.replace(BASIC, creds);
+
+    let (code, line) = check_line(
+        &s.dir,
+        &with("user = \"admin\"\npassword_env = \"SN_GOOD\"\n"),
+    );
+    assert!(
+        line.starts_with("ok") && line.contains("accepted user admin"),
+        "{line}"
+    );
+    assert_eq!(code, Some(0), "{line}");
+    let (code, line) = check_line(
+        &s.dir,
+        &with("client_id = \"scmb-sim\"\nclient_secret_env = \"SN_SECRET\"\n"),
+    );
+    assert!(
+        line.starts_with("ok") && line.contains("OAuth client scmb-sim"),
+        "{line}"
+    );
+    assert_eq!(code, Some(0), "{line}");
+
+    // Refused credentials: exit 3, the settings to fix named, the secret never shown.
+    let (code, line) = check_line(&s.dir, &base);
+    assert!(line.starts_with("FAIL") && line.contains("401"), "{line}");
+    assert!(line.contains("servicenow.user"), "{line}");
+    assert!(!line.contains("wrong"), "{line}");
+    assert_eq!(code, Some(3), "{line}");
+    let (code, line) = check_line(
+        &s.dir,
+        &with("client_id = \"scmb-sim\"\nclient_secret_env = \"SN_PASSWORD\"\n"),
+    );
+    assert!(line.starts_with("FAIL") && line.contains("OAuth"), "{line}");
+    assert_eq!(code, Some(3), "{line}");
+    assert!(sn.incidents().is_empty(), "a check creates nothing");
+}
