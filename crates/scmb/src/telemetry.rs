@@ -519,15 +519,21 @@ impl ApplianceMetrics {
         self.rejects.inc();
     }
 
-    pub fn incident_created(&self, alert: &str, incident: &str) {
+    /// A ticketing sink (`sink`: service_manager, servicenow) created `incident`: counted in
+    /// the ticketing totals (`scmb_incidents_*_total`, as before sinks were labelled) and by
+    /// sink (`scmb_sink_incidents_*_total{sink}`, like every sink).
+    pub fn incident_created(&self, sink: &str, alert: &str, incident: &str) {
         self.created.inc();
-        tracing::info!(alert, incident, "incident created");
+        self.sink_count(&self.parent.sink_incidents.created, sink);
+        tracing::info!(alert, sink, incident, "incident created");
     }
 
-    /// `system` (Service Manager, ServiceNow) refused to ticket `alert` for good.
-    pub fn incident_failed(&self, system: &str, alert: &str, reason: &str) {
+    /// `system` (Service Manager, ServiceNow; `sink` its sink) refused to ticket `alert` for
+    /// good.
+    pub fn incident_failed(&self, sink: &str, system: &str, alert: &str, reason: &str) {
         self.failed.inc();
-        tracing::error!(alert, error = %reason, "{system} rejected the incident; recorded as failed, not retried");
+        self.sink_count(&self.parent.sink_incidents.failed, sink);
+        tracing::error!(alert, sink, error = %reason, "{system} rejected the incident; recorded as failed, not retried");
     }
 
     /// Another instance ticketed `alert` at the same time as this one (`others`): two
@@ -542,23 +548,31 @@ impl ApplianceMetrics {
         );
     }
 
-    pub fn incident_deduplicated(&self, alert: &str, incident: &str, how: &str) {
+    pub fn incident_deduplicated(&self, sink: &str, alert: &str, incident: &str, how: &str) {
         self.deduplicated.inc();
+        self.sink_count(&self.parent.sink_incidents.deduplicated, sink);
         tracing::info!(
             alert,
+            sink,
             incident,
             "the alert is already ticketed ({how}); not creating another"
         );
     }
 
-    pub fn incident_resolved(&self, alert: &str, incident: &str, action: &str) {
+    pub fn incident_resolved(&self, sink: &str, alert: &str, incident: &str, action: &str) {
         self.resolved.inc();
+        self.sink_count(&self.parent.sink_incidents.resolved, sink);
         tracing::info!(
             alert,
+            sink,
             incident,
             action,
             "incident updated for the cleared alert"
         );
+    }
+
+    fn sink_count(&self, family: &Family<SinkLabel, Counter>, sink: &str) {
+        family.get_or_create(&self.sink_label(sink)).inc();
     }
 
     fn sink_label(&self, sink: &str) -> SinkLabel {
@@ -829,6 +843,31 @@ mod tests {
             !text.contains("scmb_incidents_created_total{appliance=\"ov-east\"} 1"),
             "Service Manager's own counters are not touched"
         );
+    }
+
+    #[test]
+    fn a_ticketing_sinks_incidents_count_in_the_totals_and_by_sink() {
+        let m = Metrics::new();
+        let a = m.appliance("ov-east");
+        a.incident_created("servicenow", "/rest/alerts/1", "INC0010001");
+        a.incident_created("service_manager", "/rest/alerts/2", "IM10001");
+        a.incident_failed("servicenow", "ServiceNow", "/rest/alerts/3", "400");
+        a.incident_deduplicated("servicenow", "/rest/alerts/1", "INC0010001", "noted");
+        a.incident_resolved("servicenow", "/rest/alerts/1", "INC0010001", "Resolve");
+        let text = m.encode();
+        assert!(
+            text.contains("scmb_incidents_created_total{appliance=\"ov-east\"} 2"),
+            "{text}"
+        );
+        for name in ["created", "failed", "deduplicated", "resolved"] {
+            let series = format!(
+                "scmb_sink_incidents_{name}_total{{appliance=\"ov-east\",sink=\"servicenow\"}} 1"
+            );
+            assert!(text.contains(&series), "{series}\n{text}");
+        }
+        assert!(text.contains(
+            "scmb_sink_incidents_created_total{appliance=\"ov-east\",sink=\"service_manager\"} 1"
+        ));
     }
 
     #[test]

@@ -407,8 +407,12 @@ impl Ticketer {
                     Attempt::Interrupted | Attempt::Unknown(_) => return Ok(Outcome::Interrupted),
                 };
                 if let Some(id) = self.incident_in_change_log(&alert) {
-                    self.metrics
-                        .incident_deduplicated(uri, &id, "its notes carry the incident");
+                    self.metrics.incident_deduplicated(
+                        self.system.name(),
+                        uri,
+                        &id,
+                        "its notes carry the incident",
+                    );
                     self.put(uri, Record::new(Some(id.clone()), Step::Noted))
                         .await?;
                     return Ok(Outcome::Done(format!("already ticketed as {id}")));
@@ -465,8 +469,12 @@ impl Ticketer {
                         Attempt::Permanent(e) => {
                             // Creating now could open a second incident; failing says so.
                             let reason = format!("the incident may exist (reference {reference}) but {} refused to look it up: {e}; search for the reference and write its id into the alert's notes", self.system.title());
-                            self.metrics
-                                .incident_failed(self.system.title(), uri, &reason);
+                            self.metrics.incident_failed(
+                                self.system.name(),
+                                self.system.title(),
+                                uri,
+                                &reason,
+                            );
                             let mut rec = Record::new(None, Step::Failed);
                             rec.reason = Some(reason.clone());
                             self.put(uri, rec).await?;
@@ -481,6 +489,7 @@ impl Ticketer {
                 let created = match found {
                     Some(id) => {
                         self.metrics.incident_deduplicated(
+                            self.system.name(),
                             uri,
                             &id,
                             "found the incident by its reference",
@@ -497,8 +506,12 @@ impl Ticketer {
                 let id = match created {
                     Attempt::Ok(id) => id,
                     Attempt::Permanent(reason) => {
-                        self.metrics
-                            .incident_failed(self.system.title(), uri, &reason);
+                        self.metrics.incident_failed(
+                            self.system.name(),
+                            self.system.title(),
+                            uri,
+                            &reason,
+                        );
                         let mut rec = Record::new(None, Step::Failed);
                         rec.reason = Some(reason.clone());
                         self.put(uri, rec).await?;
@@ -511,7 +524,7 @@ impl Ticketer {
                 };
                 self.put(uri, Record::new(Some(id.clone()), Step::Created))
                     .await?;
-                self.metrics.incident_created(uri, &id);
+                self.metrics.incident_created(self.system.name(), uri, &id);
                 id
             }
         };
@@ -748,8 +761,12 @@ impl Ticketer {
         }
         self.put(uri, Record::new(Some(id.clone()), Step::Closed))
             .await?;
-        self.metrics
-            .incident_resolved(uri, &id, &format!("{:?} ({what})", self.on_clear));
+        self.metrics.incident_resolved(
+            self.system.name(),
+            uri,
+            &id,
+            &format!("{:?} ({what})", self.on_clear),
+        );
         Ok(Outcome::Done(format!("incident {id} updated ({what})")))
     }
 }
