@@ -1,5 +1,5 @@
 //! The HTTP client of the sinks that call a SaaS API over the internet (PagerDuty's Events
-//! API today, ServiceNow's Table API next): one way to build it from a sink's settings, one way
+//! API, ServiceNow's Table API): one way to build it from a sink's settings, one way
 //! to send a request and read its answer, and **one** retry classification for all of them.
 //!
 //! What a sink gets:
@@ -20,8 +20,8 @@
 //!   [`Decision::Pause`] (an operator must fix a setting: keep the work, stop hammering);
 //!   anything else is [`Decision::Fail`], for good. [`HttpError::may_have_acted`] tells a
 //!   request the server may have carried out (sent, and no usable answer: a timeout or a
-//!   connection lost after sending, a 5xx, a 2xx whose body could not be read) from one it
-//!   surely did not (never connected, or refused with a 4xx).
+//!   connection lost after sending, a 5xx but 501, a 2xx whose body could not be read) from
+//!   one it surely did not (never connected, refused with a 4xx, or a 501: not implemented).
 //!
 //! The client never retries by itself: only the sink knows whether sending a change again is
 //! safe (PagerDuty's dedup key makes it so; a create elsewhere may need a lookup first).
@@ -336,9 +336,9 @@ impl HttpError {
     }
 
     /// Whether the server may have carried the request out although this came back: it was
-    /// sent and no usable answer came (a timeout or a connection lost after sending, a 5xx,
-    /// a 2xx whose body could not be read). False when it surely did not (never connected,
-    /// the handshake failed, or a 4xx refused it).
+    /// sent and no usable answer came (a timeout or a connection lost after sending, a 5xx
+    /// but 501, a 2xx whose body could not be read). False when it surely did not (never
+    /// connected, the handshake failed, a 4xx refused it, or a 501 said it cannot).
     pub fn may_have_acted(&self) -> bool {
         match self {
             HttpError::Config { .. } | HttpError::Connect { .. } | HttpError::Tls { .. } => false,
@@ -346,7 +346,10 @@ impl HttpError {
             HttpError::Unreadable { status, .. } => {
                 (200..300).contains(status) || (500..600).contains(status)
             }
-            HttpError::Status { answer, .. } => (500..600).contains(&answer.status),
+            // Not Implemented: the server did nothing with it.
+            HttpError::Status { answer, .. } => {
+                (500..600).contains(&answer.status) && answer.status != 501
+            }
         }
     }
 
@@ -407,6 +410,9 @@ struct Inner {
     /// `scheme://host[:port][/prefix]`, without a trailing slash.
     base: String,
     sink: &'static str,
+    /// The key of the sink's table that holds `base` (`url`; ServiceNow's `instance`), named
+    /// in the errors and warnings about it.
+    url_key: &'static str,
     timeout: Duration,
     /// What the certificate is checked against, for the health check's line.
     trust: String,
@@ -498,21 +504,34 @@ impl HttpClient {
         credentials_fix: impl Into<String>,
         secrets: Vec<Secret>,
     ) -> Result<HttpClient, HttpError> {
+        HttpClient::with_url_key(sink, "url", base, settings, credentials_fix, secrets)
+    }
+
+    /// [`HttpClient::new`] for a sink whose table names its base URL otherwise than `url`
+    /// (`url_key`: ServiceNow's `instance`), so that errors name the right key.
+    pub fn with_url_key(
+        sink: &'static str,
+        url_key: &'static str,
+        base: &str,
+        settings: &HttpSettings,
+        credentials_fix: impl Into<String>,
+        secrets: Vec<Secret>,
+    ) -> Result<HttpClient, HttpError> {
         let config = |message: String| HttpError::Config { sink, message };
         let url = reqwest::Url::parse(base.trim())
-            .map_err(|e| config(format!("{sink}.url {base:?} is not a URL: {e}")))?;
+            .map_err(|e| config(format!("{sink}.{url_key} {base:?} is not a URL: {e}")))?;
         let https = match url.scheme() {
             "https" => true,
             "http" => false,
             other => {
                 return Err(config(format!(
-                    "{sink}.url must be https:// (or http:// for a test server), not {other}://"
-                )))
+                "{sink}.{url_key} must be https:// (or http:// for a test server), not {other}://"
+            )))
             }
         };
         let host = url
             .host_str()
-            .ok_or_else(|| config(format!("{sink}.url {base:?} has no host")))?
+            .ok_or_else(|| config(format!("{sink}.{url_key} {base:?} has no host")))?
             .to_string();
         if settings.timeout.is_zero() {
             return Err(config(format!("{sink}.timeout must be above zero")));
@@ -564,7 +583,7 @@ impl HttpClient {
             tracing::warn!(
                 sink,
                 url = %base,
-                "{sink}.url is plain http:// to another machine: what is sent (keys included) travels unencrypted"
+                "{sink}.{url_key} is plain http:// to another machine: what is sent (keys included) travels unencrypted"
             );
         }
         let mut b = reqwest::Client::builder()
@@ -592,6 +611,7 @@ impl HttpClient {
                 http,
                 base: base.trim().trim_end_matches('/').to_string(),
                 sink,
+                url_key,
                 timeout: settings.timeout,
                 trust: if https {
                     format!("TLS {trust}")
@@ -687,9 +707,10 @@ impl HttpClient {
         }
         let fix = match status {
             300..=399 => Some(format!(
-                "the server redirects{}: set {}.url to the address it points to",
+                "the server redirects{}: set {}.{} to the address it points to",
                 location.map(|l| format!(" to {l}")).unwrap_or_default(),
-                self.inner.sink
+                self.inner.sink,
+                self.inner.url_key
             )),
             401 | 403 => Some(self.inner.credentials_fix.clone()),
             407 => Some(format!(
@@ -722,8 +743,9 @@ impl HttpClient {
                 url: url.to_string(),
                 detail: tls_detail(t),
                 fix: format!(
-                    "set {sink}.ca to the CA that signs the server's certificate (a TLS-inspecting proxy's, say), or fix {sink}.url",
-                    sink = self.inner.sink
+                    "set {sink}.ca to the CA that signs the server's certificate (a TLS-inspecting proxy's, say), or fix {sink}.{url_key}",
+                    sink = self.inner.sink,
+                    url_key = self.inner.url_key
                 ),
             };
         }
@@ -859,6 +881,7 @@ mod tests {
             (401, false),
             (429, false),
             (500, true),
+            (501, false),
             (503, true),
         ] {
             assert_eq!(status(code, None).may_have_acted(), acted, "{code}");

@@ -1,9 +1,11 @@
 //! ServiceNow's Table API as this sink uses it: incidents created, found by `correlation_id`
-//! or by `number`, patched; configuration items found by name; the credentials proved. One
-//! HTTP(S) transport (see [`http`]), Basic or OAuth 2.0 client-credentials authentication
-//! (the token renewed before it expires, and once more on a 401), and every failure turned
-//! into one typed [`SnError`], whose [`SnError::call_error`] is the only place deciding what
-//! the ticketer does about it.
+//! or by `number`, patched; configuration items found by name; the credentials proved. The
+//! transport (TLS trust, proxy, timeout, sending, `Retry-After`, what a transport failure
+//! means) is the SaaS sinks' shared [`crate::sinks::http`]; here are what is ServiceNow's:
+//! Basic or OAuth 2.0 client-credentials authentication (the token renewed before it expires,
+//! and once more on a 401), its error envelope, and every failure turned into one typed
+//! [`SnError`], whose [`SnError::call_error`] is the only place deciding what the ticketer
+//! does about it (the shared classification, and ServiceNow's own rules over it).
 //!
 //! The client never retries a call by itself (a create without an answer may have happened;
 //! only the ticketer knows to look it up first). Secrets live in [`Secret`]s and in sensitive
@@ -12,149 +14,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::Method;
 use scmb_oneview::Secret;
 use serde_json::{Map, Value};
 
+use super::NAME;
+use crate::sinks::http::{Answer, Decision, HttpClient, HttpError, HttpSettings};
 use crate::sinks::ticketing::{CallClass, CallError};
-
-/// The HTTP(S) transport of a sink: what its TLS trusts, the proxy it goes through, how long
-/// a call may take. Nothing here knows ServiceNow: it is kept apart so that the shared
-/// `sinks/http.rs` can replace it by changing the `use` lines only.
-pub mod http {
-    use std::path::Path;
-    use std::time::Duration;
-
-    use rustls::pki_types::CertificateDer;
-
-    /// What a sink's HTTPS connections trust.
-    #[derive(Debug, Clone)]
-    pub enum Trust {
-        /// The system's CA bundle: `$SSL_CERT_FILE`, else the distribution's bundle file.
-        System,
-        /// These CA certificates only (a `ca` file).
-        Ca(Vec<CertificateDer<'static>>),
-        /// Nothing is verified (`insecure = true`): warned about at every start.
-        Insecure,
-    }
-
-    /// How a sink reaches its system over HTTP(S).
-    #[derive(Debug, Clone)]
-    pub struct HttpSettings {
-        pub trust: Trust,
-        /// Every call through this proxy (`http://host:port`); without it `HTTPS_PROXY`,
-        /// `HTTP_PROXY` and `NO_PROXY` apply as usual. `NO_PROXY` applies to it too.
-        pub proxy: Option<String>,
-        /// How long one call may take, answer included.
-        pub timeout: Duration,
-    }
-
-    /// Where distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE,
-    /// Alpine and others).
-    const BUNDLES: [&str; 5] = [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/ca-bundle.pem",
-        "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-        "/etc/ssl/cert.pem",
-    ];
-
-    /// The system's CA certificates: `$SSL_CERT_FILE`, else the first bundle file found.
-    pub fn system_roots() -> Result<Vec<CertificateDer<'static>>, String> {
-        let path = match std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
-            Some(p) => std::path::PathBuf::from(p),
-            None => BUNDLES
-                .iter()
-                .map(Path::new)
-                .find(|p| p.is_file())
-                .map(Path::to_path_buf)
-                .ok_or_else(|| {
-                    format!(
-                        "no system CA bundle found (looked for {}): install ca-certificates, set $SSL_CERT_FILE, or give the CA file (ca)",
-                        BUNDLES.join(", ")
-                    )
-                })?,
-        };
-        let certs = scmb_tls::load_certs(&path).map_err(|e| e.to_string())?;
-        if certs.is_empty() {
-            return Err(format!("{} holds no certificate", path.display()));
-        }
-        Ok(certs)
-    }
-
-    /// A client for `url` (`what` names the system in the warning about `insecure`).
-    pub fn client(
-        s: &HttpSettings,
-        url: &reqwest::Url,
-        what: &str,
-    ) -> Result<reqwest::Client, String> {
-        let tls = if url.scheme() == "https" {
-            let trust = match &s.trust {
-                Trust::System => scmb_tls::ServerTrust::Ca(system_roots()?),
-                Trust::Ca(cas) if cas.is_empty() => {
-                    return Err("the CA file holds no certificate".into())
-                }
-                Trust::Ca(cas) => scmb_tls::ServerTrust::Ca(cas.clone()),
-                Trust::Insecure => {
-                    tracing::warn!(url = %url, "the {what} certificate is NOT verified (insecure = true): anyone on the path can read the credentials and the incidents");
-                    scmb_tls::ServerTrust::Insecure
-                }
-            };
-            scmb_tls::client_config(&trust, &scmb_tls::NameCheck::Host, None)
-                .map_err(|e| e.to_string())?
-        } else {
-            // Plain HTTP: reqwest still wants a TLS config; this one trusts nobody (redirects
-            // are off, so nothing goes to an https:// URL with it).
-            rustls::ClientConfig::builder_with_provider(scmb_tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        };
-        let mut b = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(s.timeout)
-            .connect_timeout(s.timeout)
-            // The Authorization header is ours: never carried along a redirect.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("scmb/", env!("CARGO_PKG_VERSION")));
-        if let Some(p) = &s.proxy {
-            let proxy = reqwest::Proxy::all(p)
-                .map_err(|e| format!("proxy: {e}"))?
-                .no_proxy(reqwest::NoProxy::from_env());
-            b = b.proxy(proxy);
-        }
-        b.build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))
-    }
-
-    /// The `Retry-After` of an answer, when given in seconds.
-    pub fn retry_after(v: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
-        v?.to_str()
-            .ok()?
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .map(Duration::from_secs)
-    }
-
-    /// An error's chain of causes on one line (reqwest's own message is often only "error
-    /// sending request").
-    pub fn chain(e: &dyn std::error::Error) -> String {
-        let mut s = e.to_string();
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            let t = c.to_string();
-            if !s.contains(&t) {
-                s.push_str(": ");
-                s.push_str(&t);
-            }
-            cur = c.source();
-        }
-        s
-    }
-}
 
 /// How the sink proves who it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,28 +51,31 @@ pub struct ClientSettings {
     /// `https://NAME.service-now.com` (no trailing slash).
     pub instance: String,
     pub auth: Auth,
-    pub http: http::HttpSettings,
+    pub http: HttpSettings,
 }
 
 /// A failed call, by what is known of its fate.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SnError {
     /// The settings cannot work (a bad URL, an unreadable CA): nothing was sent.
     #[error("{0}")]
     Config(String),
-    /// No connection was made: nothing was sent.
-    #[error("{call}: cannot connect: {detail}")]
-    Connect { call: String, detail: String },
-    /// Sent, maybe, and then no complete answer: a timeout, or the connection lost.
-    #[error("{call}: no complete answer: {detail}")]
-    NoAnswer { call: String, detail: String },
-    /// An error status, with ServiceNow's `error.message` and `error.detail`.
-    #[error("{call}: ServiceNow answered {status}: {message}")]
+    /// The transport failed: no connection, a refused certificate, no answer in time, the
+    /// connection lost, an unreadable answer ([`HttpError`] says which, and whether the
+    /// instance may have acted).
+    #[error(transparent)]
+    Http(Box<HttpError>),
+    /// An error status, with ServiceNow's `error.message` and `error.detail`; `source` is the
+    /// transport's [`HttpError::Status`] (status, `Retry-After`, the setting to fix).
+    #[error(
+        "{call}: ServiceNow answered {}: {message}{}",
+        source.status().unwrap_or_default(),
+        source.fix().filter(|f| !f.is_empty()).map(|f| format!("; {f}")).unwrap_or_default()
+    )]
     Status {
         call: String,
-        status: u16,
         message: String,
-        retry_after: Option<Duration>,
+        source: Box<HttpError>,
     },
     /// A success without the answer promised (an empty body, an HTML page, no `sys_id`).
     #[error("{call}: ServiceNow answered {status} but {why}")]
@@ -225,45 +95,49 @@ fn data_policy(message: &str) -> bool {
     message.contains("Data Policy Exception")
 }
 
+/// The ticketer's class for the shared transport's decision.
+fn class(d: Decision) -> CallClass {
+    match d {
+        Decision::Retry { after } => CallClass::Retryable { after },
+        // An operator must fix a setting (credentials, rights, the proxy's credentials, the
+        // certificate's trust, the instance's address): the ticketer keeps the work and pauses.
+        Decision::Pause => CallClass::Unauthorized,
+        // Ok is never said of an error.
+        Decision::Fail | Decision::Ok => CallClass::Permanent,
+    }
+}
+
 impl SnError {
-    /// What the ticketer does about it: THE classification of ServiceNow's failures.
+    /// What the ticketer does about it: THE classification of ServiceNow's failures, the
+    /// shared one ([`HttpError::decision`], [`HttpError::may_have_acted`]) with ServiceNow's
+    /// rules over it.
     ///
     /// - 429 (with its `Retry-After`), 408, 5xx but 501, timeouts, lost and refused
     ///   connections: again later.
-    /// - 401, and 403 but a data policy's: our credentials or rights were refused; pause.
-    /// - other 4xx, 501, bad settings: never as sent.
+    /// - 401, and 403 but a data policy's: our credentials or rights were refused; pause. So
+    ///   do a 407, a redirect and an untrusted certificate (a setting to fix).
+    /// - other 4xx, 501, a data policy's 403, bad settings: never as sent.
     /// - may have acted: sent with no complete answer, a 5xx, a success without a usable
     ///   body. A create is then looked up by its `correlation_id` before being sent again.
+    /// - getting a token: a 400, 401 or 403 is refused client credentials; it never acted.
     pub fn call_error(&self) -> CallError {
-        let retry = |after| CallClass::Retryable { after };
         let (class, may_have_acted) = match self {
             SnError::Config(_) => (CallClass::Permanent, false),
-            SnError::Connect { .. } => (retry(None), false),
-            SnError::NoAnswer { .. } => (retry(None), true),
             SnError::Status {
-                status,
-                message,
-                retry_after,
-                ..
-            } => match status {
-                401 => (CallClass::Unauthorized, false),
-                403 if data_policy(message) => (CallClass::Permanent, false),
-                403 => (CallClass::Unauthorized, false),
-                408 | 429 => (retry(*retry_after), false),
-                501 => (CallClass::Permanent, false),
-                500..=599 => (retry(*retry_after), true),
-                _ => (CallClass::Permanent, false),
-            },
-            SnError::Unusable { .. } => (retry(None), true),
+                message, source, ..
+            } if source.status() == Some(403) && data_policy(message) => {
+                (CallClass::Permanent, false)
+            }
+            SnError::Status { source, .. } | SnError::Http(source) => {
+                (class(source.decision()), source.may_have_acted())
+            }
+            SnError::Unusable { .. } => (CallClass::Retryable { after: None }, true),
             SnError::Token(inner) => {
-                let class = match inner.as_ref() {
+                let class = match inner.status() {
                     // The instance refused the client id or secret (it answers 401, or 400
                     // for a malformed request): credentials, not a passing fault.
-                    SnError::Status {
-                        status: 400 | 401 | 403,
-                        ..
-                    } => CallClass::Unauthorized,
-                    other => other.call_error().class,
+                    Some(400 | 401 | 403) => CallClass::Unauthorized,
+                    _ => inner.call_error().class,
                 };
                 (class, false)
             }
@@ -272,6 +146,36 @@ impl SnError {
             message: self.to_string(),
             class,
             may_have_acted,
+        }
+    }
+
+    /// The HTTP status of an error answer, when one came.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SnError::Status { source, .. } => source.status(),
+            _ => None,
+        }
+    }
+
+    /// The transport's error under it, when there is one (a token's included).
+    pub fn http(&self) -> Option<&HttpError> {
+        match self {
+            SnError::Http(e) | SnError::Status { source: e, .. } => Some(e),
+            SnError::Token(inner) => inner.http(),
+            SnError::Config(_) | SnError::Unusable { .. } => None,
+        }
+    }
+
+    /// What the transport said of `call`: an error status with ServiceNow's message, or the
+    /// transport's failure.
+    fn from_http(call: &str, e: HttpError) -> SnError {
+        match e.answer().map(|a| error_message(&a.body)) {
+            Some(message) => SnError::Status {
+                call: call.to_string(),
+                message,
+                source: Box::new(e),
+            },
+            None => SnError::Http(Box::new(e)),
         }
     }
 }
@@ -374,9 +278,8 @@ pub struct SnClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
-    /// The instance, ending with `/`.
-    base: reqwest::Url,
+    /// The shared transport, its base URL the instance.
+    http: HttpClient,
     auth: Auth,
     /// `Basic …`, sensitive; none with OAuth.
     basic: Option<HeaderValue>,
@@ -387,7 +290,7 @@ struct Inner {
 impl std::fmt::Debug for SnClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnClient")
-            .field("instance", &self.inner.base.as_str())
+            .field("instance", &self.inner.http.base_url())
             .field("who", &self.inner.auth.who())
             .finish_non_exhaustive()
     }
@@ -396,17 +299,10 @@ impl std::fmt::Debug for SnClient {
 impl SnClient {
     /// Checks the settings and builds the transport (no I/O yet).
     pub fn new(s: &ClientSettings) -> Result<SnClient, SnError> {
-        let mut base = reqwest::Url::parse(&s.instance)
-            .map_err(|e| SnError::Config(format!("instance {:?}: {e}", s.instance)))?;
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
-        let http = http::client(&s.http, &base, "ServiceNow").map_err(SnError::Config)?;
-        let loopback = matches!(base.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
-        if base.scheme() == "http" && !loopback {
-            tracing::warn!(url = %base, "ServiceNow is reached over plain HTTP: the credentials and incidents cross the network in clear");
-        }
+        // No secret is given to be scrubbed from answers: ServiceNow does not echo them, and
+        // a short password scrubbed from every answer could corrupt its data.
+        let http = HttpClient::with_url_key(NAME, "instance", &s.instance, &s.http, "", vec![])
+            .map_err(|e| SnError::Config(e.to_string()))?;
         let basic = match &s.auth {
             Auth::Basic { user, password } => {
                 if user.is_empty() || user.contains(':') {
@@ -433,7 +329,6 @@ impl SnClient {
         Ok(SnClient {
             inner: Arc::new(Inner {
                 http,
-                base,
                 auth: s.auth.clone(),
                 basic,
                 token: tokio::sync::Mutex::new(None),
@@ -443,19 +338,12 @@ impl SnClient {
 
     /// The instance's URL.
     pub fn base_url(&self) -> &str {
-        self.inner.base.as_str().trim_end_matches('/')
+        self.inner.http.base_url()
     }
 
     /// Who we are, for people.
     pub fn who(&self) -> String {
         self.inner.auth.who()
-    }
-
-    fn url(&self, path: &str) -> Result<reqwest::Url, SnError> {
-        self.inner
-            .base
-            .join(path.trim_start_matches('/'))
-            .map_err(|e| SnError::Config(format!("{path}: {e}")))
     }
 
     /// The Authorization header for the next call: Basic, or the current OAuth token (a new
@@ -499,23 +387,18 @@ impl SnClient {
             ("client_id", client_id.as_str()),
             ("client_secret", client_secret.expose()),
         ];
-        let sent = self
+        let req = self
             .inner
             .http
-            .post(self.url("oauth_token.do")?)
+            .request(Method::POST, "/oauth_token.do")
             .header(ACCEPT, "application/json")
-            .form(&form)
-            .send()
-            .await;
-        let (status, retry_after, body) = read(&call, sent).await?;
-        if !(200..300).contains(&status) {
-            return Err(SnError::Status {
-                call,
-                status,
-                message: error_message(&body),
-                retry_after,
-            });
-        }
+            .form(&form);
+        let Answer { status, body, .. } = self
+            .inner
+            .http
+            .send(req)
+            .await
+            .map_err(|e| SnError::from_http(&call, e))?;
         let v: Value = serde_json::from_slice(&body).map_err(|_| SnError::Unusable {
             call: call.clone(),
             status,
@@ -563,35 +446,33 @@ impl SnClient {
         body: Option<&Map<String, Value>>,
     ) -> Result<Value, SnError> {
         let call = format!("{method} {path}");
-        let url = self.url(path)?;
         let mut renewed = false;
         loop {
             let auth = self.authorization().await?;
             let mut req = self
                 .inner
                 .http
-                .request(method.clone(), url.clone())
+                .request(method.clone(), path)
                 .query(query)
                 .header(ACCEPT, "application/json")
                 .header(AUTHORIZATION, auth.clone());
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let (status, retry_after, bytes) = read(&call, req.send().await).await?;
-            if status == 401 && self.inner.basic.is_none() && !renewed {
-                tracing::debug!("ServiceNow refused the OAuth token; getting a new one");
-                self.forget_token(&auth).await;
-                renewed = true;
-                continue;
-            }
-            if !(200..300).contains(&status) {
-                return Err(SnError::Status {
-                    call,
-                    status,
-                    message: error_message(&bytes),
-                    retry_after,
-                });
-            }
+            let Answer {
+                status,
+                body: bytes,
+                ..
+            } = match self.inner.http.send(req).await {
+                Ok(a) => a,
+                Err(e) if e.status() == Some(401) && self.inner.basic.is_none() && !renewed => {
+                    tracing::debug!("ServiceNow refused the OAuth token; getting a new one");
+                    self.forget_token(&auth).await;
+                    renewed = true;
+                    continue;
+                }
+                Err(e) => return Err(SnError::from_http(&call, e)),
+            };
             return serde_json::from_slice::<Value>(&bytes)
                 .ok()
                 .filter(Value::is_object)
@@ -753,43 +634,25 @@ fn renew_after(lifetime: Duration) -> Duration {
     lifetime - margin
 }
 
-/// Reads a whole answer: status, `Retry-After`, body; a transport failure as
-/// [`SnError::Connect`] (nothing sent) or [`SnError::NoAnswer`] (maybe sent).
-async fn read(
-    call: &str,
-    sent: Result<reqwest::Response, reqwest::Error>,
-) -> Result<(u16, Option<Duration>, Vec<u8>), SnError> {
-    let transport = |e: reqwest::Error| {
-        let detail = http::chain(&e);
-        if e.is_connect() {
-            SnError::Connect {
-                call: call.to_string(),
-                detail,
-            }
-        } else {
-            SnError::NoAnswer {
-                call: call.to_string(),
-                detail,
-            }
-        }
-    };
-    let resp = sent.map_err(transport)?;
-    let status = resp.status().as_u16();
-    let retry_after = http::retry_after(resp.headers().get(RETRY_AFTER));
-    let body = resp.bytes().await.map_err(transport)?;
-    Ok((status, retry_after, body.to_vec()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::http::Proxy;
 
     fn status(status: u16, message: &str, retry_after: Option<u64>) -> SnError {
         SnError::Status {
             call: "POST /api/now/table/incident".into(),
-            status,
             message: message.into(),
-            retry_after: retry_after.map(Duration::from_secs),
+            source: Box::new(HttpError::Status {
+                request: "POST https://acme.service-now.com/api/now/table/incident".into(),
+                answer: Answer {
+                    status,
+                    content_type: Some("application/json".into()),
+                    retry_after: retry_after.map(Duration::from_secs),
+                    body: Vec::new(),
+                },
+                fix: None,
+            }),
         }
     }
 
@@ -839,24 +702,41 @@ mod tests {
             c(status(400, "Invalid table", None)),
             (CallClass::Permanent, false)
         );
-        let call = "POST /api/now/table/incident".to_string();
+        let request = "POST https://acme.service-now.com/api/now/table/incident".to_string();
         assert_eq!(
-            c(SnError::Connect {
-                call: call.clone(),
+            c(SnError::Http(Box::new(HttpError::Connect {
+                url: "https://acme.service-now.com/api/now/table/incident".into(),
                 detail: "refused".into()
-            }),
+            }))),
             (retry(None), false)
         );
         assert_eq!(
-            c(SnError::NoAnswer {
-                call: call.clone(),
-                detail: "timed out".into()
-            }),
+            c(SnError::Http(Box::new(HttpError::Timeout {
+                request: request.clone(),
+                after: Duration::from_secs(30)
+            }))),
             (retry(None), true)
         );
         assert_eq!(
+            c(SnError::Http(Box::new(HttpError::Lost {
+                request,
+                detail: "connection reset".into()
+            }))),
+            (retry(None), true)
+        );
+        // A setting to fix: the work pauses.
+        assert_eq!(
+            c(SnError::Http(Box::new(HttpError::Tls {
+                url: "https://acme.service-now.com".into(),
+                detail: "unknown issuer".into(),
+                fix: "set servicenow.ca".into()
+            }))),
+            (CallClass::Unauthorized, false)
+        );
+        assert_eq!(c(status(407, "", None)), (CallClass::Unauthorized, false));
+        assert_eq!(
             c(SnError::Unusable {
-                call,
+                call: "POST /api/now/table/incident".into(),
                 status: 201,
                 why: "an empty body".into()
             }),
@@ -917,34 +797,29 @@ mod tests {
     }
 
     fn oauth(url: &str) -> SnClient {
+        oauth_with(url, "secret")
+    }
+
+    /// An OAuth client of the simulator's application, with this secret.
+    fn oauth_with(url: &str, secret: &str) -> SnClient {
         SnClient::new(&ClientSettings {
             instance: url.into(),
             auth: Auth::OAuth {
                 client_id: "scmb-sim".into(),
-                client_secret: Secret::new("secret"),
+                client_secret: Secret::new(secret),
             },
-            http: http::HttpSettings {
-                trust: http::Trust::System,
-                proxy: None,
+            http: HttpSettings {
+                proxy: Proxy::Direct,
                 timeout: Duration::from_secs(5),
+                ..HttpSettings::default()
             },
         })
         .expect("client")
     }
 
-    /// A client for the simulator's control routes (plain HTTP; reqwest wants a TLS config).
+    /// A client for the simulator's control routes (plain HTTP).
     fn plain() -> reqwest::Client {
-        reqwest::Client::builder()
-            .use_preconfigured_tls(
-                scmb_tls::client_config(
-                    &scmb_tls::ServerTrust::Insecure,
-                    &scmb_tls::NameCheck::Skip,
-                    None,
-                )
-                .expect("tls"),
-            )
-            .build()
-            .expect("client")
+        scmb_sim::client::http_client(None).expect("control client")
     }
 
     async fn requests(url: &str) -> u64 {
@@ -983,28 +858,57 @@ mod tests {
         assert_eq!(e.call_error().class, CallClass::Unauthorized, "{e}");
         // A wrong client secret is credentials too.
         sn.state.set_faults(Default::default());
-        let bad = SnClient::new(&ClientSettings {
-            auth: Auth::OAuth {
-                client_id: "scmb-sim".into(),
-                client_secret: Secret::new("wrong"),
-            },
-            ..ClientSettings {
-                instance: sn.url.clone(),
-                auth: Auth::Basic {
-                    user: "x".into(),
-                    password: Secret::default(),
-                },
-                http: http::HttpSettings {
-                    trust: http::Trust::System,
-                    proxy: None,
-                    timeout: Duration::from_secs(5),
-                },
-            }
-        })
-        .expect("client");
+        let bad = oauth_with(&sn.url, "wrong");
         let e = bad.probe("incident").await.expect_err("bad secret");
         assert_eq!(e.call_error().class, CallClass::Unauthorized, "{e}");
         assert!(!e.to_string().contains("wrong"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_shared_transport_classifies_and_servicenow_words_the_answer() {
+        let sn =
+            scmb_sim::testkit::serve_servicenow(scmb_sim::servicenow::SnConfig::default()).await;
+        let c = oauth(&sn.url);
+        c.probe("incident").await.expect("first call");
+        sn.state.set_faults(scmb_sim::servicenow::SnFaults {
+            rate_limit_next: 1,
+            retry_after_s: Some(7),
+            ..Default::default()
+        });
+        let e = c.probe("incident").await.expect_err("rate limited");
+        assert_eq!(e.status(), Some(429), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("GET /api/now/table/incident: ServiceNow answered 429: "),
+            "{e}"
+        );
+        let ce = e.call_error();
+        assert_eq!(
+            (ce.class, ce.may_have_acted),
+            (
+                CallClass::Retryable {
+                    after: Some(Duration::from_secs(7))
+                },
+                false
+            ),
+            "{e}"
+        );
+
+        // Nothing listens there: never sent.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let c = oauth(&format!("http://{closed}"));
+        let e = c.probe("incident").await.expect_err("refused");
+        assert!(
+            matches!(&e, SnError::Token(t) if matches!(t.http(), Some(HttpError::Connect { .. }))),
+            "{e:?}"
+        );
+        let ce = e.call_error();
+        assert_eq!(
+            (ce.class, ce.may_have_acted),
+            (CallClass::Retryable { after: None }, false)
+        );
     }
 
     #[tokio::test]
@@ -1031,10 +935,9 @@ mod tests {
                 client_id: "scmb".into(),
                 client_secret: Secret::new("top-secret"),
             },
-            http: http::HttpSettings {
-                trust: http::Trust::System,
-                proxy: None,
+            http: HttpSettings {
                 timeout: Duration::from_secs(1),
+                ..HttpSettings::default()
             },
         };
         let c = SnClient::new(&s).expect("client");

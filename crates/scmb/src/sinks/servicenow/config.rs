@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-use super::client::{http, Auth, ClientSettings};
+use super::client::{Auth, ClientSettings};
 use super::incident::{Template, Text, NOTE_PREFIX};
-use super::{OnClear, ServiceNowSettings};
+use super::{OnClear, ServiceNowSettings, NAME};
 use crate::duration::DurationValue;
 use crate::password::SecretRef;
+use crate::sinks::http::{self, HttpSettings};
 use scmb_oneview::Secret;
 
 /// `[appliance.servicenow]`: open a ServiceNow incident per admitted alert.
@@ -46,15 +47,19 @@ pub struct ServiceNowConfig {
     /// OAuth: a systemd credential name holding the client secret.
     pub client_secret_credential: Option<String>,
     /// Verify the instance's HTTPS certificate against the CA certificates in this PEM file
-    /// instead of the system's (`$SSL_CERT_FILE`, else the distribution's bundle).
+    /// instead of the system's (read with `rustls-native-certs`: `$SSL_CERT_FILE` and
+    /// `$SSL_CERT_DIR` honoured).
     pub ca: Option<PathBuf>,
     /// DANGEROUS: do not verify the instance's certificate (a WARN at every start). Default
     /// false.
     #[serde(default)]
     pub insecure: bool,
-    /// Reach the instance through this proxy, e.g. `http://proxy.example.com:3128`. Default:
-    /// `HTTPS_PROXY`/`HTTP_PROXY` from the environment; `NO_PROXY` is honoured either way.
-    pub proxy: Option<String>,
+    /// The proxy for every call, e.g. `"http://proxy.example.com:3128"` (a user and password
+    /// in it are never logged; the environment is then ignored), or `"none"` to go direct.
+    /// Default: `$HTTPS_PROXY` / `$HTTP_PROXY` / `$ALL_PROXY` with `$NO_PROXY`'s exceptions,
+    /// when set. The same key as PagerDuty's ([`crate::sinks::http::parse_proxy`]).
+    #[serde(default, deserialize_with = "secret")]
+    pub proxy: Option<Secret>,
     /// How long one call may take, answer included, e.g. `"30s"`. A create without an answer
     /// in time may still have happened: it is looked up by its `correlation_id` before being
     /// sent again. Default `"30s"`.
@@ -136,6 +141,12 @@ pub struct IncidentConfig {
     /// instance's and are refused.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+}
+
+/// A string that must never print (a proxy URL may carry a password): straight into a
+/// [`Secret`].
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
 }
 
 fn default_concurrency() -> usize {
@@ -285,13 +296,12 @@ impl ServiceNowConfig {
         if self.concurrency == 0 {
             return Err("concurrency must be at least 1".into());
         }
+        // The CA file is read by `settings`, with the secret.
         if self.insecure && self.ca.is_some() {
             return Err("give ca or insecure = true, not both".into());
         }
-        if let Some(p) = &self.proxy {
-            reqwest::Proxy::all(p.as_str()).map_err(|e| format!("proxy {p:?}: {e}"))?;
-        }
-        self.timeout()?;
+        http::parse_proxy(NAME, self.proxy.as_ref().map(Secret::expose))?;
+        http::check_timeout(NAME, self.timeout.as_ref())?;
         self.retry_cap()?;
         self.keep_alive()?;
         if self
@@ -372,17 +382,6 @@ impl ServiceNowConfig {
         })
     }
 
-    pub fn timeout(&self) -> Result<Duration, String> {
-        let t = match &self.timeout {
-            Some(v) => v.resolve("servicenow.timeout")?,
-            None => Duration::from_secs(30),
-        };
-        if t.is_zero() {
-            return Err("servicenow.timeout must be above zero, e.g. \"30s\"".into());
-        }
-        Ok(t)
-    }
-
     pub fn retry_cap(&self) -> Result<Duration, String> {
         match &self.retry_cap {
             Some(v) => v.resolve("servicenow.retry_cap"),
@@ -415,22 +414,17 @@ impl ServiceNowConfig {
                 client_secret: secret,
             },
         };
-        let trust = match (&self.ca, self.insecure) {
-            (Some(ca), _) => http::Trust::Ca(
-                scmb_tls::load_certs(ca).map_err(|e| format!("servicenow.ca: {e}"))?,
-            ),
-            (None, true) => http::Trust::Insecure,
-            (None, false) => http::Trust::System,
-        };
         Ok(ServiceNowSettings {
             client: ClientSettings {
                 instance: instance_url(&self.instance)?,
                 auth,
-                http: http::HttpSettings {
-                    trust,
-                    proxy: given(&self.proxy),
-                    timeout: self.timeout()?,
-                },
+                http: HttpSettings::from_keys(
+                    NAME,
+                    self.ca.as_deref(),
+                    self.insecure,
+                    self.proxy.as_ref().map(Secret::expose),
+                    self.timeout.as_ref(),
+                )?,
             },
             template: self.template()?,
             on_clear: self.on_clear,
@@ -527,6 +521,7 @@ mod tests {
             ("note_prefix = \"ID:\"\n", "note_prefix"),
             ("close_code = \" \"\n", "close_code"),
             ("proxy = \"::\"\n", "proxy"),
+            ("proxy = \"\"\n", "servicenow.proxy is empty"),
             ("[incident]\nurgency = { Critcal = \"1\" }\n", "Critcal"),
             (
                 "[incident]\nimpact = { Critical = \"high\" }\n",
@@ -567,7 +562,10 @@ mod tests {
             }
         );
         assert_eq!(s.client.http.timeout, Duration::from_secs(5));
-        assert_eq!(s.client.http.proxy.as_deref(), Some("http://proxy:3128"));
+        assert_eq!(
+            s.client.http.proxy,
+            http::Proxy::Url(Secret::new("http://proxy:3128"))
+        );
         assert!(matches!(s.client.http.trust, http::Trust::System));
         assert_eq!(s.on_clear, OnClear::Close);
         assert_eq!(s.close_code, "Solution provided");
@@ -587,6 +585,14 @@ mod tests {
         let s = d.settings(Secret::default()).expect("settings");
         assert_eq!(s.close_code, DEFAULT_CLOSE_CODE);
         assert_eq!(s.on_clear, OnClear::Resolve);
+        assert_eq!(s.client.http.proxy, http::Proxy::Environment);
+        assert_eq!(s.client.http.timeout, http::DEFAULT_TIMEOUT);
+        let direct = checked(&format!("{BASIC}proxy = \"none\"\n")).expect("none");
+        let s = direct.settings(Secret::default()).expect("settings");
+        assert_eq!(s.client.http.proxy, http::Proxy::Direct);
+        let insecure = checked(&format!("{BASIC}insecure = true\n")).expect("insecure");
+        let s = insecure.settings(Secret::default()).expect("settings");
+        assert!(matches!(s.client.http.trust, http::Trust::Insecure));
         assert_eq!(d.keep_alive_setting(), Ok(Some(Duration::from_secs(600))));
         let missing_ca = checked(&format!("{BASIC}ca = \"/nonexistent/ca.pem\"\n")).expect("parse");
         let e = missing_ca.settings(Secret::default()).expect_err("no CA");

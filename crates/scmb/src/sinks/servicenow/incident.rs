@@ -378,15 +378,13 @@ impl SnSystem {
     async fn patch(&self, inc: &Incident, fields: &Map<String, Value>) -> Result<(), CallError> {
         match self.client.update_incident(&inc.sys_id, fields).await {
             Ok(()) => Ok(()),
-            Err(e @ SnError::Status { status: 403, .. }) => {
-                match self.by_number(&inc.number).await {
-                    Ok(now) if now.is_closed() => {
-                        tracing::info!(incident = %inc.number, "the incident was closed meanwhile; left as it is");
-                        Ok(())
-                    }
-                    _ => Err(call_error(e)),
+            Err(e) if e.status() == Some(403) => match self.by_number(&inc.number).await {
+                Ok(now) if now.is_closed() => {
+                    tracing::info!(incident = %inc.number, "the incident was closed meanwhile; left as it is");
+                    Ok(())
                 }
-            }
+                _ => Err(call_error(e)),
+            },
             Err(e) => Err(call_error(e)),
         }
     }

@@ -110,14 +110,20 @@ impl ServiceNow {
     }
 }
 
-/// The exit code of a ServiceNow failure: 2 for settings that cannot work, 3 for refused
-/// credentials, 5 when unreachable or failing, 7 when it refused the request.
+/// The exit code of a ServiceNow failure, from [`SnError::call_error`]: 2 for settings that
+/// cannot work (a redirect: the instance's address), 3 for refused credentials, 5 when
+/// unreachable or failing, 6 for an untrusted certificate, 7 when it refused the request.
 pub fn failure_code(e: &SnError) -> u8 {
     if matches!(e, SnError::Config(_)) {
         return failure::USAGE;
     }
     match e.call_error().class {
-        CallClass::Unauthorized => failure::AUTH,
+        // A pause is refused credentials, unless the transport knows better (a certificate,
+        // a redirect).
+        CallClass::Unauthorized => match e.http().map(|h| h.failure_code()) {
+            Some(c @ (failure::TLS | failure::USAGE)) => c,
+            _ => failure::AUTH,
+        },
         CallClass::Retryable { .. } => failure::UNREACHABLE,
         CallClass::Permanent => failure::API,
     }
