@@ -5,7 +5,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::Value;
+
+/// A JSON body to send, if any.
+type Body = Option<Vec<u8>>;
+
+/// The JSON answer, or the error message.
+type Answer = Result<Value, String>;
+
+/// The HTTP simulators a [`SimClient`] calls besides the OneView side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Sm,
+    ServiceNow,
+    PagerDuty,
+}
 
 /// Builds a reqwest client that trusts only the PEM CA at `ca` (or nothing extra when `None`).
 pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
@@ -58,64 +73,47 @@ impl SimClient {
     }
 
     /// Calls the OneView side (REST port) and returns the JSON answer, or the error message.
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Value, String> {
+    pub async fn call(&self, method: Method, path: &str, body: Body) -> Answer {
         self.send(&self.rest_url, method, path, body).await
     }
 
-    /// Calls the Service Manager simulator.
-    pub async fn call_sm(
+    /// Calls one of the HTTP simulators (their `/sim/...` control routes need no auth).
+    pub async fn call_service(
         &self,
-        method: reqwest::Method,
+        service: Service,
+        method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Value, String> {
-        let base = self
-            .sm_url
-            .clone()
-            .ok_or("this simulator runs without Service Manager")?;
-        self.send(&base, method, path, body).await
+        body: Body,
+    ) -> Answer {
+        let (url, name) = match service {
+            Service::Sm => (&self.sm_url, "Service Manager"),
+            Service::ServiceNow => (&self.servicenow_url, "ServiceNow"),
+            Service::PagerDuty => (&self.pagerduty_url, "PagerDuty"),
+        };
+        let base = url
+            .as_deref()
+            .ok_or_else(|| format!("this simulator runs without {name}"))?;
+        self.send(base, method, path, body).await
     }
 
-    /// Calls the ServiceNow simulator (its `/sim/...` control routes need no auth).
-    pub async fn call_servicenow(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Value, String> {
-        let base = self
-            .servicenow_url
-            .clone()
-            .ok_or("this simulator runs without ServiceNow")?;
-        self.send(&base, method, path, body).await
+    /// Calls the Service Manager simulator.
+    pub async fn call_sm(&self, method: Method, path: &str, body: Body) -> Answer {
+        self.call_service(Service::Sm, method, path, body).await
+    }
+
+    /// Calls the ServiceNow simulator.
+    pub async fn call_servicenow(&self, method: Method, path: &str, body: Body) -> Answer {
+        self.call_service(Service::ServiceNow, method, path, body)
+            .await
     }
 
     /// Calls the PagerDuty simulator.
-    pub async fn call_pagerduty(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Value, String> {
-        let base = self
-            .pagerduty_url
-            .clone()
-            .ok_or("this simulator runs without PagerDuty")?;
-        self.send(&base, method, path, body).await
+    pub async fn call_pagerduty(&self, method: Method, path: &str, body: Body) -> Answer {
+        self.call_service(Service::PagerDuty, method, path, body)
+            .await
     }
 
-    async fn send(
-        &self,
-        base: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Value, String> {
+    async fn send(&self, base: &str, method: Method, path: &str, body: Body) -> Answer {
         let mut req = self.http.request(method, format!("{base}{path}"));
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);

@@ -7,8 +7,9 @@
 //! Module map: [`pki`] certificates on disk; [`broker`] the RabbitMQ child process; [`bus`] the
 //! publisher; [`ov`] the OneView REST API; [`control`] the `/sim/` control surface; [`sm`] the
 //! Service Manager; [`servicenow`] a ServiceNow instance (Table API, OAuth, Event Management);
-//! [`pagerduty`] PagerDuty's Events API v2; [`serve`] HTTP(S) serving; [`sim`] wiring it all
-//! together; [`client`] a small client of the control surface for the CLI and tests;
+//! [`pagerduty`] PagerDuty's Events API v2; [`httpsim`] what those three share (state, faults
+//! and their middleware, control routes, persistence); [`serve`] HTTP(S) serving; [`sim`] wiring
+//! it all together; [`client`] a small client of the control surface for the CLI and tests;
 //! [`rawamqp`] a minimal AMQP client for routing keys that are not UTF-8.
 
 // Handlers return `Result<T, Response>` so that `?`-style early answers stay readable; the
@@ -21,6 +22,7 @@ pub mod client;
 pub mod clock;
 pub mod control;
 pub mod filter;
+pub mod httpsim;
 pub mod ov;
 pub mod pagerduty;
 pub mod pki;

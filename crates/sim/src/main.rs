@@ -7,12 +7,14 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use reqwest::Method;
-use scmb_sim::client::SimClient;
+use scmb_sim::client::{Service, SimClient};
+use scmb_sim::httpsim::{HttpSim, SimState};
 use scmb_sim::pagerduty::{PdConfig, PdState};
 use scmb_sim::pki::BrokerCertNames;
 use scmb_sim::servicenow::{OauthClient, SnConfig, SnState};
@@ -466,13 +468,12 @@ fn oauth_clients(list: &[String]) -> anyhow::Result<HashMap<String, OauthClient>
         .collect()
 }
 
-/// Serves one simulator alone until SIGTERM/SIGINT, after printing its ready line.
-async fn run_alone(
+/// Serves one HTTP simulator alone until SIGTERM/SIGINT, after printing its ready line.
+async fn run_alone<D: HttpSim>(
     name: &str,
     bind: IpAddr,
     port: u16,
-    app: axum::Router,
-    gate: std::sync::Arc<scmb_sim::serve::OutageGate>,
+    st: Arc<SimState<D>>,
 ) -> anyhow::Result<()> {
     let addr = std::net::SocketAddr::new(bind, port);
     let l = tokio::net::TcpListener::bind(addr)
@@ -481,7 +482,8 @@ async fn run_alone(
     let local = l.local_addr().unwrap_or(addr);
     let stop = shutdown_signal();
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(scmb_sim::serve::serve(l, None, app, rx, Some(gate)));
+    let gate = Some(st.gate());
+    let server = tokio::spawn(scmb_sim::serve::serve(l, None, D::router(st), rx, gate));
     println!("ov-sim {name} ready: {name}=http://{local}");
     stop.await;
     let _ = tx.send(true);
@@ -585,26 +587,7 @@ async fn run_sm(a: SmArgs) -> anyhow::Result<()> {
         persist: a.persist,
         ..SmConfig::default()
     };
-    let st = SmState::new(cfg);
-    let addr = std::net::SocketAddr::new(a.bind, a.port);
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let stop = shutdown_signal();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let gate = st.gate.clone();
-    let server = tokio::spawn(scmb_sim::serve::serve(
-        l,
-        None,
-        scmb_sim::sm::router(st),
-        rx,
-        Some(gate),
-    ));
-    println!("ov-sim sm ready: sm=http://{addr}");
-    stop.await;
-    let _ = tx.send(true);
-    server.abort();
-    Ok(())
+    run_alone("sm", a.bind, a.port, SmState::new(cfg)).await
 }
 
 async fn run_servicenow(a: ServicenowArgs) -> anyhow::Result<()> {
@@ -616,10 +599,7 @@ async fn run_servicenow(a: ServicenowArgs) -> anyhow::Result<()> {
         persist: a.persist,
         ..SnConfig::default()
     };
-    let st = SnState::new(cfg);
-    let gate = st.gate.clone();
-    let app = scmb_sim::servicenow::router(st);
-    run_alone("servicenow", a.bind, a.port, app, gate).await
+    run_alone("servicenow", a.bind, a.port, SnState::new(cfg)).await
 }
 
 async fn run_pagerduty(a: PagerdutyArgs) -> anyhow::Result<()> {
@@ -628,10 +608,7 @@ async fn run_pagerduty(a: PagerdutyArgs) -> anyhow::Result<()> {
         base_path: a.base_path,
         persist: a.persist,
     };
-    let st = PdState::new(cfg);
-    let gate = st.gate.clone();
-    let app = scmb_sim::pagerduty::router(st);
-    run_alone("pagerduty", a.bind, a.port, app, gate).await
+    run_alone("pagerduty", a.bind, a.port, PdState::new(cfg)).await
 }
 
 fn client(state: &StateArg) -> anyhow::Result<SimClient> {
@@ -656,6 +633,17 @@ fn body(v: Value) -> Option<Vec<u8>> {
     serde_json::to_vec(&v).ok()
 }
 
+/// `POST /sim/faults` on one of the HTTP simulators, with the faults given as JSON.
+async fn set_faults(state: &StateArg, service: Service, json: &str) -> anyhow::Result<()> {
+    let f = body(Value::Object(parse_object(json)?));
+    show(
+        client(state)?
+            .call_service(service, Method::POST, "/sim/faults", f)
+            .await,
+    )
+    .await
+}
+
 async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => run(a).await,
@@ -663,23 +651,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Servicenow(a) => run_servicenow(a).await,
         Cmd::Pagerduty(a) => run_pagerduty(a).await,
         Cmd::ServicenowFault { state, json } => {
-            let f = parse_object(&json)?;
-            show(
-                client(&state)?
-                    .call_servicenow(Method::POST, "/sim/faults", body(Value::Object(f)))
-                    .await,
-            )
-            .await
+            set_faults(&state, Service::ServiceNow, &json).await
         }
-        Cmd::PagerdutyFault { state, json } => {
-            let f = parse_object(&json)?;
-            show(
-                client(&state)?
-                    .call_pagerduty(Method::POST, "/sim/faults", body(Value::Object(f)))
-                    .await,
-            )
-            .await
-        }
+        Cmd::PagerdutyFault { state, json } => set_faults(&state, Service::PagerDuty, &json).await,
         Cmd::Alert(AlertCmd::Raise(a)) => {
             let mut f = match &a.json {
                 Some(j) => parse_object(j)?,
@@ -834,15 +808,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             println!("{text}");
             Ok(())
         }
-        Cmd::SmFault { state, json } => {
-            let f = parse_object(&json)?;
-            show(
-                client(&state)?
-                    .call_sm(Method::POST, "/sim/faults", body(Value::Object(f)))
-                    .await,
-            )
-            .await
-        }
+        Cmd::SmFault { state, json } => set_faults(&state, Service::Sm, &json).await,
         Cmd::Incidents(s) => {
             show(
                 client(&s)?

@@ -14,22 +14,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::serve::OutageGate;
-use crate::sm::CreateGarbage;
+use crate::httpsim::{self, http_faults, HttpSim, SimState};
 
 /// Settings of the PagerDuty simulator.
 #[derive(Debug, Clone, Default)]
@@ -42,59 +40,19 @@ pub struct PdConfig {
     pub persist: Option<PathBuf>,
 }
 
-/// Faults, set through `POST /sim/faults` (all fields optional; `{}` clears).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PdFaults {
-    /// Fixed latency added to every call, ms.
-    #[serde(default)]
-    pub latency_ms: u64,
-    /// Extra random latency, uniform in 0..jitter_ms.
-    #[serde(default)]
-    pub jitter_ms: u64,
-    /// Hold every call this long before answering.
-    #[serde(default)]
-    pub hang_ms: u64,
-    /// Fraction (0..1) of calls answered with `errorStatus` (default 500).
-    #[serde(default)]
-    pub error_rate: f64,
-    #[serde(default)]
-    pub error_status: Option<u16>,
-    /// Answer the next N calls 429 (counts down); nothing is ingested.
-    #[serde(default)]
-    pub throttle_next: u64,
-    /// Events a routing key may send in any 60 s (0 = unlimited); more get 429. PagerDuty
-    /// documents about 120.
-    #[serde(default)]
-    pub rate_per_minute: u64,
-    /// Answer every call with an HTML error page (502), as a proxy would.
-    #[serde(default)]
-    pub html: bool,
-    /// Take the service down (port closed) for this many ms.
-    #[serde(default)]
-    pub outage_ms: u64,
-    /// Accepted events only: ingest the event, then hold the answer this long.
-    #[serde(default)]
-    pub create_late_ms: u64,
-    /// Accepted events only: ingest the event, then answer this instead.
-    #[serde(default)]
-    pub create_garbage: Option<CreateGarbage>,
-    /// How many of the next accepted events get `createLateMs`/`createGarbage` (absent: all).
-    #[serde(default)]
-    pub create_fault_count: Option<u64>,
-}
-
-impl PdFaults {
-    fn take_create_fault(&mut self) -> Option<(u64, Option<CreateGarbage>)> {
-        if self.create_late_ms == 0 && self.create_garbage.is_none() {
-            return None;
-        }
-        match &mut self.create_fault_count {
-            Some(0) => return None,
-            Some(n) => *n -= 1,
-            None => {}
-        }
-        Some((self.create_late_ms, self.create_garbage))
+http_faults! {
+    /// Faults, set through `POST /sim/faults` (every key optional, unknown ones refused; `{}`
+    /// clears): those of every HTTP simulator ([`crate::httpsim`]; here the create faults apply
+    /// to accepted events, injected errors are 500 in PagerDuty's JSON, the HTML page a proxy's
+    /// 502), and:
+    pub struct PdFaults {
+        /// Answer the next N calls 429 (counts down); nothing is ingested.
+        #[serde(default)]
+        pub throttle_next: u64,
+        /// Events a routing key may send in any 60 s (0 = unlimited); more get 429. PagerDuty
+        /// documents about 120.
+        #[serde(default)]
+        pub rate_per_minute: u64,
     }
 }
 
@@ -158,28 +116,18 @@ struct Snapshot {
     events: Vec<PdEvent>,
 }
 
+/// The events and incidents the simulator holds.
 #[derive(Debug, Default)]
-struct Inner {
+pub struct PdData {
     incidents: Vec<PdIncident>,
     events: Vec<PdEvent>,
-    faults: PdFaults,
-    /// Recent events per routing key, for `ratePerMinute`.
-    recent: HashMap<String, VecDeque<Instant>>,
-    requests: u64,
-    in_flight: u64,
 }
 
-pub struct PdState {
-    cfg: PdConfig,
-    inner: Mutex<Inner>,
-    pub gate: Arc<OutageGate>,
-}
+/// The PagerDuty Events API simulator.
+pub type PdState = SimState<PdData>;
 
-impl std::fmt::Debug for PdState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PdState").field("cfg", &self.cfg).finish()
-    }
-}
+/// Recent events per routing key, for `ratePerMinute`.
+type Recent = HashMap<String, VecDeque<Instant>>;
 
 /// `2026-11-25T10:00:00Z`.
 fn pd_now() -> String {
@@ -321,52 +269,58 @@ fn new_incident_id() -> String {
     format!("P{tail}")
 }
 
-impl PdState {
-    pub fn new(cfg: PdConfig) -> Arc<PdState> {
-        let mut inner = Inner::default();
-        if let Some(p) = &cfg.persist {
-            if let Ok(bytes) = std::fs::read(p) {
-                match serde_json::from_slice::<Snapshot>(&bytes) {
-                    Ok(s) => {
-                        inner.incidents = s.incidents;
-                        inner.events = s.events;
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %p.display(), error = %e, "ignoring unreadable PagerDuty file")
-                    }
-                }
+/// The answer of PagerDuty's `html` fault: a proxy's error page.
+const BAD_GATEWAY: &str =
+    "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>";
+
+/// The page of PagerDuty's `createGarbage: html`.
+const PLEASE_WAIT: &str = "<html><head><title>PagerDuty</title></head><body><h1>PagerDuty</h1><p>Please wait while we process your request.</p></body></html>";
+
+fn pd_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"status": "error", "message": message}))).into_response()
+}
+
+impl HttpSim for PdData {
+    type Config = PdConfig;
+    type Faults = PdFaults;
+    type Rates = Recent;
+    const ERROR_STATUS: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
+
+    /// The Events API routes, with the `/sim/...` control routes.
+    fn router(state: Arc<PdState>) -> Router {
+        let mut api = Router::new().route("/v2/enqueue", post(enqueue));
+        if let Some(base) = state.cfg.base_path.as_deref() {
+            let base = base.trim_end_matches('/');
+            if !base.is_empty() && base.starts_with('/') {
+                api = api.route(&format!("{base}/v2/enqueue"), post(enqueue));
             }
         }
-        Arc::new(PdState {
-            cfg,
-            inner: Mutex::new(inner),
-            gate: Arc::default(),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn set_faults(&self, f: PdFaults) {
-        if f.outage_ms > 0 {
-            self.gate.start(Duration::from_millis(f.outage_ms));
-        } else {
-            self.gate.end();
-        }
-        let mut i = self.lock();
-        i.faults = f;
-        i.recent.clear();
+        let api = api.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            httpsim::middleware::<PdData>,
+        ));
+        Router::new()
+            .merge(api)
+            .route("/sim/events", get(sim_events))
+            .route("/sim/incidents/{id}/{action}", post(sim_act))
+            .merge(httpsim::control_routes::<PdData>())
+            .merge(httpsim::reset_route::<PdData>())
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({"status": "not found", "message": "Not found"})),
+                )
+            })
+            .with_state(state)
     }
 
     /// Every incident, oldest first, each with the events applied to it.
-    pub fn incidents(&self) -> Vec<Value> {
-        let i = self.lock();
-        i.incidents
+    fn incidents(&self) -> Vec<Value> {
+        self.incidents
             .iter()
             .map(|inc| {
                 let mut v = serde_json::to_value(inc).unwrap_or(Value::Null);
-                let events: Vec<&PdEvent> = i
+                let events: Vec<&PdEvent> = self
                     .events
                     .iter()
                     .filter(|e| e.incident.as_deref() == Some(inc.id.as_str()))
@@ -377,108 +331,61 @@ impl PdState {
             .collect()
     }
 
+    fn html_fault() -> Response {
+        httpsim::html(StatusCode::BAD_GATEWAY, BAD_GATEWAY)
+    }
+
+    fn injected_error(status: StatusCode) -> Response {
+        pd_error(status, "Internal error (injected fault)")
+    }
+
+    fn bad_request(message: &str) -> Response {
+        pd_error(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn decide(f: &mut PdFaults, _: &mut Recent, _: &Request) -> Result<HeaderMap, Response> {
+        if f.throttle_next > 0 {
+            f.throttle_next -= 1;
+            return Err(throttled());
+        }
+        Ok(HeaderMap::new())
+    }
+
+    fn stats(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("events".into(), json!(self.events.len()));
+        m.insert("incidents".into(), json!(self.incidents.len()));
+        m
+    }
+
+    /// Forgets every event and incident.
+    fn forget(st: &PdState) {
+        let mut d = st.lock();
+        d.incidents.clear();
+        d.events.clear();
+        st.persist(&d);
+    }
+}
+
+impl SimState<PdData> {
+    pub fn new(cfg: PdConfig) -> Arc<PdState> {
+        let s: Snapshot = httpsim::load(cfg.persist.as_deref(), "PagerDuty").unwrap_or_default();
+        let data = PdData {
+            incidents: s.incidents,
+            events: s.events,
+        };
+        SimState::with_data(cfg, data)
+    }
+
     /// Every event received and accepted, oldest first.
     pub fn events(&self) -> Vec<PdEvent> {
         self.lock().events.clone()
     }
 
-    fn persist(&self, inner: &Inner) {
-        let Some(p) = &self.cfg.persist else { return };
-        let snap = json!({"incidents": inner.incidents, "events": inner.events});
-        match serde_json::to_vec_pretty(&snap) {
-            Ok(body) => {
-                if let Err(e) = crate::pki::write_atomic(p, &body, 0o644) {
-                    tracing::warn!(error = %e, "cannot persist PagerDuty state");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot serialise PagerDuty state"),
-        }
+    fn persist(&self, d: &PdData) {
+        let snap = json!({"incidents": d.incidents, "events": d.events});
+        httpsim::save(self.cfg.persist.as_deref(), &snap, "PagerDuty state");
     }
-}
-
-/// The Events API routes, with the `/sim/...` control routes.
-pub fn router(state: Arc<PdState>) -> Router {
-    let mut api = Router::new().route("/v2/enqueue", post(enqueue));
-    if let Some(base) = state.cfg.base_path.as_deref() {
-        let base = base.trim_end_matches('/');
-        if !base.is_empty() && base.starts_with('/') {
-            api = api.route(&format!("{base}/v2/enqueue"), post(enqueue));
-        }
-    }
-    let api = api.layer(axum::middleware::from_fn_with_state(state.clone(), faults));
-    Router::new()
-        .merge(api)
-        .route("/sim/events", get(sim_events))
-        .route("/sim/incidents", get(sim_incidents))
-        .route("/sim/incidents/{id}/{action}", post(sim_act))
-        .route("/sim/stats", get(sim_stats))
-        .route("/sim/reset", post(sim_reset))
-        .route(
-            "/sim/faults",
-            post(sim_set_faults)
-                .delete(sim_clear_faults)
-                .get(sim_get_faults),
-        )
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({"status": "not found", "message": "Not found"})),
-            )
-        })
-        .with_state(state)
-}
-
-async fn faults(State(st): State<Arc<PdState>>, req: Request, next: Next) -> Response {
-    struct InFlight(Arc<PdState>);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            self.0.lock().in_flight -= 1;
-        }
-    }
-    st.lock().in_flight += 1;
-    let _guard = InFlight(st.clone());
-    let (f, throttle) = {
-        let mut i = st.lock();
-        i.requests += 1;
-        let throttle = i.faults.throttle_next > 0;
-        if throttle {
-            i.faults.throttle_next -= 1;
-        }
-        (i.faults.clone(), throttle)
-    };
-    let jitter = if f.jitter_ms > 0 {
-        rand::thread_rng().gen_range(0..f.jitter_ms)
-    } else {
-        0
-    };
-    let delay = f
-        .latency_ms
-        .saturating_add(jitter)
-        .saturating_add(f.hang_ms);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    if throttle {
-        return throttled();
-    }
-    if f.html {
-        return (
-            StatusCode::BAD_GATEWAY,
-            [("content-type", "text/html")],
-            "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>",
-        )
-            .into_response();
-    }
-    if f.error_rate > 0.0 && rand::thread_rng().gen_bool(f.error_rate.clamp(0.0, 1.0)) {
-        let code = StatusCode::from_u16(f.error_status.unwrap_or(500))
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (
-            code,
-            Json(json!({"status": "error", "message": "Internal error (injected fault)"})),
-        )
-            .into_response();
-    }
-    next.run(req).await
 }
 
 async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
@@ -488,23 +395,27 @@ async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
     };
     let routing_key = str_field(&ev, "routing_key").unwrap_or("").to_string();
     // Throttling counts what a key sends, valid or not.
-    {
-        let mut i = st.lock();
-        let per_minute = i.faults.rate_per_minute;
-        if per_minute > 0 {
-            let now = Instant::now();
-            let q = i.recent.entry(routing_key.clone()).or_default();
-            while q
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-            {
-                q.pop_front();
-            }
-            if q.len() as u64 >= per_minute {
-                return throttled();
-            }
-            q.push_back(now);
+    let over = st.with_faults(|f, recent| {
+        let per_minute = f.rate_per_minute;
+        if per_minute == 0 {
+            return false;
         }
+        let now = Instant::now();
+        let q = recent.entry(routing_key.clone()).or_default();
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            q.pop_front();
+        }
+        if q.len() as u64 >= per_minute {
+            return true;
+        }
+        q.push_back(now);
+        false
+    });
+    if over {
+        return throttled();
     }
     let errors = validate(&ev);
     if !errors.is_empty() {
@@ -519,11 +430,11 @@ async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
         // A trigger without a key gets a unique one: it always opens a new incident.
         None => format!("{:032x}", rand::thread_rng().gen::<u128>()),
     };
-    let (fault, outcome, incident) = {
-        let mut i = st.lock();
-        let (outcome, incident) = apply(&mut i, &routing_key, &dedup_key, &action, &ev, None);
-        let seq = i.events.len() as u64 + 1;
-        i.events.push(PdEvent {
+    let (outcome, incident) = {
+        let mut d = st.lock();
+        let (outcome, incident) = apply(&mut d, &routing_key, &dedup_key, &action, &ev, None);
+        let seq = d.events.len() as u64 + 1;
+        d.events.push(PdEvent {
             seq,
             received_at: pd_now(),
             routing_key,
@@ -533,40 +444,21 @@ async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
             outcome: outcome.to_string(),
             incident: incident.clone(),
         });
-        st.persist(&i);
-        (i.faults.take_create_fault(), outcome, incident)
+        st.persist(&d);
+        (outcome, incident)
     };
     tracing::debug!(%dedup_key, outcome, incident = ?incident, "event processed");
-    if let Some((late_ms, garbage)) = fault {
-        if late_ms > 0 {
-            tracing::debug!(%dedup_key, late_ms, "holding the answer to an event");
-            tokio::time::sleep(Duration::from_millis(late_ms)).await;
-        }
-        match garbage {
-            Some(CreateGarbage::Empty) => {
-                return (
-                    StatusCode::ACCEPTED,
-                    [("content-type", "application/json")],
-                    "",
-                )
-                    .into_response()
-            }
-            Some(CreateGarbage::Html) => {
-                return (
-                    StatusCode::OK,
-                    [("content-type", "text/html")],
-                    "<html><head><title>PagerDuty</title></head><body><h1>PagerDuty</h1><p>Please wait while we process your request.</p></body></html>",
-                )
-                    .into_response()
-            }
-            Some(CreateGarbage::NoId) => {
-                return (
-                    StatusCode::ACCEPTED,
-                    Json(json!({"status": "success", "message": "Event processed"})),
-                )
-                    .into_response()
-            }
-            None => {}
+    // The event is ingested (and persisted) whatever the answer is now.
+    if let Some(fault) = st.take_create_fault() {
+        let no_id = || {
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"status": "success", "message": "Event processed"})),
+            )
+                .into_response()
+        };
+        if let Some(r) = fault.answer(StatusCode::ACCEPTED, PLEASE_WAIT, no_id).await {
+            return r;
         }
     }
     (
@@ -578,7 +470,7 @@ async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
 
 /// Applies an event (or a person's action, `by`) to the incidents; its outcome and incident.
 fn apply(
-    i: &mut Inner,
+    i: &mut PdData,
     routing_key: &str,
     dedup_key: &str,
     action: &str,
@@ -646,10 +538,6 @@ async fn sim_events(State(st): State<Arc<PdState>>) -> Response {
     Json(json!({ "events": st.events() })).into_response()
 }
 
-async fn sim_incidents(State(st): State<Arc<PdState>>) -> Response {
-    Json(json!({ "incidents": st.incidents() })).into_response()
-}
-
 /// `POST /sim/incidents/{id}/{acknowledge|resolve} {"user": "jdoe"}`: a person acting in
 /// PagerDuty's UI (no event is recorded).
 async fn sim_act(
@@ -662,11 +550,7 @@ async fn sim_act(
         .and_then(|v| str_field(&v, "user").map(str::to_string))
         .unwrap_or_else(|| "sim.human".into());
     if !matches!(action.as_str(), "acknowledge" | "resolve") {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"status": "error", "message": format!("unknown action {action}")})),
-        )
-            .into_response();
+        return pd_error(StatusCode::BAD_REQUEST, &format!("unknown action {action}"));
     }
     let mut i = st.lock();
     let Some((rk, dk)) = i
@@ -675,74 +559,19 @@ async fn sim_act(
         .find(|inc| inc.id == id)
         .map(|inc| (inc.routing_key.clone(), inc.dedup_key.clone()))
     else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"status": "error", "message": format!("no incident {id}")})),
-        )
-            .into_response();
+        return pd_error(StatusCode::NOT_FOUND, &format!("no incident {id}"));
     };
     let open = i
         .incidents
         .iter()
         .any(|inc| inc.id == id && inc.status != "resolved");
     if !open {
-        return (
-            StatusCode::CONFLICT,
-            Json(json!({"status": "error", "message": format!("incident {id} is resolved")})),
-        )
-            .into_response();
+        return pd_error(StatusCode::CONFLICT, &format!("incident {id} is resolved"));
     }
     apply(&mut i, &rk, &dk, &action, &Value::Null, Some(&user));
     st.persist(&i);
     let inc = i.incidents.iter().find(|inc| inc.id == id).cloned();
     Json(json!({ "incident": inc })).into_response()
-}
-
-async fn sim_stats(State(st): State<Arc<PdState>>) -> Response {
-    let i = st.lock();
-    Json(json!({
-        "requests": i.requests,
-        "inFlight": i.in_flight,
-        "events": i.events.len(),
-        "incidents": i.incidents.len(),
-    }))
-    .into_response()
-}
-
-/// `POST /sim/reset`: forgets every event and incident and clears the faults.
-async fn sim_reset(State(st): State<Arc<PdState>>) -> Response {
-    st.gate.end();
-    let mut i = st.lock();
-    i.incidents.clear();
-    i.events.clear();
-    i.recent.clear();
-    i.faults = PdFaults::default();
-    st.persist(&i);
-    Json(json!({ "reset": true })).into_response()
-}
-
-async fn sim_set_faults(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<PdFaults>(&body) {
-        Ok(f) => {
-            st.set_faults(f.clone());
-            Json(json!({ "faults": f })).into_response()
-        }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"status": "error", "message": format!("invalid faults: {e}")})),
-        )
-            .into_response(),
-    }
-}
-
-async fn sim_clear_faults(State(st): State<Arc<PdState>>) -> Response {
-    st.set_faults(PdFaults::default());
-    Json(json!({"faults": PdFaults::default()})).into_response()
-}
-
-async fn sim_get_faults(State(st): State<Arc<PdState>>) -> Response {
-    let f = st.lock().faults.clone();
-    Json(json!({ "faults": f })).into_response()
 }
 
 #[cfg(test)]

@@ -15,12 +15,13 @@ use tokio::task::JoinHandle;
 use crate::broker::{BrokerConfig, BrokerHandle};
 use crate::bus::Bus;
 use crate::control::{self, Control};
+use crate::httpsim::{HttpSim, SimState};
 use crate::ov::{self, OvConfig, OvState};
-use crate::pagerduty::{self, PdConfig, PdState};
+use crate::pagerduty::{PdConfig, PdState};
 use crate::pki::{BrokerCertNames, Pki};
-use crate::serve::{self, OutageGate, SwappableCert};
-use crate::servicenow::{self, SnConfig, SnState};
-use crate::sm::{self, SmConfig, SmState};
+use crate::serve::{self, SwappableCert};
+use crate::servicenow::{SnConfig, SnState};
+use crate::sm::{SmConfig, SmState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -196,71 +197,36 @@ impl Sim {
         let rest_cert = SwappableCert::load(&pki.paths.rest_cert, &pki.paths.rest_key)
             .map_err(SimError::Tls)?;
 
-        let (sm_state, sm_addr, sm_cert) = match cfg.sm_port {
-            Some(port) => {
-                let st = SmState::new(cfg.sm.clone());
-                let l = bind(SocketAddr::new(cfg.bind, port)).await?;
-                let addr = l.local_addr().map_err(|source| SimError::Listen {
-                    addr: SocketAddr::new(cfg.bind, port),
-                    source,
-                })?;
-                let cert = if cfg.sm_tls {
-                    Some(rest_cert.clone())
-                } else {
-                    None
-                };
-                let tls = cert
-                    .clone()
-                    .map(serve::tls_config)
-                    .transpose()
-                    .map_err(SimError::Tls)?;
-                tasks.push(tokio::spawn(serve::serve(
-                    l,
-                    tls,
-                    sm::router(st.clone()),
-                    shutdown_rx.clone(),
-                    Some(st.gate.clone()),
-                )));
-                (Some(st), Some(addr), cert)
-            }
-            None => (None, None, None),
-        };
-        let _ = sm_cert;
-
-        let (sn_state, sn_addr) = match cfg.servicenow_port {
-            Some(port) => {
-                let mut sn_cfg = cfg.servicenow.clone();
-                sn_cfg.tls = cfg.servicenow_tls;
-                let st = SnState::new(sn_cfg);
-                let addr = spawn_http(
-                    SocketAddr::new(cfg.bind, port),
-                    cfg.servicenow_tls.then(|| rest_cert.clone()),
-                    servicenow::router(st.clone()),
-                    st.gate.clone(),
-                    &shutdown_rx,
-                    &mut tasks,
-                )
-                .await?;
-                (Some(st), Some(addr))
-            }
-            None => (None, None),
-        };
-        let (pd_state, pd_addr) = match cfg.pagerduty_port {
-            Some(port) => {
-                let st = PdState::new(cfg.pagerduty.clone());
-                let addr = spawn_http(
-                    SocketAddr::new(cfg.bind, port),
-                    cfg.pagerduty_tls.then(|| rest_cert.clone()),
-                    pagerduty::router(st.clone()),
-                    st.gate.clone(),
-                    &shutdown_rx,
-                    &mut tasks,
-                )
-                .await?;
-                (Some(st), Some(addr))
-            }
-            None => (None, None),
-        };
+        let cert = |tls: bool| tls.then(|| rest_cert.clone());
+        let (sm_state, sm_addr) = start_http_sim(
+            cfg.sm_port.map(|p| SocketAddr::new(cfg.bind, p)),
+            cert(cfg.sm_tls),
+            || SmState::new(cfg.sm.clone()),
+            &shutdown_rx,
+            &mut tasks,
+        )
+        .await?;
+        let (sn_state, sn_addr) = start_http_sim(
+            cfg.servicenow_port.map(|p| SocketAddr::new(cfg.bind, p)),
+            cert(cfg.servicenow_tls),
+            || {
+                SnState::new(SnConfig {
+                    tls: cfg.servicenow_tls,
+                    ..cfg.servicenow.clone()
+                })
+            },
+            &shutdown_rx,
+            &mut tasks,
+        )
+        .await?;
+        let (pd_state, pd_addr) = start_http_sim(
+            cfg.pagerduty_port.map(|p| SocketAddr::new(cfg.bind, p)),
+            cert(cfg.pagerduty_tls),
+            || PdState::new(cfg.pagerduty.clone()),
+            &shutdown_rx,
+            &mut tasks,
+        )
+        .await?;
         let url = |addr: Option<SocketAddr>, tls: bool| {
             addr.map(|a| format!("{}://{}", if tls { "https" } else { "http" }, host_port(a)))
         };
@@ -369,15 +335,19 @@ impl Sim {
     }
 }
 
-/// Binds `addr` and serves `app` on it (TLS with `cert` if given) until shutdown; the address.
-async fn spawn_http(
-    addr: SocketAddr,
+/// Starts one HTTP simulator (Service Manager, ServiceNow, PagerDuty) when it has an address:
+/// binds it, serves the state `new` makes on it (TLS with `cert` if given) until shutdown, with
+/// its outage gate; its state and address.
+async fn start_http_sim<D: HttpSim>(
+    addr: Option<SocketAddr>,
     cert: Option<Arc<SwappableCert>>,
-    app: axum::Router,
-    gate: Arc<OutageGate>,
+    new: impl FnOnce() -> Arc<SimState<D>>,
     shutdown: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<SocketAddr, SimError> {
+) -> Result<(Option<Arc<SimState<D>>>, Option<SocketAddr>), SimError> {
+    let Some(addr) = addr else {
+        return Ok((None, None));
+    };
     let l = bind(addr).await?;
     let local = l
         .local_addr()
@@ -386,14 +356,15 @@ async fn spawn_http(
         .map(serve::tls_config)
         .transpose()
         .map_err(SimError::Tls)?;
+    let st = new();
     tasks.push(tokio::spawn(serve::serve(
         l,
         tls,
-        app,
+        D::router(st.clone()),
         shutdown.clone(),
-        Some(gate),
+        Some(st.gate()),
     )));
-    Ok(local)
+    Ok((Some(st), Some(local)))
 }
 
 fn host_port(a: SocketAddr) -> String {

@@ -9,22 +9,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use rand::Rng;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::serve::OutageGate;
+use crate::httpsim::{self, http_faults, HttpSim, SimState};
 
 /// Settings of the Service Manager simulator.
 #[derive(Debug, Clone)]
@@ -50,95 +45,26 @@ impl Default for SmConfig {
     }
 }
 
-/// Faults, set through `POST /sim/faults` (all fields optional).
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SmFaults {
-    /// Fixed latency added to every REST call, ms.
-    #[serde(default)]
-    pub latency_ms: u64,
-    /// Extra random latency, uniform in 0..jitter_ms.
-    #[serde(default)]
-    pub jitter_ms: u64,
-    /// Fraction (0..1) of REST calls answered 503.
-    #[serde(default)]
-    pub error_rate: f64,
-    /// Status used for injected errors (default 503).
-    #[serde(default)]
-    pub error_status: Option<u16>,
-    /// Answer every REST call 401 regardless of credentials.
-    #[serde(default)]
-    pub unauthorized: bool,
-    /// Answer every REST call with an HTML error page (502) as a proxy would.
-    #[serde(default)]
-    pub html: bool,
-    /// Hold every REST call this long before answering (simulates a hang past client timeouts).
-    #[serde(default)]
-    pub hang_ms: u64,
-    /// Take the service down (port closed) for this many ms.
-    #[serde(default)]
-    pub outage_ms: u64,
-    /// Incident creation only: store the incident, then hold the answer this long (a very
-    /// large value: never answer; the client's timeout fires while the incident exists).
-    #[serde(default)]
-    pub create_late_ms: u64,
-    /// Incident creation only: store the incident, then answer this instead of its record.
-    #[serde(default)]
-    pub create_garbage: Option<CreateGarbage>,
-    /// How many of the next creates get `createLateMs`/`createGarbage` (counts down; later
-    /// creates are answered normally). Absent: every create.
-    #[serde(default)]
-    pub create_fault_count: Option<u64>,
-}
-
-/// A bad answer to a create that did store the incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum CreateGarbage {
-    /// 201 with an empty body.
-    Empty,
-    /// 200 with an HTML page (`text/html`), as from a proxy or a servlet error page.
-    Html,
-    /// 201 with the usual JSON, `ReturnCode` 0, but no `IncidentID` in the incident.
-    NoId,
-}
-
-impl SmFaults {
-    /// Whether this create gets the create faults (and counts it).
-    fn take_create_fault(&mut self) -> Option<(u64, Option<CreateGarbage>)> {
-        if self.create_late_ms == 0 && self.create_garbage.is_none() {
-            return None;
-        }
-        match &mut self.create_fault_count {
-            Some(0) => return None,
-            Some(n) => *n -= 1,
-            None => {}
-        }
-        Some((self.create_late_ms, self.create_garbage))
+http_faults! {
+    /// Faults, set through `POST /sim/faults` (every key optional, unknown ones refused; `{}`
+    /// clears): those of every HTTP simulator ([`crate::httpsim`]; here injected errors are 503
+    /// in SM's JSON, the HTML page a proxy's 502), and:
+    pub struct SmFaults {
+        /// Answer every REST call 401 regardless of credentials.
+        #[serde(default)]
+        pub unauthorized: bool,
     }
 }
 
+/// The incidents the simulator holds.
 #[derive(Debug, Default)]
-struct Inner {
+pub struct SmData {
     incidents: BTreeMap<u64, Value>,
     next: u64,
-    faults: SmFaults,
-    requests: u64,
-    /// REST calls received and not answered yet (held by a hang or latency fault).
-    in_flight: u64,
 }
 
-pub struct SmState {
-    cfg: SmConfig,
-    inner: Mutex<Inner>,
-    pub gate: Arc<OutageGate>,
-}
-
-impl std::fmt::Debug for SmState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmState").field("cfg", &self.cfg).finish()
-    }
-}
+/// The Service Manager simulator.
+pub type SmState = SimState<SmData>;
 
 /// SM's timestamp form: `2026-11-25T10:00:00+00:00`.
 fn sm_now() -> String {
@@ -153,68 +79,89 @@ fn sm_error(status: StatusCode, code: i64, msg: &str) -> Response {
     (status, Json(json!({"ReturnCode": code, "Messages": [msg]}))).into_response()
 }
 
-impl SmState {
+/// The answer of SM's `html` fault: a proxy's error page.
+const PROXY_ERROR: &str = "<html><head><title>502 Proxy Error</title></head><body><h1>Proxy Error</h1><p>The proxy server received an invalid response from an upstream server.</p></body></html>";
+
+/// The page of SM's `createGarbage: html`.
+const PROCESSING: &str = "<html><head><title>Service Manager</title></head><body><h1>HP Service Manager</h1><p>Your request is being processed.</p></body></html>";
+
+impl HttpSim for SmData {
+    type Config = SmConfig;
+    type Faults = SmFaults;
+    type Rates = ();
+    const ERROR_STATUS: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+
+    /// The SM routes, with the `/sim/...` control routes.
+    fn router(state: Arc<SmState>) -> Router {
+        let rest = Router::new()
+            .route("/SM/9/rest/incidents", get(list).post(create))
+            .route(
+                "/SM/9/rest/incidents/{id}",
+                get(get_one).put(update).post(update),
+            )
+            .route("/SM/9/rest/incidents/{id}/action/{action}", post(action))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                httpsim::middleware::<SmData>,
+            ));
+        Router::new()
+            .merge(rest)
+            .merge(httpsim::control_routes::<SmData>())
+            .fallback(|| async { sm_error(StatusCode::NOT_FOUND, 3, "Not found") })
+            .with_state(state)
+    }
+
+    fn incidents(&self) -> Vec<Value> {
+        self.incidents.values().cloned().collect()
+    }
+
+    fn html_fault() -> Response {
+        httpsim::html(StatusCode::BAD_GATEWAY, PROXY_ERROR)
+    }
+
+    fn injected_error(status: StatusCode) -> Response {
+        sm_error(
+            status,
+            -1,
+            "Service temporarily unavailable (injected fault)",
+        )
+    }
+
+    fn bad_request(message: &str) -> Response {
+        sm_error(StatusCode::BAD_REQUEST, 71, message)
+    }
+
+    fn decide(f: &mut SmFaults, _: &mut (), _: &Request) -> Result<HeaderMap, Response> {
+        if f.unauthorized {
+            return Err(sm_error(StatusCode::UNAUTHORIZED, -4, "Not Authorized"));
+        }
+        Ok(HeaderMap::new())
+    }
+}
+
+impl SimState<SmData> {
     pub fn new(cfg: SmConfig) -> Arc<SmState> {
-        let mut inner = Inner {
+        let mut data = SmData {
             next: cfg.first_id,
             ..Default::default()
         };
-        if let Some(p) = &cfg.persist {
-            if let Ok(bytes) = std::fs::read(p) {
-                match serde_json::from_slice::<Vec<Value>>(&bytes) {
-                    Ok(list) => {
-                        for inc in list {
-                            if let Some(n) = inc["IncidentID"]
-                                .as_str()
-                                .and_then(|s| s.trim_start_matches("IM").parse::<u64>().ok())
-                            {
-                                inner.next = inner.next.max(n + 1);
-                                inner.incidents.insert(n, inc);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %p.display(), error = %e, "ignoring unreadable incident file")
-                    }
-                }
+        for inc in
+            httpsim::load::<Vec<Value>>(cfg.persist.as_deref(), "incident").unwrap_or_default()
+        {
+            if let Some(n) = inc["IncidentID"]
+                .as_str()
+                .and_then(|s| s.trim_start_matches("IM").parse::<u64>().ok())
+            {
+                data.next = data.next.max(n + 1);
+                data.incidents.insert(n, inc);
             }
         }
-        Arc::new(SmState {
-            cfg,
-            inner: Mutex::new(inner),
-            gate: Arc::default(),
-        })
+        SimState::with_data(cfg, data)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Every incident, oldest first.
-    pub fn incidents(&self) -> Vec<Value> {
-        self.lock().incidents.values().cloned().collect()
-    }
-
-    pub fn set_faults(&self, f: SmFaults) {
-        if f.outage_ms > 0 {
-            self.gate.start(Duration::from_millis(f.outage_ms));
-        } else {
-            self.gate.end();
-        }
-        self.lock().faults = f;
-    }
-
-    fn persist(&self, inner: &Inner) {
-        let Some(p) = &self.cfg.persist else { return };
-        let list: Vec<&Value> = inner.incidents.values().collect();
-        match serde_json::to_vec_pretty(&list) {
-            Ok(body) => {
-                if let Err(e) = crate::pki::write_atomic(p, &body, 0o644) {
-                    tracing::warn!(error = %e, "cannot persist incidents");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot serialise incidents"),
-        }
+    fn persist(&self, data: &SmData) {
+        let list: Vec<&Value> = data.incidents.values().collect();
+        httpsim::save(self.cfg.persist.as_deref(), &list, "incidents");
     }
 
     fn check_auth(&self, headers: &HeaderMap) -> Result<String, Response> {
@@ -235,89 +182,8 @@ impl SmState {
         else {
             return Err(unauthorized());
         };
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(unauthorized)?;
-        let (user, pass) = decoded.split_once(':').unwrap_or((&decoded, ""));
-        if self.cfg.users.get(user).map(String::as_str) == Some(pass) {
-            Ok(user.to_string())
-        } else {
-            Err(unauthorized())
-        }
+        httpsim::basic_user(b64, &self.cfg.users).ok_or_else(unauthorized)
     }
-}
-
-/// The SM routes, with the `/sim/...` control routes.
-pub fn router(state: Arc<SmState>) -> Router {
-    let rest = Router::new()
-        .route("/SM/9/rest/incidents", get(list).post(create))
-        .route(
-            "/SM/9/rest/incidents/{id}",
-            get(get_one).put(update).post(update),
-        )
-        .route("/SM/9/rest/incidents/{id}/action/{action}", post(action))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), faults));
-    Router::new()
-        .merge(rest)
-        .route("/sim/incidents", get(sim_incidents))
-        .route("/sim/stats", get(sim_stats))
-        .route(
-            "/sim/faults",
-            post(sim_set_faults)
-                .delete(sim_clear_faults)
-                .get(sim_get_faults),
-        )
-        .fallback(|| async { sm_error(StatusCode::NOT_FOUND, 3, "Not found") })
-        .with_state(state)
-}
-
-async fn faults(State(st): State<Arc<SmState>>, req: Request, next: Next) -> Response {
-    /// Counts a call in flight until it is answered or its client goes away.
-    struct InFlight(Arc<SmState>);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            self.0.lock().in_flight -= 1;
-        }
-    }
-    st.lock().in_flight += 1;
-    let _guard = InFlight(st.clone());
-    fault_window(&st, req, next).await
-}
-
-async fn fault_window(st: &SmState, req: Request, next: Next) -> Response {
-    let f = st.lock().faults.clone();
-    st.lock().requests += 1;
-    let jitter = if f.jitter_ms > 0 {
-        rand::thread_rng().gen_range(0..f.jitter_ms)
-    } else {
-        0
-    };
-    let delay = f
-        .latency_ms
-        .saturating_add(jitter)
-        .saturating_add(f.hang_ms);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    if f.unauthorized {
-        return sm_error(StatusCode::UNAUTHORIZED, -4, "Not Authorized");
-    }
-    if f.html {
-        return (
-            StatusCode::BAD_GATEWAY,
-            [("content-type", "text/html")],
-            "<html><head><title>502 Proxy Error</title></head><body><h1>Proxy Error</h1><p>The proxy server received an invalid response from an upstream server.</p></body></html>",
-        )
-            .into_response();
-    }
-    if f.error_rate > 0.0 && rand::thread_rng().gen_bool(f.error_rate.clamp(0.0, 1.0)) {
-        let code = StatusCode::from_u16(f.error_status.unwrap_or(503))
-            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return sm_error(code, -1, "Service temporarily unavailable (injected fault)");
-    }
-    next.run(req).await
 }
 
 fn parse_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
@@ -395,10 +261,10 @@ async fn create(State(st): State<Arc<SmState>>, headers: HeaderMap, body: Bytes)
         }
     }
     normalise(&mut fields);
-    let (id, inc, fault) = {
-        let mut inner = st.lock();
-        let n = inner.next;
-        inner.next += 1;
+    let (id, inc) = {
+        let mut data = st.lock();
+        let n = data.next;
+        data.next += 1;
         let id = format!("IM{n}");
         let now = sm_now();
         fields.insert("IncidentID".into(), json!(id));
@@ -407,38 +273,22 @@ async fn create(State(st): State<Arc<SmState>>, headers: HeaderMap, body: Bytes)
         fields.insert("UpdatedTime".into(), json!(now));
         fields.insert("OpenedBy".into(), json!(user));
         let inc = Value::Object(fields);
-        inner.incidents.insert(n, inc.clone());
-        st.persist(&inner);
-        (id, inc, inner.faults.take_create_fault())
+        data.incidents.insert(n, inc.clone());
+        st.persist(&data);
+        (id, inc)
     };
     tracing::debug!(incident = %id, "incident created");
     // The incident is stored (and persisted) whatever the answer is now.
-    if let Some((late_ms, garbage)) = fault {
-        if late_ms > 0 {
-            tracing::debug!(incident = %id, late_ms, "holding the answer to a create");
-            tokio::time::sleep(Duration::from_millis(late_ms)).await;
-        }
-        match garbage {
-            Some(CreateGarbage::Empty) => {
-                return (StatusCode::CREATED, [("content-type", "application/json")], "")
-                    .into_response()
+    if let Some(fault) = st.take_create_fault() {
+        let no_id = || {
+            let mut without = inc.clone();
+            if let Some(o) = without.as_object_mut() {
+                o.remove("IncidentID");
             }
-            Some(CreateGarbage::Html) => {
-                return (
-                    StatusCode::OK,
-                    [("content-type", "text/html")],
-                    "<html><head><title>Service Manager</title></head><body><h1>HP Service Manager</h1><p>Your request is being processed.</p></body></html>",
-                )
-                    .into_response()
-            }
-            Some(CreateGarbage::NoId) => {
-                let mut without = inc.clone();
-                if let Some(o) = without.as_object_mut() {
-                    o.remove("IncidentID");
-                }
-                return ok_incident(StatusCode::CREATED, &[], &without);
-            }
-            None => {}
+            ok_incident(StatusCode::CREATED, &[], &without)
+        };
+        if let Some(r) = fault.answer(StatusCode::CREATED, PROCESSING, no_id).await {
+            return r;
         }
     }
     ok_incident(
@@ -485,8 +335,8 @@ async fn update(
 }
 
 fn apply(st: &SmState, id: &str, fields: Map<String, Value>, status: Option<&str>) -> Response {
-    let mut inner = st.lock();
-    let Some(inc) = id_num(id).and_then(|n| inner.incidents.get_mut(&n)) else {
+    let mut data = st.lock();
+    let Some(inc) = id_num(id).and_then(|n| data.incidents.get_mut(&n)) else {
         return sm_error(
             StatusCode::NOT_FOUND,
             3,
@@ -516,8 +366,8 @@ fn apply(st: &SmState, id: &str, fields: Map<String, Value>, status: Option<&str
         obj.insert(format!("{s}Time"), json!(now));
     }
     let out = inc.clone();
-    st.persist(&inner);
-    drop(inner);
+    st.persist(&data);
+    drop(data);
     ok_incident(
         StatusCode::OK,
         &[&format!("Incident record updated: {id}")],
@@ -680,36 +530,6 @@ async fn list(
         body["content"] = json!(page);
     }
     Json(body).into_response()
-}
-
-async fn sim_incidents(State(st): State<Arc<SmState>>) -> Response {
-    Json(json!({"incidents": st.incidents()})).into_response()
-}
-
-/// `GET /sim/stats`: REST calls received, and the ones not answered yet.
-async fn sim_stats(State(st): State<Arc<SmState>>) -> Response {
-    let i = st.lock();
-    Json(json!({"requests": i.requests, "inFlight": i.in_flight})).into_response()
-}
-
-async fn sim_set_faults(State(st): State<Arc<SmState>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<SmFaults>(&body) {
-        Ok(f) => {
-            st.set_faults(f.clone());
-            Json(json!({"faults": f})).into_response()
-        }
-        Err(e) => sm_error(StatusCode::BAD_REQUEST, 71, &format!("invalid faults: {e}")),
-    }
-}
-
-async fn sim_clear_faults(State(st): State<Arc<SmState>>) -> Response {
-    st.set_faults(SmFaults::default());
-    Json(json!({"faults": SmFaults::default()})).into_response()
-}
-
-async fn sim_get_faults(State(st): State<Arc<SmState>>) -> Response {
-    let f = st.lock().faults.clone();
-    Json(json!({"faults": f})).into_response()
 }
 
 #[cfg(test)]

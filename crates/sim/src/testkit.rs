@@ -3,7 +3,7 @@
 //! authenticating as the appliance's read-only CN `default` client.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use amqprs::channel::{
@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::bus::BusTarget;
 use crate::client::SimClient;
+use crate::httpsim::{HttpSim, SimState};
+use crate::pagerduty::{PdConfig, PdState};
+use crate::servicenow::{SnConfig, SnState};
 use crate::{Sim, SimConfig};
 
 /// What tests need to know about a running simulator.
@@ -165,7 +168,7 @@ pub fn ticketing_config(name: &str) -> SimConfig {
 pub struct Served<S> {
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub url: String,
-    pub state: std::sync::Arc<S>,
+    pub state: Arc<S>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -177,17 +180,15 @@ impl<S> Drop for Served<S> {
     }
 }
 
-async fn serve_alone<S>(
-    state: std::sync::Arc<S>,
-    app: axum::Router,
-    gate: std::sync::Arc<crate::serve::OutageGate>,
-) -> Served<S> {
+/// One HTTP simulator served alone (see [`Served`]).
+pub async fn serve<D: HttpSim>(state: Arc<SimState<D>>) -> Served<SimState<D>> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let url = format!("http://{}", l.local_addr().expect("local address"));
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(crate::serve::serve(l, None, app, rx, Some(gate)));
+    let app = D::router(state.clone());
+    let task = tokio::spawn(crate::serve::serve(l, None, app, rx, Some(state.gate())));
     Served {
         url,
         state,
@@ -197,19 +198,13 @@ async fn serve_alone<S>(
 }
 
 /// The ServiceNow simulator alone (see [`Served`]).
-pub async fn serve_servicenow(
-    cfg: crate::servicenow::SnConfig,
-) -> Served<crate::servicenow::SnState> {
-    let st = crate::servicenow::SnState::new(cfg);
-    let gate = st.gate.clone();
-    serve_alone(st.clone(), crate::servicenow::router(st), gate).await
+pub async fn serve_servicenow(cfg: SnConfig) -> Served<SnState> {
+    serve(SnState::new(cfg)).await
 }
 
 /// The PagerDuty Events API simulator alone (see [`Served`]).
-pub async fn serve_pagerduty(cfg: crate::pagerduty::PdConfig) -> Served<crate::pagerduty::PdState> {
-    let st = crate::pagerduty::PdState::new(cfg);
-    let gate = st.gate.clone();
-    serve_alone(st.clone(), crate::pagerduty::router(st), gate).await
+pub async fn serve_pagerduty(cfg: PdConfig) -> Served<PdState> {
+    serve(PdState::new(cfg)).await
 }
 
 /// One full simulated appliance shared by every test of a test binary.
@@ -300,7 +295,7 @@ pub fn read_pem(p: &Path) -> String {
 
 /// Records why the broker closed a channel (reply code and text), e.g. 403 ACCESS_REFUSED.
 #[derive(Clone, Default)]
-pub struct CloseRecorder(pub std::sync::Arc<std::sync::Mutex<Vec<(u16, String)>>>);
+pub struct CloseRecorder(pub Arc<std::sync::Mutex<Vec<(u16, String)>>>);
 
 #[async_trait::async_trait]
 impl amqprs::callbacks::ChannelCallback for CloseRecorder {

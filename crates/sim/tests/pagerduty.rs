@@ -2,50 +2,27 @@
 //! incidents, the trigger/acknowledge/resolve cycle, routing keys, throttling, and the faults
 //! that make clients send duplicates (events accepted and then answered late or badly).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{garbage_create, http, raw, set_faults, Resp};
 use reqwest::{Method, StatusCode};
 use scmb_sim::pagerduty::PdConfig;
 use scmb_sim::testkit::{serve_pagerduty, temp_dir, Served};
 use serde_json::{json, Value};
-
-/// A plain-HTTP client (the workspace's reqwest has no default TLS provider).
-fn http() -> reqwest::Client {
-    scmb_sim::client::http_client(None).expect("http client")
-}
 
 type Pd = Served<scmb_sim::pagerduty::PdState>;
 
 const KEY: &str = "R0123456789abcdef0123456789ABCDE";
 const OTHER: &str = "Zabcdefabcdefabcdefabcdefabcdef1";
 
-struct Resp {
-    status: StatusCode,
-    content_type: String,
-    text: String,
-    body: Value,
-}
-
 async fn call(pd: &Pd, method: Method, path: &str, body: Option<Value>) -> Resp {
     let mut r = http().request(method, format!("{}{}", pd.url, path));
     if let Some(b) = body {
         r = r.json(&b);
     }
-    let resp = r.send().await.expect("request");
-    let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let text = resp.text().await.expect("text");
-    Resp {
-        status,
-        content_type,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-    }
+    common::send(r).await
 }
 
 async fn send(pd: &Pd, ev: Value) -> Resp {
@@ -74,16 +51,17 @@ async fn control(pd: &Pd, path: &str) -> Value {
     call(pd, Method::GET, path, None).await.body
 }
 
+/// `POST /sim/incidents/{id}/{action}`: a person acting in PagerDuty.
+async fn act(pd: &Pd, id: &str, action: &str, body: Option<Value>) -> Resp {
+    let path = format!("/sim/incidents/{id}/{action}");
+    call(pd, Method::POST, &path, body).await
+}
+
 async fn incidents(pd: &Pd) -> Vec<Value> {
     control(pd, "/sim/incidents").await["incidents"]
         .as_array()
         .expect("incidents")
         .clone()
-}
-
-async fn faults(pd: &Pd, f: Value) {
-    let r = call(pd, Method::POST, "/sim/faults", Some(f)).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
 
 #[tokio::test]
@@ -255,16 +233,9 @@ async fn invalid_events_are_refused_with_every_documented_error() {
         assert_eq!(r.body["message"], "Event object is invalid", "{ev}");
         assert_eq!(r.body["errors"], json!(want), "{ev}");
     }
-    let r = http()
-        .post(format!("{}/v2/enqueue", pd.url))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let v: Value = r.json().await.expect("json");
-    assert_eq!(v["status"], "invalid event");
+    let r = common::not_json(http().post(format!("{}/v2/enqueue", pd.url))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["status"], "invalid event");
     assert!(control(&pd, "/sim/events").await["events"]
         .as_array()
         .expect("events")
@@ -307,7 +278,7 @@ async fn unknown_routing_keys_are_refused_when_integration_keys_are_configured()
 #[tokio::test]
 async fn throttling_answers_429_for_the_next_n_and_past_a_per_key_rate() {
     let pd = serve_pagerduty(PdConfig::default()).await;
-    faults(&pd, json!({"throttleNext": 2})).await;
+    set_faults(&pd.url, json!({"throttleNext": 2})).await;
     for _ in 0..2 {
         let r = send(&pd, trigger(KEY, Some("t"))).await;
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
@@ -321,7 +292,7 @@ async fn throttling_answers_429_for_the_next_n_and_past_a_per_key_rate() {
         send(&pd, trigger(KEY, Some("t"))).await.status,
         StatusCode::ACCEPTED
     );
-    faults(&pd, json!({"ratePerMinute": 2})).await;
+    set_faults(&pd.url, json!({"ratePerMinute": 2})).await;
     assert_eq!(
         send(&pd, trigger(KEY, Some("t"))).await.status,
         StatusCode::ACCEPTED
@@ -342,81 +313,40 @@ async fn throttling_answers_429_for_the_next_n_and_past_a_per_key_rate() {
     assert_eq!(incidents(&pd).await[0]["eventCount"], 3);
 }
 
-async fn raw_trigger(
-    pd: &Pd,
-    dedup: &str,
-    timeout: Duration,
-) -> Result<(StatusCode, String, String), reqwest::Error> {
-    let resp = http()
+/// A trigger as a client with a 5 s timeout sends it (see [`raw`] and [`garbage_create`]).
+fn trigger_request(pd: &Pd, dedup: &str) -> reqwest::RequestBuilder {
+    http()
         .post(format!("{}/v2/enqueue", pd.url))
-        .timeout(timeout)
+        .timeout(Duration::from_secs(5))
         .json(&trigger(KEY, Some(dedup)))
-        .send()
-        .await?;
-    let status = resp.status();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    Ok((status, ct, resp.text().await?))
 }
 
 #[tokio::test]
 async fn an_event_answered_late_is_ingested_before_the_client_gives_up() {
     let pd = serve_pagerduty(PdConfig::default()).await;
-    faults(
-        &pd,
-        json!({"createLateMs": 3_600_000, "createFaultCount": 1}),
-    )
-    .await;
-    let r = raw_trigger(&pd, "late", Duration::from_millis(500)).await;
-    assert!(
-        r.is_err_and(|e| e.is_timeout()),
-        "the client's timeout fires"
-    );
+    common::abandoned_create(&pd.url, trigger_request(&pd, "late")).await;
     let inc = incidents(&pd).await;
     assert_eq!(inc.len(), 1);
     assert_eq!(inc[0]["dedupKey"], "late");
     // The retry is de-duplicated onto the same incident, answered at once.
-    let (status, _, text) = raw_trigger(&pd, "late", Duration::from_secs(5))
-        .await
-        .expect("answered");
+    let (status, _, text) = raw(trigger_request(&pd, "late")).await.expect("answered");
     assert_eq!(status, StatusCode::ACCEPTED, "{text}");
     assert_eq!(incidents(&pd).await[0]["eventCount"], 2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while control(&pd, "/sim/stats").await["inFlight"] != 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(control(&pd, "/sim/stats").await["inFlight"], 0);
+    assert_eq!(common::until_idle(&pd.url).await["inFlight"], 0);
 }
 
 #[tokio::test]
 async fn garbage_answers_come_after_the_event_is_ingested() {
     let pd = serve_pagerduty(PdConfig::default()).await;
-    faults(
-        &pd,
-        json!({"createGarbage": "empty", "createFaultCount": 1}),
-    )
-    .await;
-    let (status, _, text) = raw_trigger(&pd, "g1", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, _, text) = garbage_create(&pd.url, "empty", trigger_request(&pd, "g1")).await;
     assert_eq!((status, text.as_str()), (StatusCode::ACCEPTED, ""));
-    faults(&pd, json!({"createGarbage": "html", "createFaultCount": 1})).await;
-    let (status, ct, text) = raw_trigger(&pd, "g2", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, ct, text) = garbage_create(&pd.url, "html", trigger_request(&pd, "g2")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         ct.starts_with("text/html") && text.contains("<html>"),
         "{ct} {text}"
     );
-    faults(&pd, json!({"createGarbage": "noId", "createFaultCount": 1})).await;
-    let (status, _, text) = raw_trigger(&pd, "g3", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, _, text) = garbage_create(&pd.url, "noId", trigger_request(&pd, "g3")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let v: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(
@@ -430,8 +360,8 @@ async fn garbage_answers_come_after_the_event_is_ingested() {
         .collect();
     assert_eq!(keys, vec![json!("g1"), json!("g2"), json!("g3")]);
     // Refused events take no fault; the count is then used up.
-    faults(
-        &pd,
+    set_faults(
+        &pd.url,
         json!({"createGarbage": "empty", "createFaultCount": 1}),
     )
     .await;
@@ -439,47 +369,34 @@ async fn garbage_answers_come_after_the_event_is_ingested() {
         send(&pd, json!({"routing_key": KEY})).await.status,
         StatusCode::BAD_REQUEST
     );
-    let (_, _, text) = raw_trigger(&pd, "g4", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (_, _, text) = raw(trigger_request(&pd, "g4")).await.expect("answer");
     assert!(text.is_empty());
-    let (_, _, text) = raw_trigger(&pd, "g5", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (_, _, text) = raw(trigger_request(&pd, "g5")).await.expect("answer");
     assert!(text.contains("\"dedup_key\":\"g5\""), "{text}");
 }
 
 #[tokio::test]
 async fn faults_inject_errors_html_latency_and_an_outage() {
     let pd = serve_pagerduty(PdConfig::default()).await;
-    faults(&pd, json!({"errorRate": 1.0})).await;
+    set_faults(&pd.url, json!({"errorRate": 1.0})).await;
     let r = send(&pd, trigger(KEY, Some("f"))).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    faults(&pd, json!({"html": true})).await;
+    set_faults(&pd.url, json!({"html": true})).await;
     let r = send(&pd, trigger(KEY, Some("f"))).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-    assert!(r.content_type.starts_with("text/html"));
+    assert!(r.header("content-type").starts_with("text/html"));
     assert!(
         incidents(&pd).await.is_empty(),
         "faulted calls ingest nothing"
     );
-    faults(&pd, json!({"latencyMs": 300})).await;
+    set_faults(&pd.url, json!({"latencyMs": 300})).await;
     let t0 = Instant::now();
     assert_eq!(
         send(&pd, trigger(KEY, Some("f"))).await.status,
         StatusCode::ACCEPTED
     );
     assert!(t0.elapsed() >= Duration::from_millis(300));
-    faults(&pd, json!({"outageMs": 700})).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let down = http()
-        .post(format!("{}/v2/enqueue", pd.url))
-        .timeout(Duration::from_secs(2))
-        .json(&trigger(KEY, Some("f")))
-        .send()
-        .await;
-    assert!(down.is_err_and(|e| e.is_connect()), "connection refused");
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    common::outage(&pd.url).await;
     assert_eq!(
         send(&pd, trigger(KEY, Some("f"))).await.status,
         StatusCode::ACCEPTED
@@ -496,36 +413,20 @@ async fn a_person_acknowledges_and_resolves_through_the_control_route() {
         .as_str()
         .expect("id")
         .to_string();
-    let r = call(
-        &pd,
-        Method::POST,
-        &format!("/sim/incidents/{id}/acknowledge"),
-        Some(json!({"user": "jdoe"})),
-    )
-    .await;
+    let r = act(&pd, &id, "acknowledge", Some(json!({"user": "jdoe"}))).await;
     assert_eq!(r.body["incident"]["status"], "acknowledged", "{}", r.text);
     assert_eq!(r.body["incident"]["acknowledgedBy"], "user:jdoe");
-    let r = call(
-        &pd,
-        Method::POST,
-        &format!("/sim/incidents/{id}/resolve"),
-        Some(json!({"user": "jdoe"})),
-    )
-    .await;
+    let r = act(&pd, &id, "resolve", Some(json!({"user": "jdoe"}))).await;
     assert_eq!(r.body["incident"]["status"], "resolved");
     assert_eq!(r.body["incident"]["resolvedBy"], "user:jdoe");
     assert_eq!(
         r.body["incident"]["eventCount"], 1,
         "a person's action is no event"
     );
-    let r = call(
-        &pd,
-        Method::POST,
-        &format!("/sim/incidents/{id}/resolve"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(
+        act(&pd, &id, "resolve", None).await.status,
+        StatusCode::CONFLICT
+    );
     // The client's next trigger for that key opens a new incident.
     send(&pd, trigger(KEY, Some("p"))).await;
     assert_eq!(incidents(&pd).await.len(), 2);

@@ -1,8 +1,11 @@
 //! The OneView REST simulator and the Service Manager simulator pinned to SPEC.md, over real
 //! HTTPS/HTTP sockets (no broker needed: these run against REST-only simulators).
 
+mod common;
+
 use std::time::Duration;
 
+use common::{garbage_create, raw, set_faults};
 use reqwest::{Method, StatusCode};
 use scmb_sim::testkit::temp_dir;
 use scmb_sim::{Sim, SimConfig};
@@ -707,14 +710,13 @@ impl Sm {
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let resp = r.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("text");
-        assert!(!text.is_empty(), "SM always answers a non-empty body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let r = common::send(r).await;
+        assert!(!r.text.is_empty(), "SM always answers a non-empty body");
+        let body = match r.body {
+            Value::Null => Value::String(r.text),
+            json => json,
+        };
+        (r.status, body)
     }
 }
 
@@ -725,7 +727,7 @@ async fn sm_sim(tweak: impl FnOnce(&mut SimConfig)) -> (Sim, Sm) {
     })
     .await;
     let sm = Sm {
-        http: scmb_sim::client::http_client(None).expect("client"),
+        http: common::http(),
         base: sim.info["smUrl"].as_str().expect("sm").to_string(),
     };
     (sim, sm)
@@ -950,7 +952,7 @@ async fn service_manager_creates_reads_updates_resolves_and_closes_incidents() {
 #[tokio::test]
 async fn service_manager_faults_are_injected_and_cleared() {
     let (sim, sm) = sm_sim(|_| {}).await;
-    let set = |f: Value| sm.req(Method::POST, "/sim/faults", None, Some(f));
+    let set = |f: Value| set_faults(&sm.base, f);
     set(json!({"errorRate": 1.0})).await;
     let (s, b) = sm
         .req(
@@ -994,18 +996,7 @@ async fn service_manager_faults_are_injected_and_cleared() {
         .await;
     assert!(r.is_err_and(|e| e.is_timeout()));
     // An outage closes the port: connection refused, then back.
-    set(json!({"outageMs": 600})).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = sm
-        .http
-        .get(format!("{}/SM/9/rest/incidents", sm.base))
-        .send()
-        .await;
-    assert!(
-        r.is_err_and(|e| e.is_connect()),
-        "refused during the outage"
-    );
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    common::outage(&sm.base).await;
     let (s, _) = sm
         .req(Method::GET, "/SM/9/rest/incidents", FALCON, None)
         .await;
@@ -1422,28 +1413,14 @@ async fn a_routing_key_that_is_not_utf8_needs_the_broker() {
     sim.stop().await;
 }
 
-/// What a raw create answers: status, content type, body text.
-async fn raw_create(
-    sm: &Sm,
-    title: &str,
-    timeout: Duration,
-) -> Result<(StatusCode, String, String), reqwest::Error> {
-    let resp = sm
-        .http
+/// An incident create as a client with a 5 s timeout sends it (see [`raw`] and
+/// [`garbage_create`]).
+fn create_request(sm: &Sm, title: &str) -> reqwest::RequestBuilder {
+    sm.http
         .post(format!("{}/SM/9/rest/incidents", sm.base))
         .basic_auth("falcon", Some("secret"))
-        .timeout(timeout)
+        .timeout(Duration::from_secs(5))
         .json(&incident(title))
-        .send()
-        .await?;
-    let status = resp.status();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    Ok((status, ct, resp.text().await?))
 }
 
 /// The incidents the simulator holds with this title.
@@ -1458,41 +1435,14 @@ async fn titled(sm: &Sm, title: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn sm_stats(sm: &Sm) -> Value {
-    sm.req(Method::GET, "/sim/stats", None, None).await.1
-}
-
-/// Waits until the SM simulator has no call in flight.
-async fn until_idle(sm: &Sm) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = sm_stats(sm).await;
-        if s["inFlight"] == 0 || std::time::Instant::now() > deadline {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_late_create_stores_the_incident_before_the_client_gives_up() {
     let (sim, sm) = sm_sim(|_| {}).await;
+    let before = common::stats(&sm.base).await["requests"]
+        .as_u64()
+        .expect("requests");
     // Never answers (an hour), for the next create only.
-    let (s, f) = sm
-        .req(
-            Method::POST,
-            "/sim/faults",
-            None,
-            Some(json!({"createLateMs": 3_600_000, "createFaultCount": 1})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{f}");
-    let before = sm_stats(&sm).await["requests"].as_u64().expect("requests");
-    let r = raw_create(&sm, "late", Duration::from_millis(500)).await;
-    assert!(
-        r.is_err_and(|e| e.is_timeout()),
-        "the client's timeout fires"
-    );
+    common::abandoned_create(&sm.base, create_request(&sm, "late")).await;
     // The incident exists, for the simulator's read-back and for SM's own query.
     let stored = titled(&sm, "late").await;
     assert_eq!(stored.len(), 1);
@@ -1508,7 +1458,7 @@ async fn a_late_create_stores_the_incident_before_the_client_gives_up() {
         .await;
     assert_eq!(l["@totalcount"], 1, "{l}");
     // The abandoned call no longer counts as in flight; every call was counted.
-    let stats = until_idle(&sm).await;
+    let stats = common::until_idle(&sm.base).await;
     assert_eq!(stats["inFlight"], 0, "{stats}");
     assert!(
         stats["requests"].as_u64().expect("requests") >= before + 2,
@@ -1517,20 +1467,12 @@ async fn a_late_create_stores_the_incident_before_the_client_gives_up() {
     // The count is used up: the next create is answered at once, normally.
     let (_, f) = sm.req(Method::GET, "/sim/faults", None, None).await;
     assert_eq!(f["faults"]["createFaultCount"], 0, "{f}");
-    let (status, _, text) = raw_create(&sm, "on time", Duration::from_secs(5))
-        .await
-        .expect("answered");
+    let (status, _, text) = raw(create_request(&sm, "on time")).await.expect("answered");
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(v["Incident"]["IncidentID"], "IM10002");
     // Other calls never get the create faults.
-    sm.req(
-        Method::POST,
-        "/sim/faults",
-        None,
-        Some(json!({"createLateMs": 3_600_000})),
-    )
-    .await;
+    set_faults(&sm.base, json!({"createLateMs": 3_600_000})).await;
     let (s, _) = sm
         .req(Method::GET, "/SM/9/rest/incidents/IM10001", FALCON, None)
         .await;
@@ -1541,29 +1483,19 @@ async fn a_late_create_stores_the_incident_before_the_client_gives_up() {
 #[tokio::test]
 async fn a_garbage_create_answer_comes_after_the_incident_is_stored() {
     let (sim, sm) = sm_sim(|_| {}).await;
-    let set = |f: Value| sm.req(Method::POST, "/sim/faults", None, Some(f));
     // Empty: 201 and no body at all.
-    set(json!({"createGarbage": "empty", "createFaultCount": 1})).await;
-    let (status, _, text) = raw_create(&sm, "empty", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, _, text) = garbage_create(&sm.base, "empty", create_request(&sm, "empty")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(text.is_empty(), "{text:?}");
     assert_eq!(titled(&sm, "empty").await.len(), 1);
     // HTML: 200 with a page.
-    set(json!({"createGarbage": "html", "createFaultCount": 1})).await;
-    let (status, ct, text) = raw_create(&sm, "html", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, ct, text) = garbage_create(&sm.base, "html", create_request(&sm, "html")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(ct.starts_with("text/html"), "{ct}");
     assert!(text.contains("<html>"), "{text}");
     assert_eq!(titled(&sm, "html").await.len(), 1);
     // No id: 201, ReturnCode 0, the incident without IncidentID.
-    set(json!({"createGarbage": "noId", "createFaultCount": 1})).await;
-    let (status, ct, text) = raw_create(&sm, "noid", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, ct, text) = garbage_create(&sm.base, "noId", create_request(&sm, "noid")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(ct.starts_with("application/json"), "{ct}");
     let v: Value = serde_json::from_str(&text).expect("json");
@@ -1576,11 +1508,13 @@ async fn a_garbage_create_answer_comes_after_the_incident_is_stored() {
     assert!(stored[0]["IncidentID"].is_string(), "stored with its id");
     // Without a count every create gets it, late and garbage together; a retrying client
     // makes one incident a try. Clearing the faults ends it.
-    set(json!({"createGarbage": "empty", "createLateMs": 50})).await;
+    set_faults(
+        &sm.base,
+        json!({"createGarbage": "empty", "createLateMs": 50}),
+    )
+    .await;
     for _ in 0..2 {
-        let (status, _, text) = raw_create(&sm, "again", Duration::from_secs(5))
-            .await
-            .expect("answer");
+        let (status, _, text) = raw(create_request(&sm, "again")).await.expect("answer");
         assert_eq!((status, text.as_str()), (StatusCode::CREATED, ""));
     }
     assert_eq!(titled(&sm, "again").await.len(), 2);
@@ -1595,10 +1529,8 @@ async fn a_garbage_create_answer_comes_after_the_incident_is_stored() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     sm.req(Method::DELETE, "/sim/faults", None, None).await;
-    let (status, _, _) = raw_create(&sm, "normal", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, _, _) = raw(create_request(&sm, "normal")).await.expect("answer");
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(until_idle(&sm).await["inFlight"], 0);
+    assert_eq!(common::until_idle(&sm.base).await["inFlight"], 0);
     sim.stop().await;
 }

@@ -3,36 +3,18 @@
 //! OAuth and its expiry, rate limiting, Event Management, and the faults that make clients
 //! open duplicates (creates that act and then answer late or badly).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{garbage_create, http, raw, send, set_faults, Resp};
 use reqwest::{Method, StatusCode};
 use scmb_sim::servicenow::{user_sys_id, OauthClient, SnConfig};
 use scmb_sim::testkit::{serve_servicenow, temp_dir, ticketing_config, Served};
 use scmb_sim::Sim;
 use serde_json::{json, Value};
 
-/// A plain-HTTP client (the workspace's reqwest has no default TLS provider).
-fn http() -> reqwest::Client {
-    scmb_sim::client::http_client(None).expect("http client")
-}
-
 type Sn = Served<scmb_sim::servicenow::SnState>;
-
-struct Resp {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-    body: Value,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
 
 enum Auth<'a> {
     None,
@@ -53,17 +35,7 @@ async fn call(sn: &Sn, method: Method, path: &str, auth: Auth<'_>, body: Option<
     if let Some(b) = body {
         r = r.json(&b);
     }
-    let resp = r.send().await.expect("request");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        status,
-        headers,
-        text,
-        body,
-    }
+    send(r).await
 }
 
 async fn sim(path: &str, sn: &Sn, body: Value) -> Value {
@@ -72,19 +44,34 @@ async fn sim(path: &str, sn: &Sn, body: Value) -> Value {
     r.body
 }
 
+/// `POST /api/now/table/incident`.
+async fn post_incident(sn: &Sn, auth: Auth<'_>, fields: Value) -> Resp {
+    call(
+        sn,
+        Method::POST,
+        "/api/now/table/incident",
+        auth,
+        Some(fields),
+    )
+    .await
+}
+
+/// `POST /api/global/em/jsonv2`.
+async fn em(sn: &Sn, auth: Auth<'_>, body: Value) -> Resp {
+    call(sn, Method::POST, "/api/global/em/jsonv2", auth, Some(body)).await
+}
+
+/// `GET /api/now/table/incident`.
+async fn list_incidents(sn: &Sn, auth: Auth<'_>) -> Resp {
+    call(sn, Method::GET, "/api/now/table/incident", auth, None).await
+}
+
 async fn get(sn: &Sn, path: &str) -> Resp {
     call(sn, Method::GET, path, ADMIN, None).await
 }
 
 async fn create(sn: &Sn, fields: Value) -> Value {
-    let r = call(
-        sn,
-        Method::POST,
-        "/api/now/table/incident",
-        ADMIN,
-        Some(fields),
-    )
-    .await;
+    let r = post_incident(sn, ADMIN, fields).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     r.body["result"].clone()
 }
@@ -208,17 +195,9 @@ async fn servicenow_and_pagerduty_urls_come_in_the_ready_file_sim_info_and_clien
 #[tokio::test]
 async fn an_incident_is_created_as_strings_read_back_and_errors_use_the_envelope() {
     let sn = serve_servicenow(SnConfig::default()).await;
-    let r = call(
-        &sn,
-        Method::POST,
-        "/api/now/table/incident",
-        ADMIN,
-        Some(
-            json!({"short_description": "PSU failed", "correlation_id": "ov:alerts:1",
-            "impact": 1, "urgency": 2, "u_not_a_column": "x", "number": "INC9", "cmdb_ci": "abc"}),
-        ),
-    )
-    .await;
+    let fields = json!({"short_description": "PSU failed", "correlation_id": "ov:alerts:1",
+        "impact": 1, "urgency": 2, "u_not_a_column": "x", "number": "INC9", "cmdb_ci": "abc"});
+    let r = post_incident(&sn, ADMIN, fields).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let inc = &r.body["result"];
     let sys_id = id(inc);
@@ -278,39 +257,21 @@ async fn an_incident_is_created_as_strings_read_back_and_errors_use_the_envelope
     );
     let r = patch(&sn, &"0".repeat(32), json!({"state": "2"})).await;
     assert_envelope(&r, StatusCode::NOT_FOUND, "No Record found");
-    let r = call(
-        &sn,
-        Method::GET,
-        "/api/now/table/incident",
-        Auth::None,
-        None,
-    )
-    .await;
+    let r = list_incidents(&sn, Auth::None).await;
     assert_envelope(&r, StatusCode::UNAUTHORIZED, "User Not Authenticated");
     assert_eq!(
         r.body["error"]["detail"],
         "Required to provide Auth information"
     );
-    let r = call(
-        &sn,
-        Method::GET,
-        "/api/now/table/incident",
-        Auth::Basic("admin", "wrong"),
-        None,
-    )
-    .await;
+    let r = list_incidents(&sn, Auth::Basic("admin", "wrong")).await;
     assert_envelope(&r, StatusCode::UNAUTHORIZED, "User Not Authenticated");
-    let resp = http()
-        .post(format!("{}/api/now/table/incident", sn.url))
-        .basic_auth("admin", Some("admin"))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let v: Value = resp.json().await.expect("json");
-    assert_eq!(v["status"], "failure");
+    let post = http().post(format!("{}/api/now/table/incident", sn.url));
+    let r = common::not_json(post.basic_auth("admin", Some("admin"))).await;
+    assert_envelope(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "Exception while reading request",
+    );
     let r = get(&sn, "/api/now/table/no_such_table").await;
     assert_envelope(&r, StatusCode::BAD_REQUEST, "Invalid table no_such_table");
     let r = call(
@@ -491,19 +452,10 @@ async fn resolving_needs_close_code_and_notes_and_closed_incidents_are_read_only
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["result"]["active"], "false");
     // Created already resolved: the same policy.
-    let r = call(
-        &sn,
-        Method::POST,
-        "/api/now/table/incident",
-        ADMIN,
-        Some(json!({"short_description": "x", "state": "6"})),
-    )
-    .await;
+    let r = post_incident(&sn, ADMIN, json!({"short_description": "x", "state": "6"})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(
-        call(&sn, Method::GET, "/sim/stats", Auth::None, None)
-            .await
-            .body["incidents"],
+        stats(&sn).await["incidents"],
         2,
         "a refused create stores nothing"
     );
@@ -639,21 +591,7 @@ async fn encoded_queries_filter_sort_and_page_with_link_and_total_count() {
 }
 
 async fn token(sn: &Sn, form: &[(&str, &str)]) -> Resp {
-    let resp = http()
-        .post(format!("{}/oauth_token.do", sn.url))
-        .form(form)
-        .send()
-        .await
-        .expect("token request");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("text");
-    Resp {
-        status,
-        headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-    }
+    send(http().post(format!("{}/oauth_token.do", sn.url)).form(form)).await
 }
 
 #[tokio::test]
@@ -694,12 +632,10 @@ async fn oauth_tokens_are_issued_refreshed_and_answer_401_once_expired() {
         .expect("refresh")
         .to_string();
     // The token acts as the client's user.
-    let r = call(
+    let r = post_incident(
         &sn,
-        Method::POST,
-        "/api/now/table/incident",
         Auth::Bearer(&access),
-        Some(json!({"short_description": "by oauth"})),
+        json!({"short_description": "by oauth"}),
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -741,14 +677,7 @@ async fn oauth_tokens_are_issued_refreshed_and_answer_401_once_expired() {
     }
     // Expired: 401 with the envelope.
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    let r = call(
-        &sn,
-        Method::GET,
-        "/api/now/table/incident",
-        Auth::Bearer(&access),
-        None,
-    )
-    .await;
+    let r = list_incidents(&sn, Auth::Bearer(&access)).await;
     assert_envelope(&r, StatusCode::UNAUTHORIZED, "User Not Authenticated");
     // The refresh token gets a new access token (and is itself answered again).
     let t = token(
@@ -765,14 +694,7 @@ async fn oauth_tokens_are_issued_refreshed_and_answer_401_once_expired() {
     assert_eq!(t.body["refresh_token"], refresh.as_str());
     let fresh = t.body["access_token"].as_str().expect("access").to_string();
     assert_ne!(fresh, access);
-    let r = call(
-        &sn,
-        Method::GET,
-        "/api/now/table/incident",
-        Auth::Bearer(&fresh),
-        None,
-    )
-    .await;
+    let r = list_incidents(&sn, Auth::Bearer(&fresh)).await;
     assert_eq!(r.status, StatusCode::OK);
     // Another client cannot use that refresh token.
     let t = token(
@@ -799,38 +721,24 @@ async fn oauth_tokens_are_issued_refreshed_and_answer_401_once_expired() {
     )
     .await;
     let jdoe = t.body["access_token"].as_str().expect("access").to_string();
-    let r = call(
+    let r = post_incident(
         &sn,
-        Method::POST,
-        "/api/now/table/incident",
         Auth::Bearer(&jdoe),
-        Some(json!({"short_description": "by jdoe"})),
+        json!({"short_description": "by jdoe"}),
     )
     .await;
     assert_eq!(r.body["result"]["sys_created_by"], "jdoe");
     // Expiring every token on demand.
     let e = sim("/sim/tokens/expire", &sn, json!({})).await;
     assert_eq!(e["expired"], 2);
-    let r = call(
-        &sn,
-        Method::GET,
-        "/api/now/table/incident",
-        Auth::Bearer(&jdoe),
-        None,
-    )
-    .await;
+    let r = list_incidents(&sn, Auth::Bearer(&jdoe)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
     let sn = serve_servicenow(SnConfig::default()).await;
-    sim(
-        "/sim/faults",
-        &sn,
-        json!({"rateLimitNext": 2, "retryAfterS": 3}),
-    )
-    .await;
+    set_faults(&sn.url, json!({"rateLimitNext": 2, "retryAfterS": 3})).await;
     for _ in 0..2 {
         let r = get(&sn, "/api/now/table/incident").await;
         assert_envelope(&r, StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded");
@@ -851,12 +759,7 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
         StatusCode::OK
     );
     // A rule: 3 calls a 1.5 s window, counted down in the headers.
-    sim(
-        "/sim/faults",
-        &sn,
-        json!({"rateLimit": 3, "rateWindowMs": 1500}),
-    )
-    .await;
+    set_faults(&sn.url, json!({"rateLimit": 3, "rateWindowMs": 1500})).await;
     for left in ["2", "1", "0"] {
         let r = get(&sn, "/api/now/table/incident").await;
         assert_eq!(r.status, StatusCode::OK);
@@ -877,69 +780,33 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers() {
     );
 }
 
-/// A raw create as a client with a timeout sees it: status, content type, body.
-async fn raw_create(
-    sn: &Sn,
-    corr: &str,
-    timeout: Duration,
-) -> Result<(StatusCode, String, String), reqwest::Error> {
-    let resp = http()
+/// An incident create as a client with a 5 s timeout sends it (see [`raw`] and
+/// [`garbage_create`]).
+fn create_request(sn: &Sn, corr: &str) -> reqwest::RequestBuilder {
+    http()
         .post(format!("{}/api/now/table/incident", sn.url))
         .basic_auth("admin", Some("admin"))
-        .timeout(timeout)
+        .timeout(Duration::from_secs(5))
         .json(&json!({"short_description": "alert", "correlation_id": corr}))
-        .send()
-        .await?;
-    let status = resp.status();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    Ok((status, ct, resp.text().await?))
 }
 
 async fn stats(sn: &Sn) -> Value {
-    call(sn, Method::GET, "/sim/stats", Auth::None, None)
-        .await
-        .body
-}
-
-async fn until_idle(sn: &Sn) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = stats(sn).await;
-        if s["inFlight"] == 0 || Instant::now() > deadline {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::stats(&sn.url).await
 }
 
 #[tokio::test]
 async fn a_late_create_stores_the_incident_before_the_client_gives_up() {
     let sn = serve_servicenow(SnConfig::default()).await;
-    sim(
-        "/sim/faults",
-        &sn,
-        json!({"createLateMs": 3_600_000, "createFaultCount": 1}),
-    )
-    .await;
-    let r = raw_create(&sn, "ov:late", Duration::from_millis(500)).await;
-    assert!(
-        r.is_err_and(|e| e.is_timeout()),
-        "the client's timeout fires"
-    );
+    common::abandoned_create(&sn.url, create_request(&sn, "ov:late")).await;
     // The incident exists: a client that looks it up by correlation_id finds it.
     assert_eq!(
         numbers(&sn, "correlation_id=ov:late").await,
         vec!["INC0010001"]
     );
-    assert_eq!(until_idle(&sn).await["inFlight"], 0);
+    assert_eq!(common::until_idle(&sn.url).await["inFlight"], 0);
     let f = call(&sn, Method::GET, "/sim/faults", Auth::None, None).await;
     assert_eq!(f.body["faults"]["createFaultCount"], 0, "{}", f.text);
-    let (status, _, text) = raw_create(&sn, "ov:on-time", Duration::from_secs(5))
+    let (status, _, text) = raw(create_request(&sn, "ov:on-time"))
         .await
         .expect("answered");
     assert_eq!(status, StatusCode::CREATED);
@@ -950,37 +817,13 @@ async fn a_late_create_stores_the_incident_before_the_client_gives_up() {
 #[tokio::test]
 async fn garbage_create_answers_come_after_the_incident_is_stored() {
     let sn = serve_servicenow(SnConfig::default()).await;
-    sim(
-        "/sim/faults",
-        &sn,
-        json!({"createGarbage": "empty", "createFaultCount": 1}),
-    )
-    .await;
-    let (status, _, text) = raw_create(&sn, "g:empty", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, _, text) = garbage_create(&sn.url, "empty", create_request(&sn, "g:empty")).await;
     assert_eq!((status, text.as_str()), (StatusCode::CREATED, ""));
-    sim(
-        "/sim/faults",
-        &sn,
-        json!({"createGarbage": "html", "createFaultCount": 1}),
-    )
-    .await;
-    let (status, ct, text) = raw_create(&sn, "g:html", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, ct, text) = garbage_create(&sn.url, "html", create_request(&sn, "g:html")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(ct.starts_with("text/html"), "{ct}");
     assert!(text.contains("<html>"), "{text}");
-    sim(
-        "/sim/faults",
-        &sn,
-        json!({"createGarbage": "noId", "createFaultCount": 1}),
-    )
-    .await;
-    let (status, _, text) = raw_create(&sn, "g:noid", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, _, text) = garbage_create(&sn.url, "noId", create_request(&sn, "g:noid")).await;
     assert_eq!(status, StatusCode::CREATED);
     let v: Value = serde_json::from_str(&text).expect("json");
     assert!(v["result"].get("sys_id").is_none(), "{v}");
@@ -993,28 +836,16 @@ async fn garbage_create_answers_come_after_the_incident_is_stored() {
         );
     }
     // Used up: the next create is answered normally. A refused create takes no fault.
-    sim(
-        "/sim/faults",
-        &sn,
+    set_faults(
+        &sn.url,
         json!({"createGarbage": "empty", "createFaultCount": 1}),
     )
     .await;
-    let r = call(
-        &sn,
-        Method::POST,
-        "/api/now/table/incident",
-        ADMIN,
-        Some(json!({"short_description": "x", "state": "6"})),
-    )
-    .await;
+    let r = post_incident(&sn, ADMIN, json!({"short_description": "x", "state": "6"})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let (status, _, text) = raw_create(&sn, "g:after", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, _, text) = raw(create_request(&sn, "g:after")).await.expect("answer");
     assert_eq!((status, text.is_empty()), (StatusCode::CREATED, true));
-    let (status, _, text) = raw_create(&sn, "g:normal", Duration::from_secs(5))
-        .await
-        .expect("answer");
+    let (status, _, text) = raw(create_request(&sn, "g:normal")).await.expect("answer");
     assert_eq!(status, StatusCode::CREATED);
     assert!(text.contains("\"sys_id\""));
 }
@@ -1022,28 +853,23 @@ async fn garbage_create_answers_come_after_the_incident_is_stored() {
 #[tokio::test]
 async fn faults_inject_errors_forced_401_html_latency_and_an_outage() {
     let sn = serve_servicenow(SnConfig::default()).await;
-    sim(
-        "/sim/faults",
-        &sn,
-        json!({"errorRate": 1.0, "errorStatus": 502}),
-    )
-    .await;
+    set_faults(&sn.url, json!({"errorRate": 1.0, "errorStatus": 502})).await;
     let r = get(&sn, "/api/now/table/incident").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.body["status"], "failure");
-    sim("/sim/faults", &sn, json!({"unauthorizedNext": 1})).await;
+    set_faults(&sn.url, json!({"unauthorizedNext": 1})).await;
     let r = get(&sn, "/api/now/table/incident").await;
     assert_envelope(&r, StatusCode::UNAUTHORIZED, "User Not Authenticated");
     assert_eq!(
         get(&sn, "/api/now/table/incident").await.status,
         StatusCode::OK
     );
-    sim("/sim/faults", &sn, json!({"html": true})).await;
+    set_faults(&sn.url, json!({"html": true})).await;
     let r = get(&sn, "/api/now/table/incident").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.header("content-type").starts_with("text/html"));
     assert!(r.text.contains("hibernating"), "{}", r.text);
-    sim("/sim/faults", &sn, json!({"latencyMs": 300})).await;
+    set_faults(&sn.url, json!({"latencyMs": 300})).await;
     let t0 = Instant::now();
     assert_eq!(
         get(&sn, "/api/now/table/incident").await.status,
@@ -1051,15 +877,7 @@ async fn faults_inject_errors_forced_401_html_latency_and_an_outage() {
     );
     assert!(t0.elapsed() >= Duration::from_millis(300));
     // Outage: the port is closed, then open again.
-    sim("/sim/faults", &sn, json!({"outageMs": 700})).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let down = http()
-        .get(format!("{}/api/now/table/incident", sn.url))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await;
-    assert!(down.is_err_and(|e| e.is_connect()), "connection refused");
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    common::outage(&sn.url).await;
     assert_eq!(
         get(&sn, "/api/now/table/incident").await.status,
         StatusCode::OK
@@ -1097,12 +915,10 @@ async fn event_management_dedups_events_into_alerts_by_message_key() {
             "description": format!("sev {severity}"), "additional_info": {"alertUri": "/rest/alerts/1"},
             "time_of_event": "2026-11-25 10:00:00"})
     };
-    let r = call(
+    let r = em(
         &sn,
-        Method::POST,
-        "/api/global/em/jsonv2",
         ADMIN,
-        Some(json!({"records": [ev("k1", "2"), ev("k1", "1"), ev("k2", "3")]})),
+        json!({"records": [ev("k1", "2"), ev("k1", "1"), ev("k2", "3")]}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -1130,22 +946,8 @@ async fn event_management_dedups_events_into_alerts_by_message_key() {
         "{\"alertUri\":\"/rest/alerts/1\"}"
     );
     // Severity 0 (Clear) closes the alert; a later event opens a new one.
-    call(
-        &sn,
-        Method::POST,
-        "/api/global/em/jsonv2",
-        ADMIN,
-        Some(json!({"records": [ev("k1", "0")]})),
-    )
-    .await;
-    call(
-        &sn,
-        Method::POST,
-        "/api/global/em/jsonv2",
-        ADMIN,
-        Some(json!({"records": [ev("k1", "4")]})),
-    )
-    .await;
+    em(&sn, ADMIN, json!({"records": [ev("k1", "0")]})).await;
+    em(&sn, ADMIN, json!({"records": [ev("k1", "4")]})).await;
     let q = urlencode("message_key=k1^ORDERBYnumber");
     let r = get(
         &sn,
@@ -1159,8 +961,7 @@ async fn event_management_dedups_events_into_alerts_by_message_key() {
     assert_eq!(alerts[1]["state"], "Open");
     assert_eq!(alerts[1]["number"], "Alert0010003");
     // Without a message key: source+node+type+resource+metric_name.
-    call(&sn, Method::POST, "/api/global/em/jsonv2", ADMIN,
-        Some(json!({"records": [{"source": "S", "node": "N", "type": "T", "resource": "R", "severity": "5"}]}))).await;
+    em(&sn, ADMIN, json!({"records": [{"source": "S", "node": "N", "type": "T", "resource": "R", "severity": "5"}]})).await;
     let r = get(
         &sn,
         &format!(
@@ -1176,8 +977,12 @@ async fn event_management_dedups_events_into_alerts_by_message_key() {
         r.text
     );
     // A bad severity is kept as an event in Error and makes no alert.
-    call(&sn, Method::POST, "/api/global/em/jsonv2", ADMIN,
-        Some(json!({"records": [{"source": "S", "node": "N", "severity": "9", "message_key": "bad"}]}))).await;
+    em(
+        &sn,
+        ADMIN,
+        json!({"records": [{"source": "S", "node": "N", "severity": "9", "message_key": "bad"}]}),
+    )
+    .await;
     let r = get(
         &sn,
         &format!(
@@ -1196,27 +1001,13 @@ async fn event_management_dedups_events_into_alerts_by_message_key() {
     )
     .await;
     assert_eq!(r.body["result"], json!([]));
-    let r = call(
-        &sn,
-        Method::POST,
-        "/api/global/em/jsonv2",
-        ADMIN,
-        Some(json!({"events": []})),
-    )
-    .await;
+    let r = em(&sn, ADMIN, json!({"events": []})).await;
     assert_envelope(
         &r,
         StatusCode::BAD_REQUEST,
         "Exception while reading request",
     );
-    let r = call(
-        &sn,
-        Method::POST,
-        "/api/global/em/jsonv2",
-        Auth::None,
-        Some(json!({"records": []})),
-    )
-    .await;
+    let r = em(&sn, Auth::None, json!({"records": []})).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 

@@ -17,13 +17,12 @@ pub mod query;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -33,8 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 
-use crate::serve::OutageGate;
-use crate::sm::CreateGarbage;
+use crate::httpsim::{self, http_faults, HttpSim, SimState};
 use query::Query;
 
 /// An OAuth client registered on the instance (System OAuth > Application Registry).
@@ -91,71 +89,32 @@ impl Default for SnConfig {
     }
 }
 
-/// Faults, set through `POST /sim/faults` (all fields optional; `{}` clears).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SnFaults {
-    /// Fixed latency added to every call (Table API, Event Management, OAuth), ms.
-    #[serde(default)]
-    pub latency_ms: u64,
-    /// Extra random latency, uniform in 0..jitter_ms.
-    #[serde(default)]
-    pub jitter_ms: u64,
-    /// Hold every call this long before answering (a hang past client timeouts).
-    #[serde(default)]
-    pub hang_ms: u64,
-    /// Fraction (0..1) of calls answered with `errorStatus` (default 503).
-    #[serde(default)]
-    pub error_rate: f64,
-    #[serde(default)]
-    pub error_status: Option<u16>,
-    /// Answer every `/api/...` call 401 whatever the credentials.
-    #[serde(default)]
-    pub unauthorized: bool,
-    /// Answer the next N `/api/...` calls 401 (counts down).
-    #[serde(default)]
-    pub unauthorized_next: u64,
-    /// Answer the next N calls 429 (counts down), with `Retry-After: retryAfterS`.
-    #[serde(default)]
-    pub rate_limit_next: u64,
-    /// `Retry-After` of `rateLimitNext` answers, seconds (default 1).
-    #[serde(default)]
-    pub retry_after_s: Option<u64>,
-    /// A rate-limit rule: this many calls per `rateWindowMs` (0 = none). Every answer then
-    /// carries `X-RateLimit-Limit`, `-Remaining` and `-Reset`; calls over it get 429.
-    #[serde(default)]
-    pub rate_limit: u64,
-    /// Window of `rateLimit`, ms (default one hour, as the instance's rules).
-    #[serde(default)]
-    pub rate_window_ms: Option<u64>,
-    /// Answer every call with an HTML page (200), as a hibernating developer instance does.
-    #[serde(default)]
-    pub html: bool,
-    /// Take the instance down (port closed) for this many ms.
-    #[serde(default)]
-    pub outage_ms: u64,
-    /// Incident creation only: store the incident, then hold the answer this long.
-    #[serde(default)]
-    pub create_late_ms: u64,
-    /// Incident creation only: store the incident, then answer this instead of its record.
-    #[serde(default)]
-    pub create_garbage: Option<CreateGarbage>,
-    /// How many of the next creates get `createLateMs`/`createGarbage` (absent: every create).
-    #[serde(default)]
-    pub create_fault_count: Option<u64>,
-}
-
-impl SnFaults {
-    fn take_create_fault(&mut self) -> Option<(u64, Option<CreateGarbage>)> {
-        if self.create_late_ms == 0 && self.create_garbage.is_none() {
-            return None;
-        }
-        match &mut self.create_fault_count {
-            Some(0) => return None,
-            Some(n) => *n -= 1,
-            None => {}
-        }
-        Some((self.create_late_ms, self.create_garbage))
+http_faults! {
+    /// Faults, set through `POST /sim/faults` (every key optional, unknown ones refused; `{}`
+    /// clears): those of every HTTP simulator ([`crate::httpsim`]; here they apply to every
+    /// call: Table API, Event Management, OAuth; the create faults to incident creates; injected
+    /// errors are 503 in the instance's envelope, the HTML page a hibernating developer
+    /// instance's 200), and:
+    pub struct SnFaults {
+        /// Answer every `/api/...` call 401 whatever the credentials.
+        #[serde(default)]
+        pub unauthorized: bool,
+        /// Answer the next N `/api/...` calls 401 (counts down).
+        #[serde(default)]
+        pub unauthorized_next: u64,
+        /// Answer the next N calls 429 (counts down), with `Retry-After: retryAfterS`.
+        #[serde(default)]
+        pub rate_limit_next: u64,
+        /// `Retry-After` of `rateLimitNext` answers, seconds (default 1).
+        #[serde(default)]
+        pub retry_after_s: Option<u64>,
+        /// A rate-limit rule: this many calls per `rateWindowMs` (0 = none). Every answer then
+        /// carries `X-RateLimit-Limit`, `-Remaining` and `-Reset`; calls over it get 429.
+        #[serde(default)]
+        pub rate_limit: u64,
+        /// Window of `rateLimit`, ms (default one hour, as the instance's rules).
+        #[serde(default)]
+        pub rate_window_ms: Option<u64>,
     }
 }
 
@@ -488,8 +447,9 @@ struct Token {
     expires: Instant,
 }
 
+/// The instance's tables and tokens.
 #[derive(Debug, Default)]
-struct Inner {
+pub struct SnData {
     incident: Table,
     journal: Table,
     cmdb_ci: Table,
@@ -499,14 +459,21 @@ struct Inner {
     next_alert: u64,
     access: HashMap<String, Token>,
     refresh: HashMap<String, Token>,
-    faults: SnFaults,
-    /// Start of the rate-limit window and the calls counted in it.
-    rate_window: Option<(Instant, u64)>,
-    requests: u64,
-    in_flight: u64,
 }
 
-impl Inner {
+/// Start of the rate-limit window and the calls counted in it.
+type RateWindow = Option<(Instant, u64)>;
+
+impl SnData {
+    /// Empty tables, numbering from the start.
+    fn fresh(cfg: &SnConfig) -> SnData {
+        SnData {
+            next_number: cfg.first_number,
+            next_alert: 10001,
+            ..Default::default()
+        }
+    }
+
     fn table(&self, k: Kind) -> &Table {
         match k {
             Kind::Incident => &self.incident,
@@ -519,17 +486,7 @@ impl Inner {
 }
 
 /// The simulated instance.
-pub struct SnState {
-    cfg: SnConfig,
-    inner: Mutex<Inner>,
-    pub gate: Arc<OutageGate>,
-}
-
-impl std::fmt::Debug for SnState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnState").field("cfg", &self.cfg).finish()
-    }
-}
+pub type SnState = SimState<SnData>;
 
 /// The instance's date-time form, in UTC: `2026-11-25 10:00:00`.
 fn sn_now() -> String {
@@ -642,10 +599,6 @@ fn rate_limited(limit: u64, reset_epoch: i64, retry_after: u64) -> Response {
 /// The HTML page a hibernating developer instance answers (200, `text/html`).
 const HIBERNATING: &str = "<html><head><title>ServiceNow Developers</title></head><body><h1>Your instance is hibernating</h1><p>Sign in to the developer portal to wake it up.</p></body></html>";
 
-fn html_page() -> Response {
-    (StatusCode::OK, [("content-type", "text/html")], HIBERNATING).into_response()
-}
-
 /// Persisted form of the tables.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Snapshot {
@@ -665,65 +618,63 @@ struct Snapshot {
     next_alert: u64,
 }
 
-impl SnState {
-    pub fn new(cfg: SnConfig) -> Arc<SnState> {
-        let mut inner = Inner {
-            next_number: cfg.first_number,
-            next_alert: 10001,
-            ..Default::default()
-        };
-        if let Some(p) = &cfg.persist {
-            if let Ok(bytes) = std::fs::read(p) {
-                match serde_json::from_slice::<Snapshot>(&bytes) {
-                    Ok(s) => {
-                        for (t, rows) in [
-                            (&mut inner.incident, s.incident),
-                            (&mut inner.journal, s.sys_journal_field),
-                            (&mut inner.cmdb_ci, s.cmdb_ci),
-                            (&mut inner.em_event, s.em_event),
-                            (&mut inner.em_alert, s.em_alert),
-                        ] {
-                            rows.into_iter().for_each(|r| t.insert(r));
-                        }
-                        inner.next_number = inner.next_number.max(s.next_number);
-                        inner.next_alert = inner.next_alert.max(s.next_alert);
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %p.display(), error = %e, "ignoring unreadable ServiceNow file")
-                    }
-                }
-            }
-        }
-        Arc::new(SnState {
-            cfg,
-            inner: Mutex::new(inner),
-            gate: Arc::default(),
-        })
-    }
+impl HttpSim for SnData {
+    type Config = SnConfig;
+    type Faults = SnFaults;
+    type Rates = RateWindow;
+    const ERROR_STATUS: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn set_faults(&self, f: SnFaults) {
-        if f.outage_ms > 0 {
-            self.gate.start(Duration::from_millis(f.outage_ms));
-        } else {
-            self.gate.end();
-        }
-        let mut i = self.lock();
-        i.faults = f;
-        i.rate_window = None;
+    /// The ServiceNow routes, with the `/sim/...` control routes.
+    fn router(state: Arc<SnState>) -> Router {
+        let api = Router::new()
+            .route("/oauth_token.do", post(oauth_token))
+            .route("/api/now/table/{table}", get(list).post(create))
+            .route(
+                "/api/now/table/{table}/{sys_id}",
+                get(get_one).patch(update).put(update).delete(delete),
+            )
+            .route("/api/now/{version}/table/{table}", get(list).post(create))
+            .route(
+                "/api/now/{version}/table/{table}/{sys_id}",
+                get(get_one).patch(update).put(update).delete(delete),
+            )
+            .route("/api/global/em/jsonv2", post(em_jsonv2))
+            .method_not_allowed_fallback(|| async {
+                sn_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Method not Supported",
+                    Some("The HTTP method is not supported by this resource"),
+                )
+            })
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                httpsim::middleware::<SnData>,
+            ));
+        Router::new()
+            .merge(api)
+            .route("/sim/incidents/{id}/{action}", post(sim_act))
+            .route("/sim/cmdb_ci", get(sim_cis).post(sim_seed_ci))
+            .route("/sim/events", get(sim_events))
+            .route("/sim/tokens/expire", post(sim_expire_tokens))
+            .merge(httpsim::control_routes::<SnData>())
+            .merge(httpsim::reset_route::<SnData>())
+            .fallback(|| async {
+                sn_error(
+                    StatusCode::BAD_REQUEST,
+                    "Requested URI does not represent any resource",
+                    None,
+                )
+            })
+            .with_state(state)
     }
 
     /// Every incident (raw values), oldest first, each with its journal entries.
-    pub fn incidents(&self) -> Vec<Value> {
-        let i = self.lock();
-        i.incident
+    fn incidents(&self) -> Vec<Value> {
+        self.incident
             .all()
             .map(|inc| {
                 let id = text(inc, "sys_id");
-                let journal: Vec<&Map<String, Value>> = i
+                let journal: Vec<&Map<String, Value>> = self
                     .journal
                     .all()
                     .filter(|j| text(j, "element_id") == id)
@@ -735,26 +686,126 @@ impl SnState {
             .collect()
     }
 
-    fn persist(&self, inner: &Inner) {
-        let Some(p) = &self.cfg.persist else { return };
+    fn html_fault() -> Response {
+        httpsim::html(StatusCode::OK, HIBERNATING)
+    }
+
+    fn injected_error(status: StatusCode) -> Response {
+        sn_error(
+            status,
+            "Service Unavailable",
+            Some("The instance is temporarily unavailable (injected fault)"),
+        )
+    }
+
+    fn bad_request(message: &str) -> Response {
+        sn_error(StatusCode::BAD_REQUEST, message, None)
+    }
+
+    /// Forced 401s (`/api/...` only), `rateLimitNext`, and the `rateLimit` rule, whose headers
+    /// every answer in its window carries.
+    fn decide(
+        f: &mut SnFaults,
+        window: &mut RateWindow,
+        req: &Request,
+    ) -> Result<HeaderMap, Response> {
+        let api = req.uri().path().starts_with("/api/");
+        let now_epoch = time::OffsetDateTime::now_utc().unix_timestamp();
+        let rule = f.rate_limit;
+        if api && f.unauthorized_next > 0 {
+            f.unauthorized_next -= 1;
+            return Err(unauthenticated());
+        }
+        if api && f.unauthorized {
+            return Err(unauthenticated());
+        }
+        if f.rate_limit_next > 0 {
+            f.rate_limit_next -= 1;
+            let after = f.retry_after_s.unwrap_or(1);
+            return Err(rate_limited(rule, now_epoch + after as i64, after));
+        }
+        if rule == 0 {
+            return Ok(HeaderMap::new());
+        }
+        let span = Duration::from_millis(f.rate_window_ms.unwrap_or(3_600_000).max(1));
+        let now = Instant::now();
+        let (start, count) = match *window {
+            Some((s, c)) if now.duration_since(s) < span => (s, c + 1),
+            _ => (now, 1),
+        };
+        *window = Some((start, count));
+        let left = span.saturating_sub(now.duration_since(start));
+        let reset = now_epoch + left.as_secs_f64().ceil() as i64;
+        if count > rule {
+            let after = left.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(rate_limited(rule, reset, after));
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("x-ratelimit-limit", rule.to_string()),
+            ("x-ratelimit-remaining", (rule - count).to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(k, v);
+            }
+        }
+        Ok(headers)
+    }
+
+    fn stats(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        for (k, n) in [
+            ("incidents", self.incident.len()),
+            ("journal", self.journal.len()),
+            ("events", self.em_event.len()),
+            ("alerts", self.em_alert.len()),
+            ("tokens", self.access.len()),
+        ] {
+            m.insert(k.into(), json!(n));
+        }
+        m
+    }
+
+    /// Empties every table, forgets tokens, restarts numbering.
+    fn forget(st: &SnState) {
+        let mut d = st.lock();
+        *d = SnData::fresh(&st.cfg);
+        st.persist(&d);
+    }
+}
+
+impl SimState<SnData> {
+    pub fn new(cfg: SnConfig) -> Arc<SnState> {
+        let mut data = SnData::fresh(&cfg);
+        if let Some(s) = httpsim::load::<Snapshot>(cfg.persist.as_deref(), "ServiceNow") {
+            for (t, rows) in [
+                (&mut data.incident, s.incident),
+                (&mut data.journal, s.sys_journal_field),
+                (&mut data.cmdb_ci, s.cmdb_ci),
+                (&mut data.em_event, s.em_event),
+                (&mut data.em_alert, s.em_alert),
+            ] {
+                rows.into_iter().for_each(|r| t.insert(r));
+            }
+            data.next_number = data.next_number.max(s.next_number);
+            data.next_alert = data.next_alert.max(s.next_alert);
+        }
+        SimState::with_data(cfg, data)
+    }
+
+    fn persist(&self, d: &SnData) {
         let rows = |t: &Table| t.all().cloned().collect::<Vec<_>>();
         let snap = Snapshot {
-            incident: rows(&inner.incident),
-            sys_journal_field: rows(&inner.journal),
-            cmdb_ci: rows(&inner.cmdb_ci),
-            em_event: rows(&inner.em_event),
-            em_alert: rows(&inner.em_alert),
-            next_number: inner.next_number,
-            next_alert: inner.next_alert,
+            incident: rows(&d.incident),
+            sys_journal_field: rows(&d.journal),
+            cmdb_ci: rows(&d.cmdb_ci),
+            em_event: rows(&d.em_event),
+            em_alert: rows(&d.em_alert),
+            next_number: d.next_number,
+            next_alert: d.next_alert,
         };
-        match serde_json::to_vec_pretty(&snap) {
-            Ok(body) => {
-                if let Err(e) = crate::pki::write_atomic(p, &body, 0o644) {
-                    tracing::warn!(error = %e, "cannot persist ServiceNow tables");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot serialise ServiceNow tables"),
-        }
+        httpsim::save(self.cfg.persist.as_deref(), &snap, "ServiceNow tables");
     }
 
     /// The user a call acts as: Basic credentials or a live bearer token.
@@ -765,19 +816,7 @@ impl SnState {
             .ok_or_else(unauthenticated)?;
         let (scheme, cred) = v.split_once(' ').ok_or_else(unauthenticated)?;
         match scheme.to_ascii_lowercase().as_str() {
-            "basic" => {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(cred.trim())
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(unauthenticated)?;
-                let (user, pass) = decoded.split_once(':').unwrap_or((&decoded, ""));
-                if self.cfg.users.get(user).map(String::as_str) == Some(pass) {
-                    Ok(user.to_string())
-                } else {
-                    Err(unauthenticated())
-                }
-            }
+            "basic" => httpsim::basic_user(cred, &self.cfg.users).ok_or_else(unauthenticated),
             "bearer" => {
                 let mut i = self.lock();
                 match i.access.get(cred.trim()) {
@@ -792,159 +831,6 @@ impl SnState {
             _ => Err(unauthenticated()),
         }
     }
-}
-
-/// The ServiceNow routes, with the `/sim/...` control routes.
-pub fn router(state: Arc<SnState>) -> Router {
-    let api = Router::new()
-        .route("/oauth_token.do", post(oauth_token))
-        .route("/api/now/table/{table}", get(list).post(create))
-        .route(
-            "/api/now/table/{table}/{sys_id}",
-            get(get_one).patch(update).put(update).delete(delete),
-        )
-        .route(
-            "/api/now/{version}/table/{table}",
-            get(list_v).post(create_v),
-        )
-        .route(
-            "/api/now/{version}/table/{table}/{sys_id}",
-            get(get_one_v)
-                .patch(update_v)
-                .put(update_v)
-                .delete(delete_v),
-        )
-        .route("/api/global/em/jsonv2", post(em_jsonv2))
-        .method_not_allowed_fallback(|| async {
-            sn_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method not Supported",
-                Some("The HTTP method is not supported by this resource"),
-            )
-        })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), faults));
-    Router::new()
-        .merge(api)
-        .route("/sim/incidents", get(sim_incidents))
-        .route("/sim/incidents/{id}/{action}", post(sim_act))
-        .route("/sim/cmdb_ci", get(sim_cis).post(sim_seed_ci))
-        .route("/sim/events", get(sim_events))
-        .route("/sim/tokens/expire", post(sim_expire_tokens))
-        .route("/sim/stats", get(sim_stats))
-        .route("/sim/reset", post(sim_reset))
-        .route(
-            "/sim/faults",
-            post(sim_set_faults)
-                .delete(sim_clear_faults)
-                .get(sim_get_faults),
-        )
-        .fallback(|| async {
-            sn_error(
-                StatusCode::BAD_REQUEST,
-                "Requested URI does not represent any resource",
-                None,
-            )
-        })
-        .with_state(state)
-}
-
-async fn faults(State(st): State<Arc<SnState>>, req: Request, next: Next) -> Response {
-    struct InFlight(Arc<SnState>);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            self.0.lock().in_flight -= 1;
-        }
-    }
-    st.lock().in_flight += 1;
-    let _guard = InFlight(st.clone());
-    fault_window(&st, req, next).await
-}
-
-enum Verdict {
-    Pass(Option<(u64, u64, i64)>),
-    Unauthorized,
-    Limited(u64, i64, u64),
-}
-
-async fn fault_window(st: &SnState, req: Request, next: Next) -> Response {
-    let api = req.uri().path().starts_with("/api/");
-    let (f, verdict) = {
-        let mut i = st.lock();
-        i.requests += 1;
-        let now_epoch = time::OffsetDateTime::now_utc().unix_timestamp();
-        let rule = i.faults.rate_limit;
-        let window = Duration::from_millis(i.faults.rate_window_ms.unwrap_or(3_600_000).max(1));
-        let verdict = if api && i.faults.unauthorized_next > 0 {
-            i.faults.unauthorized_next -= 1;
-            Verdict::Unauthorized
-        } else if api && i.faults.unauthorized {
-            Verdict::Unauthorized
-        } else if i.faults.rate_limit_next > 0 {
-            i.faults.rate_limit_next -= 1;
-            let after = i.faults.retry_after_s.unwrap_or(1);
-            Verdict::Limited(rule, now_epoch + after as i64, after)
-        } else if rule > 0 {
-            let now = Instant::now();
-            let (start, count) = match i.rate_window {
-                Some((s, c)) if now.duration_since(s) < window => (s, c + 1),
-                _ => (now, 1),
-            };
-            i.rate_window = Some((start, count));
-            let left = window.saturating_sub(now.duration_since(start));
-            let reset = now_epoch + left.as_secs_f64().ceil() as i64;
-            if count > rule {
-                Verdict::Limited(rule, reset, left.as_secs_f64().ceil().max(1.0) as u64)
-            } else {
-                Verdict::Pass(Some((rule, rule - count, reset)))
-            }
-        } else {
-            Verdict::Pass(None)
-        };
-        (i.faults.clone(), verdict)
-    };
-    let jitter = if f.jitter_ms > 0 {
-        rand::thread_rng().gen_range(0..f.jitter_ms)
-    } else {
-        0
-    };
-    let delay = f
-        .latency_ms
-        .saturating_add(jitter)
-        .saturating_add(f.hang_ms);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    let headers = match verdict {
-        Verdict::Unauthorized => return unauthenticated(),
-        Verdict::Limited(limit, reset, after) => return rate_limited(limit, reset, after),
-        Verdict::Pass(h) => h,
-    };
-    if f.html {
-        return html_page();
-    }
-    if f.error_rate > 0.0 && rand::thread_rng().gen_bool(f.error_rate.clamp(0.0, 1.0)) {
-        let code = StatusCode::from_u16(f.error_status.unwrap_or(503))
-            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return sn_error(
-            code,
-            "Service Unavailable",
-            Some("The instance is temporarily unavailable (injected fault)"),
-        );
-    }
-    let mut resp = next.run(req).await;
-    if let Some((limit, remaining, reset)) = headers {
-        let h = resp.headers_mut();
-        for (k, v) in [
-            ("x-ratelimit-limit", limit.to_string()),
-            ("x-ratelimit-remaining", remaining.to_string()),
-            ("x-ratelimit-reset", reset.to_string()),
-        ] {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(k, v);
-            }
-        }
-    }
-    resp
 }
 
 // ---------------- OAuth ----------------
@@ -1136,30 +1022,91 @@ impl View {
     }
 }
 
-fn kind_of(table: &str) -> Result<Kind, Response> {
-    Kind::from_name(table).ok_or_else(|| {
+/// The `{version}`, `{table}` and `{sys_id}` of a Table API path,
+/// `/api/now[/{version}]/table/{table}[/{sys_id}]`; a version other than v1 or v2 is refused.
+#[derive(Debug, Deserialize)]
+struct TablePath {
+    #[serde(default)]
+    version: Option<String>,
+    table: String,
+    #[serde(default)]
+    sys_id: String,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TablePath {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        let Path(p) = Path::<TablePath>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match p.version.as_deref() {
+            None | Some("v1" | "v2") => Ok(p),
+            Some(_) => Err(sn_error(
+                StatusCode::BAD_REQUEST,
+                "Requested URI does not represent any resource",
+                None,
+            )),
+        }
+    }
+}
+
+impl TablePath {
+    /// `v1/`, `v2/` or nothing, as the call's path had it.
+    fn prefix(&self) -> String {
+        self.version
+            .as_ref()
+            .map(|v| format!("{v}/"))
+            .unwrap_or_default()
+    }
+}
+
+/// The user a Table API call acts as and the table it is on (401, then 400 for an unknown table).
+fn table_call(st: &SnState, headers: &HeaderMap, table: &str) -> Result<(String, Kind), Response> {
+    let user = st.check_auth(headers)?;
+    let kind = Kind::from_name(table).ok_or_else(|| {
         sn_error(
             StatusCode::BAD_REQUEST,
             &format!("Invalid table {table}"),
             None,
         )
-    })
+    })?;
+    Ok((user, kind))
 }
 
-fn check_version(v: &str) -> Result<(), Response> {
-    if v == "v1" || v == "v2" {
-        Ok(())
-    } else {
-        Err(sn_error(
-            StatusCode::BAD_REQUEST,
-            "Requested URI does not represent any resource",
-            None,
-        ))
+/// The user of a write (`action`: Insert, Update, Delete): only `incident` takes writes.
+fn incident_write(
+    st: &SnState,
+    headers: &HeaderMap,
+    table: &str,
+    action: &str,
+) -> Result<String, Response> {
+    match table_call(st, headers, table)? {
+        (user, Kind::Incident) => Ok(user),
+        _ => Err(acl(action)),
     }
 }
 
+/// A create or an update (`action`: Insert, Update): the user, the fields, and how the answer
+/// renders the record.
+fn incident_fields(
+    st: &SnState,
+    path: &TablePath,
+    headers: &HeaderMap,
+    q: &Option<String>,
+    body: &Bytes,
+    action: &str,
+) -> Result<(String, Map<String, Value>, View), Response> {
+    let user = incident_write(st, headers, &path.table, action)?;
+    let fields = parse_fields(body)?;
+    Ok((user, fields, View::new(st, headers, &params(q))))
+}
+
 /// The columns of a table (cmdb_ci: also every field a seeded CI has).
-fn has_field(inner: &Inner, kind: Kind) -> HashSet<String> {
+fn has_field(inner: &SnData, kind: Kind) -> HashSet<String> {
     let mut cols: HashSet<String> = kind.columns().iter().map(|s| s.to_string()).collect();
     if kind == Kind::CmdbCi {
         for r in inner.cmdb_ci.all() {
@@ -1171,41 +1118,13 @@ fn has_field(inner: &Inner, kind: Kind) -> HashSet<String> {
 
 async fn list(
     State(st): State<Arc<SnState>>,
-    Path(table): Path<String>,
+    path: TablePath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-) -> Response {
-    list_in(&st, None, &table, &headers, &q)
-}
-
-async fn list_v(
-    State(st): State<Arc<SnState>>,
-    Path((version, table)): Path<(String, String)>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
-    list_in(&st, Some(&version), &table, &headers, &q)
-}
-
-fn list_in(
-    st: &SnState,
-    version: Option<&str>,
-    table: &str,
-    headers: &HeaderMap,
-    q: &Option<String>,
-) -> Response {
-    if let Err(r) = st.check_auth(headers) {
-        return r;
-    }
-    let kind = match kind_of(table) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let p = params(q);
-    let view = View::new(st, headers, &p);
+) -> Result<Response, Response> {
+    let (_, kind) = table_call(&st, &headers, &path.table)?;
+    let p = params(&q);
+    let view = View::new(&st, &headers, &p);
     let limit = param(&p, "sysparm_limit")
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|l| *l > 0)
@@ -1250,8 +1169,8 @@ fn list_in(
         (page, total)
     };
     // Version 1 answers an empty result 404, version 2 (the default) 200 with `[]`.
-    if page.is_empty() && version == Some("v1") {
-        return not_found();
+    if page.is_empty() && path.version.as_deref() == Some("v1") {
+        return Err(not_found());
     }
     let mut resp = Json(json!({ "result": page })).into_response();
     let h = resp.headers_mut();
@@ -1261,10 +1180,9 @@ fn list_in(
         }
     }
     if !flag(&p, "sysparm_suppress_pagination_header") {
-        let prefix = version.map(|v| format!("{v}/")).unwrap_or_default();
         let link = link_header(
-            &base_url(st, headers),
-            &format!("/api/now/{prefix}table/{table}"),
+            &base_url(&st, &headers),
+            &format!("/api/now/{}table/{}", path.prefix(), path.table),
             &p,
             limit,
             offset,
@@ -1274,7 +1192,7 @@ fn list_in(
             h.insert("link", v);
         }
     }
-    resp
+    Ok(resp)
 }
 
 /// `Link: <...>;rel="first",<...>;rel="prev",<...>;rel="next",<...>;rel="last"`.
@@ -1318,45 +1236,15 @@ fn link_header(
 
 async fn get_one(
     State(st): State<Arc<SnState>>,
-    Path((table, sys_id)): Path<(String, String)>,
+    path: TablePath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-) -> Response {
-    get_one_in(&st, &table, &sys_id, &headers, &q)
-}
-
-async fn get_one_v(
-    State(st): State<Arc<SnState>>,
-    Path((version, table, sys_id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
-    get_one_in(&st, &table, &sys_id, &headers, &q)
-}
-
-fn get_one_in(
-    st: &SnState,
-    table: &str,
-    sys_id: &str,
-    headers: &HeaderMap,
-    q: &Option<String>,
-) -> Response {
-    if let Err(r) = st.check_auth(headers) {
-        return r;
-    }
-    let kind = match kind_of(table) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let view = View::new(st, headers, &params(q));
-    let rec = st.lock().table(kind).get(sys_id).cloned();
-    match rec {
-        Some(r) => Json(json!({"result": view.render(kind, &r)})).into_response(),
-        None => not_found(),
-    }
+) -> Result<Response, Response> {
+    let (_, kind) = table_call(&st, &headers, &path.table)?;
+    let view = View::new(&st, &headers, &params(&q));
+    let rec = st.lock().table(kind).get(&path.sys_id).cloned();
+    let rec = rec.ok_or_else(not_found)?;
+    Ok(Json(json!({"result": view.render(kind, &rec)})).into_response())
 }
 
 fn parse_fields(body: &Bytes) -> Result<Map<String, Value>, Response> {
@@ -1475,7 +1363,7 @@ fn apply_incident(
     Ok(entries)
 }
 
-fn journal_rows(inner: &mut Inner, sys_id: &str, entries: Entries, user: &str) {
+fn journal_rows(inner: &mut SnData, sys_id: &str, entries: Entries, user: &str) {
     let now = sn_now();
     for (element, value) in entries {
         let mut row = Map::new();
@@ -1520,58 +1408,16 @@ fn new_incident(user: &str) -> Map<String, Value> {
 
 async fn create(
     State(st): State<Arc<SnState>>,
-    Path(table): Path<String>,
+    path: TablePath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
-) -> Response {
-    create_in(&st, "", &table, &headers, &q, &body).await
-}
-
-async fn create_v(
-    State(st): State<Arc<SnState>>,
-    Path((version, table)): Path<(String, String)>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
-    create_in(&st, &format!("{version}/"), &table, &headers, &q, &body).await
-}
-
-async fn create_in(
-    st: &SnState,
-    prefix: &str,
-    table: &str,
-    headers: &HeaderMap,
-    q: &Option<String>,
-    body: &Bytes,
-) -> Response {
-    let user = match st.check_auth(headers) {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let kind = match kind_of(table) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    if kind != Kind::Incident {
-        return acl("Insert");
-    }
-    let fields = match parse_fields(body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let view = View::new(st, headers, &params(q));
-    let (rec, fault) = {
+) -> Result<Response, Response> {
+    let (user, fields, view) = incident_fields(&st, &path, &headers, &q, &body, "Insert")?;
+    let rec = {
         let mut i = st.lock();
         let mut rec = new_incident(&user);
-        let entries = match apply_incident(&st.cfg, &mut rec, &fields, &user, true) {
-            Ok(e) => e,
-            Err(r) => return r,
-        };
+        let entries = apply_incident(&st.cfg, &mut rec, &fields, &user, true)?;
         let number = format!("INC{:07}", i.next_number);
         i.next_number += 1;
         rec.insert("number".into(), json!(number));
@@ -1579,41 +1425,29 @@ async fn create_in(
         i.incident.insert(rec.clone());
         journal_rows(&mut i, &sys_id, entries, &user);
         st.persist(&i);
-        let fault = i.faults.take_create_fault();
-        (rec, fault)
+        rec
     };
     let sys_id = text(&rec, "sys_id").to_string();
     tracing::debug!(incident = %text(&rec, "number"), %sys_id, "incident created");
     let location = format!(
-        "{}/api/now/{prefix}table/incident/{sys_id}",
-        base_url(st, headers)
+        "{}/api/now/{}table/incident/{sys_id}",
+        base_url(&st, &headers),
+        path.prefix()
     );
-    if let Some((late_ms, garbage)) = fault {
-        if late_ms > 0 {
-            tracing::debug!(%sys_id, late_ms, "holding the answer to a create");
-            tokio::time::sleep(Duration::from_millis(late_ms)).await;
-        }
-        match garbage {
-            Some(CreateGarbage::Empty) => {
-                return (
-                    StatusCode::CREATED,
-                    [("content-type", "application/json")],
-                    "",
-                )
-                    .into_response()
+    // The incident is stored (and persisted) whatever the answer is now.
+    if let Some(fault) = st.take_create_fault() {
+        let no_id = || {
+            let mut v = view.render(Kind::Incident, &rec);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("sys_id");
             }
-            Some(CreateGarbage::Html) => return html_page(),
-            Some(CreateGarbage::NoId) => {
-                let mut v = view.render(Kind::Incident, &rec);
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("sys_id");
-                }
-                return (StatusCode::CREATED, Json(json!({ "result": v }))).into_response();
-            }
-            None => {}
+            (StatusCode::CREATED, Json(json!({ "result": v }))).into_response()
+        };
+        if let Some(r) = fault.answer(StatusCode::CREATED, HIBERNATING, no_id).await {
+            return Ok(r);
         }
     }
-    let mut resp = if no_body(headers) {
+    let mut resp = if no_body(&headers) {
         StatusCode::CREATED.into_response()
     } else {
         (
@@ -1625,7 +1459,7 @@ async fn create_in(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert("location", v);
     }
-    resp
+    Ok(resp)
 }
 
 fn no_body(headers: &HeaderMap) -> bool {
@@ -1637,56 +1471,18 @@ fn no_body(headers: &HeaderMap) -> bool {
 
 async fn update(
     State(st): State<Arc<SnState>>,
-    Path((table, sys_id)): Path<(String, String)>,
+    path: TablePath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
-) -> Response {
-    update_in(&st, &table, &sys_id, &headers, &q, &body)
-}
-
-async fn update_v(
-    State(st): State<Arc<SnState>>,
-    Path((version, table, sys_id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
-    update_in(&st, &table, &sys_id, &headers, &q, &body)
-}
-
-fn update_in(
-    st: &SnState,
-    table: &str,
-    sys_id: &str,
-    headers: &HeaderMap,
-    q: &Option<String>,
-    body: &Bytes,
-) -> Response {
-    let user = match st.check_auth(headers) {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let kind = match kind_of(table) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    if kind != Kind::Incident {
-        return acl("Update");
-    }
-    let fields = match parse_fields(body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let view = View::new(st, headers, &params(q));
-    match write(st, sys_id, &fields, &user) {
-        Ok(_) if no_body(headers) => StatusCode::OK.into_response(),
-        Ok(rec) => Json(json!({"result": view.render(Kind::Incident, &rec)})).into_response(),
-        Err(r) => r,
-    }
+) -> Result<Response, Response> {
+    let (user, fields, view) = incident_fields(&st, &path, &headers, &q, &body, "Update")?;
+    let rec = write(&st, &path.sys_id, &fields, &user)?;
+    Ok(if no_body(&headers) {
+        StatusCode::OK.into_response()
+    } else {
+        Json(json!({"result": view.render(Kind::Incident, &rec)})).into_response()
+    })
 }
 
 /// Writes fields to an incident (by sys_id or number) as `user`; the record after the write.
@@ -1716,40 +1512,14 @@ fn write(
 
 async fn delete(
     State(st): State<Arc<SnState>>,
-    Path((table, sys_id)): Path<(String, String)>,
+    path: TablePath,
     headers: HeaderMap,
-) -> Response {
-    delete_in(&st, &table, &sys_id, &headers)
-}
-
-async fn delete_v(
-    State(st): State<Arc<SnState>>,
-    Path((version, table, sys_id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
-    delete_in(&st, &table, &sys_id, &headers)
-}
-
-fn delete_in(st: &SnState, table: &str, sys_id: &str, headers: &HeaderMap) -> Response {
-    if let Err(r) = st.check_auth(headers) {
-        return r;
-    }
-    let kind = match kind_of(table) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    if kind != Kind::Incident {
-        return acl("Delete");
-    }
+) -> Result<Response, Response> {
+    incident_write(&st, &headers, &path.table, "Delete")?;
     let mut i = st.lock();
-    if i.incident.remove(sys_id).is_none() {
-        return not_found();
-    }
+    i.incident.remove(&path.sys_id).ok_or_else(not_found)?;
     st.persist(&i);
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---------------- Event Management ----------------
@@ -1790,7 +1560,7 @@ async fn em_jsonv2(State(st): State<Arc<SnState>>, headers: HeaderMap, body: Byt
         .into_response()
 }
 
-fn insert_event(i: &mut Inner, fields: &Map<String, Value>, user: &str) {
+fn insert_event(i: &mut SnData, fields: &Map<String, Value>, user: &str) {
     let now = sn_now();
     let mut ev = Map::new();
     for f in EVENT_FIELDS {
@@ -1919,10 +1689,6 @@ fn sim_bad(msg: &str) -> Response {
     sn_error(StatusCode::BAD_REQUEST, msg, None)
 }
 
-async fn sim_incidents(State(st): State<Arc<SnState>>) -> Response {
-    Json(json!({"incidents": st.incidents()})).into_response()
-}
-
 /// `POST /sim/incidents/{sys_id|number}/{resolve|close|cancel|reopen|update}`: a person acting
 /// on the incident in the instance's UI. Body (optional): `{"user": "jdoe", <fields>...}`;
 /// resolve and close fill `close_code`/`close_notes` when the body has none.
@@ -2025,55 +1791,6 @@ async fn sim_expire_tokens(State(st): State<Arc<SnState>>) -> Response {
     let n = i.access.len();
     i.access.clear();
     Json(json!({ "expired": n })).into_response()
-}
-
-async fn sim_stats(State(st): State<Arc<SnState>>) -> Response {
-    let i = st.lock();
-    Json(json!({
-        "requests": i.requests,
-        "inFlight": i.in_flight,
-        "incidents": i.incident.len(),
-        "journal": i.journal.len(),
-        "events": i.em_event.len(),
-        "alerts": i.em_alert.len(),
-        "tokens": i.access.len(),
-    }))
-    .into_response()
-}
-
-/// `POST /sim/reset`: empties every table, forgets tokens, clears faults, restarts numbering.
-async fn sim_reset(State(st): State<Arc<SnState>>) -> Response {
-    st.gate.end();
-    let mut i = st.lock();
-    *i = Inner {
-        next_number: st.cfg.first_number,
-        next_alert: 10001,
-        requests: i.requests,
-        in_flight: i.in_flight,
-        ..Default::default()
-    };
-    st.persist(&i);
-    Json(json!({ "reset": true })).into_response()
-}
-
-async fn sim_set_faults(State(st): State<Arc<SnState>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<SnFaults>(&body) {
-        Ok(f) => {
-            st.set_faults(f.clone());
-            Json(json!({ "faults": f })).into_response()
-        }
-        Err(e) => sim_bad(&format!("invalid faults: {e}")),
-    }
-}
-
-async fn sim_clear_faults(State(st): State<Arc<SnState>>) -> Response {
-    st.set_faults(SnFaults::default());
-    Json(json!({"faults": SnFaults::default()})).into_response()
-}
-
-async fn sim_get_faults(State(st): State<Arc<SnState>>) -> Response {
-    let f = st.lock().faults.clone();
-    Json(json!({ "faults": f })).into_response()
 }
 
 #[cfg(test)]

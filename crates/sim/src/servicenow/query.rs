@@ -153,17 +153,11 @@ impl Query {
                 }
                 continue;
             }
-            if let Some(f) = term.strip_prefix("ORDERBYDESC") {
+            let order = (term.strip_prefix("ORDERBYDESC").map(|f| (f, true)))
+                .or_else(|| term.strip_prefix("ORDERBY").map(|f| (f, false)));
+            if let Some((f, desc)) = order {
                 if has_field(f) {
-                    query.order.push((f.to_string(), true));
-                } else {
-                    query.dropped.push(term.to_string());
-                }
-                continue;
-            }
-            if let Some(f) = term.strip_prefix("ORDERBY") {
-                if has_field(f) {
-                    query.order.push((f.to_string(), false));
+                    query.order.push((f.to_string(), desc));
                 } else {
                     query.dropped.push(term.to_string());
                 }
