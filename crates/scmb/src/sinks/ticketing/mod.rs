@@ -469,16 +469,7 @@ impl Ticketer {
                         Attempt::Permanent(e) => {
                             // Creating now could open a second incident; failing says so.
                             let reason = format!("the incident may exist (reference {reference}) but {} refused to look it up: {e}; search for the reference and write its id into the alert's notes", self.system.title());
-                            self.metrics.incident_failed(
-                                self.system.name(),
-                                self.system.title(),
-                                uri,
-                                &reason,
-                            );
-                            let mut rec = Record::new(None, Step::Failed);
-                            rec.reason = Some(reason.clone());
-                            self.put(uri, rec).await?;
-                            return Ok(Outcome::Done(format!("failed: {reason}")));
+                            return self.failed(uri, reason).await;
                         }
                         Attempt::Interrupted | Attempt::Unknown(_) => {
                             return Ok(Outcome::Interrupted)
@@ -506,16 +497,7 @@ impl Ticketer {
                 let id = match created {
                     Attempt::Ok(id) => id,
                     Attempt::Permanent(reason) => {
-                        self.metrics.incident_failed(
-                            self.system.name(),
-                            self.system.title(),
-                            uri,
-                            &reason,
-                        );
-                        let mut rec = Record::new(None, Step::Failed);
-                        rec.reason = Some(reason.clone());
-                        self.put(uri, rec).await?;
-                        return Ok(Outcome::Done(format!("failed: {reason}")));
+                        return self.failed(uri, reason).await;
                     }
                     Attempt::Interrupted => return Ok(Outcome::Interrupted),
                     // The record still says Creating with the reference: the next call
@@ -772,6 +754,17 @@ impl Ticketer {
 }
 
 impl Ticketer {
+    /// The system refused the alert for good: counted, recorded as failed (never retried),
+    /// and the delivery finished.
+    async fn failed(&self, uri: &str, reason: String) -> Result<Outcome, TicketError> {
+        self.metrics
+            .incident_failed(self.system.name(), self.system.title(), uri, &reason);
+        let mut rec = Record::new(None, Step::Failed);
+        rec.reason = Some(reason.clone());
+        self.put(uri, rec).await?;
+        Ok(Outcome::Done(format!("failed: {reason}")))
+    }
+
     /// The incident ids of this system's notes in the alert's change log.
     fn incidents_in_change_log(&self, alert: &Value) -> Vec<String> {
         incidents_in_change_log(alert, &self.system.note_prefixes())
