@@ -22,6 +22,10 @@ pub struct Appliance {
     pub rest: String,
     /// `127.0.0.1:PORT` of the Service Manager simulator, as `-sm` takes it.
     pub sm: String,
+    /// Base URL (`http://127.0.0.1:PORT`) of the ServiceNow simulator.
+    pub servicenow: String,
+    /// Base URL (`http://127.0.0.1:PORT`) of the PagerDuty Events API simulator.
+    pub pagerduty: String,
     pub pki: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -33,6 +37,8 @@ impl Appliance {
         cfg.rest_port = 0;
         cfg.amqps_port = 0;
         cfg.sm_port = Some(0);
+        cfg.servicenow_port = Some(0);
+        cfg.pagerduty_port = Some(0);
         cfg.keypair_pregenerated = true;
         cfg.ov.eula_pending = false;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -78,9 +84,17 @@ impl Appliance {
                 .with_context(|| format!("the simulator reports no {k}"))?;
             Ok(url.split("://").nth(1).unwrap_or(url).to_string())
         };
+        let url = |k: &str| -> Result<String> {
+            Ok(info[k]
+                .as_str()
+                .with_context(|| format!("the simulator reports no {k}"))?
+                .to_string())
+        };
         Ok(Appliance {
             rest: host_port("restUrl")?,
             sm: host_port("smUrl")?,
+            servicenow: url("servicenowUrl")?,
+            pagerduty: url("pagerdutyUrl")?,
             pki: state_dir.join("pki"),
             client,
             amqps_port,
@@ -136,6 +150,34 @@ impl Appliance {
             .call_sm(method.clone(), path, body)
             .await
             .map_err(|e| anyhow!("{method} {path} on the SM simulator: {e}"))
+    }
+
+    /// A `/sim/...` call on the ServiceNow side.
+    pub async fn servicenow_control(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value> {
+        let body = (!body.is_null()).then(|| body.to_string().into_bytes());
+        self.client
+            .call_servicenow(method.clone(), path, body)
+            .await
+            .map_err(|e| anyhow!("{method} {path} on the ServiceNow simulator: {e}"))
+    }
+
+    /// A `/sim/...` call on the PagerDuty side.
+    pub async fn pagerduty_control(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value> {
+        let body = (!body.is_null()).then(|| body.to_string().into_bytes());
+        self.client
+            .call_pagerduty(method.clone(), path, body)
+            .await
+            .map_err(|e| anyhow!("{method} {path} on the PagerDuty simulator: {e}"))
     }
 
     /// Copies the CN `default` client files into a directory laid out as the tools expect:

@@ -3,7 +3,8 @@
 //! figures, a summary table and PASS/FAIL per target. Run it through `scripts/bench`.
 //!
 //! Measurements (see each module): [`consume`] throughput and CPU against a no-op consumer and
-//! the HPE sample's py-amqp loop; [`storm`] time to ticket an alert storm; [`latency`] bus →
+//! the HPE sample's py-amqp loop; [`storm`] time to ticket an alert storm; [`saas`] the same
+//! storm through `scmb run` into ServiceNow and into PagerDuty; [`latency`] bus →
 //! stdout latency; [`footprint`] start-up time, idle memory and binary size.
 //!
 //! Exit codes: 0 done (targets may have failed: benchmarks are not tests), 1 the harness
@@ -19,6 +20,7 @@ mod latency;
 mod msgs;
 mod procs;
 mod report;
+mod saas;
 mod storm;
 mod util;
 
@@ -74,7 +76,8 @@ struct Cli {
     /// Only these consume clients (no-op, scmb, scmb-run, py-amqp; default all).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     clients: Vec<String>,
-    /// Alerts per storm (default 1,000; 200 with --quick).
+    /// Alerts per storm, ov_to_sm's and scmb run's into ServiceNow and PagerDuty (default
+    /// 1,000; 200 with --quick).
     #[arg(long, value_name = "N")]
     storm_count: Option<u64>,
     /// Alerts of the sequential baseline (default: the storm size).
@@ -117,6 +120,10 @@ enum Measure {
     Catchup,
     Appliances,
     Storm,
+    /// The storm through `scmb run` into ServiceNow.
+    StormServicenow,
+    /// The storm through `scmb run` into PagerDuty.
+    StormPagerduty,
     Latency,
     Footprint,
 }
@@ -332,15 +339,19 @@ async fn bench(cli: Cli) -> Result<ExitCode> {
         scmb.display(),
         ov_to_sm.display()
     );
-    println!("starting the simulated appliance (RabbitMQ, OneView REST, Service Manager) ...");
+    println!(
+        "starting the simulated appliance (RabbitMQ, OneView REST, Service Manager, ServiceNow, PagerDuty) ..."
+    );
     let t = std::time::Instant::now();
     let app = Appliance::start(&work.join("sim"))?;
     println!(
-        "  ready in {:.1} s: rest {} amqps {} sm {}",
+        "  ready in {:.1} s: rest {} amqps {} sm {} servicenow {} pagerduty {}",
         t.elapsed().as_secs_f64(),
         app.rest,
         app.amqps_port,
-        app.sm
+        app.sm,
+        app.servicenow,
+        app.pagerduty
     );
     let cert_dir = work.join("certs");
     let _ = std::fs::remove_dir_all(&cert_dir);
@@ -437,6 +448,42 @@ async fn run_all(ctx: &Ctx, report: &mut Report, only: &dyn Fn(Measure) -> bool)
         let cleared = storm::clear_faults(ctx).await;
         res?;
         cleared?;
+    }
+    let sinks: Vec<saas::Sink> = [
+        (Measure::StormServicenow, saas::Sink::ServiceNow),
+        (Measure::StormPagerduty, saas::Sink::PagerDuty),
+    ]
+    .into_iter()
+    .filter(|(m, _)| only(*m))
+    .map(|(_, k)| k)
+    .collect();
+    if !sinks.is_empty() {
+        println!(
+            "\n== storm into the SaaS sinks: {} critical alerts at once through scmb run; ServiceNow / PagerDuty {} ms, OneView PUT {} ms ==",
+            util::thousands(s.storm_count as f64),
+            saas::SINK_LATENCY_MS,
+            storm::PUT_LATENCY_MS
+        );
+        for sink in &sinks {
+            println!(
+                "  {}: {} lanes; floor per alert {} ({} ms) × ⌈{} / {}⌉ rounds = {} s",
+                sink.title(),
+                sink.lanes(),
+                sink.floor_text(),
+                sink.per_alert_ms(),
+                s.storm_count,
+                sink.lanes(),
+                util::fixed(sink.floor_s(s.storm_count), 2)
+            );
+        }
+        let session = OvSession::login(&ctx.app).await?;
+        for run in 1..=s.runs {
+            for &sink in &sinks {
+                report
+                    .saas
+                    .push(saas::run_once(ctx, &session, sink, run).await?);
+            }
+        }
     }
     if only(Measure::Latency) {
         println!(

@@ -79,6 +79,24 @@ pub struct Child {
 
 const TAIL: usize = 40;
 
+/// What [`Child::next_stderr`] got.
+pub enum Line {
+    /// A line, and when the harness read it.
+    Read(Instant, String),
+    /// The child closed its stderr (it exited).
+    Closed,
+    TimedOut,
+}
+
+fn missing<'a>(needles: &[&'a str], seen: &[bool]) -> Vec<&'a str> {
+    needles
+        .iter()
+        .zip(seen)
+        .filter(|(_, s)| !**s)
+        .map(|(n, _)| *n)
+        .collect()
+}
+
 /// How often a running child's `/proc/PID/status` is read. `VmHWM` only grows, so the last
 /// read is the peak up to that moment; what the child adds in its last interval (at most this
 /// long before it exits: a zombie has no memory figures left to read) is missed.
@@ -260,6 +278,45 @@ impl Child {
                     self.last_words()
                 ),
             }
+        }
+    }
+
+    /// Waits until a stderr line containing each of `needles` has been read, in any order.
+    pub async fn wait_stderr_all(&mut self, needles: &[&str], timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = vec![false; needles.len()];
+        while seen.iter().any(|s| !s) {
+            match self.next_stderr(deadline).await {
+                Line::Read(_, line) => {
+                    for (i, n) in needles.iter().enumerate() {
+                        seen[i] |= line.contains(n);
+                    }
+                }
+                Line::Closed => bail!(
+                    "{} exited before logging {:?}: {}",
+                    self.name,
+                    missing(needles, &seen),
+                    self.last_words()
+                ),
+                Line::TimedOut => bail!(
+                    "{} did not log {:?} within {} s: {}",
+                    self.name,
+                    missing(needles, &seen),
+                    timeout.as_secs(),
+                    self.last_words()
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next stderr line (with when it was read), unless the child closed stderr or
+    /// `deadline` passed first.
+    pub async fn next_stderr(&mut self, deadline: tokio::time::Instant) -> Line {
+        match tokio::time::timeout_at(deadline, self.stderr_lines.recv()).await {
+            Ok(Some((at, line))) => Line::Read(at, line),
+            Ok(None) => Line::Closed,
+            Err(_) => Line::TimedOut,
         }
     }
 
@@ -499,4 +556,45 @@ fn status_kb(status: &str, field: &str) -> Option<u64> {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse().ok())
     })
+}
+
+/// The machine's CPU time so far, from the first line of `/proc/stat`, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    /// user + nice + system + irq + softirq.
+    pub busy_s: f64,
+    pub idle_s: f64,
+    /// Taken by the hypervisor for other guests.
+    pub steal_s: f64,
+}
+
+impl MachineCpu {
+    pub fn now() -> Result<MachineCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let f: Vec<f64> = stat
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("cpu "))
+            .context("unexpected /proc/stat")?
+            .split_whitespace()
+            .map(|v| v.parse::<f64>().unwrap_or(0.0))
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let at = |i: usize| f.get(i).copied().unwrap_or(0.0) / hz;
+        Ok(MachineCpu {
+            busy_s: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle_s: at(3) + at(4),
+            steal_s: at(7),
+        })
+    }
+
+    /// What was used between `self` and `later`.
+    pub fn since(self, later: MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy_s: later.busy_s - self.busy_s,
+            idle_s: later.idle_s - self.idle_s,
+            steal_s: later.steal_s - self.steal_s,
+        }
+    }
 }

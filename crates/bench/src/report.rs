@@ -7,6 +7,7 @@ use crate::catchup::CatchUpFig;
 use crate::consume::ConsumeFig;
 use crate::footprint::FootprintFig;
 use crate::latency::LatencyFig;
+use crate::saas::{SaasFig, Sink};
 use crate::storm::StormFig;
 use crate::util::{fixed, spread, thousands, triple};
 use crate::Settings;
@@ -39,6 +40,7 @@ pub struct Report {
     pub catchup: Vec<CatchUpFig>,
     pub appliances: Vec<AppliancesFig>,
     pub storm: Vec<StormFig>,
+    pub saas: Vec<SaasFig>,
     pub latency: Vec<LatencyFig>,
     pub footprint: Vec<FootprintFig>,
     pub targets: Vec<Target>,
@@ -57,6 +59,7 @@ impl Report {
             catchup: Vec::new(),
             appliances: Vec::new(),
             storm: Vec::new(),
+            saas: Vec::new(),
             latency: Vec::new(),
             footprint: Vec::new(),
             targets: Vec::new(),
@@ -106,6 +109,7 @@ impl Report {
         self.summary_catchup();
         self.summary_appliances();
         self.summary_storm();
+        self.summary_saas();
         self.summary_latency();
         self.summary_footprint();
 
@@ -415,6 +419,84 @@ impl Report {
         }
     }
 
+    fn summary_saas(&mut self) {
+        if self.saas.is_empty() {
+            return;
+        }
+        let title = format!(
+            "scmb run storm ({} alerts; sink {} ms, PUT {} ms)",
+            thousands(self.settings.storm_count as f64),
+            crate::saas::SINK_LATENCY_MS,
+            crate::storm::PUT_LATENCY_MS
+        );
+        println!(
+            "{title:<34} {:>22} {:>22} {:>10} {:>18} {:>16}",
+            "seconds", "alerts/s", "floor s", "× floor", "CPU s (storm)"
+        );
+        for sink in [Sink::ServiceNow, Sink::PagerDuty] {
+            let figs: Vec<&SaasFig> = self.saas.iter().filter(|f| f.sink == sink).collect();
+            let Some(first) = figs.first() else { continue };
+            let (n, lanes, floor) = (first.alerts, first.lanes, first.floor_s);
+            let secs: Vec<f64> = figs.iter().map(|f| f.secs).collect();
+            let rates: Vec<f64> = figs.iter().map(|f| f.rate()).collect();
+            let ratio: Vec<f64> = figs.iter().map(|f| f.secs / f.floor_s).collect();
+            let cpu: Vec<f64> = figs.iter().map(|f| f.cpu_s).collect();
+            let incomplete = figs.iter().filter(|f| !f.complete()).count();
+            let label = format!("{} {lanes} lanes", sink.title());
+            println!(
+                "  {label:<32} {:>22} {:>22} {:>10} {:>18} {:>16}{}",
+                triple(&secs, |v| fixed(v, 2)),
+                triple(&rates, |v| fixed(v, 1)),
+                fixed(floor, 2),
+                triple(&ratio, |v| fixed(v, 2)),
+                triple(&cpu, |v| fixed(v, 2)),
+                if incomplete > 0 {
+                    format!("  ({incomplete} run(s) incomplete)")
+                } else {
+                    String::new()
+                }
+            );
+            // An incomplete run counts as a failure: its time is unknown.
+            let secs_m = if incomplete > 0 {
+                f64::INFINITY
+            } else {
+                median(&secs)
+            };
+            let dups: u64 = figs
+                .iter()
+                .map(|f| f.incidents.saturating_sub(f.alerts))
+                .sum();
+            let note = match (incomplete, dups) {
+                (0, 0) => String::new(),
+                (i, 0) => format!("; {i} run(s) did not note every alert"),
+                (0, d) => format!("; {d} duplicate incident(s)"),
+                (i, d) => {
+                    format!("; {i} run(s) did not note every alert, {d} duplicate incident(s)")
+                }
+            };
+            let r = secs_m / floor;
+            self.target(
+                "storm",
+                r <= STORM_FLOOR_RATIO_MAX && dups == 0,
+                format!(
+                    "scmb run → {} ({lanes} lanes): {} alerts in {} s = {}× the floor of {} s ({} per alert; target ≤ {STORM_FLOOR_RATIO_MAX}×){note}",
+                    sink.title(),
+                    thousands(n as f64),
+                    fixed(secs_m, 2),
+                    fixed(r, 2),
+                    fixed(floor, 2),
+                    sink.floor_text()
+                ),
+            );
+            if sink == Sink::PagerDuty && lanes != crate::saas::SERVICENOW_CONCURRENCY {
+                self.skipped.push(format!(
+                    "storm     scmb run → PagerDuty at concurrency {}: [appliance.pagerduty] has no concurrency key; a PagerDuty-only appliance runs DEFAULT_LANES = {lanes} lanes (crates/scmb/src/config.rs), measured at {lanes}",
+                    crate::saas::SERVICENOW_CONCURRENCY
+                ));
+            }
+        }
+    }
+
     fn summary_latency(&mut self) {
         if self.latency.is_empty() {
             return;
@@ -491,6 +573,9 @@ impl Report {
                 "latencyRate": s.latency_rate,
                 "smLatencyMs": crate::storm::SM_LATENCY_MS,
                 "putLatencyMs": crate::storm::PUT_LATENCY_MS,
+                "saasSinkLatencyMs": crate::saas::SINK_LATENCY_MS,
+                "servicenowConcurrency": crate::saas::SERVICENOW_CONCURRENCY,
+                "pagerdutyLanes": crate::saas::PAGERDUTY_LANES,
             },
             "machine": {
                 "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -499,6 +584,7 @@ impl Report {
             "catchUp": self.catchup.iter().map(CatchUpFig::json).collect::<Vec<_>>(),
             "appliances": self.appliances.iter().map(AppliancesFig::json).collect::<Vec<_>>(),
             "storm": self.storm.iter().map(StormFig::json).collect::<Vec<_>>(),
+            "saasStorm": self.saas.iter().map(SaasFig::json).collect::<Vec<_>>(),
             "latency": self.latency.iter().map(LatencyFig::json).collect::<Vec<_>>(),
             "footprint": self.footprint.iter().map(FootprintFig::json).collect::<Vec<_>>(),
             "targets": self.targets.iter().map(|t| json!({

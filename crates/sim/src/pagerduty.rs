@@ -383,6 +383,10 @@ impl SimState<PdData> {
     }
 
     fn persist(&self, d: &PdData) {
+        // Nothing to write: do not build the snapshot (it grows with every incident).
+        if self.cfg.persist.is_none() {
+            return;
+        }
         let snap = json!({"incidents": d.incidents, "events": d.events});
         httpsim::save(self.cfg.persist.as_deref(), &snap, "PagerDuty state");
     }

@@ -795,6 +795,10 @@ impl SimState<SnData> {
     }
 
     fn persist(&self, d: &SnData) {
+        // Nothing to write: do not build the snapshot (it grows with every incident).
+        if self.cfg.persist.is_none() {
+            return;
+        }
         let rows = |t: &Table| t.all().cloned().collect::<Vec<_>>();
         let snap = Snapshot {
             incident: rows(&d.incident),
