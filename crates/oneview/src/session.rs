@@ -362,6 +362,29 @@ impl Session {
         )
     }
 
+    /// Clears an alert (`PUT {"alertState": "Cleared", "notes", "eTag"}`, nothing else) only if it is
+    /// still as it was at `etag`: `None` when it changed meanwhile (412), so that a newer
+    /// change (someone else's clear, a note, a new severity) is never overwritten unseen.
+    /// `notes` goes into the alert's change log with the clear (empty: none).
+    pub async fn clear_alert_if(
+        &self,
+        uri: &str,
+        etag: &str,
+        notes: &str,
+    ) -> Result<Option<Value>, OneViewError> {
+        let mut body = Map::new();
+        body.insert("alertState".into(), json!("Cleared"));
+        if !notes.is_empty() {
+            body.insert("notes".into(), json!(notes));
+        }
+        Ok(
+            match self.put_fields(&rel_path(uri), body, Some(etag)).await? {
+                NotePut::Done(alert) => Some(alert),
+                NotePut::Stale(_) => None,
+            },
+        )
+    }
+
     /// One `PUT {"notes", "eTag"}` (nothing else, so assignment, urgency and state stay as
     /// they are): the alert as updated, or the 412 of a stale eTag.
     async fn put_note(
@@ -372,6 +395,17 @@ impl Session {
     ) -> Result<NotePut, OneViewError> {
         let mut body = Map::new();
         body.insert("notes".into(), json!(notes));
+        self.put_fields(path, body, etag).await
+    }
+
+    /// One `PUT` of `body` (with the eTag when given): the alert as updated, or the 412 of a
+    /// stale eTag.
+    async fn put_fields(
+        &self,
+        path: &str,
+        mut body: Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<NotePut, OneViewError> {
         if let Some(e) = etag {
             body.insert("eTag".into(), json!(e));
         }

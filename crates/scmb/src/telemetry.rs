@@ -205,6 +205,8 @@ struct SinkIncidents {
     failed: Family<SinkLabel, Counter>,
     deduplicated: Family<SinkLabel, Counter>,
     resolved: Family<SinkLabel, Counter>,
+    attached: Family<SinkLabel, Counter>,
+    alerts_cleared: Family<SinkLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -344,6 +346,14 @@ impl Metrics {
             resolved: sink_counter(
                 "sink_incidents_resolved",
                 "Incidents a sink resolved because their alert cleared or was deleted",
+            ),
+            attached: sink_counter(
+                "sink_incidents_attached",
+                "Alerts added to the open incident of their resource (one incident per resource)",
+            ),
+            alerts_cleared: sink_counter(
+                "sink_alerts_cleared",
+                "OneView alerts a sink cleared because people resolved or closed their incident",
             ),
         };
         let latency: Family<SinkLabel, Histogram, fn() -> Histogram> =
@@ -568,6 +578,28 @@ impl ApplianceMetrics {
             incident,
             action,
             "incident updated for the cleared alert"
+        );
+    }
+
+    /// `alert` joined `incident`, its resource's (one incident per resource).
+    pub fn incident_attached(&self, sink: &str, alert: &str, incident: &str) {
+        self.sink_count(&self.parent.sink_incidents.attached, sink);
+        tracing::info!(
+            alert,
+            sink,
+            incident,
+            "the alert joined its resource's incident"
+        );
+    }
+
+    /// `sink` cleared `alert` in OneView because people resolved its `incident`.
+    pub fn alert_cleared(&self, sink: &str, alert: &str, incident: &str) {
+        self.sink_count(&self.parent.sink_incidents.alerts_cleared, sink);
+        tracing::info!(
+            alert,
+            sink,
+            incident,
+            "alert cleared in OneView: its incident was resolved"
         );
     }
 

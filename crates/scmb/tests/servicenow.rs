@@ -721,3 +721,224 @@ async fn check_proves_the_instance_and_credentials_without_creating_anything() {
     assert_eq!(code, Some(3), "{line}");
     assert!(sn.incidents().is_empty(), "a check creates nothing");
 }
+
+/// Clears an alert as the system would.
+async fn clear(c: &SimClient, uri: &str) {
+    let id = uri.rsplit('/').next().expect("id");
+    c.call(Method::POST, &format!("/sim/alerts/{id}/clear"), None)
+        .await
+        .expect("clear");
+}
+
+/// The alert's change-log notes.
+fn notes(a: &Value) -> Vec<String> {
+    a["changeLog"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["notes"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_of_one_resource_share_one_incident_resolved_with_the_last_and_reopened_by_the_next()
+{
+    let sim = shared_sim();
+    let c = sim.client();
+    let sn = Sn::start(SnConfig::default()).await;
+    let s = Setup::new(
+        "per-resource",
+        sim,
+        &sn,
+        &format!("{BASIC}correlate = \"resource\"\nconcurrency = 16\n"),
+        "",
+    );
+    let _l = s.start(&[("SN_PASSWORD", "admin")]).await;
+    let res = format!("/rest/server-hardware/{}", rand::random::<u32>());
+    let on = |r: &str| {
+        json!({"resourceUri": r, "associatedResource": {"resourceUri": r,
+            "resourceName": "Server 7", "resourceCategory": "server-hardware"}})
+    };
+    // A burst on one server, worked on in parallel lanes: one incident.
+    let mut fields = on(&res);
+    fields["alertTypeID"] = json!(format!("{}.burst", s.tag));
+    let body = json!({"count": 20, "rate": 0, "severities": {"Critical": 1}, "fields": fields});
+    let r = c
+        .call(
+            Method::POST,
+            "/sim/storm",
+            Some(serde_json::to_vec(&body).expect("json")),
+        )
+        .await
+        .expect("storm");
+    let first: u64 = r["firstUri"]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .and_then(|n| n.parse().ok())
+        .expect("first uri");
+    let uris: Vec<String> = (first..first + 20)
+        .map(|n| format!("/rest/alerts/{n}"))
+        .collect();
+    wait_noted(&c, &uris).await;
+    let incident = || sn.by_correlation().get(&key(&s.name, &res)).cloned();
+    let incs = incident().expect("the server's incident");
+    assert_eq!(incs.len(), 1, "one incident for the server");
+    let number = incs[0]["number"].as_str().expect("number").to_string();
+    for u in &uris {
+        assert_eq!(noted(&alert(&c, u).await), vec![number.clone()], "{u}");
+    }
+    let joined = |inc: &Value| {
+        work_notes(inc)
+            .iter()
+            .filter(|n| n.starts_with("Another OneView alert on Server 7"))
+            .count()
+    };
+    assert_eq!(
+        joined(&incs[0]),
+        19,
+        "each other alert joined with a work note"
+    );
+
+    // Another server's alert has an incident of its own.
+    let other_res = format!("/rest/server-hardware/{}", rand::random::<u32>());
+    let other = critical(&c, &s.tag, on(&other_res)).await;
+    wait_noted(&c, std::slice::from_ref(&other)).await;
+    assert_eq!(sn.by_correlation()[&key(&s.name, &other_res)].len(), 1);
+
+    // Half the alerts cleared: each journaled, the incident still open.
+    for u in &uris[..10] {
+        clear(&c, u).await;
+    }
+    let cleared_lines = |inc: &Value| {
+        work_notes(inc)
+            .iter()
+            .filter(|n| n.contains("was cleared"))
+            .count()
+    };
+    let inc = until("ten clears journaled", || async {
+        let inc = incident()?.first()?.clone();
+        (cleared_lines(&inc) >= 10).then_some(inc)
+    })
+    .await;
+    assert_ne!(inc["state"], "6", "resolved while alerts of it are active");
+    // The other ten at once (parallel lanes): the last one resolves it.
+    for u in &uris[10..] {
+        clear(&c, u).await;
+    }
+    let inc = until("the incident resolved", || async {
+        let inc = incident()?.first()?.clone();
+        (inc["state"] == "6").then_some(inc)
+    })
+    .await;
+    assert_eq!(cleared_lines(&inc), 20);
+
+    // A new alert on the server reopens it; no second incident.
+    let again = critical(&c, &s.tag, on(&res)).await;
+    wait_noted(&c, std::slice::from_ref(&again)).await;
+    assert_eq!(noted(&alert(&c, &again).await), vec![number.clone()]);
+    let incs = incident().expect("incident");
+    assert_eq!(incs.len(), 1, "still one incident for the server");
+    assert_eq!(incs[0]["state"], "2", "reopened (In Progress)");
+    assert_eq!(joined(&incs[0]), 20);
+    assert_eq!(sn.incidents().len(), 2, "two servers, two incidents");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_resolved_in_servicenow_clears_its_alert_and_never_overwrites_a_racing_change()
+{
+    let sim = shared_sim();
+    let c = sim.client();
+    let sn = Sn::start(SnConfig::default()).await;
+    let s = Setup::new(
+        "way-back",
+        sim,
+        &sn,
+        &format!("{BASIC}clear_alerts = true\npoll_interval = \"1s\"\n"),
+        "",
+    );
+    let _l = s.start(&[("SN_PASSWORD", "admin")]).await;
+    let a = critical(&c, &s.tag, json!({})).await;
+    let b = critical(&c, &s.tag, json!({})).await;
+    let open = critical(&c, &s.tag, json!({})).await;
+    let uris = [a.clone(), b.clone(), open.clone()];
+    wait_noted(&c, &uris).await;
+    let number = |u: &str| {
+        sn.by_correlation()[&key(&s.name, u)][0]["number"]
+            .as_str()
+            .expect("number")
+            .to_string()
+    };
+    let ours = |al: &Value| {
+        notes(al)
+            .iter()
+            .any(|n| n.starts_with("Cleared by scmb: ServiceNow incident"))
+    };
+
+    // A person resolves a's incident: the alert is cleared, with a note saying why.
+    let na = number(&a);
+    sn.control(
+        &format!("/sim/incidents/{na}/resolve"),
+        json!({"user": "jane.doe", "close_notes": "Replaced the fan"}),
+    )
+    .await;
+    let cleared = until("a cleared in OneView", || async {
+        let al = alert(&c, &a).await;
+        (al["alertState"] == "Cleared").then_some(al)
+    })
+    .await;
+    assert!(ours(&cleared), "{:?}", notes(&cleared));
+    assert!(
+        notes(&cleared).iter().any(|n| n.contains(&na)),
+        "the note names the incident"
+    );
+    // Its clear comes back on the bus: journaled, and the person's resolution kept.
+    let inc = until("the clear journaled", || async {
+        let inc = sn.by_correlation()[&key(&s.name, &a)][0].clone();
+        work_notes(&inc)
+            .iter()
+            .any(|n| n.contains("was cleared"))
+            .then_some(inc)
+    })
+    .await;
+    assert_eq!(inc["state"], "6");
+    assert_eq!(inc["close_notes"], "Replaced the fan");
+    let metrics = get(&format!("{}/metrics", s.metrics)).await.1;
+    assert_eq!(metric_sum(&metrics, "scmb_sink_alerts_cleared_total"), 1);
+
+    // b's incident resolved while the system clears b itself, the instant before our write:
+    // the write (guarded by the eTag we read) is refused, b read again and left as the
+    // system made it.
+    let _ = c
+        .call(
+            Method::POST,
+            "/sim/faults/race",
+            Some(
+                serde_json::to_vec(
+                    &json!({"puts": 1, "changes": {"alertState": "Cleared"}, "alert": b}),
+                )
+                .expect("json"),
+            ),
+        )
+        .await
+        .expect("race");
+    let nb = number(&b);
+    sn.control(&format!("/sim/incidents/{nb}/resolve"), json!({}))
+        .await;
+    until("b's clear journaled", || async {
+        let inc = sn.by_correlation()[&key(&s.name, &b)][0].clone();
+        work_notes(&inc)
+            .iter()
+            .any(|n| n.contains("was cleared"))
+            .then_some(())
+    })
+    .await;
+    let bl = alert(&c, &b).await;
+    assert_eq!(bl["alertState"], "Cleared");
+    assert_eq!(bl["clearedByUser"], "System", "the system's clear kept");
+    assert!(!ours(&bl), "no clear of ours on b: {:?}", notes(&bl));
+
+    // An incident still open leaves its alert active.
+    assert_eq!(alert(&c, &open).await["alertState"], "Active");
+    let metrics = get(&format!("{}/metrics", s.metrics)).await.1;
+    assert_eq!(metric_sum(&metrics, "scmb_sink_alerts_cleared_total"), 1);
+}

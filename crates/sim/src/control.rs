@@ -47,6 +47,7 @@ pub fn router(ctl: Arc<Control>) -> Router {
         .route("/sim/clock", get(get_clock).post(set_clock))
         .route("/sim/faults/rest", post(set_fault).delete(clear_fault))
         .route("/sim/faults/churn", post(set_churn))
+        .route("/sim/faults/race", post(set_race))
         .route("/sim/broker/restart", post(restart_broker))
         .route("/sim/certificates/regenerate", post(regenerate))
         .route(
@@ -283,6 +284,39 @@ async fn set_churn(State(c): State<Arc<Control>>, Json(r): Json<ChurnReq>) -> Re
         pages: r.pages,
     });
     Json(json!({"clearServed": r.clear_served, "pages": r.pages})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RaceReq {
+    /// How many alert `PUT`s the change races.
+    puts: usize,
+    /// What the system changes on the alert first (any fields; `{}` bumps its eTag only).
+    #[serde(default)]
+    changes: Map<String, Value>,
+    /// Only writes to this alert (`/rest/alerts/ID` or `ID`); all alerts when absent.
+    #[serde(default)]
+    alert: Option<String>,
+}
+
+/// `POST /sim/faults/race {"puts": 1, "changes": {"alertState": "Cleared"}, "alert": URI}`.
+async fn set_race(State(c): State<Arc<Control>>, Json(r): Json<RaceReq>) -> Response {
+    let puts = r.puts;
+    let alert = match r
+        .alert
+        .as_deref()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).parse::<u64>())
+    {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return bad("alert must be an alert's uri or id"),
+    };
+    c.ov.set_race(crate::ov::Race {
+        puts,
+        changes: r.changes.clone(),
+        alert,
+    });
+    Json(json!({"puts": puts, "changes": r.changes, "alert": alert})).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -103,6 +103,18 @@ struct Inner {
     eula_pending: bool,
     fault: RestFault,
     churn: Churn,
+    race: Race,
+}
+
+/// A change racing the next writes (`POST /sim/faults/race`): the next `puts` `PUT`s to an
+/// alert find it changed by the system (`changes` applied, eTag bumped, `Updated` published)
+/// the instant before they arrive, so a write guarded by the eTag it read gets a 412.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Race {
+    pub puts: usize,
+    pub changes: Map<String, Value>,
+    /// Only writes to this alert (its id); `None`: any alert.
+    pub alert: Option<u64>,
 }
 
 /// Data changing under a client that pages (`POST /sim/faults/churn`): after each of the next
@@ -381,6 +393,21 @@ impl OvState {
         let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
         self.publish_alert(&alert, "Updated", &changed);
         Some(alert)
+    }
+
+    /// Sets the race of the next alert writes (see [`Race`]); `puts` 0 turns it off.
+    pub fn set_race(&self, race: Race) {
+        self.lock().race = race;
+    }
+
+    /// Takes one racing change, if the race is on.
+    fn take_race(&self, alert: u64) -> Option<Map<String, Value>> {
+        let mut inner = self.lock();
+        if inner.race.puts == 0 || inner.race.alert.is_some_and(|a| a != alert) {
+            return None;
+        }
+        inner.race.puts -= 1;
+        Some(inner.race.changes.clone())
     }
 
     /// Sets the paging churn (see [`Churn`]); `pages` 0 turns it off.
@@ -1238,6 +1265,9 @@ async fn put_alert(
         .filter(|e| !e.is_empty() && *e != "*")
         .map(str::to_string);
     let if_match = if_match_tags(&headers);
+    if let Some(changes) = st.take_race(num) {
+        st.update_alert(num, &changes);
+    }
     let result = {
         let mut inner = st.lock();
         let Inner {

@@ -235,6 +235,19 @@ impl Pipeline {
             }));
         }
 
+        // What the sinks do beside the events (polling their destinations), until the stop.
+        let beside: Vec<_> = self
+            .shared
+            .sinks
+            .iter()
+            .map(|s| {
+                let s = s.clone();
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
+                    s.beside().await
+                }))
+            })
+            .collect();
+
         // At most `lanes` events in work at once; one alert's events one after another.
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<Failure>(1);
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Ticket>();
@@ -365,9 +378,14 @@ impl Pipeline {
         if let Some(c) = catching_up.take() {
             c.abort();
         }
-        if tokio::time::timeout(self.drain, lanes.idle())
-            .await
-            .is_err()
+        if tokio::time::timeout(self.drain, async {
+            lanes.idle().await;
+            for b in beside {
+                let _ = b.await;
+            }
+        })
+        .await
+        .is_err()
         {
             tracing::warn!(drain_ms = self.drain.as_millis() as u64, "in-flight work did not finish within the drain time; it stays unacked for a redelivery or the next catch-up");
         }

@@ -80,6 +80,11 @@ pub trait Sink: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Work the sink does beside the events while the pipeline runs (polling its destination
+    /// for changes to bring back): the pipeline spawns it once at its start, and it returns at
+    /// the stop (`SinkContext::stop`). None by default.
+    async fn beside(&self) {}
+
     /// Checks the destination (reachable, credentials accepted) without changing anything:
     /// `scmb check`, and the start of a command.
     async fn healthcheck(&self) -> Result<String, SinkError>;

@@ -179,7 +179,7 @@ impl TicketSystem for SmSystem {
 
     /// Random per first attempt (recorded before the create): Service Manager has no field of
     /// ours to search by the alert, and ov_to_sm's incidents never carried one.
-    fn reference(&self, _uri: &str) -> String {
+    fn reference(&self, _uri: &str, _alert: &Value) -> String {
         format!("scmb-{:016x}", rand::random::<u64>())
     }
 

@@ -86,6 +86,7 @@ impl ServiceManager {
                 retry_cap: s.retry_cap,
                 metrics: ctx.metrics.clone(),
                 claim: s.claim,
+                locks: Default::default(),
             },
             journal_updates: s.journal_updates,
             unknown_pause: s.client.timeout.min(s.retry_cap),

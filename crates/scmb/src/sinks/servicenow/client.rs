@@ -246,6 +246,11 @@ impl Incident {
         self.state == "7" || self.state == "8"
     }
 
+    /// Resolved (state 6): people consider it fixed; it may still be reopened.
+    pub fn is_resolved(&self) -> bool {
+        self.state == "6"
+    }
+
     fn from(v: &Value) -> Option<Incident> {
         let s = |k: &str| {
             v.get(k)
@@ -538,32 +543,46 @@ impl SnClient {
         field: &str,
         value: &str,
     ) -> Result<Option<Incident>, SnError> {
+        self.first_incident(&eq(field, value)).await
+    }
+
+    /// The oldest incident matching an encoded query (terms joined by `^`).
+    pub async fn first_incident(&self, query: &str) -> Result<Option<Incident>, SnError> {
+        Ok(self
+            .incidents(&format!("{query}^ORDERBYsys_created_on"), 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// At most `limit` incidents matching an encoded query.
+    pub async fn incidents(&self, query: &str, limit: usize) -> Result<Vec<Incident>, SnError> {
         let path = "/api/now/table/incident";
-        let query = format!("{}^ORDERBYsys_created_on", eq(field, value));
+        let limit = limit.to_string();
         let v = self
             .call(
                 Method::GET,
                 path,
                 &[
-                    ("sysparm_query", &query),
+                    ("sysparm_query", query),
                     ("sysparm_fields", FIELDS),
-                    ("sysparm_limit", "1"),
+                    ("sysparm_limit", &limit),
                     ("sysparm_exclude_reference_link", "true"),
                 ],
                 None,
             )
             .await?;
         let call = format!("GET {path}");
-        match Self::result_list(&call, &v)?.first() {
-            None => Ok(None),
-            Some(row) => Incident::from(row)
-                .map(Some)
-                .ok_or_else(|| SnError::Unusable {
-                    call,
+        Self::result_list(&call, &v)?
+            .iter()
+            .map(|row| {
+                Incident::from(row).ok_or_else(|| SnError::Unusable {
+                    call: call.clone(),
                     status: 200,
                     why: "an incident listed has no number or sys_id".into(),
-                }),
-        }
+                })
+            })
+            .collect()
     }
 
     /// `PATCH /api/now/table/incident/{sys_id}` with `fields`.

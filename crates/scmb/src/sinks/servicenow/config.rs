@@ -82,6 +82,25 @@ pub struct ServiceNowConfig {
     /// The resolution notes set when resolving or closing. Default: the line saying which
     /// alert was cleared or deleted, and when.
     pub close_notes: Option<String>,
+    /// One incident per `alert` (default), or per `resource` (as HPE's own ServiceNow
+    /// integration does): a second alert on the same server or enclosure adds a work note to
+    /// the resource's open incident (reopening it if it was resolved) instead of opening
+    /// another, and a clear resolves or closes it only once none of its alerts is still
+    /// active. The `correlation_id` is then the resource's (`scmb:<appliance>:<resource
+    /// uri>`). An incident closed (state 7) is done with: the resource's next alert opens a
+    /// new one.
+    #[serde(default)]
+    pub correlate: Correlate,
+    /// The other direction: when people resolve or close an incident this bridge opened, its
+    /// alert is cleared in OneView (a `PUT` guarded by the alert's eTag, so a newer change is
+    /// never overwritten; a note in the alert says why). Found by polling the open incidents
+    /// this bridge created every `poll_interval`. Locked alerts (only the appliance clears
+    /// them) stay as they are. Default false.
+    #[serde(default)]
+    pub clear_alerts: bool,
+    /// How often `clear_alerts` asks the instance which of our open incidents were resolved,
+    /// e.g. `"1m"` (one query per 50 incidents). Default `"1m"`.
+    pub poll_interval: Option<DurationValue>,
     /// Add other people's changes to a ticketed alert (its urgency, its assignment, their
     /// notes) to the incident as work notes. Default false.
     #[serde(default)]
@@ -147,6 +166,17 @@ pub struct IncidentConfig {
 /// [`Secret`].
 fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}
+
+/// What one incident stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Correlate {
+    /// One incident per alert.
+    #[default]
+    Alert,
+    /// One incident per resource (server, enclosure, …): its alerts share it.
+    Resource,
 }
 
 fn default_concurrency() -> usize {
@@ -304,6 +334,7 @@ impl ServiceNowConfig {
         http::check_timeout(NAME, self.timeout.as_ref())?;
         self.retry_cap()?;
         self.keep_alive()?;
+        self.poll_interval()?;
         if self
             .note_prefix
             .as_ref()
@@ -389,6 +420,18 @@ impl ServiceNowConfig {
         }
     }
 
+    /// `poll_interval`: at least a second.
+    pub fn poll_interval(&self) -> Result<Duration, String> {
+        let d = match &self.poll_interval {
+            Some(v) => v.resolve("servicenow.poll_interval")?,
+            None => Duration::from_secs(60),
+        };
+        if d < Duration::from_secs(1) {
+            return Err("poll_interval must be at least 1s, e.g. \"1m\"".into());
+        }
+        Ok(d)
+    }
+
     pub fn keep_alive(&self) -> Result<Duration, String> {
         match &self.keep_alive {
             Some(v) => v.resolve("servicenow.keep_alive"),
@@ -434,6 +477,11 @@ impl ServiceNowConfig {
             note_prefix: given(&self.note_prefix).unwrap_or_else(|| NOTE_PREFIX.to_string()),
             close_code: given(&self.close_code).unwrap_or_else(|| DEFAULT_CLOSE_CODE.into()),
             close_notes: given(&self.close_notes),
+            correlate: self.correlate,
+            clear_alerts: self
+                .clear_alerts
+                .then(|| self.poll_interval())
+                .transpose()?,
         })
     }
 }
@@ -522,6 +570,11 @@ mod tests {
             ("close_code = \" \"\n", "close_code"),
             ("proxy = \"::\"\n", "proxy"),
             ("proxy = \"\"\n", "servicenow.proxy is empty"),
+            (
+                "clear_alerts = true\npoll_interval = \"500ms\"\n",
+                "poll_interval",
+            ),
+            ("poll_interval = \"often\"\n", "poll_interval"),
             ("[incident]\nurgency = { Critcal = \"1\" }\n", "Critcal"),
             (
                 "[incident]\nimpact = { Critical = \"high\" }\n",
@@ -581,6 +634,16 @@ mod tests {
         assert_eq!(m["urgency"], "2");
         assert_eq!(m["contact_type"], "monitoring");
         assert!(m.get("category").is_none());
+        assert_eq!((s.correlate, s.clear_alerts), (Correlate::Alert, None));
+        let way_back = checked(&format!(
+            "{BASIC}correlate = \"resource\"\nclear_alerts = true\npoll_interval = \"2m\"\n"
+        ))
+        .expect("parse");
+        let s = way_back.settings(Secret::default()).expect("settings");
+        assert_eq!(s.correlate, Correlate::Resource);
+        assert_eq!(s.clear_alerts, Some(Duration::from_secs(120)));
+        let e = parse(&format!("{BASIC}correlate = \"server\"\n")).expect_err("typo");
+        assert!(e.contains("alert") && e.contains("resource"), "{e}");
         let d = checked(BASIC).expect("defaults");
         let s = d.settings(Secret::default()).expect("settings");
         assert_eq!(s.close_code, DEFAULT_CLOSE_CODE);

@@ -16,7 +16,8 @@ use scmb_model::AlertView;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 
-use super::client::{Incident, SnClient, SnError};
+use super::client::{eq, Incident, SnClient, SnError};
+use super::config::Correlate;
 use crate::sinks::ticketing::{CallClass, CallError, OnClear, TicketSystem};
 
 /// The note written into the alert, before the incident's number.
@@ -303,6 +304,8 @@ pub struct SnSystem {
     pub close_code: String,
     /// `close_notes` when resolving or closing; the line saying what happened when none.
     pub close_notes: Option<String>,
+    /// One incident per alert or per resource.
+    pub correlate: Correlate,
     /// CI sys_ids by name, with when they were looked up.
     cis: Mutex<HashMap<String, (Option<String>, Instant)>>,
 }
@@ -319,6 +322,7 @@ impl SnSystem {
         note_prefix: String,
         close_code: String,
         close_notes: Option<String>,
+        correlate: Correlate,
     ) -> SnSystem {
         SnSystem {
             client,
@@ -327,6 +331,7 @@ impl SnSystem {
             note_prefix: note_prefix.trim_end().to_string(),
             close_code,
             close_notes,
+            correlate,
             cis: Mutex::new(HashMap::new()),
         }
     }
@@ -425,8 +430,17 @@ impl TicketSystem for SnSystem {
         CLAIM_PREFIX
     }
 
-    fn reference(&self, uri: &str) -> String {
-        correlation_key(&self.appliance, uri)
+    /// The alert's key, or its resource's when incidents are per resource (the alert's own
+    /// when it names no resource).
+    fn reference(&self, uri: &str, alert: &Value) -> String {
+        match (self.correlate, resource_uri(alert)) {
+            (Correlate::Resource, Some(r)) => correlation_key(&self.appliance, r),
+            _ => correlation_key(&self.appliance, uri),
+        }
+    }
+
+    fn shares_incidents(&self) -> bool {
+        self.correlate == Correlate::Resource
     }
 
     /// The `correlation_id` is the alert's, every time: looked up before every create, so a
@@ -435,9 +449,15 @@ impl TicketSystem for SnSystem {
         true
     }
 
+    /// Per alert, any incident with the key (one closed by people is the alert's still); per
+    /// resource, one not closed (a closed one is done with: the next alert opens another).
     async fn find(&self, reference: &str) -> Result<Option<String>, CallError> {
+        let mut query = eq("correlation_id", reference);
+        if self.correlate == Correlate::Resource {
+            query.push_str("^stateNOT IN7,8");
+        }
         self.client
-            .find_incident("correlation_id", reference)
+            .first_incident(&query)
             .await
             .map(|i| i.map(|i| i.number))
             .map_err(call_error)
@@ -485,10 +505,14 @@ impl TicketSystem for SnSystem {
         fields.insert("work_notes".into(), json!(line));
         let state = match how {
             OnClear::None | OnClear::Journal => None,
+            // Resolved already (by people): their resolution stays as they wrote it.
+            OnClear::Resolve if inc.is_resolved() => None,
             OnClear::Resolve => Some("6"),
             OnClear::Close => Some("7"),
         };
-        if let Some(s) = state {
+        if let Some(s) = state.filter(|_| inc.is_resolved()) {
+            fields.insert("state".into(), json!(s));
+        } else if let Some(s) = state {
             fields.insert("state".into(), json!(s));
             fields.insert("close_code".into(), json!(self.close_code));
             fields.insert(
@@ -498,6 +522,70 @@ impl TicketSystem for SnSystem {
         }
         self.patch(&inc, &fields).await
     }
+
+    /// A work note naming the new alert; a resolved incident is reopened (In Progress).
+    async fn attach(&self, incident: &str, uri: &str, alert: &Value) -> Result<(), CallError> {
+        let inc = self.by_number(incident).await?;
+        if inc.is_closed() {
+            // Closed between the look-up and now: the note in the alert still names it.
+            tracing::info!(
+                incident,
+                alert = uri,
+                "the resource's incident was closed meanwhile; the alert is not added to it"
+            );
+            return Ok(());
+        }
+        let a = AlertView(alert);
+        let mut fields = Map::new();
+        fields.insert(
+            "work_notes".into(),
+            json!(format!(
+                "Another OneView alert on {}: {} {} ({uri})",
+                a.resource_name().unwrap_or(NA),
+                a.severity().unwrap_or(NA),
+                a.description().unwrap_or(NA),
+            )),
+        );
+        if inc.is_resolved() {
+            fields.insert("state".into(), json!(REOPENED_STATE));
+        }
+        self.patch(&inc, &fields).await
+    }
+
+    /// One query for the batch: those of `incidents` in state 6 or 7 (a canceled one, 8, is
+    /// not a fix: its alert stays).
+    async fn resolved(&self, incidents: &[String]) -> Result<Vec<String>, CallError> {
+        if incidents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let numbers: Vec<String> = incidents
+            .iter()
+            .map(|n| n.replace([',', '^'], ""))
+            .collect();
+        let query = format!("numberIN{}^stateIN6,7", numbers.join(","));
+        self.client
+            .incidents(&query, incidents.len())
+            .await
+            .map(|l| l.into_iter().map(|i| i.number).collect())
+            .map_err(call_error)
+    }
+}
+
+/// The state a resolved incident is reopened to: In Progress.
+pub const REOPENED_STATE: &str = "2";
+
+/// The uri of the resource an alert is about, if it names one.
+fn resource_uri(alert: &Value) -> Option<&str> {
+    alert
+        .get("resourceUri")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            alert
+                .get("associatedResource")
+                .and_then(|r| r.get("resourceUri"))
+                .and_then(Value::as_str)
+        })
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use crate::sinks::ticketing::OnClear;
 pub use client::{Auth, ClientSettings, SnClient, SnError};
-pub use config::{instance_url, IncidentConfig, ServiceNowConfig, DEFAULT_CLOSE_CODE};
+pub use config::{instance_url, Correlate, IncidentConfig, ServiceNowConfig, DEFAULT_CLOSE_CODE};
 pub use incident::{correlation_key, note_for, Template, NOTE_PREFIX};
 
 use scmb_model::{ChangeType, Event, Filter, Peek};
@@ -50,6 +50,10 @@ pub struct ServiceNowSettings {
     pub close_code: String,
     /// `None`: the line saying what happened to the alert.
     pub close_notes: Option<String>,
+    /// One incident per alert or per resource.
+    pub correlate: Correlate,
+    /// Clear the alerts of incidents people resolved, polling this often; `None`: never.
+    pub clear_alerts: Option<Duration>,
 }
 
 pub struct ServiceNow {
@@ -59,6 +63,8 @@ pub struct ServiceNow {
     /// Whether incidents look CIs up (the health check then reads `cmdb_ci` too).
     cmdb_ci: bool,
     journal_updates: bool,
+    /// Clear the alerts of resolved incidents, polling this often.
+    clear_alerts: Option<Duration>,
     /// How long to wait before looking up a create whose outcome is unknown: as long as we
     /// waited for its answer (a slow create gets that long again to land), at most the
     /// retry cap.
@@ -92,6 +98,7 @@ impl ServiceNow {
                     s.note_prefix.clone(),
                     s.close_code.clone(),
                     s.close_notes.clone(),
+                    s.correlate,
                 )),
                 ov,
                 on_clear: s.on_clear,
@@ -102,7 +109,9 @@ impl ServiceNow {
                 retry_cap: s.retry_cap,
                 metrics: ctx.metrics.clone(),
                 claim: s.claim,
+                locks: Default::default(),
             },
+            clear_alerts: s.clear_alerts,
             cmdb_ci: s.template.cmdb_ci,
             journal_updates: s.journal_updates,
             unknown_pause: s.client.http.timeout.min(s.retry_cap),
@@ -196,6 +205,13 @@ impl Sink for ServiceNow {
             .open_alerts()
             .await
             .map_err(|e| SinkError::new(NAME, failure::UNEXPECTED, e.to_string()))
+    }
+
+    /// With `clear_alerts`, polls for the incidents people resolved and clears their alerts.
+    async fn beside(&self) {
+        if let Some(every) = self.clear_alerts {
+            self.ticketer.clear_resolved_every(every).await;
+        }
     }
 
     async fn healthcheck(&self) -> Result<String, SinkError> {

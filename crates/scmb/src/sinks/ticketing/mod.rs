@@ -36,6 +36,32 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
 
 const NA: &str = "n/a";
 
+/// The most incidents [`TicketSystem::resolved`] is asked about in one call.
+pub const RESOLVED_BATCH: usize = 50;
+
+/// Locks by reference, for systems whose alerts share incidents: two alerts of one resource
+/// in two lanes must not both find no incident and both create one. Striped: a reference
+/// hashes to one of a fixed set of locks (two resources on one stripe merely wait for each
+/// other).
+pub struct ReferenceLocks(Vec<tokio::sync::Mutex<()>>);
+
+impl Default for ReferenceLocks {
+    fn default() -> Self {
+        ReferenceLocks((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+}
+
+impl ReferenceLocks {
+    async fn lock(&self, reference: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        reference.hash(&mut h);
+        self.0[(h.finish() % self.0.len() as u64) as usize]
+            .lock()
+            .await
+    }
+}
+
 /// A ticketing system, as the [`Ticketer`] uses it.
 #[async_trait::async_trait]
 pub trait TicketSystem: Send + Sync {
@@ -55,11 +81,28 @@ pub trait TicketSystem: Send + Sync {
     fn note_prefixes(&self) -> Vec<&str>;
     /// The note that claims an alert before its incident is created (see `claim`).
     fn claim_prefix(&self) -> &'static str;
-    /// The idempotency reference of a new incident for the alert at `uri`.
-    fn reference(&self, uri: &str) -> String;
+    /// The idempotency reference of a new incident for `alert` (at `uri`).
+    fn reference(&self, uri: &str, alert: &Value) -> String;
     /// True when [`TicketSystem::reference`] is the same for an alert every time: it is then
     /// looked up before every create, not only after an interrupted one.
     fn stable_reference(&self) -> bool;
+    /// True when alerts share incidents (one per resource, the reference the resource's): a
+    /// new alert whose reference finds an incident is attached to it
+    /// ([`TicketSystem::attach`]), and a clear resolves or closes the incident only once no
+    /// other alert of it is still open.
+    fn shares_incidents(&self) -> bool {
+        false
+    }
+    /// Adds `alert` (at `uri`) to `incident`, its resource's (a journal line; reopened if it
+    /// was resolved).
+    async fn attach(&self, _incident: &str, _uri: &str, _alert: &Value) -> Result<(), CallError> {
+        Ok(())
+    }
+    /// Which of `incidents` people resolved or closed in the system (for clearing their
+    /// alerts in OneView, when asked to). At most [`RESOLVED_BATCH`] at a time.
+    async fn resolved(&self, _incidents: &[String]) -> Result<Vec<String>, CallError> {
+        Ok(Vec::new())
+    }
     /// The id of the incident carrying `reference`, if one exists.
     async fn find(&self, reference: &str) -> Result<Option<String>, CallError>;
     /// Creates the incident for `alert`, tagged with `reference`: its id.
@@ -213,6 +256,8 @@ pub struct Ticketer {
     /// Claim each alert (an eTag-guarded note) before creating its incident, so that two
     /// instances on separate state never both create one.
     pub claim: bool,
+    /// Serialises finding and creating an incident per reference when alerts share them.
+    pub locks: ReferenceLocks,
 }
 
 enum Attempt<T> {
@@ -433,7 +478,7 @@ impl Ticketer {
                         ..
                     }) => r.clone(),
                     _ => {
-                        let r = self.system.reference(uri);
+                        let r = self.system.reference(uri, &alert);
                         let mut rec = Record::new(None, Step::Creating);
                         rec.reference = Some(r.clone());
                         self.put(uri, rec).await?;
@@ -450,6 +495,12 @@ impl Ticketer {
                         Claim::Interrupted => return Ok(Outcome::Interrupted),
                     }
                 }
+                // Alerts sharing an incident (one per resource) find and create it one at a
+                // time in this process, so that two lanes never both create it.
+                let _shared = match self.system.shares_incidents() {
+                    true => Some(self.locks.lock(&reference).await),
+                    false => None,
+                };
                 // A create that was interrupted, or whose outcome is unknown, may have
                 // happened: look for its reference before creating again. A system whose
                 // reference is stable for the alert is asked every time (a wiped store, or an
@@ -478,6 +529,35 @@ impl Ticketer {
                     false => None,
                 };
                 let created = match found {
+                    // The resource's incident, opened for another of its alerts: this alert
+                    // joins it. (After an interrupted create of this alert's own, which the
+                    // record says, the incident found is that one: nothing to add.)
+                    Some(id)
+                        if self.system.shares_incidents()
+                            && !matches!(
+                                existing.as_ref().map(|r| &r.step),
+                                Some(Step::Creating)
+                            ) =>
+                    {
+                        match self
+                            .sys_retry(
+                                "adding the alert to its resource's incident",
+                                Repeat::Blindly,
+                                || self.system.attach(&id, uri, &alert),
+                            )
+                            .await
+                        {
+                            Attempt::Ok(()) => {}
+                            Attempt::Permanent(e) => {
+                                tracing::warn!(alert = uri, incident = %id, error = %e, "could not add the alert to its resource's incident; noting it anyway");
+                            }
+                            Attempt::Interrupted | Attempt::Unknown(_) => {
+                                return Ok(Outcome::Interrupted)
+                            }
+                        }
+                        self.metrics.incident_attached(self.system.name(), uri, &id);
+                        Attempt::Ok(id)
+                    }
                     Some(id) => {
                         self.metrics.incident_deduplicated(
                             self.system.name(),
@@ -612,19 +692,12 @@ impl Ticketer {
         if self.on_clear == OnClear::None {
             return Ok(Vec::new());
         }
-        let all = self.store.call(|s| s.all()).await?;
-        let prefix = self.system.store_prefix();
-        Ok(all
+        Ok(self
+            .records()
+            .await?
             .into_iter()
             .filter(|(_, r)| r.incident.is_some() && matches!(r.step, Step::Created | Step::Noted))
-            .filter_map(|(key, _)| match prefix {
-                // Service Manager's keys are bare uris; another system's `name:uri`.
-                "" => key.starts_with('/').then_some(key),
-                p => key
-                    .strip_prefix(p)
-                    .and_then(|k| k.strip_prefix(':'))
-                    .map(str::to_string),
-            })
+            .map(|(uri, _)| uri)
             .collect())
     }
 
@@ -724,14 +797,28 @@ impl Ticketer {
                 .and_then(Value::as_str)
                 .unwrap_or(NA)
         );
-        let what_call = match self.on_clear {
+        // An incident shared by several alerts stays open while any of them is. Their clears
+        // take turns (two lanes clearing the last two must not each see the other open).
+        let _shared = match self.system.shares_incidents() {
+            true => Some(self.locks.lock(&id).await),
+            false => None,
+        };
+        let how = match self.on_clear {
+            OnClear::Resolve | OnClear::Close
+                if self.system.shares_incidents() && self.others_open(uri, &id).await? =>
+            {
+                OnClear::Journal
+            }
+            how => how,
+        };
+        let what_call = match how {
             OnClear::Journal | OnClear::None => "journaling the incident",
             OnClear::Resolve => "resolving the incident",
             OnClear::Close => "closing the incident",
         };
         let result = self
             .sys_retry(what_call, Repeat::Blindly, || {
-                self.system.clear(&id, self.on_clear, &line)
+                self.system.clear(&id, how, &line)
             })
             .await;
         match result {
@@ -743,17 +830,158 @@ impl Ticketer {
         }
         self.put(uri, Record::new(Some(id.clone()), Step::Closed))
             .await?;
-        self.metrics.incident_resolved(
-            self.system.name(),
-            uri,
-            &id,
-            &format!("{:?} ({what})", self.on_clear),
-        );
+        self.metrics
+            .incident_resolved(self.system.name(), uri, &id, &format!("{how:?} ({what})"));
         Ok(Outcome::Done(format!("incident {id} updated ({what})")))
     }
 }
 
 impl Ticketer {
+    /// This system's records: (alert uri, record).
+    async fn records(&self) -> Result<Vec<(String, Record)>, TicketError> {
+        let all = self.store.call(|s| s.all()).await?;
+        let prefix = self.system.store_prefix();
+        Ok(all
+            .into_iter()
+            .filter_map(|(key, r)| {
+                let uri = match prefix {
+                    // Service Manager's keys are bare uris; another system's `name:uri`.
+                    "" => key.starts_with('/').then_some(key),
+                    p => key
+                        .strip_prefix(p)
+                        .and_then(|k| k.strip_prefix(':'))
+                        .map(str::to_string),
+                }?;
+                Some((uri, r))
+            })
+            .collect())
+    }
+
+    /// Whether an alert other than `uri` still holds `incident` open.
+    async fn others_open(&self, uri: &str, incident: &str) -> Result<bool, TicketError> {
+        Ok(self.records().await?.iter().any(|(u, r)| {
+            u != uri
+                && r.incident.as_deref() == Some(incident)
+                && matches!(r.step, Step::Created | Step::Noted)
+        }))
+    }
+
+    /// One pass of the way back: the open incidents this sink created that people resolved
+    /// or closed in the system have their alerts cleared in OneView (a `PUT` guarded by the
+    /// alert's eTag, so that a newer change is never overwritten: a 412 leaves the alert for
+    /// the next pass, read again). Returns how many alerts were cleared.
+    pub async fn clear_resolved(&self) -> Result<usize, TicketError> {
+        let mut by_incident: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (uri, r) in self.records().await? {
+            if let (Some(id), Step::Created | Step::Noted) = (r.incident, r.step) {
+                by_incident.entry(id).or_default().push(uri);
+            }
+        }
+        let ids: Vec<String> = by_incident.keys().cloned().collect();
+        let mut cleared = 0;
+        for batch in ids.chunks(RESOLVED_BATCH) {
+            let resolved = match self.system.resolved(batch).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(sink = self.system.name(), error = %e.message, "could not read which incidents were resolved; trying again at the next poll");
+                    return Ok(cleared);
+                }
+            };
+            for id in resolved {
+                for uri in by_incident.get(&id).into_iter().flatten() {
+                    if *self.shutdown.borrow() {
+                        return Ok(cleared);
+                    }
+                    if self.clear_alert(uri, &id).await? {
+                        cleared += 1;
+                    }
+                }
+            }
+        }
+        Ok(cleared)
+    }
+
+    /// Clears the alert at `uri` because its incident `id` was resolved: true when this call
+    /// cleared it. Recorded as closed once the alert is cleared, gone, or cleared by others.
+    async fn clear_alert(&self, uri: &str, id: &str) -> Result<bool, TicketError> {
+        let alert = match self.ov.alert(uri).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(alert = uri, error = %e, "could not read the alert whose incident was resolved; trying again at the next poll");
+                return Ok(false);
+            }
+        };
+        let closed = || async {
+            self.put(uri, Record::new(Some(id.to_string()), Step::Closed))
+                .await
+        };
+        let Some(alert) = alert else {
+            closed().await?;
+            return Ok(false);
+        };
+        match alert.get("alertState").and_then(Value::as_str) {
+            Some("Cleared") => {
+                closed().await?;
+                return Ok(false);
+            }
+            Some("Locked") => {
+                tracing::debug!(alert = uri, incident = id, "the incident was resolved but the alert is locked (only the appliance clears it); left active");
+                return Ok(false);
+            }
+            _ => {}
+        }
+        let Some(etag) = alert.get("eTag").and_then(Value::as_str) else {
+            tracing::warn!(alert = uri, incident = id, "the alert has no eTag: it cannot be cleared without risking a newer change; left active");
+            return Ok(false);
+        };
+        let note = format!(
+            "Cleared by scmb: {} incident {id} was resolved",
+            self.system.title()
+        );
+        match self.ov.clear_alert_if(uri, etag, &note).await {
+            Ok(Some(_)) => {
+                // Recorded after the clear: a crash in between finds the alert cleared at the
+                // next pass (and its clear, coming back on the bus, leaves the resolved
+                // incident's resolution as people wrote it).
+                closed().await?;
+                self.metrics.alert_cleared(self.system.name(), uri, id);
+                Ok(true)
+            }
+            Ok(None) => {
+                tracing::info!(
+                    alert = uri,
+                    incident = id,
+                    "the alert changed while being cleared; read again at the next poll"
+                );
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(alert = uri, incident = id, error = %e, "OneView refused to clear the alert whose incident was resolved; trying again at the next poll");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Polls [`Ticketer::clear_resolved`] every `every` until the stop.
+    pub async fn clear_resolved_every(&self, every: Duration) {
+        loop {
+            if !self.pause(every).await {
+                return;
+            }
+            match self.clear_resolved().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    sink = self.system.name(),
+                    alerts = n,
+                    "alerts cleared because their incidents were resolved"
+                ),
+                Err(e) => {
+                    tracing::error!(sink = self.system.name(), error = %e, "the state store failed while clearing alerts of resolved incidents")
+                }
+            }
+        }
+    }
+
     /// The system refused the alert for good: counted, recorded as failed (never retried),
     /// and the delivery finished.
     async fn failed(&self, uri: &str, reason: String) -> Result<Outcome, TicketError> {
