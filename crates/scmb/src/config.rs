@@ -959,6 +959,29 @@ password_env = "OV_EAST_PASSWORD"
     }
 
     #[test]
+    fn the_servicenow_event_example_is_valid_and_becomes_its_settings() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/servicenow-event.toml");
+        let c = Config::load(&path).expect("examples/servicenow-event.toml must stay valid");
+        let args = c.appliances[0]
+            .assemble(
+                Path::new("/s"),
+                Secrets {
+                    servicenow: Some(Secret::new("pw")),
+                    ..Secrets::default()
+                },
+            )
+            .expect("settings");
+        assert!(args.sinks.tickets());
+        let sn = args.sinks.servicenow.expect("servicenow");
+        assert_eq!(sn.mode, crate::sinks::servicenow::Mode::Event);
+        assert_eq!(sn.client.instance, "https://acme.service-now.com");
+        assert_eq!(sn.event.severity(Some("Warning")), "4");
+        assert_eq!(sn.note_prefix, crate::sinks::servicenow::EVENT_NOTE_PREFIX);
+        assert_eq!(args.look_back, LookBack::All);
+    }
+
+    #[test]
     fn servicenow_mistakes_are_named_with_their_table() {
         let sn = |extra: &str| {
             MINIMAL.replace(

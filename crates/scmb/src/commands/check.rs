@@ -215,13 +215,9 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         r.line(v, who, "pagerduty store", &line);
     }
     if let Some(sn) = &s.sinks.servicenow {
-        use crate::sinks::servicenow;
-        let line = match servicenow::SnClient::new(&sn.client) {
-            Err(e) => Err(Failure::new(failure::USAGE, e.to_string())),
-            Ok(client) => servicenow::probe(&client, sn.template.cmdb_ci)
-                .await
-                .map_err(Failure::from),
-        };
+        let line = crate::sinks::servicenow::check(sn)
+            .await
+            .map_err(Failure::from);
         match line {
             Ok(l) => r.line(Verdict::Ok, who, "servicenow", &l),
             Err(f) => r.fail(who, "servicenow", &f),

@@ -6,9 +6,11 @@
 //! sink"); the pipeline does not change.
 
 pub mod console;
+pub mod eventing;
 pub mod format;
 pub mod http;
 pub mod jsonl;
+pub mod oneview_retry;
 pub mod pagerduty;
 pub mod service_manager;
 pub mod servicenow;
@@ -80,7 +82,7 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
         sinks.push(Arc::new(pagerduty::PagerDuty::new(pd, ctx)?));
     }
     if let Some(sn) = &s.servicenow {
-        sinks.push(Arc::new(servicenow::ServiceNow::new(sn, ctx)?));
+        sinks.push(servicenow::sink(sn, ctx)?);
     }
     Ok(sinks)
 }

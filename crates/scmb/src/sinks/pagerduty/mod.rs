@@ -1,8 +1,9 @@
 //! The PagerDuty sink: every admitted alert triggers one PagerDuty incident through the Events
 //! API v2, its dedup key is written back into the alert's notes once, and the alert's clear or
-//! deletion resolves the incident. The work for one event, step by step and recorded, is in
-//! [`page`]; the Events API client is [`client`]; the `[appliance.pagerduty]` table is
-//! [`config`]. HTTP (TLS, proxies, timeouts, the retry classification) is the shared
+//! deletion resolves the incident. The work for one event, step by step and recorded, is the
+//! shared event core ([`crate::sinks::eventing`]); what is PagerDuty's (the dedup key, the
+//! events, the routing keys, the note) is in [`page`]; the Events API client is [`client`]; the
+//! `[appliance.pagerduty]` table is [`config`]. HTTP (TLS, proxies, timeouts, the retry classification) is the shared
 //! [`crate::sinks::http`].
 //!
 //! Exactly once rests on the same three things as the Service Manager sink's: the store
@@ -18,16 +19,18 @@ mod page;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::{Accepted, EventsClient, PdError, DEFAULT_URL};
 pub use config::{PagerDutyConfig, RoutingKeyConfig};
 pub use page::{dedup_key, note_for, pd_severity, summary, truncate_chars, SUMMARY_MAX};
 
-use scmb_model::{ChangeType, Event, Filter, Peek};
+use scmb_model::{Event, Filter, Peek};
 use scmb_oneview::Secret;
 
 use crate::failure;
+use crate::sinks::eventing::Eventer;
 use crate::sinks::http::HttpSettings;
 use crate::sinks::sink::{Outcome, Sink, SinkError};
 use crate::sinks::SinkContext;
@@ -158,8 +161,10 @@ pub struct PagerDutySettings {
 }
 
 pub struct PagerDuty {
-    pager: page::Pager,
-    resolve_on_clear: bool,
+    events: Eventer,
+    /// The Events API client and the routing keys, for the health check.
+    client: EventsClient,
+    keys: RoutingKeys,
 }
 
 impl PagerDuty {
@@ -174,13 +179,15 @@ impl PagerDuty {
             ));
         };
         Ok(PagerDuty {
-            pager: page::Pager {
+            events: Eventer {
                 store,
-                client,
+                system: Arc::new(page::PdSystem {
+                    client: client.clone(),
+                    keys: s.keys.clone(),
+                    event: s.event.clone(),
+                    note: s.note.clone(),
+                }),
                 ov,
-                keys: s.keys.clone(),
-                event: s.event.clone(),
-                note: s.note.clone(),
                 resolve_on_clear: s.resolve_on_clear,
                 filter: ctx.filter.clone(),
                 shutdown: ctx.stop.clone(),
@@ -188,7 +195,8 @@ impl PagerDuty {
                 retry_cap: s.retry_cap,
                 metrics: ctx.metrics.clone(),
             },
-            resolve_on_clear: s.resolve_on_clear,
+            client,
+            keys: s.keys.clone(),
         })
     }
 }
@@ -282,29 +290,25 @@ impl Sink for PagerDuty {
 
     /// Admitted alerts, and every clear or deletion when incidents are resolved on clear.
     fn wants(&self, filter: &Filter, ev: &Peek<'_>) -> bool {
-        ev.is_alert()
-            && (filter.admits_peek(ev)
-                || (self.resolve_on_clear
-                    && (ev.change_type == ChangeType::Deleted
-                        || ev.new_state.as_deref() == Some("Cleared"))))
+        self.events.wants(filter, ev)
     }
 
     async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
-        self.pager
+        self.events
             .process(ev)
             .await
             .map_err(|e| SinkError::new(NAME, failure::UNEXPECTED, e.to_string()))
     }
 
     async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
-        self.pager
+        self.events
             .open_alerts()
             .await
             .map_err(|e| SinkError::new(NAME, failure::UNEXPECTED, e.to_string()))
     }
 
     async fn healthcheck(&self) -> Result<String, SinkError> {
-        probe_with(&self.pager.client, &self.pager.keys).await
+        probe_with(&self.client, &self.keys).await
     }
 }
 

@@ -1,42 +1,23 @@
-//! Paging: the work for one event. An admitted alert is triggered on PagerDuty and its dedup
-//! key noted in the alert; a cleared or deleted one is resolved.
-//!
-//! Each step is committed to the store (key `pagerduty:` + uri) before the next, using the
-//! store's steps with these meanings: `Creating` (about to trigger, with the routing key's
-//! setting), `Created` (PagerDuty took the trigger; the note is not written yet), `Noted` (the
-//! note is in the alert's change log: done), `Failed` (PagerDuty refused the event for good,
-//! with its reason), `Closed` (the incident was resolved because its alert cleared). The
-//! record's `incident` is the dedup key and its `reference` the setting of the routing key
-//! the trigger went to, so that the resolve goes to the same service.
-//!
-//! A crash at any instant is safe: before the trigger's record, the next run reads the alert
-//! and triggers again with the same dedup key (PagerDuty adds it to the open incident); before
-//! the note's record, it reads the alert and writes the note only if it is not there. The note
-//! itself is written only onto the alert as just read (its eTag), so a write whose answer was
-//! lost is found by reading the alert again, never repeated.
+//! PagerDuty as an event system: the dedup key of an alert, its `trigger` and `resolve` events
+//! (Events API v2), the routing key by severity, and the note. The steps, their records in the
+//! store (`pagerduty:` + uri; the record's `reference` is the setting of the routing key the
+//! trigger went to, so that the resolve goes to the same service) and their retries are the
+//! shared event core's ([`crate::sinks::eventing`]).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::Duration;
 
-use scmb_model::{AlertView, ChangeType, Event, Filter};
-use scmb_oneview::{OneViewError, Secret, Session};
+use scmb_model::{AlertView, Event};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 
-use super::client::{Accepted, EventsClient};
-use super::{store_key, EventSettings, RoutingKeys, KEY_PREFIX, NAME};
-use crate::sinks::http::{retry_delay, Decision};
-use crate::sinks::sink::Outcome;
-use crate::store::{Record, Step, Store, StoreError};
-use crate::telemetry::ApplianceMetrics;
+use super::client::{Accepted, EventsClient, PdError};
+use super::{EventSettings, RoutingKeys, NAME};
+use crate::sinks::eventing::EventSystem;
+use crate::sinks::http::Decision;
+use crate::sinks::ticketing::{CallClass, CallError};
 
 /// The longest `payload.summary` PagerDuty accepts, in characters.
 pub const SUMMARY_MAX: usize = 1024;
-
-/// Writes of a note in a row that find the alert changed (412) before pausing.
-const NOTE_RACES: u32 = 5;
 
 /// The dedup key of an alert: the hex SHA-256 of the appliance's name and the alert's uri.
 /// Stable across restarts and instances; 64 characters (PagerDuty takes up to 255). Renaming
@@ -192,434 +173,137 @@ pub(super) fn resolve_event(dedup_key: &str) -> Value {
     json!({"event_action": "resolve", "dedup_key": dedup_key})
 }
 
-/// A failure that stops the appliance's pipeline (the store is unusable).
-#[derive(Debug, thiserror::Error)]
-pub enum PageError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-enum Attempt<T> {
-    Ok(T),
-    /// Failed for good, with why.
-    Permanent(String),
-    Interrupted,
-}
-
-/// What to do about a OneView failure.
-enum OvClass {
-    /// Credentials or rights withdrawn: an operator must act; pause, keep the work.
-    Pause,
-    Retry,
-    Permanent,
-}
-
-fn ov_class(e: &OneViewError) -> OvClass {
-    match e {
-        OneViewError::AuthFailed { .. }
-        | OneViewError::SessionExpired
-        | OneViewError::Api {
-            status: 401 | 403, ..
-        } => OvClass::Pause,
-        e if e.is_transient()
-            || matches!(
-                e,
-                OneViewError::BadResponse { .. }
-                    | OneViewError::Api {
-                        status: 408 | 429 | 500..=599,
-                        ..
-                    }
-            ) =>
-        {
-            OvClass::Retry
-        }
-        _ => OvClass::Permanent,
+/// PagerDuty's failures as the event core classifies them: [`PdError::decision`], and
+/// whether PagerDuty may have taken the event.
+fn call_error(e: &PdError) -> CallError {
+    CallError {
+        message: e.to_string(),
+        class: match e.decision() {
+            Decision::Fail => CallClass::Permanent,
+            Decision::Pause => CallClass::Unauthorized,
+            Decision::Retry { after } => CallClass::Retryable { after },
+            // Never said of an error; taken as a retry.
+            Decision::Ok => CallClass::Retryable { after: None },
+        },
+        may_have_acted: e.may_have_acted(),
     }
 }
 
-pub(super) struct Pager {
-    pub store: Store,
+/// PagerDuty as an [`EventSystem`]: the dedup key, the routing key by severity (its setting
+/// recorded, so that the resolve goes to the same service), the Events API.
+pub(super) struct PdSystem {
     pub client: EventsClient,
-    pub ov: Arc<Session>,
     pub keys: RoutingKeys,
     pub event: EventSettings,
     /// The note's format (`{dedup_key}` replaced).
     pub note: String,
-    pub resolve_on_clear: bool,
-    pub filter: Filter,
-    pub shutdown: watch::Receiver<bool>,
-    /// Retry delays: first and cap.
-    pub retry_base: Duration,
-    pub retry_cap: Duration,
-    pub metrics: ApplianceMetrics,
 }
 
-impl Pager {
-    /// Sleeps `d` unless shutdown comes first (then returns false).
-    async fn pause(&self, d: Duration) -> bool {
-        let mut rx = self.shutdown.clone();
-        if *rx.borrow() {
-            return false;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = rx.wait_for(|s| *s) => false,
-        }
+impl PdSystem {
+    /// Sends one event with the routing key of the setting `slot` (as [`EventSystem::route`]
+    /// named it).
+    async fn enqueue(&self, slot: Option<&str>, event: &Value) -> Result<Accepted, CallError> {
+        let Some(key) = slot.and_then(|s| self.keys.slot(s)) else {
+            return Err(CallError {
+                message: format!(
+                    "pagerduty.{} is not configured",
+                    slot.unwrap_or("routing_key")
+                ),
+                class: CallClass::Permanent,
+                may_have_acted: false,
+            });
+        };
+        self.client
+            .enqueue(key, event)
+            .await
+            .map_err(|e| call_error(&e))
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSystem for PdSystem {
+    fn name(&self) -> &'static str {
+        NAME
     }
 
-    /// Sends an event until PagerDuty takes it, refuses it for good, or shutdown comes. A
-    /// repeat is safe whatever happened to the one before: the dedup key makes two triggers
-    /// one incident, and a second resolve is dropped.
-    async fn send(&self, what: &str, uri: &str, key: &Secret, event: &Value) -> Attempt<Accepted> {
-        let mut attempt = 0;
-        loop {
-            match self.client.enqueue(key, event).await {
-                Ok(a) => return Attempt::Ok(a),
-                Err(e) => {
-                    let after = match e.decision() {
-                        Decision::Fail => return Attempt::Permanent(e.to_string()),
-                        Decision::Pause => {
-                            tracing::error!(alert = uri, error = %e, pause_secs = self.retry_cap.as_secs(), "PagerDuty (or a proxy before it) refused us while {what}: fix the setting named; pausing");
-                            if !self.pause(self.retry_cap).await {
-                                return Attempt::Interrupted;
-                            }
-                            continue;
-                        }
-                        Decision::Retry { after } => after,
-                        // Never said of an error; taken as a retry.
-                        Decision::Ok => None,
-                    };
-                    let d = retry_delay(after, attempt, self.retry_base, self.retry_cap);
-                    attempt += 1;
-                    if e.may_have_acted() {
-                        tracing::debug!(alert = uri, "PagerDuty may have taken the event: sending it again is safe (same dedup key)");
-                    }
-                    self.metrics.retry(NAME, what, attempt, d, &e.to_string());
-                    if !self.pause(d).await {
-                        return Attempt::Interrupted;
-                    }
-                }
+    fn title(&self) -> &'static str {
+        "PagerDuty"
+    }
+
+    fn credentials_hint(&self) -> &'static str {
+        "fix the setting named"
+    }
+
+    fn store_prefix(&self) -> &'static str {
+        NAME
+    }
+
+    fn key(&self, uri: &str) -> String {
+        dedup_key(&self.event.appliance, uri)
+    }
+
+    fn route(&self, severity: Option<&str>) -> Result<Option<String>, String> {
+        match self.keys.route(severity) {
+            Some((slot, _)) => Ok(Some(slot)),
+            None => {
+                let sev = severity.unwrap_or("Unknown");
+                Err(format!("no routing key for {sev} alerts: set pagerduty.routing_keys.{sev} or pagerduty.routing_key"))
             }
         }
     }
 
-    /// Runs a OneView call until it succeeds, fails for good, or shutdown comes.
-    async fn ov_retry<T, F, Fut>(&self, what: &str, mut f: F) -> Attempt<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, OneViewError>>,
-    {
-        let mut attempt = 0;
-        loop {
-            match f().await {
-                Ok(v) => return Attempt::Ok(v),
-                Err(e) => {
-                    if !self.ov_wait(what, &e, &mut attempt).await {
-                        return match ov_class(&e) {
-                            OvClass::Permanent => Attempt::Permanent(e.to_string()),
-                            _ => Attempt::Interrupted,
-                        };
-                    }
-                }
-            }
-        }
-    }
-
-    /// After a failed OneView call: waits as its class says and returns true to go on;
-    /// false for a permanent failure or when shutdown came.
-    async fn ov_wait(&self, what: &str, e: &OneViewError, attempt: &mut u32) -> bool {
-        match ov_class(e) {
-            OvClass::Permanent => false,
-            OvClass::Pause => {
-                tracing::error!(error = %e, pause_secs = self.retry_cap.as_secs(), "OneView refused our credentials or rights while {what}: check the user and password; pausing");
-                self.pause(self.retry_cap).await
-            }
-            OvClass::Retry => {
-                let d = scmb_servicemanager::backoff(*attempt, self.retry_base, self.retry_cap);
-                *attempt += 1;
-                self.metrics
-                    .retry("oneview", what, *attempt, d, &e.to_string());
-                self.pause(d).await
-            }
-        }
-    }
-
-    async fn put(
+    /// The routing key the trigger went to while it is configured, else the one for the
+    /// alert's severity now.
+    fn resolve_route(
         &self,
+        recorded: Option<&str>,
+        severity: Option<&str>,
         key: &str,
-        step: Step,
-        dedup: &str,
-        slot: Option<&str>,
-    ) -> Result<(), PageError> {
-        let mut rec = Record::new(Some(dedup.to_string()), step);
-        rec.reference = slot.map(str::to_string);
-        Ok(self.store.put_async(key, &rec).await?)
+    ) -> Result<Option<String>, String> {
+        recorded
+            .filter(|s| self.keys.slot(s).is_some())
+            .map(str::to_string)
+            .or_else(|| self.keys.route(severity).map(|r| r.0))
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "no routing key to resolve with ({} is no longer configured): resolve the incident with dedup key {key} by hand",
+                    recorded.unwrap_or("routing_key")
+                )
+            })
     }
 
-    /// Records a refusal for good, logs and counts it.
-    async fn fail(
+    async fn trigger(
         &self,
+        route: Option<&str>,
+        alert: &Value,
         uri: &str,
-        dedup: &str,
-        slot: Option<&str>,
-        reason: String,
-    ) -> Result<Outcome, PageError> {
-        self.metrics.sink_incident_failed(NAME, uri, &reason);
-        let mut rec = Record::new(Some(dedup.to_string()), Step::Failed);
-        rec.reference = slot.map(str::to_string);
-        rec.reason = Some(reason.clone());
-        self.store.put_async(&store_key(uri), &rec).await?;
-        Ok(Outcome::Failed(reason))
+        key: &str,
+    ) -> Result<(), CallError> {
+        let event = trigger_event(&self.event, alert, uri, key);
+        let a = self.enqueue(route, &event).await?;
+        if a.dedup_key.as_deref().is_some_and(|k| k != key) {
+            tracing::warn!(alert = uri, dedup_key = %key, answered = ?a.dedup_key, "PagerDuty answered with another dedup key");
+        }
+        Ok(())
     }
 
-    /// Handles one decoded event. Returns when the delivery may be acked (or must be left).
-    pub async fn process(&self, ev: &Event) -> Result<Outcome, PageError> {
-        if !ev.is_alert() {
-            return Ok(Outcome::Done("not an alert".into()));
-        }
-        let uri = ev.resource_uri.as_str();
-        let cleared = ev.change_type == ChangeType::Deleted
-            || (ev.change_type == ChangeType::Updated
-                && ev.body().get("newState").and_then(Value::as_str) == Some("Cleared"));
-        if cleared {
-            if !self.resolve_on_clear {
-                return Ok(Outcome::Done(
-                    "cleared; not resolved (resolve_on_clear = false)".into(),
-                ));
-            }
-            return self.resolve(ev, uri).await;
-        }
-        if !self.filter.admits(ev) {
-            return Ok(Outcome::Done("filtered out".into()));
-        }
-        self.page(uri).await
-    }
-
-    async fn page(&self, uri: &str) -> Result<Outcome, PageError> {
-        let key = store_key(uri);
-        let existing = self.store.get(&key)?;
-        match &existing {
-            Some(r) if matches!(r.step, Step::Noted | Step::Failed | Step::Closed) => {
-                return Ok(Outcome::Done(format!("already handled ({:?})", r.step)));
-            }
-            Some(r) if r.step == Step::Created => {
-                let dedup = r
-                    .incident
-                    .clone()
-                    .unwrap_or_else(|| dedup_key(&self.event.appliance, uri));
-                return self.note(uri, &dedup, r.reference.as_deref(), None).await;
-            }
-            _ => {}
-        }
-        let alert = match self
-            .ov_retry("reading the alert", || self.ov.alert(uri))
-            .await
-        {
-            Attempt::Ok(Some(a)) => a,
-            Attempt::Ok(None) => return Ok(Outcome::Done("alert gone".into())),
-            Attempt::Permanent(e) => {
-                tracing::error!(alert = uri, error = %e, "cannot read the alert; not paged");
-                return Ok(Outcome::Done(format!("alert unreadable: {e}")));
-            }
-            Attempt::Interrupted => return Ok(Outcome::Interrupted),
-        };
-        let dedup = dedup_key(&self.event.appliance, uri);
-        let route = self.keys.route(AlertView(&alert).severity());
-        if noted(&alert, &dedup) {
-            self.metrics.sink_incident_deduplicated(
-                NAME,
-                uri,
-                &dedup,
-                "its notes say it was paged",
-            );
-            let slot = existing
-                .and_then(|r| r.reference)
-                .or_else(|| route.map(|r| r.0));
-            self.put(&key, Step::Noted, &dedup, slot.as_deref()).await?;
-            return Ok(Outcome::Done("already paged".into()));
-        }
-        if AlertView(&alert).alert_state() == Some("Cleared") {
-            return Ok(Outcome::Done("alert already cleared".into()));
-        }
-        let Some((slot, routing_key)) = route else {
-            let sev = AlertView(&alert).severity().unwrap_or("Unknown");
-            let reason = format!("no routing key for {sev} alerts: set pagerduty.routing_keys.{sev} or pagerduty.routing_key");
-            return self.fail(uri, &dedup, None, reason).await;
-        };
-        if existing.as_ref().map(|r| &r.step) != Some(&Step::Creating) {
-            self.put(&key, Step::Creating, &dedup, Some(&slot)).await?;
-        }
-        let event = trigger_event(&self.event, &alert, uri, &dedup);
-        match self
-            .send(
-                "triggering the PagerDuty incident",
-                uri,
-                routing_key,
-                &event,
-            )
-            .await
-        {
-            Attempt::Ok(a) => {
-                if a.dedup_key.as_deref().is_some_and(|k| k != dedup) {
-                    tracing::warn!(alert = uri, dedup_key = %dedup, answered = ?a.dedup_key, "PagerDuty answered with another dedup key");
-                }
-            }
-            Attempt::Permanent(reason) => return self.fail(uri, &dedup, Some(&slot), reason).await,
-            Attempt::Interrupted => return Ok(Outcome::Interrupted),
-        }
-        self.put(&key, Step::Created, &dedup, Some(&slot)).await?;
-        self.metrics.sink_incident_created(NAME, uri, &dedup);
-        self.note(uri, &dedup, Some(&slot), Some(alert)).await
-    }
-
-    /// Writes the note once: onto the alert as just read (its eTag), and only when its change
-    /// log does not hold it already. `alert`: as read just before, when it was.
-    async fn note(
+    async fn resolve(
         &self,
-        uri: &str,
-        dedup: &str,
-        slot: Option<&str>,
-        mut alert: Option<Value>,
-    ) -> Result<Outcome, PageError> {
-        let key = store_key(uri);
-        let text = note_for(&self.note, dedup);
-        let (mut attempt, mut races) = (0u32, 0u32);
-        let written = loop {
-            let current = match alert.take() {
-                Some(a) => a,
-                None => match self
-                    .ov_retry("reading the alert", || self.ov.alert(uri))
-                    .await
-                {
-                    Attempt::Ok(Some(a)) => a,
-                    Attempt::Ok(None) => break "paged; the alert is gone, no note",
-                    Attempt::Permanent(e) => {
-                        tracing::warn!(alert = uri, error = %e, "cannot read the alert to write the note; paged without it");
-                        break "paged; note not written";
-                    }
-                    Attempt::Interrupted => return Ok(Outcome::Interrupted),
-                },
-            };
-            if noted(&current, dedup) {
-                break "paged; the note was already there";
-            }
-            let put = match current.get("eTag").and_then(Value::as_str) {
-                Some(etag) => self.ov.add_alert_note_if(uri, &text, etag).await,
-                // No eTag to guard the write with: a plain one.
-                None => self.ov.add_alert_note(uri, &text).await.map(Some),
-            };
-            match put {
-                Ok(Some(_)) => {
-                    tracing::info!(alert = uri, dedup_key = %dedup, "note written to the alert");
-                    break "paged; note written";
-                }
-                // Changed since read: read it again (it may even carry our note now).
-                Ok(None) if races < NOTE_RACES => races += 1,
-                Ok(None) => {
-                    races = 0;
-                    let d = scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
-                    attempt += 1;
-                    self.metrics.retry(
-                        "oneview",
-                        "writing the note",
-                        attempt,
-                        d,
-                        "the alert keeps changing (412)",
-                    );
-                    if !self.pause(d).await {
-                        return Ok(Outcome::Interrupted);
-                    }
-                }
-                // The write may have happened: read the alert again before another.
-                Err(e) => {
-                    if !self.ov_wait("writing the note", &e, &mut attempt).await {
-                        if *self.shutdown.borrow() {
-                            return Ok(Outcome::Interrupted);
-                        }
-                        tracing::warn!(alert = uri, error = %e, "could not write the note into the alert; paged without it");
-                        break "paged; note refused";
-                    }
-                }
-            }
-        };
-        self.put(&key, Step::Noted, dedup, slot).await?;
-        Ok(Outcome::Done(written.into()))
+        route: Option<&str>,
+        _ev: &Event,
+        _uri: &str,
+        key: &str,
+    ) -> Result<(), CallError> {
+        self.enqueue(route, &resolve_event(key)).await.map(|_| ())
     }
 
-    async fn resolve(&self, ev: &Event, uri: &str) -> Result<Outcome, PageError> {
-        let key = store_key(uri);
-        let Some(rec) = self.store.get(&key)? else {
-            return Ok(Outcome::Done("cleared, never paged".into()));
-        };
-        if matches!(rec.step, Step::Failed | Step::Closed) {
-            return Ok(Outcome::Done(format!(
-                "cleared; nothing to resolve ({:?})",
-                rec.step
-            )));
-        }
-        let dedup = rec
-            .incident
-            .clone()
-            .unwrap_or_else(|| dedup_key(&self.event.appliance, uri));
-        let route = rec
-            .reference
-            .as_deref()
-            .and_then(|s| self.keys.slot(s).map(|k| (s.to_string(), k)))
-            .or_else(|| self.keys.route(AlertView(ev.resource()).severity()));
-        let Some((slot, routing_key)) = route else {
-            let reason = format!(
-                "no routing key to resolve with ({} is no longer configured): resolve the incident with dedup key {dedup} by hand",
-                rec.reference.as_deref().unwrap_or("routing_key")
-            );
-            return self
-                .fail(uri, &dedup, rec.reference.as_deref(), reason)
-                .await;
-        };
-        let what = if ev.change_type == ChangeType::Deleted {
-            "deleted"
-        } else {
-            "cleared"
-        };
-        match self
-            .send(
-                "resolving the PagerDuty incident",
-                uri,
-                routing_key,
-                &resolve_event(&dedup),
-            )
-            .await
-        {
-            Attempt::Ok(_) => {}
-            Attempt::Permanent(reason) => {
-                return self
-                    .fail(
-                        uri,
-                        &dedup,
-                        Some(&slot),
-                        format!("resolve refused: {reason}"),
-                    )
-                    .await
-            }
-            Attempt::Interrupted => return Ok(Outcome::Interrupted),
-        }
-        self.put(&key, Step::Closed, &dedup, Some(&slot)).await?;
-        self.metrics
-            .sink_incident_resolved(NAME, uri, &dedup, &format!("resolved ({what})"));
-        Ok(Outcome::Done(format!("resolved ({what})")))
+    fn note_for(&self, key: &str) -> String {
+        note_for(&self.note, key)
     }
 
-    /// The alerts whose incident may be open (triggered or about to be, not resolved), when
-    /// a clear resolves it.
-    pub async fn open_alerts(&self) -> Result<Vec<String>, PageError> {
-        if !self.resolve_on_clear {
-            return Ok(Vec::new());
-        }
-        let all = self.store.call(|s| s.all()).await?;
-        Ok(all
-            .into_iter()
-            .filter(|(_, r)| matches!(r.step, Step::Creating | Step::Created | Step::Noted))
-            .filter_map(|(k, _)| k.strip_prefix(KEY_PREFIX).map(str::to_string))
-            .collect())
+    fn noted(&self, alert: &Value, key: &str) -> bool {
+        noted(alert, key)
     }
 }
 

@@ -644,7 +644,23 @@ impl SnClient {
             .await?;
         Self::result_list(&format!("GET {path}"), &v).map(|_| ())
     }
+
+    /// `POST /api/global/em/jsonv2 {"records": [...]}`: Event Management's inbound event
+    /// web service. A 200 with a JSON object is success (the instance answers how many events
+    /// it inserted; an event it cannot process lands in `em_event` in state Error, not in the
+    /// answer). Anything else fails as the other calls do; sending the same events again is
+    /// harmless when they carry a `message_key`.
+    pub async fn send_events(&self, records: Vec<Value>) -> Result<(), SnError> {
+        let mut body = Map::new();
+        body.insert("records".into(), Value::Array(records));
+        self.call(Method::POST, EVENTS_PATH, &[], Some(&body))
+            .await
+            .map(|_| ())
+    }
 }
+
+/// Event Management's inbound event web service.
+pub const EVENTS_PATH: &str = "/api/global/em/jsonv2";
 
 /// When to renew a token of this lifetime: a minute before it expires, or at three quarters of
 /// a short one, so that no call goes out with a token about to lapse.

@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::client::{Auth, ClientSettings};
+use super::event::{EventTemplate, EM_SEVERITIES, EVENT_NOTE_PREFIX};
 use super::incident::{Template, Text, NOTE_PREFIX};
-use super::{OnClear, ServiceNowSettings, NAME};
+use super::{Mode, OnClear, ServiceNowSettings, NAME};
 use crate::duration::DurationValue;
 use crate::password::SecretRef;
 use crate::sinks::http::{self, HttpSettings};
@@ -23,6 +24,14 @@ pub struct ServiceNowConfig {
     /// (`acme.service-now.com`, `sn.example.com:8443`), or a URL (`https://…`; `http://` only
     /// for tests).
     pub instance: String,
+    /// What the sink does: `incident` (default: one incident per alert through the Table API)
+    /// or `event` (one Event Management event per alert through `POST
+    /// /api/global/em/jsonv2`, its `message_key` the alert's key, severity 0 when the alert
+    /// clears). The instance, credentials, TLS, proxy, timeout, retry and note keys apply to
+    /// both; `incident`, `close_code`, `close_notes`, `journal_updates`, `claim` and `on_clear =
+    /// "journal"` only to incidents, `[event]` only to events (each refused in the other mode).
+    #[serde(default)]
+    pub mode: Mode,
     /// Basic authentication: the user (with the itil role, or rights to create and update
     /// incidents and read `cmdb_ci`). Give either `user` and a `password_*`, or `client_id`
     /// and a `client_secret_*`.
@@ -115,11 +124,31 @@ pub struct ServiceNowConfig {
     pub keep_alive: Option<DurationValue>,
     /// The text written into the alert's notes before the incident's number. An alert whose
     /// notes hold it (or the default's) followed by a number is never ticketed again, so keep
-    /// it distinctive. Default `Case automatically logged in ServiceNow with ID:`.
+    /// it distinctive. Default `Case automatically logged in ServiceNow with ID:`. In event
+    /// mode, the text before the message key (an alert whose notes hold its key, whatever the
+    /// text before it, is never sent again); default `Event sent to ServiceNow Event
+    /// Management with message key`.
     pub note_prefix: Option<String>,
-    /// What the incident looks like.
+    /// What the incident looks like (`mode = "incident"` only).
     #[serde(default)]
     pub incident: IncidentConfig,
+    /// What the events look like (`mode = "event"` only).
+    pub event: Option<EventConfig>,
+}
+
+/// `[appliance.servicenow.event]` (`mode = "event"`): what each event says besides the alert.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventConfig {
+    /// The events' `source`. Default `HPE OneView`.
+    pub source: Option<String>,
+    /// The events' `event_class` (event rules can match it). Default `scmb`.
+    pub event_class: Option<String>,
+    /// Event Management severity (`"1"` Critical, `"2"` Major, `"3"` Minor, `"4"` Warning,
+    /// `"5"` OK) by OneView severity, over the defaults: Critical 1, Warning 4, OK, Unknown and
+    /// Disabled 5. `"0"` (Clear) is sent only when an alert clears.
+    #[serde(default)]
+    pub severities: BTreeMap<String, String>,
 }
 
 /// `[appliance.servicenow.incident]`. Texts may hold `{severity}`, `{resource}`,
@@ -352,7 +381,85 @@ impl ServiceNowConfig {
                     .into(),
             );
         }
+        self.check_mode()?;
         self.template().map(|_| ())
+    }
+
+    /// The keys of the other mode: refused, since giving them can only be a mistake.
+    fn check_mode(&self) -> Result<(), String> {
+        match self.mode {
+            Mode::Incident => {
+                if self.event.is_some() {
+                    return Err("[servicenow.event] is for mode = \"event\": remove it, or set mode = \"event\"".into());
+                }
+            }
+            Mode::Event => {
+                let incident_only = [
+                    (
+                        "[servicenow.incident]",
+                        self.incident != IncidentConfig::default(),
+                    ),
+                    ("close_code", self.close_code.is_some()),
+                    ("close_notes", self.close_notes.is_some()),
+                    ("journal_updates", self.journal_updates),
+                    ("claim", self.claim),
+                    ("on_clear = \"journal\"", self.on_clear == OnClear::Journal),
+                    (
+                        "correlate = \"resource\"",
+                        self.correlate == Correlate::Resource,
+                    ),
+                    ("clear_alerts", self.clear_alerts),
+                    ("poll_interval", self.poll_interval.is_some()),
+                ];
+                if let Some((key, _)) = incident_only.iter().find(|(_, given)| *given) {
+                    return Err(format!("{key} is for mode = \"incident\": remove it, or leave mode = \"event\" out (Event Management correlates and closes its alerts itself, by the message key)"));
+                }
+                self.event_template()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the events say: the `[event]` table over the defaults.
+    pub fn event_template(&self) -> Result<EventTemplate, String> {
+        let mut t = EventTemplate::default();
+        let Some(e) = &self.event else {
+            return Ok(t);
+        };
+        for (key, v, slot) in [
+            ("source", &e.source, &mut t.source),
+            ("event_class", &e.event_class, &mut t.event_class),
+        ] {
+            if let Some(v) = v {
+                if v.trim().is_empty() {
+                    return Err(format!(
+                        "event.{key} is empty: leave it out for the default"
+                    ));
+                }
+                *slot = v.trim().to_string();
+            }
+        }
+        for (sev, em) in &e.severities {
+            let known = scmb_model::filter::SEVERITIES
+                .iter()
+                .find(|s| s.eq_ignore_ascii_case(sev))
+                .ok_or_else(|| {
+                    format!(
+                        "event.severities: {sev:?} is not a OneView severity: use {}",
+                        scmb_model::filter::SEVERITIES.join(", ")
+                    )
+                })?;
+            if !EM_SEVERITIES.contains(&em.as_str()) {
+                return Err(format!(
+                    "event.severities.{sev} = {em:?}: Event Management's severities are \"1\" (Critical) to \"5\" (OK)"
+                ));
+            }
+            match t.severities.iter_mut().find(|(k, _)| k == known) {
+                Some(slot) => slot.1 = em.clone(),
+                None => t.severities.push((known.to_string(), em.clone())),
+            }
+        }
+        Ok(t)
     }
 
     /// The incident template: the table's values over the defaults.
@@ -469,12 +576,20 @@ impl ServiceNowConfig {
                     self.timeout.as_ref(),
                 )?,
             },
+            mode: self.mode,
+            event: self.event_template()?,
             template: self.template()?,
             on_clear: self.on_clear,
             journal_updates: self.journal_updates,
             retry_cap: self.retry_cap()?,
             claim: self.claim,
-            note_prefix: given(&self.note_prefix).unwrap_or_else(|| NOTE_PREFIX.to_string()),
+            note_prefix: given(&self.note_prefix).unwrap_or_else(|| {
+                match self.mode {
+                    Mode::Incident => NOTE_PREFIX,
+                    Mode::Event => EVENT_NOTE_PREFIX,
+                }
+                .to_string()
+            }),
             close_code: given(&self.close_code).unwrap_or_else(|| DEFAULT_CLOSE_CODE.into()),
             close_notes: given(&self.close_notes),
             correlate: self.correlate,
@@ -663,6 +778,59 @@ mod tests {
             e.contains("servicenow.ca") && e.contains("/nonexistent/ca.pem"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_mode_is_incident_or_event_and_each_refuses_the_others_keys() {
+        let c = checked(BASIC).expect("default");
+        assert_eq!(c.mode, Mode::Incident);
+        let e = parse(&format!("{BASIC}mode = \"events\"\n")).expect_err("typo");
+        assert!(e.contains("incident") && e.contains("event"), "{e}");
+        let ev = checked(&format!("{BASIC}mode = \"event\"\n")).expect("event");
+        let s = ev.settings(Secret::new("pw")).expect("settings");
+        assert_eq!(s.mode, Mode::Event);
+        assert_eq!(s.note_prefix, EVENT_NOTE_PREFIX);
+        assert_eq!(s.event, EventTemplate::default());
+        assert_eq!(s.on_clear, OnClear::Resolve);
+        for (extra, want) in [
+            (
+                "close_code = \"x\"\n",
+                "close_code is for mode = \"incident\"",
+            ),
+            ("close_notes = \"x\"\n", "close_notes"),
+            ("journal_updates = true\n", "journal_updates"),
+            ("correlate = \"resource\"\n", "correlate"),
+            ("clear_alerts = true\n", "clear_alerts"),
+            ("claim = true\n", "claim"),
+            ("on_clear = \"journal\"\n", "on_clear = \"journal\""),
+            ("[incident]\ncategory = \"x\"\n", "[servicenow.incident]"),
+            (
+                "[event]\nseverities = { Critical = \"0\" }\n",
+                "event.severities.Critical",
+            ),
+            ("[event]\nseverities = { Critcal = \"1\" }\n", "Critcal"),
+            ("[event]\nsource = \" \"\n", "event.source"),
+        ] {
+            let e = checked(&format!("{BASIC}mode = \"event\"\n{extra}")).expect_err(extra);
+            assert!(e.contains(want) && !e.contains('\n'), "{extra}: {e}");
+        }
+        let e = checked(&format!("{BASIC}[event]\nsource = \"x\"\n")).expect_err("incident");
+        assert!(e.contains("mode = \"event\""), "{e}");
+        let t = checked(&format!(
+            "{BASIC}mode = \"event\"\non_clear = \"none\"\nnote_prefix = \"Sent to EM, key\"\n[event]\nsource = \"OneView dc1\"\nevent_class = \"hpe\"\nseverities = {{ warning = \"3\", Unknown = \"4\" }}\n"
+        ))
+        .expect("event table")
+        .settings(Secret::default())
+        .expect("settings");
+        assert_eq!(
+            (t.event.source.as_str(), t.event.event_class.as_str()),
+            ("OneView dc1", "hpe")
+        );
+        assert_eq!(t.event.severity(Some("Warning")), "3");
+        assert_eq!(t.event.severity(Some("Unknown")), "4");
+        assert_eq!(t.event.severity(Some("Critical")), "1");
+        assert_eq!(t.on_clear, OnClear::None);
+        assert_eq!(t.note_prefix, "Sent to EM, key");
     }
 
     #[test]

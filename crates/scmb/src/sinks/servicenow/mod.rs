@@ -9,9 +9,15 @@
 //! (`scmb:<appliance>:<uri>`), looked up before every create, so neither a crash between the
 //! create and its record, nor a create answered late or badly, nor a wiped store opens a
 //! second incident.
+//!
+//! `mode = "event"` sends Event Management events instead of opening incidents ([`event`]):
+//! the same key as the events' `message_key`, over the shared event core
+//! ([`crate::sinks::eventing`]); metrics and store records are then labelled
+//! `servicenow_event`.
 
 pub mod client;
 mod config;
+pub mod event;
 pub mod incident;
 
 use std::sync::Arc;
@@ -19,7 +25,10 @@ use std::time::Duration;
 
 pub use crate::sinks::ticketing::OnClear;
 pub use client::{Auth, ClientSettings, SnClient, SnError};
-pub use config::{instance_url, Correlate, IncidentConfig, ServiceNowConfig, DEFAULT_CLOSE_CODE};
+pub use config::{
+    instance_url, Correlate, EventConfig, IncidentConfig, ServiceNowConfig, DEFAULT_CLOSE_CODE,
+};
+pub use event::{probe_events, EventTemplate, ServiceNowEvents, EVENT_NAME, EVENT_NOTE_PREFIX};
 pub use incident::{correlation_key, note_for, Template, NOTE_PREFIX};
 
 use scmb_model::{ChangeType, Event, Filter, Peek};
@@ -32,11 +41,28 @@ use incident::SnSystem;
 
 const NAME: &str = "servicenow";
 
+/// What the sink does: open incidents (Table API), or send Event Management events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One incident per alert (`POST /api/now/table/incident`), resolved on clear.
+    #[default]
+    Incident,
+    /// One event per alert (`POST /api/global/em/jsonv2`), severity 0 on clear.
+    Event,
+}
+
 /// What the sink needs, from an `[appliance.servicenow]` table.
 #[derive(Debug, Clone)]
 pub struct ServiceNowSettings {
     /// The instance, the credentials, TLS trust, proxy and timeout.
     pub client: ClientSettings,
+    /// Incidents or events; in event mode the incident settings below are their defaults,
+    /// unused, but `on_clear` (anything but `none` sends the clear), `note_prefix` and
+    /// `retry_cap` apply.
+    pub mode: Mode,
+    /// What events say (event mode).
+    pub event: EventTemplate,
     pub template: Template,
     pub on_clear: OnClear,
     /// Journal other people's changes to a ticketed alert as work notes.
@@ -116,6 +142,25 @@ impl ServiceNow {
             journal_updates: s.journal_updates,
             unknown_pause: s.client.http.timeout.min(s.retry_cap),
         })
+    }
+}
+
+/// The sink for the mode the settings say.
+pub fn sink(s: &ServiceNowSettings, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkError> {
+    Ok(match s.mode {
+        Mode::Incident => Arc::new(ServiceNow::new(s, ctx)?),
+        Mode::Event => Arc::new(ServiceNowEvents::new(s, ctx)?),
+    })
+}
+
+/// `scmb check`: proves the instance and the credentials for the mode the settings say,
+/// changing nothing.
+pub async fn check(s: &ServiceNowSettings) -> Result<String, SinkError> {
+    let client = SnClient::new(&s.client)
+        .map_err(|e| SinkError::new(NAME, failure::USAGE, e.to_string()))?;
+    match s.mode {
+        Mode::Incident => probe(&client, s.template.cmdb_ci).await,
+        Mode::Event => probe_events(&client).await,
     }
 }
 

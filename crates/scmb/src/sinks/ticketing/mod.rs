@@ -21,6 +21,7 @@ use scmb_oneview::{OneViewError, Session};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::sinks::oneview_retry::{self, OvAttempt, OvRetry};
 use crate::store::{Record, Step, Store, StoreError};
 use crate::telemetry::ApplianceMetrics;
 
@@ -281,14 +282,7 @@ enum Repeat {
 impl Ticketer {
     /// Sleeps `d` unless shutdown comes first (then returns false).
     async fn pause(&self, d: Duration) -> bool {
-        let mut rx = self.shutdown.clone();
-        if *rx.borrow() {
-            return false;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = rx.wait_for(|s| *s) => false,
-        }
+        oneview_retry::pause(&self.shutdown, d).await
     }
 
     /// Runs a call to the ticketing system until it succeeds, fails for good, or shutdown
@@ -332,54 +326,21 @@ impl Ticketer {
     }
 
     /// Runs a OneView call until it succeeds, fails for good, or shutdown comes.
-    async fn ov_retry<T, F, Fut>(&self, what: &str, mut f: F) -> Attempt<T>
+    async fn ov_retry<T, F, Fut>(&self, what: &str, f: F) -> Attempt<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, OneViewError>>,
     {
-        let mut attempt = 0;
-        loop {
-            match f().await {
-                Ok(v) => return Attempt::Ok(v),
-                // Credentials or rights withdrawn: an operator must act; nothing is dropped
-                // meanwhile (the message stays unacked and the work is retried).
-                Err(e)
-                    if matches!(
-                        e,
-                        OneViewError::AuthFailed { .. }
-                            | OneViewError::SessionExpired
-                            | OneViewError::Api {
-                                status: 401 | 403,
-                                ..
-                            }
-                    ) =>
-                {
-                    tracing::error!(error = %e, pause_secs = self.retry_cap.as_secs(), "OneView refused our credentials or rights while {what}: check the user and password; pausing");
-                    if !self.pause(self.retry_cap).await {
-                        return Attempt::Interrupted;
-                    }
-                }
-                Err(e)
-                    if e.is_transient()
-                        || matches!(
-                            e,
-                            OneViewError::BadResponse { .. }
-                                | OneViewError::Api {
-                                    status: 408 | 429 | 500..=599,
-                                    ..
-                                }
-                        ) =>
-                {
-                    let d = scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
-                    attempt += 1;
-                    self.metrics
-                        .retry("oneview", what, attempt, d, &e.to_string());
-                    if !self.pause(d).await {
-                        return Attempt::Interrupted;
-                    }
-                }
-                Err(e) => return Attempt::Permanent(e.to_string()),
-            }
+        let retry = OvRetry {
+            stop: &self.shutdown,
+            metrics: &self.metrics,
+            base: self.retry_base,
+            cap: self.retry_cap,
+        };
+        match retry.run(what, f).await {
+            OvAttempt::Ok(v) => Attempt::Ok(v),
+            OvAttempt::Permanent(e) => Attempt::Permanent(e),
+            OvAttempt::Interrupted => Attempt::Interrupted,
         }
     }
 
