@@ -18,9 +18,9 @@ pub use incident::{
     REFERENCE_FIELD,
 };
 
-use crate::sinks::ticketing::{Outcome as Ticketed, Ticketer};
+use crate::sinks::ticketing::{Ticketer, TicketerSettings};
 use incident::SmSystem;
-use scmb_model::{ChangeType, Event, Filter, Peek};
+use scmb_model::{Event, Filter, Peek};
 use scmb_servicemanager::{SmClient, SmConfig};
 
 use crate::failure;
@@ -50,7 +50,6 @@ pub struct ServiceManager {
     ticketer: Ticketer,
     /// The client, for `-l` and the start-up check (the ticketer has it too).
     client: SmClient,
-    journal_updates: bool,
     /// How long to wait before looking up a create whose outcome is unknown: as long as we
     /// waited for its answer (a slow create gets that long again to land), at most the
     /// retry cap.
@@ -62,33 +61,23 @@ impl ServiceManager {
     pub fn new(s: &ServiceManagerSettings, ctx: &SinkContext) -> Result<ServiceManager, SinkError> {
         let sm = SmClient::new(s.client.clone())
             .map_err(|e| SinkError::new("service_manager", failure::USAGE, e.to_string()))?;
-        let (Some(store), Some(ov)) = (ctx.store.clone(), ctx.session.clone()) else {
-            return Err(SinkError::new(
-                "service_manager",
-                failure::UNEXPECTED,
-                "ticketing needs the state store and a REST session",
-            ));
-        };
+        let system = std::sync::Arc::new(SmSystem {
+            sm: sm.clone(),
+            template: s.template.clone(),
+        });
         Ok(ServiceManager {
-            client: sm.clone(),
-            ticketer: Ticketer {
-                store,
-                system: std::sync::Arc::new(SmSystem {
-                    sm,
-                    template: s.template.clone(),
-                }),
-                ov,
-                on_clear: s.on_clear,
-                journal_updates: s.journal_updates,
-                filter: ctx.filter.clone(),
-                shutdown: ctx.stop.clone(),
-                retry_base: Duration::from_millis(250),
-                retry_cap: s.retry_cap,
-                metrics: ctx.metrics.clone(),
-                claim: s.claim,
-                locks: Default::default(),
-            },
-            journal_updates: s.journal_updates,
+            client: sm,
+            ticketer: Ticketer::for_sink(
+                "service_manager",
+                system,
+                ctx,
+                TicketerSettings {
+                    on_clear: s.on_clear,
+                    journal_updates: s.journal_updates,
+                    retry_cap: s.retry_cap,
+                    claim: s.claim,
+                },
+            )?,
             unknown_pause: s.client.timeout.min(s.retry_cap),
             report: s.report.map(|format| {
                 let colour = format == Output::Human
@@ -141,55 +130,32 @@ impl Sink for ServiceManager {
         "service_manager"
     }
 
-    /// Admitted alerts, and every clear or deletion (their incidents follow); other updates
-    /// when they are journaled.
     fn wants(&self, filter: &Filter, ev: &Peek<'_>) -> bool {
-        ev.is_alert()
-            && (filter.admits_peek(ev)
-                || ev.change_type == ChangeType::Deleted
-                || ev.new_state.as_deref() == Some("Cleared")
-                || (self.journal_updates && ev.change_type == ChangeType::Updated))
+        self.ticketer.wants(filter, ev)
     }
 
     async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
-        let outcome =
-            self.ticketer.process(ev).await.map_err(|e| {
-                SinkError::new("service_manager", failure::UNEXPECTED, e.to_string())
-            })?;
-        Ok(match outcome {
-            Ticketed::Interrupted => Outcome::Interrupted,
-            Ticketed::Retry(after) => Outcome::Retry(after),
-            Ticketed::Unknown(reason) => Outcome::Unknown {
-                reason,
-                after: self.unknown_pause,
-            },
-            Ticketed::Done(what) => Outcome::Done(what),
-            Ticketed::Ticketed { incident, alert } => {
-                if let Some(p) = &self.report {
-                    // The alert as updated (with its note), like the sample prints it.
-                    let mut shown = ev.clone();
-                    if let Some(a) = alert {
-                        // The bytes as they came do not carry the note: set_body drops them.
-                        let mut body = shown.body().clone();
-                        body["resource"] = a;
-                        shown.set_body(body);
-                    }
-                    crate::sinks::format::print_to(p, &shown, self.name())?;
-                    println!(
-                        "{}: ticketed as {incident}; note written to the alert",
-                        ev.resource_uri
-                    );
-                }
-                Outcome::Done(format!("ticketed as {incident}"))
+        let (outcome, new) = self.ticketer.handle(ev, self.unknown_pause).await?;
+        if let (Some(p), Some((incident, alert))) = (&self.report, new) {
+            // The alert as updated (with its note), like the sample prints it.
+            let mut shown = ev.clone();
+            if let Some(a) = alert {
+                // The bytes as they came do not carry the note: set_body drops them.
+                let mut body = shown.body().clone();
+                body["resource"] = a;
+                shown.set_body(body);
             }
-        })
+            crate::sinks::format::print_to(p, &shown, self.name())?;
+            println!(
+                "{}: ticketed as {incident}; note written to the alert",
+                ev.resource_uri
+            );
+        }
+        Ok(outcome)
     }
 
     async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
-        self.ticketer
-            .open_alerts()
-            .await
-            .map_err(|e| SinkError::new("service_manager", failure::UNEXPECTED, e.to_string()))
+        self.ticketer.sink_open_alerts().await
     }
 
     async fn healthcheck(&self) -> Result<String, SinkError> {

@@ -31,11 +31,11 @@ pub use config::{
 pub use event::{probe_events, EventTemplate, ServiceNowEvents, EVENT_NAME, EVENT_NOTE_PREFIX};
 pub use incident::{correlation_key, note_for, Template, NOTE_PREFIX};
 
-use scmb_model::{ChangeType, Event, Filter, Peek};
+use scmb_model::{Event, Filter, Peek};
 
 use crate::failure;
 use crate::sinks::sink::{Outcome, Sink, SinkError};
-use crate::sinks::ticketing::{CallClass, Outcome as Ticketed, Ticketer};
+use crate::sinks::ticketing::{CallClass, Ticketer, TicketerSettings};
 use crate::sinks::SinkContext;
 use incident::SnSystem;
 
@@ -88,7 +88,6 @@ pub struct ServiceNow {
     client: SnClient,
     /// Whether incidents look CIs up (the health check then reads `cmdb_ci` too).
     cmdb_ci: bool,
-    journal_updates: bool,
     /// Clear the alerts of resolved incidents, polling this often.
     clear_alerts: Option<Duration>,
     /// How long to wait before looking up a create whose outcome is unknown: as long as we
@@ -101,45 +100,35 @@ impl ServiceNow {
     pub fn new(s: &ServiceNowSettings, ctx: &SinkContext) -> Result<ServiceNow, SinkError> {
         let client = SnClient::new(&s.client)
             .map_err(|e| SinkError::new(NAME, failure::USAGE, e.to_string()))?;
-        let (Some(store), Some(ov)) = (ctx.store.clone(), ctx.session.clone()) else {
-            return Err(SinkError::new(
-                NAME,
-                failure::UNEXPECTED,
-                "ticketing needs the state store and a REST session",
-            ));
-        };
         // The appliance's name keys its alerts' incidents: the config's name under `scmb run`.
         let appliance = ctx
             .label
             .clone()
             .unwrap_or_else(|| ctx.metrics.name().to_string());
+        let system = Arc::new(SnSystem::new(
+            client.clone(),
+            s.template.clone(),
+            appliance,
+            s.note_prefix.clone(),
+            s.close_code.clone(),
+            s.close_notes.clone(),
+            s.correlate,
+        ));
         Ok(ServiceNow {
-            client: client.clone(),
-            ticketer: Ticketer {
-                store,
-                system: Arc::new(SnSystem::new(
-                    client,
-                    s.template.clone(),
-                    appliance,
-                    s.note_prefix.clone(),
-                    s.close_code.clone(),
-                    s.close_notes.clone(),
-                    s.correlate,
-                )),
-                ov,
-                on_clear: s.on_clear,
-                journal_updates: s.journal_updates,
-                filter: ctx.filter.clone(),
-                shutdown: ctx.stop.clone(),
-                retry_base: Duration::from_millis(250),
-                retry_cap: s.retry_cap,
-                metrics: ctx.metrics.clone(),
-                claim: s.claim,
-                locks: Default::default(),
-            },
+            client,
+            ticketer: Ticketer::for_sink(
+                NAME,
+                system,
+                ctx,
+                TicketerSettings {
+                    on_clear: s.on_clear,
+                    journal_updates: s.journal_updates,
+                    retry_cap: s.retry_cap,
+                    claim: s.claim,
+                },
+            )?,
             clear_alerts: s.clear_alerts,
             cmdb_ci: s.template.cmdb_ci,
-            journal_updates: s.journal_updates,
             unknown_pause: s.client.http.timeout.min(s.retry_cap),
         })
     }
@@ -217,39 +206,16 @@ impl Sink for ServiceNow {
         NAME
     }
 
-    /// Admitted alerts, and every clear or deletion (their incidents follow); other updates
-    /// when they are journaled.
     fn wants(&self, filter: &Filter, ev: &Peek<'_>) -> bool {
-        ev.is_alert()
-            && (filter.admits_peek(ev)
-                || ev.change_type == ChangeType::Deleted
-                || ev.new_state.as_deref() == Some("Cleared")
-                || (self.journal_updates && ev.change_type == ChangeType::Updated))
+        self.ticketer.wants(filter, ev)
     }
 
     async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
-        let outcome = self
-            .ticketer
-            .process(ev)
-            .await
-            .map_err(|e| SinkError::new(NAME, failure::UNEXPECTED, e.to_string()))?;
-        Ok(match outcome {
-            Ticketed::Interrupted => Outcome::Interrupted,
-            Ticketed::Retry(after) => Outcome::Retry(after),
-            Ticketed::Unknown(reason) => Outcome::Unknown {
-                reason,
-                after: self.unknown_pause,
-            },
-            Ticketed::Done(what) => Outcome::Done(what),
-            Ticketed::Ticketed { incident, .. } => Outcome::Done(format!("ticketed as {incident}")),
-        })
+        Ok(self.ticketer.handle(ev, self.unknown_pause).await?.0)
     }
 
     async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
-        self.ticketer
-            .open_alerts()
-            .await
-            .map_err(|e| SinkError::new(NAME, failure::UNEXPECTED, e.to_string()))
+        self.ticketer.sink_open_alerts().await
     }
 
     /// With `clear_alerts`, polls for the incidents people resolved and clears their alerts.

@@ -16,12 +16,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use scmb_model::{AlertView, ChangeType, Event, Filter};
+use scmb_model::{AlertView, ChangeType, Event, Filter, Peek};
 use scmb_oneview::{OneViewError, Session};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::failure;
 use crate::sinks::oneview_retry::{self, OvAttempt, OvRetry};
+use crate::sinks::sink::{Outcome as SinkOutcome, SinkError};
 use crate::store::{Record, Step, Store, StoreError};
 use crate::telemetry::ApplianceMetrics;
 
@@ -744,6 +746,7 @@ impl Ticketer {
             )));
         };
         if self.on_clear == OnClear::None {
+            self.put(uri, Record::new(Some(id), Step::Closed)).await?;
             return Ok(Outcome::Done("cleared; incident left as is".into()));
         }
         let what = if ev.change_type == ChangeType::Deleted {
@@ -797,7 +800,100 @@ impl Ticketer {
     }
 }
 
+/// What a ticketing sink's table sets of its [`Ticketer`].
+#[derive(Debug, Clone, Copy)]
+pub struct TicketerSettings {
+    pub on_clear: OnClear,
+    pub journal_updates: bool,
+    pub retry_cap: Duration,
+    pub claim: bool,
+}
+
+/// A new incident, as [`Ticketer::handle`] reports it: its id, and the alert as updated with
+/// its note (when the appliance answered it).
+pub type NewIncident = (String, Option<Value>);
+
+/// What the ticketing sinks (Service Manager, ServiceNow) share of the [`Sink`] interface: the
+/// ticketer built from the sink's context, what it wants, and its outcomes mapped.
+///
+/// [`Sink`]: crate::sinks::Sink
 impl Ticketer {
+    /// The ticketer of sink `name` over `system`: the appliance's store, REST session,
+    /// filter, stop and metrics from `ctx`.
+    pub fn for_sink(
+        name: &'static str,
+        system: Arc<dyn TicketSystem>,
+        ctx: &crate::sinks::SinkContext,
+        s: TicketerSettings,
+    ) -> Result<Ticketer, SinkError> {
+        let (Some(store), Some(ov)) = (ctx.store.clone(), ctx.session.clone()) else {
+            return Err(SinkError::new(
+                name,
+                failure::UNEXPECTED,
+                "ticketing needs the state store and a REST session",
+            ));
+        };
+        Ok(Ticketer {
+            store,
+            system,
+            ov,
+            on_clear: s.on_clear,
+            journal_updates: s.journal_updates,
+            filter: ctx.filter.clone(),
+            shutdown: ctx.stop.clone(),
+            retry_base: Duration::from_millis(250),
+            retry_cap: s.retry_cap,
+            metrics: ctx.metrics.clone(),
+            claim: s.claim,
+            locks: Default::default(),
+        })
+    }
+
+    /// Admitted alerts, and every clear or deletion (their incidents follow); other updates
+    /// when they are journaled.
+    pub fn wants(&self, filter: &Filter, ev: &Peek<'_>) -> bool {
+        ev.is_alert()
+            && (filter.admits_peek(ev)
+                || ev.change_type == ChangeType::Deleted
+                || ev.new_state.as_deref() == Some("Cleared")
+                || (self.journal_updates && ev.change_type == ChangeType::Updated))
+    }
+
+    /// One event, as the sink's outcome (an unknown one looked up after `unknown_pause`),
+    /// with the incident it opened, if it did.
+    pub async fn handle(
+        &self,
+        ev: &Event,
+        unknown_pause: Duration,
+    ) -> Result<(SinkOutcome, Option<NewIncident>), SinkError> {
+        let outcome = self.process(ev).await.map_err(|e| self.fatal(e))?;
+        Ok(match outcome {
+            Outcome::Interrupted => (SinkOutcome::Interrupted, None),
+            Outcome::Retry(after) => (SinkOutcome::Retry(after), None),
+            Outcome::Unknown(reason) => (
+                SinkOutcome::Unknown {
+                    reason,
+                    after: unknown_pause,
+                },
+                None,
+            ),
+            Outcome::Done(what) => (SinkOutcome::Done(what), None),
+            Outcome::Ticketed { incident, alert } => (
+                SinkOutcome::Done(format!("ticketed as {incident}")),
+                Some((incident, alert)),
+            ),
+        })
+    }
+
+    /// [`Ticketer::open_alerts`], for the sink.
+    pub async fn sink_open_alerts(&self) -> Result<Vec<String>, SinkError> {
+        self.open_alerts().await.map_err(|e| self.fatal(e))
+    }
+
+    fn fatal(&self, e: TicketError) -> SinkError {
+        SinkError::new(self.system.name(), failure::UNEXPECTED, e.to_string())
+    }
+
     /// This system's records: (alert uri, record).
     async fn records(&self) -> Result<Vec<(String, Record)>, TicketError> {
         let all = self.store.call(|s| s.all()).await?;
@@ -863,28 +959,20 @@ impl Ticketer {
     }
 
     /// Clears the alert at `uri` because its incident `id` was resolved: true when this call
-    /// cleared it. Recorded as closed once the alert is cleared, gone, or cleared by others.
+    /// cleared it. Nothing is recorded here: the clear comes back on the bus (or, missed, from
+    /// the catch-up's open alerts) and the lifecycle journals it and records the alert closed,
+    /// as for any clear; an alert cleared or gone already is likewise left to it.
     async fn clear_alert(&self, uri: &str, id: &str) -> Result<bool, TicketError> {
         let alert = match self.ov.alert(uri).await {
-            Ok(a) => a,
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(false),
             Err(e) => {
                 tracing::warn!(alert = uri, error = %e, "could not read the alert whose incident was resolved; trying again at the next poll");
                 return Ok(false);
             }
         };
-        let closed = || async {
-            self.put(uri, Record::new(Some(id.to_string()), Step::Closed))
-                .await
-        };
-        let Some(alert) = alert else {
-            closed().await?;
-            return Ok(false);
-        };
         match alert.get("alertState").and_then(Value::as_str) {
-            Some("Cleared") => {
-                closed().await?;
-                return Ok(false);
-            }
+            Some("Cleared") => return Ok(false),
             Some("Locked") => {
                 tracing::debug!(alert = uri, incident = id, "the incident was resolved but the alert is locked (only the appliance clears it); left active");
                 return Ok(false);
@@ -901,10 +989,6 @@ impl Ticketer {
         );
         match self.ov.clear_alert_if(uri, etag, &note).await {
             Ok(Some(_)) => {
-                // Recorded after the clear: a crash in between finds the alert cleared at the
-                // next pass (and its clear, coming back on the bus, leaves the resolved
-                // incident's resolution as people wrote it).
-                closed().await?;
                 self.metrics.alert_cleared(self.system.name(), uri, id);
                 Ok(true)
             }
