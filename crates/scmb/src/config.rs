@@ -644,6 +644,7 @@ impl ApplianceConfig {
             lanes: [
                 self.service_manager.as_ref().map(|sm| sm.concurrency),
                 self.servicenow.as_ref().map(|sn| sn.concurrency),
+                self.pagerduty.as_ref().map(|pd| pd.concurrency),
             ]
             .into_iter()
             .flatten()

@@ -128,24 +128,13 @@ async fn incidents(c: &SimClient) -> HashMap<String, usize> {
     }
 }
 
+/// Raises `count` alerts of `tag`, `rate` a second (0: at once); their uris.
 async fn storm(c: &SimClient, count: u64, rate: u64, tag: &str) -> Vec<String> {
-    let body = json!({"count": count, "rate": rate, "fields": {"alertTypeID": tag}});
-    let r = c
-        .call(
-            Method::POST,
-            "/sim/storm",
-            Some(serde_json::to_vec(&body).expect("json")),
-        )
-        .await
-        .expect("storm");
-    let first: u64 = r["firstUri"]
-        .as_str()
-        .and_then(|u| u.rsplit('/').next())
-        .and_then(|n| n.parse().ok())
-        .expect("first uri");
-    (first..first + count)
-        .map(|n| format!("/rest/alerts/{n}"))
-        .collect()
+    common::storm(
+        c,
+        json!({"count": count, "rate": rate, "fields": {"alertTypeID": tag}}),
+    )
+    .await
 }
 
 struct Report {
@@ -544,20 +533,8 @@ async fn wait_noted(c: &SimClient, uris: &[String]) -> usize {
     loop {
         let mut noted = 0;
         for u in uris {
-            let a = c
-                .call(
-                    Method::GET,
-                    &u.replace("/rest/alerts/", "/sim/alerts/"),
-                    None,
-                )
-                .await
-                .expect("alert");
-            let has_note = a["changeLog"].as_array().into_iter().flatten().any(|e| {
-                e["notes"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("Case automatically logged"))
-            });
-            noted += usize::from(has_note);
+            let a = common::alert(c, u).await;
+            noted += usize::from(!common::notes(&a, "Case automatically logged").is_empty());
         }
         if noted == uris.len() || Instant::now() > deadline {
             return noted;

@@ -6,16 +6,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{appliance, download_certs, get, metric, raise, Listening};
+use common::pagerduty::{incidents, pd_notes, table};
+use common::run::ScmbRun;
+use common::{appliance, get, metric, raise, Listening};
 use reqwest::Method;
-use scmb::sinks::pagerduty::dedup_key;
 use scmb_sim::pagerduty::{PdConfig, PdFaults, PdState};
-use scmb_sim::testkit::{serve_pagerduty, shared_sim, temp_dir, Served, SimInfo};
+use scmb_sim::testkit::{serve_pagerduty, shared_sim, Served, SimInfo};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -24,144 +23,71 @@ const NAME: &str = "east";
 const KEY: &str = "0123456789abcdef0123456789abcdef";
 /// The routing key of critical alerts in the test that routes by severity.
 const CRITICAL_KEY: &str = "CRIT0123456789abcdef0123456789ab";
+/// The keys' variables, for `scmb run` and `scmb check`.
+const ENV: [(&str, &str); 2] = [("PD_KEY", KEY), ("PD_KEY_CRITICAL", CRITICAL_KEY)];
 
-/// Proxy variables a test machine may have: the tests talk to loopback, directly.
-const PROXY_VARS: [&str; 8] = [
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
+/// One test's `scmb run` (see [`ScmbRun`]): its directory, config file, metrics address and
+/// alert type.
+struct Setup(ScmbRun);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// One test's setup: its directory, config file, metrics address and alert type.
-struct Setup {
-    dir: PathBuf,
-    config: PathBuf,
-    metrics: String,
-    tag: String,
+impl std::ops::Deref for Setup {
+    type Target = ScmbRun;
+    fn deref(&self) -> &ScmbRun {
+        &self.0
+    }
 }
 
 impl Setup {
     /// Writes a config paging `pd` for the alerts of a fresh alert type; `filter` and `extra`
     /// are added to `[appliance.filter]` and `[appliance.pagerduty]`.
     fn new(name: &str, sim: &SimInfo, pd: &str, filter: &str, extra: &str) -> Setup {
-        let dir = temp_dir(name);
-        let certs = download_certs(&sim.rest_url, &format!("{name}-certs"));
         let tag = format!("pd{}{}", name.replace('-', ""), rand::random::<u32>());
-        let port = free_port();
-        let config = dir.join("scmb.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"state_dir = "{state}"
-[metrics]
-listen = "127.0.0.1:{port}"
-[[appliance]]
-name = "{NAME}"
-address = "{addr}"
-password_env = "OV_PASSWORD"
-cert_dir = "{certs}"
-amqp_port = {amqp}
-[appliance.filter]
-alert_types = ["{tag}*"]
-{filter}
-[appliance.pagerduty]
-url = "{pd}"
-routing_key_env = "PD_KEY"
-retry_cap = "1s"
-{extra}
-"#,
-                state = dir.join("state").display(),
-                addr = appliance(&sim.rest_url),
-                certs = certs.display(),
-                amqp = sim.amqps_port,
-            ),
-        )
-        .expect("config");
-        Setup {
-            dir,
-            config,
-            metrics: format!("http://127.0.0.1:{port}"),
-            tag,
-        }
+        Setup(ScmbRun::new(
+            name,
+            sim,
+            NAME,
+            &tag,
+            filter,
+            &table(pd, extra),
+        ))
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = common::command(
-            args,
-            &[
-                ("OV_PASSWORD", "admin123"),
-                ("PD_KEY", KEY),
-                ("PD_KEY_CRITICAL", CRITICAL_KEY),
-                ("RUST_LOG", "info"),
-            ],
-        );
-        for v in PROXY_VARS {
-            c.env_remove(v);
-        }
-        c
+        self.0.command(args, &ENV)
     }
 
     /// Starts `scmb run` and waits until its bus is connected (`/readyz`).
     async fn run(&self) -> Listening {
-        let l = Listening::spawn(self.command(&[
-            "run",
-            "--config",
-            self.config.to_str().expect("utf8"),
-        ]));
-        let ready =
-            wait_until(|| async move { get(&format!("{}/readyz", self.metrics)).await.0 == 200 })
-                .await;
-        assert!(ready, "scmb run never became ready: {:?}", l.stderr);
-        l
+        self.0.start(&ENV).await
     }
 
     /// The value of a series of this appliance, e.g. `scmb_acks_total`, or with the
     /// pagerduty sink's label, e.g. `scmb_sink_incidents_created_total`.
     async fn metric(&self, name: &str) -> u64 {
-        let text = get(&format!("{}/metrics", self.metrics)).await.1;
-        let labels = if name.starts_with("scmb_sink_") {
-            format!("{{appliance=\"{NAME}\",sink=\"pagerduty\"}}")
-        } else if name == "scmb_retries_total" {
-            format!("{{appliance=\"{NAME}\",target=\"pagerduty\"}}")
-        } else {
-            format!("{{appliance=\"{NAME}\"}}")
-        };
-        metric(&text, &format!("{name}{labels}"))
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.join("state").join(NAME).join("scmb.redb")
+        pd_metric(&self.0, name).await
     }
 }
 
+/// The value of a series of `run`'s appliance (see [`Setup::metric`]).
+async fn pd_metric(run: &ScmbRun, name: &str) -> u64 {
+    let text = run.metrics_text().await;
+    let labels = if name.starts_with("scmb_sink_") {
+        format!("{{appliance=\"{}\",sink=\"pagerduty\"}}", run.name)
+    } else if name == "scmb_retries_total" {
+        format!("{{appliance=\"{}\",target=\"pagerduty\"}}", run.name)
+    } else {
+        format!("{{appliance=\"{}\"}}", run.name)
+    };
+    metric(&text, &format!("{name}{labels}"))
+}
+
 /// Polls `check` every 200 ms until it holds or [`WAIT`] passes.
-async fn wait_until<F, Fut>(mut check: F) -> bool
+async fn wait_until<F, Fut>(check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_until(WAIT, check).await
 }
 
 /// A PagerDuty of the test's own.
@@ -169,96 +95,24 @@ async fn pagerduty(cfg: PdConfig) -> Served<PdState> {
     serve_pagerduty(cfg).await
 }
 
-/// PagerDuty's incidents by the alert uri in their details (one entry per incident, so a
-/// duplicate shows as two).
-fn incidents(pd: &Served<PdState>) -> HashMap<String, Vec<Value>> {
-    let mut by: HashMap<String, Vec<Value>> = HashMap::new();
-    for inc in pd.state.incidents() {
-        if let Some(u) = inc["customDetails"]["alertUri"].as_str() {
-            by.entry(u.to_string()).or_default().push(inc);
-        }
-    }
-    by
-}
-
 /// The alert as the appliance has it now.
 async fn alert(sim: &SimInfo, uri: &str) -> Value {
-    sim.client()
-        .call(
-            Method::GET,
-            &uri.replace("/rest/alerts/", "/sim/alerts/"),
-            None,
-        )
-        .await
-        .expect("alert")
-}
-
-/// The PagerDuty notes of an alert.
-fn pd_notes(a: &Value) -> Vec<String> {
-    a["changeLog"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["notes"].as_str())
-        .filter(|n| n.starts_with("Paged on PagerDuty"))
-        .map(str::to_string)
-        .collect()
+    common::alert(&sim.client(), uri).await
 }
 
 /// Raises `count` alerts of `tag` at once; their uris.
 async fn storm(sim: &SimInfo, count: u64, tag: &str) -> Vec<String> {
-    let body = json!({"count": count, "rate": 0, "fields": {"alertTypeID": tag}});
-    let r = sim
-        .client()
-        .call(
-            Method::POST,
-            "/sim/storm",
-            Some(serde_json::to_vec(&body).expect("json")),
-        )
-        .await
-        .expect("storm");
-    let first: u64 = r["firstUri"]
-        .as_str()
-        .and_then(|u| u.rsplit('/').next())
-        .and_then(|n| n.parse().ok())
-        .expect("first uri");
-    (first..first + count)
-        .map(|n| format!("/rest/alerts/{n}"))
-        .collect()
+    common::storm(
+        &sim.client(),
+        json!({"count": count, "rate": 0, "fields": {"alertTypeID": tag}}),
+    )
+    .await
 }
 
 /// Waits until every alert has an incident and its note; then checks there is exactly one of
 /// each, the incident still open.
 async fn assert_paged_exactly_once(sim: &SimInfo, pd: &Served<PdState>, uris: &[String]) {
-    let all_paged = wait_until(|| async move {
-        let by = incidents(pd);
-        uris.iter().all(|u| by.contains_key(u))
-    })
-    .await;
-    let by = incidents(pd);
-    let lost: Vec<&String> = uris.iter().filter(|u| !by.contains_key(*u)).collect();
-    assert!(all_paged, "lost: {lost:?}");
-    for u in uris {
-        let incs = &by[u];
-        assert_eq!(incs.len(), 1, "{u}: one incident, not {incs:?}");
-        assert_eq!(incs[0]["status"], "triggered", "{u}");
-        assert_eq!(incs[0]["dedupKey"], dedup_key(NAME, u).as_str(), "{u}");
-    }
-    for u in uris {
-        let noted = wait_until(|| async move { !pd_notes(&alert(sim, u).await).is_empty() }).await;
-        assert!(noted, "{u}: never noted");
-    }
-    for u in uris {
-        let notes = pd_notes(&alert(sim, u).await);
-        assert_eq!(
-            notes,
-            vec![format!(
-                "Paged on PagerDuty (dedup key {})",
-                dedup_key(NAME, u)
-            )],
-            "{u}: noted exactly once"
-        );
-    }
+    common::pagerduty::assert_paged_exactly_once(&sim.client(), pd, NAME, uris, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,6 +347,42 @@ async fn throttling_server_errors_late_answers_and_an_outage_are_retried_into_ex
         15,
         "one incident per alert, none twice"
     );
+
+    l.terminate();
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// `concurrency = 3`: with every call held 1.5 s, PagerDuty sees exactly 3 events in flight at
+/// the peak of a 12-alert storm — never more (the default 16 lanes would send all 12 at once),
+/// and no fewer (the lanes are all used).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_bounds_the_events_in_flight_at_pagerduty() {
+    let sim = shared_sim();
+    let pd = &pagerduty(PdConfig::default()).await;
+    let s = &Setup::new("pd-lanes", sim, &pd.url, "", "concurrency = 3");
+    let l = s.run().await;
+    pd.state.set_faults(PdFaults {
+        latency_ms: 1500,
+        ..PdFaults::default()
+    });
+    let in_flight = || async move {
+        let stats: Value =
+            serde_json::from_str(&get(&format!("{}/sim/stats", pd.url)).await.1).expect("stats");
+        stats["inFlight"].as_u64().expect("inFlight")
+    };
+    let uris = storm(sim, 12, &s.tag).await;
+    let peak = std::cell::Cell::new(0);
+    let all_paged = wait_until(|| async {
+        peak.set(peak.get().max(in_flight().await));
+        pd.state.incidents().len() == uris.len()
+    })
+    .await;
+    assert!(all_paged, "{:?}", incidents(pd));
+    assert_eq!(peak.get(), 3, "events in flight at PagerDuty at the peak");
+    pd.state.set_faults(PdFaults::default());
+    assert_paged_exactly_once(sim, pd, &uris).await;
 
     l.terminate();
     let r = l.finish(WAIT);

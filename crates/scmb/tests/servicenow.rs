@@ -5,182 +5,49 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use common::{appliance, download_certs, get, raise, run, Listening, BIN};
+use common::run::{metric_sum, ScmbRun};
+use common::servicenow::{key, noted, Sn, BASIC};
+use common::{get, raise, run, Listening};
 use reqwest::Method;
 use scmb_sim::client::SimClient;
-use scmb_sim::servicenow::{SnConfig, SnFaults, SnState};
-use scmb_sim::testkit::{serve_servicenow, shared_sim, temp_dir, Served, SimInfo};
+use scmb_sim::servicenow::SnConfig;
+use scmb_sim::testkit::{shared_sim, SimInfo};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(90);
-const NOTE: &str = "Case automatically logged in ServiceNow with ID: ";
 
-/// A ServiceNow simulator of the test's own.
-struct Sn {
-    served: Served<SnState>,
-    http: reqwest::Client,
-}
+/// One test's `scmb run` (see [`ScmbRun`]): its config, state and metrics address.
+struct Setup(ScmbRun);
 
-impl Sn {
-    async fn start(cfg: SnConfig) -> Sn {
-        Sn {
-            served: serve_servicenow(cfg).await,
-            http: reqwest::Client::builder()
-                .use_preconfigured_tls(
-                    scmb_tls::client_config(
-                        &scmb_tls::ServerTrust::Insecure,
-                        &scmb_tls::NameCheck::Skip,
-                        None,
-                    )
-                    .expect("tls"),
-                )
-                .build()
-                .expect("client"),
-        }
+impl std::ops::Deref for Setup {
+    type Target = ScmbRun;
+    fn deref(&self) -> &ScmbRun {
+        &self.0
     }
-
-    fn url(&self) -> &str {
-        &self.served.url
-    }
-
-    /// Every incident, with its journal.
-    fn incidents(&self) -> Vec<Value> {
-        self.served.state.incidents()
-    }
-
-    /// Incidents by `correlation_id` (a duplicate shows as two).
-    fn by_correlation(&self) -> HashMap<String, Vec<Value>> {
-        let mut by: HashMap<String, Vec<Value>> = HashMap::new();
-        for i in self.incidents() {
-            let k = i["correlation_id"].as_str().unwrap_or("").to_string();
-            by.entry(k).or_default().push(i);
-        }
-        by
-    }
-
-    fn faults(&self, f: Value) {
-        let f: SnFaults = serde_json::from_value(f).expect("faults");
-        self.served.state.set_faults(f);
-    }
-
-    /// `GET /sim/stats`.
-    async fn stats(&self) -> Value {
-        self.http
-            .get(format!("{}/sim/stats", self.url()))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json")
-    }
-
-    /// A control route (`/sim/...`): its JSON answer.
-    async fn control(&self, path: &str, body: Value) -> Value {
-        self.http
-            .post(format!("{}{path}", self.url()))
-            .json(&body)
-            .send()
-            .await
-            .expect("control call")
-            .json()
-            .await
-            .expect("json")
-    }
-}
-
-/// The `correlation_id` scmb gives the incident of `uri` on the appliance `name`.
-fn key(name: &str, uri: &str) -> String {
-    format!("scmb:{name}:{uri}")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// One test's `scmb run`: its config, state and metrics address.
-struct Setup {
-    name: String,
-    tag: String,
-    dir: PathBuf,
-    config: PathBuf,
-    metrics: String,
 }
 
 impl Setup {
     /// A config with one appliance (the shared simulator, alerts of a fresh tag only) and a
     /// ServiceNow sink at `sn`; `servicenow` and `incident` are added to its tables.
     fn new(test: &str, sim: &SimInfo, sn: &Sn, servicenow: &str, incident: &str) -> Setup {
-        let dir = temp_dir(test);
-        let certs = download_certs(&sim.rest_url, &format!("{test}-certs"));
         let tag = format!("Test.sn.{test}.{}", rand::random::<u32>());
         let name = format!("{test}-ov");
-        let port = free_port();
-        let config = dir.join("scmb.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"state_dir = "{state}"
-[metrics]
-listen = "127.0.0.1:{port}"
-[[appliance]]
-name = "{name}"
-address = "{addr}"
-password_env = "OV_PASSWORD"
-cert_dir = "{certs}"
-amqp_port = {amqp}
-[appliance.filter]
-alert_types = ["{tag}*"]
-[appliance.servicenow]
-instance = "{sn}"
-retry_cap = "1s"
-{servicenow}
-[appliance.servicenow.incident]
-{incident}
-"#,
-                state = dir.join("state").display(),
-                addr = appliance(&sim.rest_url),
-                certs = certs.display(),
-                amqp = sim.amqps_port,
-                sn = sn.url(),
-            ),
-        )
-        .expect("config");
-        Setup {
-            name,
-            tag,
-            dir,
-            config,
-            metrics: format!("http://127.0.0.1:{port}"),
-        }
+        Setup(ScmbRun::new(
+            test,
+            sim,
+            &name,
+            &tag,
+            "",
+            &sn.tables(servicenow, incident),
+        ))
     }
 
     /// Starts `scmb run` and waits until it is connected (`/readyz`).
     async fn start(&self, env: &[(&str, &str)]) -> Listening {
-        let mut all = vec![("OV_PASSWORD", "admin123"), ("RUST_LOG", "info")];
-        all.extend_from_slice(env);
-        let l = Listening::start_env(
-            BIN,
-            &["run", "--config", self.config.to_str().expect("utf8")],
-            &all,
-        );
-        let deadline = Instant::now() + WAIT;
-        while get(&format!("{}/readyz", self.metrics)).await.0 != 200 {
-            assert!(Instant::now() < deadline, "scmb run never became ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        l
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.join("state").join(&self.name).join("scmb.redb")
+        self.0.start(env).await
     }
 }
 
@@ -191,68 +58,6 @@ async fn critical(c: &SimClient, tag: &str, extra: Value) -> String {
         f.extend(e.clone());
     }
     raise(c, fields).await
-}
-
-/// The alert as it is now (no session needed).
-async fn alert(c: &SimClient, uri: &str) -> Value {
-    let id = uri.rsplit('/').next().expect("id");
-    c.call(Method::GET, &format!("/sim/alerts/{id}"), None)
-        .await
-        .expect("alert")
-}
-
-/// The incident numbers in the alert's notes.
-fn noted(a: &Value) -> Vec<String> {
-    a["changeLog"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["notes"].as_str()?.strip_prefix(NOTE).map(str::to_string))
-        .collect()
-}
-
-/// Polls `f` until it gives a value, or fails the test naming `what`.
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until every alert carries an incident number in its notes.
-async fn wait_noted(c: &SimClient, uris: &[String]) {
-    until("every alert's note", || async {
-        for u in uris {
-            if noted(&alert(c, u).await).is_empty() {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await
-}
-
-/// Exactly one incident per alert, carrying its `correlation_id`, and its number the one in
-/// the alert's notes (written once).
-async fn assert_exactly_once(c: &SimClient, sn: &Sn, name: &str, uris: &[String]) {
-    let by = sn.by_correlation();
-    for u in uris {
-        let found = by.get(&key(name, u)).map(Vec::len).unwrap_or(0);
-        assert_eq!(found, 1, "{u}: {found} incidents");
-        let number = by[&key(name, u)][0]["number"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        assert_eq!(noted(&alert(c, u).await), vec![number], "{u}: its note");
-    }
 }
 
 /// Adds a note to an alert as an operator would (REST: GET for the eTag, PUT the note).
@@ -302,28 +107,40 @@ fn work_notes(inc: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Raises `count` critical alerts of `tag` at once; their uris.
 async fn storm(c: &SimClient, tag: &str, count: u64) -> Vec<String> {
-    let body = json!({"count": count, "rate": 0, "severities": {"Critical": 1},
-        "fields": {"alertTypeID": format!("{tag}.storm")}});
-    let r = c
-        .call(
-            Method::POST,
-            "/sim/storm",
-            Some(serde_json::to_vec(&body).expect("json")),
-        )
-        .await
-        .expect("storm");
-    let first: u64 = r["firstUri"]
-        .as_str()
-        .and_then(|u| u.rsplit('/').next())
-        .and_then(|n| n.parse().ok())
-        .expect("first uri");
-    (first..first + count)
-        .map(|n| format!("/rest/alerts/{n}"))
-        .collect()
+    common::storm(
+        c,
+        json!({"count": count, "rate": 0, "severities": {"Critical": 1},
+            "fields": {"alertTypeID": format!("{tag}.storm")}}),
+    )
+    .await
 }
 
-const BASIC: &str = "user = \"admin\"\npassword_env = \"SN_PASSWORD\"\n";
+/// Waits until every alert carries an incident number in its notes.
+async fn wait_noted(c: &SimClient, uris: &[String]) {
+    common::servicenow::wait_noted(c, uris, WAIT).await
+}
+
+/// Exactly one incident per alert, carrying its `correlation_id`, and its number the one in
+/// the alert's notes (written once).
+async fn assert_exactly_once(c: &SimClient, sn: &Sn, name: &str, uris: &[String]) {
+    common::servicenow::assert_exactly_once(c, sn, name, uris).await
+}
+
+/// The alert as it is now (no session needed).
+async fn alert(c: &SimClient, uri: &str) -> Value {
+    common::alert(c, uri).await
+}
+
+/// Polls `f` until it gives a value, or fails the test naming `what`.
+async fn until<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    common::until(what, WAIT, f).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admitted_alert_opens_one_incident_from_the_template_journals_notes_and_resolves_on_clear(
@@ -509,14 +326,6 @@ async fn a_create_answered_late_or_with_garbage_is_found_by_its_correlation_id_n
     );
     l.terminate();
     assert_eq!(l.finish(WAIT).code, Some(0));
-}
-
-/// The sum of a metric's series.
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -53,6 +53,10 @@ http_faults! {
         /// documents about 120.
         #[serde(default)]
         pub rate_per_minute: u64,
+        /// `Retry-After` (seconds) on the 429s of `throttleNext` and `ratePerMinute`. PagerDuty
+        /// documents none, so by default there is none; set it to see a client honour one.
+        #[serde(default)]
+        pub retry_after_s: Option<u64>,
     }
 }
 
@@ -145,12 +149,17 @@ fn invalid(errors: Vec<String>) -> Response {
         .into_response()
 }
 
-fn throttled() -> Response {
-    (
+fn throttled(retry_after_s: Option<u64>) -> Response {
+    let mut r = (
         StatusCode::TOO_MANY_REQUESTS,
         Json(json!({"status": "throttle event", "message": "Requests for this service are arriving too quickly.  Please retry later."})),
     )
-        .into_response()
+        .into_response();
+    if let Some(s) = retry_after_s {
+        r.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
 }
 
 /// ISO 8601 as PagerDuty's examples write it: RFC 3339, or with a `+0000` offset.
@@ -346,7 +355,7 @@ impl HttpSim for PdData {
     fn decide(f: &mut PdFaults, _: &mut Recent, _: &Request) -> Result<HeaderMap, Response> {
         if f.throttle_next > 0 {
             f.throttle_next -= 1;
-            return Err(throttled());
+            return Err(throttled(f.retry_after_s));
         }
         Ok(HeaderMap::new())
     }
@@ -402,7 +411,7 @@ async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
     let over = st.with_faults(|f, recent| {
         let per_minute = f.rate_per_minute;
         if per_minute == 0 {
-            return false;
+            return None;
         }
         let now = Instant::now();
         let q = recent.entry(routing_key.clone()).or_default();
@@ -413,13 +422,13 @@ async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
             q.pop_front();
         }
         if q.len() as u64 >= per_minute {
-            return true;
+            return Some(f.retry_after_s);
         }
         q.push_back(now);
-        false
+        None
     });
-    if over {
-        return throttled();
+    if let Some(retry_after_s) = over {
+        return throttled(retry_after_s);
     }
     let errors = validate(&ev);
     if !errors.is_empty() {
@@ -583,6 +592,23 @@ mod tests {
     use super::*;
 
     const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn throttled_answers_carry_retry_after_only_when_asked() {
+        let req = || Request::new(axum::body::Body::empty());
+        let mut f: PdFaults =
+            serde_json::from_value(json!({"throttleNext": 2, "retryAfterS": 3})).expect("faults");
+        let r = PdData::decide(&mut f, &mut Recent::default(), &req()).expect_err("429");
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "3");
+        f.retry_after_s = None;
+        let r = PdData::decide(&mut f, &mut Recent::default(), &req()).expect_err("429");
+        assert!(
+            r.headers().get("retry-after").is_none(),
+            "PagerDuty sends none"
+        );
+        assert!(PdData::decide(&mut f, &mut Recent::default(), &req()).is_ok());
+    }
 
     #[test]
     fn validation_lists_every_problem() {

@@ -1,5 +1,12 @@
-//! Running the `scmb` binary as a user would, against simulated appliances.
+//! Running the `scmb` binary as a user would, against simulated appliances: processes and
+//! their output here, `scmb run` with a config of its own in [`run`], the ServiceNow and
+//! PagerDuty simulators as the tests see them in [`servicenow`] and [`pagerduty`]. Everything
+//! waits on states (the simulators' lists, the alerts' notes, `/readyz`, metrics).
 #![allow(dead_code)]
+
+pub mod pagerduty;
+pub mod run;
+pub mod servicenow;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -273,4 +280,109 @@ impl Listening {
             stdout_reader,
         }
     }
+}
+
+/// A port free on 127.0.0.1 now (for a metrics address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` every 200 ms until it holds or `timeout` passes; whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls `f` every 200 ms until it gives a value, or fails the test naming `what`.
+pub async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Raises a storm through `/sim/storm` (`body`: `count`, `rate`, `fields` with an
+/// `alertTypeID`, `severities`, ...); the uris of its alerts, oldest first. They are numbered
+/// from its first to its last; when a test sharing the simulator raised others in between
+/// (a storm with a rate takes its time), only those of this storm's `alertTypeID` count.
+pub async fn storm(c: &scmb_sim::client::SimClient, body: serde_json::Value) -> Vec<String> {
+    let count = body["count"].as_u64().expect("count");
+    let r = c
+        .call(
+            reqwest::Method::POST,
+            "/sim/storm",
+            Some(serde_json::to_vec(&body).expect("json")),
+        )
+        .await
+        .expect("storm");
+    let number = |k: &str| -> u64 {
+        r[k].as_str()
+            .and_then(|u| u.rsplit('/').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{k}: {r}"))
+    };
+    let (first, last) = (number("firstUri"), number("lastUri"));
+    let uris: Vec<String> = (first..=last)
+        .map(|n| format!("/rest/alerts/{n}"))
+        .collect();
+    if uris.len() as u64 == count {
+        return uris;
+    }
+    let tag = body["fields"]["alertTypeID"]
+        .as_str()
+        .expect("a storm on a shared simulator needs an alertTypeID to find its alerts");
+    let mut ours = Vec::new();
+    for u in uris {
+        if alert(c, &u).await["alertTypeID"] == tag {
+            ours.push(u);
+        }
+    }
+    assert_eq!(ours.len() as u64, count, "the storm's alerts");
+    ours
+}
+
+/// The alert as the appliance has it now (no session needed).
+pub async fn alert(c: &scmb_sim::client::SimClient, uri: &str) -> serde_json::Value {
+    c.call(
+        reqwest::Method::GET,
+        &uri.replace("/rest/alerts/", "/sim/alerts/"),
+        None,
+    )
+    .await
+    .expect("alert")
+}
+
+/// The notes of the alert's change log that start with `prefix`, oldest first.
+pub fn notes(a: &serde_json::Value, prefix: &str) -> Vec<String> {
+    a["changeLog"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["notes"].as_str())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
 }

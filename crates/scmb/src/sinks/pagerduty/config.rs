@@ -83,6 +83,19 @@ pub struct PagerDutyConfig {
     /// Longest pause between retries of a failing call, e.g. `"30s"` (PagerDuty's
     /// `Retry-After` is honoured even when longer, up to 10 minutes). Default `"30s"`.
     pub retry_cap: Option<DurationValue>,
+    /// Alerts paged in parallel (one alert's events still one after another), from 1 to
+    /// [`MAX_CONCURRENCY`]. The appliance runs as many lanes as the largest `concurrency` of
+    /// its sinks. Default 16.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+/// The most alerts paged in parallel: PagerDuty takes about 120 events a minute per
+/// integration, so more lanes only hold more calls waiting on its 429s.
+pub const MAX_CONCURRENCY: usize = 1024;
+
+fn default_concurrency() -> usize {
+    16
 }
 
 /// One entry of `[appliance.pagerduty.routing_keys]`: exactly one of the four.
@@ -289,6 +302,12 @@ impl PagerDutyConfig {
         http::parse_proxy(NAME, self.proxy.as_ref().map(Secret::expose))?;
         http::check_timeout(NAME, self.timeout.as_ref())?;
         self.retry_cap()?;
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(format!(
+                "pagerduty.concurrency = {}: give 1 to {MAX_CONCURRENCY} alerts paged in parallel",
+                self.concurrency
+            ));
+        }
         Ok(())
     }
 
@@ -554,6 +573,52 @@ critical = {{ routing_key_file = "{}" }}
             assert!(e.contains(needle), "{pd:?}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn concurrency_sets_the_appliances_lanes_and_is_refused_at_zero_or_past_the_maximum() {
+        std::env::set_var("SCMB_TEST_PD_KEY", KEY);
+        let lanes = |pd: &str| {
+            parse(&format!("routing_key_env = \"SCMB_TEST_PD_KEY\"\n{pd}"))
+                .expect(pd)
+                .appliances[0]
+                .settings(Path::new("/s"))
+                .expect("settings")
+                .lanes
+        };
+        assert_eq!(lanes(""), 16, "the default");
+        assert_eq!(lanes("concurrency = 3\n"), 3, "fewer than the default");
+        assert_eq!(lanes("concurrency = 64\n"), 64, "more than the default");
+        assert_eq!(lanes("concurrency = 1024\n"), 1024);
+        for n in ["0", "1025", "100000"] {
+            let e = err(&format!("routing_key_env = \"A\"\nconcurrency = {n}\n"));
+            assert!(
+                e.contains(&format!("pagerduty.concurrency = {n}")) && e.contains("1 to 1024"),
+                "{n}: {e}"
+            );
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        let e = err("routing_key_env = \"A\"\nconcurrency = -1\n");
+        assert!(e.contains("line 7") && e.contains("-1"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn with_another_sink_the_largest_concurrency_sets_the_lanes() {
+        std::env::set_var("SCMB_TEST_PD_KEY", KEY);
+        std::env::set_var("SCMB_TEST_PD_SN", "secret");
+        let lanes = |pd: usize, sn: usize| {
+            parse(&format!(
+                "routing_key_env = \"SCMB_TEST_PD_KEY\"\nconcurrency = {pd}\n[appliance.servicenow]\ninstance = \"acme\"\nuser = \"u\"\npassword_env = \"SCMB_TEST_PD_SN\"\nconcurrency = {sn}\n"
+            ))
+            .expect("parse")
+            .appliances[0]
+                .settings(Path::new("/s"))
+                .expect("settings")
+                .lanes
+        };
+        assert_eq!(lanes(40, 8), 40);
+        assert_eq!(lanes(2, 8), 8);
     }
 
     #[test]
