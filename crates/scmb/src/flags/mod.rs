@@ -5,6 +5,7 @@
 
 pub mod common;
 pub mod ov_to_sm;
+pub mod servicenow;
 
 use std::path::PathBuf;
 

@@ -10,6 +10,7 @@ use scmb_oneview::Secret;
 use scmb_servicemanager::SmConfig;
 
 use super::common::{look_back, secret};
+use super::servicenow::{ServiceNowArgs, Shared};
 use super::{BusArgs, ConnArgs, FilterArgs, LogArgs};
 use crate::duration::LookBack;
 use crate::failure::{self, Failure};
@@ -23,12 +24,22 @@ use crate::sinks::SinkSettings;
 #[command(
     name = "ov_to_sm",
     version,
-    about = "Open one HP Service Manager incident per critical HPE OneView alert, and write its id back to the alert",
+    about = "Open one HP Service Manager and/or ServiceNow incident per critical HPE OneView alert, and write its id back to the alert",
     after_help = "Examples:\n  \
                   ov_to_sm -a oneview.example.com -u Administrator -sm sm.example.com          # passwords from $SCMB_PASSWORD / $SM_PASSWORD\n  \
                   ov_to_sm -a oneview.example.com -sm sm.example.com -l                       # list every incident\n  \
-                  ov_to_sm -a oneview.example.com -sm https://sm.example.com:13443 --sm-ca ca.pem --on-clear close\n\n\
-                  Exit codes as scmb's (see scmb --help)."
+                  ov_to_sm -a oneview.example.com -sm https://sm.example.com:13443 --sm-ca ca.pem --on-clear close\n  \
+                  ov_to_sm -a oneview.example.com --servicenow acme --sn-user svc-oneview    # ServiceNow only; password from $SCMB_SN_PASSWORD\n  \
+                  ov_to_sm -a oneview.example.com --servicenow sn.example.com --sn-client-id CLIENT_ID \\\n      \
+                  --sn-client-secret-file /run/secrets/sn --sn-ca corp-ca.pem --sn-on-clear close --sn-cmdb-ci\n  \
+                  ov_to_sm -a oneview.example.com -sm sm.example.com --servicenow acme --sn-user svc-oneview   # both: an incident in each\n\n\
+                  At least one of -sm and --servicenow is needed. Secrets: $SCMB_PASSWORD, $SM_PASSWORD,\n\
+                  $SCMB_SN_PASSWORD (Basic) or $SCMB_SN_CLIENT_SECRET (OAuth), the --*-file flags, or a prompt\n\
+                  on a terminal; ServiceNow's are never taken from a flag's value.\n\
+                  Exit codes as scmb's (see scmb --help): 0 ok, 1 unexpected error, 2 usage (bad flags, no\n\
+                  ticketing system, no password available), 3 authentication failed (OneView, Service Manager\n\
+                  or ServiceNow refused the credentials at start), 4 certificates, 5 unreachable, 6 TLS\n\
+                  verification failed, 7 the request was refused, 8-10 the state store."
 )]
 pub struct OvToSmCli {
     #[command(flatten)]
@@ -52,105 +63,187 @@ pub struct OvToSmCli {
     #[command(flatten)]
     pub log: LogArgs,
     /// Generate the RabbitMQ client keypair on the appliance (HPE sample's -g).
-    #[arg(short = 'g', long = "gen")]
+    #[arg(short = 'g', long = "gen", help_heading = "HPE sample")]
     pub generate: bool,
     /// Download the CA and the client certificate and key (HPE sample's -d).
-    #[arg(short = 'd', long = "download")]
+    #[arg(short = 'd', long = "download", help_heading = "HPE sample")]
     pub download: bool,
     /// Service Manager: HOST (http://HOST:13080 like the sample), HOST:PORT, or a URL.
-    #[arg(short = 's', long = "sm", value_name = "SMHOST")]
+    #[arg(
+        short = 's',
+        long = "sm",
+        value_name = "SMHOST",
+        help_heading = "Service Manager"
+    )]
     pub sm: Option<String>,
     /// Service Manager user.
     #[arg(
         short = 'i',
         long = "id",
         default_value = "falcon",
-        value_name = "SMUSER"
+        value_name = "SMUSER",
+        help_heading = "Service Manager"
     )]
     pub sm_user: String,
     /// Service Manager password (visible in `ps`: prefer $SM_PASSWORD, --sm-password-file or
     /// the prompt on a terminal; empty when none is given and there is no terminal).
-    #[arg(short = 'x', long = "spass", value_name = "SMPASS", value_parser = secret)]
+    #[arg(short = 'x', long = "spass", value_name = "SMPASS", value_parser = secret, help_heading = "Service Manager")]
     pub sm_password: Option<Secret>,
     /// Read the Service Manager password from this file (first line).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Service Manager")]
     pub sm_password_file: Option<PathBuf>,
     /// Verify Service Manager's HTTPS certificate against this CA file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Service Manager")]
     pub sm_ca: Option<PathBuf>,
     /// List every Service Manager incident and exit.
-    #[arg(short = 'l', long = "list")]
+    #[arg(short = 'l', long = "list", help_heading = "Service Manager")]
     pub list: bool,
-    /// Where the durable record of alert → incident lives (default: next to the certificates).
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Alerts ticketed in parallel.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-    /// What a cleared or deleted alert does to its incident: none, journal, resolve, close.
-    #[arg(long, default_value = "resolve", value_name = "WHAT")]
-    pub on_clear: OnClear,
+    /// Incidents per page with -l.
+    #[arg(long, default_value_t = 100, help_heading = "Service Manager")]
+    pub list_page_size: usize,
+    /// How long one Service Manager call may take, answer included (30s, 2m). A create
+    /// without an answer in time may still have happened: it is looked up before being sent
+    /// again.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = sm_timeout, help_heading = "Service Manager")]
+    pub sm_timeout: Duration,
     /// Incident title.
-    #[arg(long, default_value = "OneView Alert")]
+    #[arg(
+        long,
+        default_value = "OneView Alert",
+        help_heading = "Service Manager"
+    )]
     pub sm_title: String,
     /// Incident assignment group.
-    #[arg(long, default_value = "Service Manager")]
+    #[arg(
+        long,
+        default_value = "Service Manager",
+        help_heading = "Service Manager"
+    )]
     pub sm_assignment_group: String,
     /// Incident service.
-    #[arg(long, default_value = "MyDevices")]
+    #[arg(long, default_value = "MyDevices", help_heading = "Service Manager")]
     pub sm_service: String,
     /// Incident urgency by alert severity, e.g. Critical=1,Warning=2,OK=3 (others get 3).
     #[arg(
         long,
         value_delimiter = ',',
         value_name = "SEVERITY=N",
-        default_value = "Critical=1,Warning=2,OK=3"
+        default_value = "Critical=1,Warning=2,OK=3",
+        help_heading = "Service Manager"
     )]
     pub sm_urgency: Vec<String>,
     /// Incident impact.
-    #[arg(long, default_value = "4")]
+    #[arg(long, default_value = "4", help_heading = "Service Manager")]
     pub sm_impact: String,
     /// Incident category, area and subarea.
-    #[arg(long, default_value = "incident")]
+    #[arg(long, default_value = "incident", help_heading = "Service Manager")]
     pub sm_category: String,
-    #[arg(long, default_value = "hardware")]
+    #[arg(long, default_value = "hardware", help_heading = "Service Manager")]
     pub sm_area: String,
-    #[arg(long, default_value = "hardware failure")]
+    #[arg(
+        long,
+        default_value = "hardware failure",
+        help_heading = "Service Manager"
+    )]
     pub sm_subarea: String,
     /// Do not set AffectedCI from the alert's resource name.
-    #[arg(long)]
+    #[arg(long, help_heading = "Service Manager")]
     pub no_affected_ci: bool,
     /// An extra incident field, KEY=VALUE (repeatable).
-    #[arg(long = "sm-field", value_name = "KEY=VALUE")]
+    #[arg(
+        long = "sm-field",
+        value_name = "KEY=VALUE",
+        help_heading = "Service Manager"
+    )]
     pub sm_fields: Vec<String>,
-    /// Add a journal line to the incident when someone else changes the alert (urgency,
-    /// assignment, a note).
-    #[arg(long)]
+    /// Where the durable record of alert → incident lives (default: next to the certificates).
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = "Ticketing (Service Manager and ServiceNow)"
+    )]
+    pub state_dir: Option<PathBuf>,
+    /// Alerts ticketed in parallel.
+    #[arg(
+        long,
+        default_value_t = 16,
+        help_heading = "Ticketing (Service Manager and ServiceNow)"
+    )]
+    pub concurrency: usize,
+    /// What a cleared or deleted alert does to its incident: none, journal, resolve, close
+    /// (ServiceNow: --sn-on-clear, by default this).
+    #[arg(long, default_value = "resolve", value_name = "WHAT", value_parser = on_clear(), help_heading = "Ticketing (Service Manager and ServiceNow)")]
+    pub on_clear: OnClear,
+    /// Add a journal line (a work note in ServiceNow) to the incident when someone else
+    /// changes the alert (urgency, assignment, a note).
+    #[arg(long, help_heading = "Ticketing (Service Manager and ServiceNow)")]
     pub journal_updates: bool,
     /// Time between REST keep-alive calls during idle periods (10m, 1h; 0s = off).
-    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = keep_alive)]
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = keep_alive, help_heading = "Ticketing (Service Manager and ServiceNow)")]
     pub keep_alive: Duration,
     /// Deprecated spelling of --keep-alive, in seconds.
-    #[arg(long, value_name = "SECS", hide = true, conflicts_with = "keep_alive")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        hide = true,
+        conflicts_with = "keep_alive",
+        help_heading = "Ticketing (Service Manager and ServiceNow)"
+    )]
     pub keep_alive_secs: Option<u64>,
-    /// Incidents per page with -l.
-    #[arg(long, default_value_t = 100)]
-    pub list_page_size: usize,
-    /// Longest pause between retries of a failing call (30s, 2m).
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = retry_cap)]
+    /// Longest pause between retries of a failing call (30s, 2m); also the pause while a
+    /// ticketing system refuses our credentials.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = retry_cap, help_heading = "Ticketing (Service Manager and ServiceNow)")]
     pub retry_cap: Duration,
+    /// Deprecated spelling of --retry-cap, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        hide = true,
+        conflicts_with = "retry_cap",
+        help_heading = "Ticketing (Service Manager and ServiceNow)"
+    )]
+    pub retry_cap_secs: Option<u64>,
     /// Claim each alert (an eTag-guarded note) before creating its incident, so that two
     /// instances on separate state (an HA pair, both with --claim) never both create one.
-    #[arg(long)]
+    #[arg(long, help_heading = "Ticketing (Service Manager and ServiceNow)")]
     pub claim: bool,
-    /// How long one Service Manager call may take, answer included (30s, 2m). A create
-    /// without an answer in time may still have happened: it is looked up before being sent
-    /// again.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = sm_timeout)]
-    pub sm_timeout: Duration,
-    /// Deprecated spelling of --retry-cap, in seconds.
-    #[arg(long, value_name = "SECS", hide = true, conflicts_with = "retry_cap")]
-    pub retry_cap_secs: Option<u64>,
+    #[command(flatten)]
+    pub servicenow: ServiceNowArgs,
+}
+
+/// `--on-clear` and `--sn-on-clear`: the four choices (listed in the help and the shell
+/// completions), a typo refused with them named.
+pub fn on_clear() -> impl clap::builder::TypedValueParser<Value = OnClear> {
+    OnClearParser
+}
+
+#[derive(Clone)]
+struct OnClearParser;
+
+impl clap::builder::TypedValueParser for OnClearParser {
+    type Value = OnClear;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<OnClear, clap::Error> {
+        use clap::builder::StringValueParser;
+        StringValueParser::new()
+            .try_map(|s| s.parse::<OnClear>())
+            .parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            ["none", "journal", "resolve", "close"]
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
 }
 
 fn keep_alive(s: &str) -> Result<Duration, String> {
@@ -206,7 +299,8 @@ pub fn normalise_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         .collect()
 }
 
-fn key_value(s: &str, flag: &str) -> Result<(String, String), Failure> {
+/// `KEY=VALUE`, both sides trimmed, the key not empty.
+pub(crate) fn key_value(s: &str, flag: &str) -> Result<(String, String), Failure> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .filter(|(k, _)| !k.is_empty())
@@ -284,9 +378,33 @@ impl OvToSmCli {
         })
     }
 
-    /// The pipeline: this appliance, every admitted alert ticketed, `--concurrency` at once.
+    /// What the ServiceNow flags share with the rest of the command line.
+    pub fn shared(&self) -> Shared {
+        Shared {
+            on_clear: self.on_clear,
+            journal_updates: self.journal_updates,
+            claim: self.claim,
+            retry_cap: self.retry_cap(),
+            concurrency: self.concurrency,
+        }
+    }
+
+    /// The pipeline: this appliance, every admitted alert ticketed in Service Manager, in
+    /// ServiceNow, or in both, `--concurrency` at once.
     pub fn appliance(&self) -> Result<settings::Appliance, Failure> {
         let rest = self.conn.rest()?;
+        if self.sm.is_none() && !self.servicenow.given() {
+            return Err(Failure::new(
+                failure::USAGE,
+                "no ticketing system: give -sm SMHOST (HP Service Manager), --servicenow INSTANCE (ServiceNow), or both",
+            ));
+        }
+        let filter = self.filter.filter()?;
+        let service_manager = match self.sm {
+            Some(_) => Some(self.service_manager()?),
+            None => None,
+        };
+        let servicenow = self.servicenow.settings(&self.shared())?;
         let state_dir = self
             .state_dir
             .clone()
@@ -294,13 +412,14 @@ impl OvToSmCli {
         Ok(settings::Appliance {
             label: None,
             bus: self.bus.bus(&rest),
-            filter: self.filter.filter()?,
+            filter,
             catch_up: true,
             look_back: self.look_back,
             lanes: self.concurrency.max(1),
             keep_alive: self.keep_alive(),
             sinks: SinkSettings {
-                service_manager: Some(self.service_manager()?),
+                service_manager,
+                servicenow,
                 ..SinkSettings::default()
             },
             store: Some(state_dir.join("ov_to_sm.redb")),

@@ -406,7 +406,7 @@ impl TicketSystem for SnSystem {
     }
 
     fn credentials_hint(&self) -> &'static str {
-        "check servicenow.user and password_env/_file/_credential (Basic), or servicenow.client_id and client_secret_env/_file/_credential (OAuth), and that the account has the itil role"
+        "check servicenow.user and password_env/_file/_credential (Basic), or servicenow.client_id and client_secret_env/_file/_credential (OAuth), and that the account has the itil role (for ov_to_sm: --sn-user and $SCMB_SN_PASSWORD or --sn-password-file, or --sn-client-id and $SCMB_SN_CLIENT_SECRET or --sn-client-secret-file)"
     }
 
     fn store_prefix(&self) -> &'static str {

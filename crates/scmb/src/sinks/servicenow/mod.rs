@@ -180,7 +180,7 @@ pub async fn probe(client: &SnClient, cmdb_ci: bool) -> Result<String, SinkError
         let code = failure_code(&e);
         let mut message = e.to_string();
         if code == failure::AUTH {
-            message.push_str("; check servicenow.user and password_* (Basic), or client_id and client_secret_* (OAuth), and the account's roles (itil)");
+            message.push_str("; check servicenow.user and password_* (Basic), or client_id and client_secret_* (OAuth), and the account's roles (itil); for ov_to_sm: --sn-user and $SCMB_SN_PASSWORD or --sn-password-file, or --sn-client-id and $SCMB_SN_CLIENT_SECRET or --sn-client-secret-file");
         }
         SinkError::new(NAME, code, message)
     };
