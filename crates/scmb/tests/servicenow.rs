@@ -572,22 +572,7 @@ async fn alerts_of_one_resource_share_one_incident_resolved_with_the_last_and_re
     let mut fields = on(&res);
     fields["alertTypeID"] = json!(format!("{}.burst", s.tag));
     let body = json!({"count": 20, "rate": 0, "severities": {"Critical": 1}, "fields": fields});
-    let r = c
-        .call(
-            Method::POST,
-            "/sim/storm",
-            Some(serde_json::to_vec(&body).expect("json")),
-        )
-        .await
-        .expect("storm");
-    let first: u64 = r["firstUri"]
-        .as_str()
-        .and_then(|u| u.rsplit('/').next())
-        .and_then(|n| n.parse().ok())
-        .expect("first uri");
-    let uris: Vec<String> = (first..first + 20)
-        .map(|n| format!("/rest/alerts/{n}"))
-        .collect();
+    let uris = common::storm(&c, body).await;
     wait_noted(&c, &uris).await;
     let incident = || sn.by_correlation().get(&key(&s.name, &res)).cloned();
     let incs = incident().expect("the server's incident");

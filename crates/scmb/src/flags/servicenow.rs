@@ -16,7 +16,9 @@ use super::common::secret;
 use crate::duration::DurationValue;
 use crate::failure::{self, Failure};
 use crate::password::Password;
-use crate::sinks::servicenow::{IncidentConfig, OnClear, ServiceNowConfig, ServiceNowSettings};
+use crate::sinks::servicenow::{
+    Correlate, IncidentConfig, Mode, OnClear, ServiceNowConfig, ServiceNowSettings,
+};
 
 /// The environment variable holding the ServiceNow password (Basic authentication).
 pub const PASSWORD_ENV: &str = "SCMB_SN_PASSWORD";
@@ -87,6 +89,18 @@ pub struct ServiceNowArgs {
     /// The resolution notes (default: the line saying which alert was cleared, and when).
     #[arg(long, value_name = "TEXT", requires = "instance")]
     pub sn_close_notes: Option<String>,
+    /// One incident per alert (default), or per resource: later alerts on the same server
+    /// or enclosure become work notes on its open incident (reopened if resolved), and the
+    /// last clear resolves it.
+    #[arg(long, value_name = "alert|resource", requires = "instance", value_parser = ["alert", "resource"])]
+    pub sn_correlate: Option<String>,
+    /// The way back: an incident people resolve or close in ServiceNow clears its alert in
+    /// OneView (eTag-guarded; polled every --sn-poll-interval).
+    #[arg(long, requires = "instance")]
+    pub sn_clear_alerts: bool,
+    /// How often --sn-clear-alerts asks which incidents were resolved (default 1m).
+    #[arg(long, value_name = "DURATION", requires = "sn_clear_alerts")]
+    pub sn_poll_interval: Option<String>,
     /// short_description; may hold {severity}, {resource}, {description}, {uri}, … (default
     /// "OneView {severity} alert on {resource}: {description}").
     #[arg(long, value_name = "TEXT", requires = "instance")]
@@ -157,6 +171,8 @@ const FLAGS: &[(&str, &str)] = &[
     ("incident.fields.", "--sn-field "),
     ("incident.fields", "--sn-field"),
     ("close_code is empty", "--sn-close-code is empty"),
+    ("servicenow.poll_interval", "--sn-poll-interval"),
+    ("poll_interval", "--sn-poll-interval"),
     (
         "use user and password_* or client_id and client_secret_*",
         "use --sn-user or --sn-client-id",
@@ -247,6 +263,14 @@ impl ServiceNowArgs {
             on_clear: self.sn_on_clear.unwrap_or(shared.on_clear),
             close_code: self.sn_close_code.clone(),
             close_notes: self.sn_close_notes.clone(),
+            mode: Mode::Incident,
+            event: None,
+            correlate: match self.sn_correlate.as_deref() {
+                Some("resource") => Correlate::Resource,
+                _ => Correlate::Alert,
+            },
+            clear_alerts: self.sn_clear_alerts,
+            poll_interval: self.sn_poll_interval.clone().map(DurationValue::Text),
             journal_updates: shared.journal_updates,
             claim: shared.claim,
             keep_alive: None,
