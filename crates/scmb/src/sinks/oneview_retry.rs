@@ -8,7 +8,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use scmb_oneview::OneViewError;
+use scmb_oneview::{OneViewError, Session};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::telemetry::ApplianceMetrics;
@@ -70,6 +71,25 @@ pub async fn pause(stop: &watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
+/// How often in a row an alert may change between our read and our write (412) before the
+/// next attempt waits a backoff.
+const NOTE_RACES: u32 = 5;
+
+/// How writing a note once went.
+#[derive(Debug)]
+pub enum NoteOnce {
+    /// Written now: the alert as updated.
+    Written(Value),
+    /// Already in the alert's change log (an earlier write landed): the alert as read.
+    There(Value),
+    /// The alert is gone.
+    Gone,
+    /// OneView refused to read or write it for good, with why.
+    Refused(String),
+    /// A stop came first.
+    Interrupted,
+}
+
 /// What a sink's OneView retries need: its stop, its metrics, its backoff.
 #[derive(Clone, Copy)]
 pub struct OvRetry<'a> {
@@ -102,6 +122,70 @@ impl OvRetry<'_> {
                         return match ov_class(&e) {
                             OvClass::Permanent => OvAttempt::Permanent(e.to_string()),
                             _ => OvAttempt::Interrupted,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `text` into the alert's notes exactly once: unless `noted` finds it in the
+    /// alert as read (`alert`, when the caller just read it, else read here), guarded by that
+    /// read's eTag. After a 412 (the alert changed) or a failed write (which may have
+    /// happened all the same: a timeout, a lost answer), the alert is read again and checked
+    /// before any other write, so a repeat never adds the note twice.
+    pub async fn note_once(
+        &self,
+        ov: &Session,
+        uri: &str,
+        text: &str,
+        noted: impl Fn(&Value) -> bool,
+        mut alert: Option<Value>,
+    ) -> NoteOnce {
+        let (mut attempt, mut races) = (0u32, 0u32);
+        loop {
+            let current = match alert.take() {
+                Some(a) => a,
+                None => match self.run("reading the alert", || ov.alert(uri)).await {
+                    OvAttempt::Ok(Some(a)) => a,
+                    OvAttempt::Ok(None) => return NoteOnce::Gone,
+                    OvAttempt::Permanent(e) => return NoteOnce::Refused(e),
+                    OvAttempt::Interrupted => return NoteOnce::Interrupted,
+                },
+            };
+            if noted(&current) {
+                return NoteOnce::There(current);
+            }
+            let put = match current.get("eTag").and_then(Value::as_str) {
+                Some(etag) => ov.add_alert_note_if(uri, text, etag).await,
+                // No eTag to guard the write with: a plain one.
+                None => ov.add_alert_note(uri, text).await.map(Some),
+            };
+            match put {
+                Ok(Some(a)) => return NoteOnce::Written(a),
+                // Changed since read: read it again (it may even carry our note now).
+                Ok(None) if races < NOTE_RACES => races += 1,
+                Ok(None) => {
+                    races = 0;
+                    let d = scmb_servicemanager::backoff(attempt, self.base, self.cap);
+                    attempt += 1;
+                    self.metrics.retry(
+                        "oneview",
+                        "writing the note",
+                        attempt,
+                        d,
+                        "the alert keeps changing (412)",
+                    );
+                    if !self.pause(d).await {
+                        return NoteOnce::Interrupted;
+                    }
+                }
+                // The write may have happened: read the alert again before another.
+                Err(e) => {
+                    if !self.wait("writing the note", &e, &mut attempt).await {
+                        return match *self.stop.borrow() {
+                            true => NoteOnce::Interrupted,
+                            false => NoteOnce::Refused(e.to_string()),
                         };
                     }
                 }

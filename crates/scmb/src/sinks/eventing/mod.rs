@@ -30,14 +30,11 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::sinks::http::retry_delay;
-use crate::sinks::oneview_retry::{OvAttempt, OvRetry};
+use crate::sinks::oneview_retry::{NoteOnce, OvAttempt, OvRetry};
 use crate::sinks::sink::Outcome;
 use crate::sinks::ticketing::{CallClass, CallError};
 use crate::store::{Record, Step, Store, StoreError};
 use crate::telemetry::ApplianceMetrics;
-
-/// Writes of a note in a row that find the alert changed (412) before pausing.
-const NOTE_RACES: u32 = 5;
 
 /// A system that takes events keyed by a de-duplication key, as the [`Eventer`] uses it.
 #[async_trait::async_trait]
@@ -342,70 +339,33 @@ impl Eventer {
         mut alert: Option<Value>,
     ) -> Result<Outcome, EventError> {
         let text = self.system.note_for(key);
-        let (mut attempt, mut races) = (0u32, 0u32);
-        let written = loop {
-            let current = match alert.take() {
-                Some(a) => a,
-                None => match self
-                    .ov()
-                    .run("reading the alert", || self.ov.alert(uri))
-                    .await
-                {
-                    OvAttempt::Ok(Some(a)) => a,
-                    OvAttempt::Ok(None) => break "sent; the alert is gone, no note",
-                    OvAttempt::Permanent(e) => {
-                        tracing::warn!(alert = uri, sink = self.system.name(), error = %e, "cannot read the alert to write the note; sent without it");
-                        break "sent; note not written";
-                    }
-                    OvAttempt::Interrupted => return Ok(Outcome::Interrupted),
-                },
-            };
-            if self.system.noted(&current, key) {
-                break "sent; the note was already there";
+        let written = match self
+            .ov()
+            .note_once(
+                &self.ov,
+                uri,
+                &text,
+                |a| self.system.noted(a, key),
+                alert.take(),
+            )
+            .await
+        {
+            NoteOnce::Written(_) => {
+                tracing::info!(
+                    alert = uri,
+                    sink = self.system.name(),
+                    key,
+                    "note written to the alert"
+                );
+                "sent; note written"
             }
-            let put = match current.get("eTag").and_then(Value::as_str) {
-                Some(etag) => self.ov.add_alert_note_if(uri, &text, etag).await,
-                // No eTag to guard the write with: a plain one.
-                None => self.ov.add_alert_note(uri, &text).await.map(Some),
-            };
-            match put {
-                Ok(Some(_)) => {
-                    tracing::info!(
-                        alert = uri,
-                        sink = self.system.name(),
-                        key,
-                        "note written to the alert"
-                    );
-                    break "sent; note written";
-                }
-                // Changed since read: read it again (it may even carry our note now).
-                Ok(None) if races < NOTE_RACES => races += 1,
-                Ok(None) => {
-                    races = 0;
-                    let d = scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
-                    attempt += 1;
-                    self.metrics.retry(
-                        "oneview",
-                        "writing the note",
-                        attempt,
-                        d,
-                        "the alert keeps changing (412)",
-                    );
-                    if !self.ov().pause(d).await {
-                        return Ok(Outcome::Interrupted);
-                    }
-                }
-                // The write may have happened: read the alert again before another.
-                Err(e) => {
-                    if !self.ov().wait("writing the note", &e, &mut attempt).await {
-                        if *self.shutdown.borrow() {
-                            return Ok(Outcome::Interrupted);
-                        }
-                        tracing::warn!(alert = uri, sink = self.system.name(), error = %e, "could not write the note into the alert; sent without it");
-                        break "sent; note refused";
-                    }
-                }
+            NoteOnce::There(_) => "sent; the note was already there",
+            NoteOnce::Gone => "sent; the alert is gone, no note",
+            NoteOnce::Refused(e) => {
+                tracing::warn!(alert = uri, sink = self.system.name(), error = %e, "could not write the note into the alert; sent without it");
+                "sent; note not written"
             }
+            NoteOnce::Interrupted => return Ok(Outcome::Interrupted),
         };
         self.put(uri, Step::Noted, key, route).await?;
         Ok(Outcome::Done(written.into()))

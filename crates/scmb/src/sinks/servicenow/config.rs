@@ -115,8 +115,9 @@ pub struct ServiceNowConfig {
     #[serde(default)]
     pub journal_updates: bool,
     /// Claim each alert with an eTag-guarded note before creating its incident, so that two
-    /// instances on separate state never both create one (the `correlation_id` look-up
-    /// already prevents it unless both create in the same instant). Default false.
+    /// instances on separate state never both create one. The `correlation_id` look-up alone
+    /// does not prevent it: in a storm both instances look before either creates. Default
+    /// false.
     #[serde(default)]
     pub claim: bool,
     /// Time between OneView REST keep-alive calls while idle, e.g. `"10m"`; `"0s"` = off.

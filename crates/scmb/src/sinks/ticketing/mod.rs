@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::failure;
-use crate::sinks::oneview_retry::{self, OvAttempt, OvRetry};
+use crate::sinks::oneview_retry::{self, NoteOnce, OvAttempt, OvRetry};
 use crate::sinks::sink::{Outcome as SinkOutcome, SinkError};
 use crate::store::{Record, Step, Store, StoreError};
 use crate::telemetry::ApplianceMetrics;
@@ -153,8 +153,8 @@ fn latest_claim(alert: &Value, claim_prefix: &str) -> Option<(String, Option<Str
 
 /// How claiming an alert went.
 enum Claim {
-    /// Ours (now or before): go on, with the alert's eTag after the claim.
-    Ours(Option<String>),
+    /// Ours (now or before): go on.
+    Ours,
     /// Another instance's, still valid: it creates the incident.
     Theirs,
     /// The alert changed between our read and our claim: read it again.
@@ -261,6 +261,23 @@ pub struct Ticketer {
     pub claim: bool,
     /// Serialises finding and creating an incident per reference when alerts share them.
     pub locks: ReferenceLocks,
+    /// This instance's id (kept in its store): in its claims, so that two instances whose
+    /// references are the same for an alert (ServiceNow's `correlation_id`) tell their claims
+    /// apart, and a restarted instance knows its own.
+    pub instance: String,
+}
+
+/// The store's meta key of the instance's id.
+const INSTANCE_KEY: &str = "instance_id";
+
+/// This store's instance id, made (random) and kept the first time.
+fn instance_id(store: &Store) -> Result<String, StoreError> {
+    if let Some(id) = store.meta(INSTANCE_KEY)? {
+        return Ok(id);
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    store.set_meta(INSTANCE_KEY, &id)?;
+    Ok(id)
 }
 
 enum Attempt<T> {
@@ -389,9 +406,10 @@ impl Ticketer {
 
     async fn ticket(&self, uri: &str) -> Result<Outcome, TicketError> {
         let existing = self.get(uri).await?;
-        // The alert's eTag as read before creating the incident: the note's PUT starts with
-        // it (one read less; a 412 if it changed meanwhile reads it again).
-        let mut known_etag: Option<String> = None;
+        // The alert as read before creating the incident, unless a claim changed it since: the
+        // note is written onto it (one read less; a 412 if it changed meanwhile reads it
+        // again). After a restart at `Created` it is read first: the note may be there.
+        let mut fresh: Option<Value> = None;
         let incident = match existing.clone() {
             Some(r) if matches!(r.step, Step::Noted | Step::Failed | Step::Closed) => {
                 return Ok(Outcome::Done(format!("already handled ({:?})", r.step)));
@@ -425,10 +443,6 @@ impl Ticketer {
                         .await?;
                     return Ok(Outcome::Done(format!("already ticketed as {id}")));
                 }
-                known_etag = alert
-                    .get("eTag")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
                 if alert.get("alertState").and_then(Value::as_str) == Some("Cleared") {
                     return Ok(Outcome::Done("alert already cleared".into()));
                 }
@@ -450,7 +464,7 @@ impl Ticketer {
                 };
                 if self.claim {
                     match self.claim(uri, &alert, &reference).await {
-                        Claim::Ours(etag) => known_etag = etag.or(known_etag),
+                        Claim::Ours => {}
                         Claim::Theirs => return Ok(Outcome::Retry(CLAIM_WAIT)),
                         Claim::Changed => {
                             return Ok(Outcome::Retry(self.retry_base));
@@ -550,19 +564,22 @@ impl Ticketer {
                 self.put(uri, Record::new(Some(id.clone()), Step::Created))
                     .await?;
                 self.metrics.incident_created(self.system.name(), uri, &id);
+                if !self.claim {
+                    fresh = Some(alert);
+                }
                 id
             }
         };
         let note = self.system.note_for(&incident);
-        let mut updated = None;
-        match self
-            .ov_retry("writing the note", || {
-                self.ov
-                    .add_alert_note_with_etag(uri, &note, known_etag.as_deref())
-            })
-            .await
-        {
-            Attempt::Ok(a) => {
+        let retry = OvRetry {
+            stop: &self.shutdown,
+            metrics: &self.metrics,
+            base: self.retry_base,
+            cap: self.retry_cap,
+        };
+        let has_ours = |a: &Value| self.incidents_in_change_log(a).contains(&incident);
+        let updated = match retry.note_once(&self.ov, uri, &note, has_ours, fresh).await {
+            NoteOnce::Written(a) | NoteOnce::There(a) => {
                 // Another incident's note beside ours: another instance, on state of its own
                 // and without claims, ticketed the same alert at the same time.
                 let others: Vec<String> = self
@@ -574,14 +591,16 @@ impl Ticketer {
                     self.metrics
                         .incident_conflict(uri, &incident, &others.join(", "));
                 }
-                updated = Some(a);
+                Some(a)
             }
-            Attempt::Permanent(e) => {
-                // The alert is gone or refuses notes: the incident exists, record it as done.
+            NoteOnce::Gone => None,
+            NoteOnce::Refused(e) => {
+                // The alert refuses notes: the incident exists, record it as done.
                 tracing::warn!(alert = uri, incident = %incident, error = %e, "could not write the note into the alert");
+                None
             }
-            Attempt::Interrupted | Attempt::Unknown(_) => return Ok(Outcome::Interrupted),
-        }
+            NoteOnce::Interrupted => return Ok(Outcome::Interrupted),
+        };
         self.put(uri, Record::new(Some(incident.clone()), Step::Noted))
             .await?;
         tracing::info!(alert = uri, incident = %incident, "note written to the alert");
@@ -591,12 +610,22 @@ impl Ticketer {
         })
     }
 
+    /// What this instance's claim for `reference` says: the reference, and this instance's
+    /// id when the reference is the same for every instance.
+    fn claim_token(&self, reference: &str) -> String {
+        match self.system.stable_reference() {
+            true => format!("{reference} by {}", self.instance),
+            false => reference.to_string(),
+        }
+    }
+
     /// Claims the alert for this instance's `reference` unless another instance holds a
     /// valid claim: an eTag-guarded note, which only one of two writers can add.
     async fn claim(&self, uri: &str, alert: &Value, reference: &str) -> Claim {
         let etag = alert.get("eTag").and_then(Value::as_str);
+        let token = self.claim_token(reference);
         match latest_claim(alert, self.system.claim_prefix()) {
-            Some((r, _)) if r == reference => return Claim::Ours(etag.map(str::to_string)),
+            Some((r, _)) if r == token => return Claim::Ours,
             Some((r, at)) => {
                 if !self.claim_expired(at.as_deref()).await {
                     tracing::debug!(alert = uri, claim = %r, "another instance claimed the alert; waiting for its incident");
@@ -611,26 +640,21 @@ impl Ticketer {
                 alert = uri,
                 "the alert has no eTag: it cannot be claimed; creating its incident unclaimed"
             );
-            return Claim::Ours(None);
+            return Claim::Ours;
         };
-        let note = format!("{}{reference}", self.system.claim_prefix());
+        let note = format!("{}{token}", self.system.claim_prefix());
         match self
             .ov_retry("claiming the alert", || {
                 self.ov.add_alert_note_if(uri, &note, etag)
             })
             .await
         {
-            Attempt::Ok(Some(updated)) => Claim::Ours(
-                updated
-                    .get("eTag")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-            ),
+            Attempt::Ok(Some(_)) => Claim::Ours,
             Attempt::Ok(None) => Claim::Changed,
             Attempt::Permanent(e) => {
                 // Retrying cannot help (the appliance refuses the note): as without an eTag.
                 tracing::warn!(alert = uri, error = %e, "cannot claim the alert; creating its incident unclaimed");
-                Claim::Ours(Some(etag.to_string()))
+                Claim::Ours
             }
             Attempt::Interrupted | Attempt::Unknown(_) => Claim::Interrupted,
         }
@@ -834,7 +858,6 @@ impl Ticketer {
             ));
         };
         Ok(Ticketer {
-            store,
             system,
             ov,
             on_clear: s.on_clear,
@@ -846,6 +869,14 @@ impl Ticketer {
             metrics: ctx.metrics.clone(),
             claim: s.claim,
             locks: Default::default(),
+            instance: match s.claim {
+                true => instance_id(&store).map_err(|e| {
+                    let f = failure::Failure::from(e);
+                    SinkError::new(name, f.code, f.message)
+                })?,
+                false => String::new(),
+            },
+            store,
         })
     }
 
