@@ -488,12 +488,6 @@ impl Report {
                     sink.floor_text()
                 ),
             );
-            if sink == Sink::PagerDuty && lanes != crate::saas::SERVICENOW_CONCURRENCY {
-                self.skipped.push(format!(
-                    "storm     scmb run → PagerDuty at concurrency {}: [appliance.pagerduty] has no concurrency key; a PagerDuty-only appliance runs DEFAULT_LANES = {lanes} lanes (crates/scmb/src/config.rs), measured at {lanes}",
-                    crate::saas::SERVICENOW_CONCURRENCY
-                ));
-            }
         }
     }
 
@@ -575,7 +569,7 @@ impl Report {
                 "putLatencyMs": crate::storm::PUT_LATENCY_MS,
                 "saasSinkLatencyMs": crate::saas::SINK_LATENCY_MS,
                 "servicenowConcurrency": crate::saas::SERVICENOW_CONCURRENCY,
-                "pagerdutyLanes": crate::saas::PAGERDUTY_LANES,
+                "pagerdutyLanes": crate::saas::PAGERDUTY_CONCURRENCY,
             },
             "machine": {
                 "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -18,10 +18,7 @@
 //! - ServiceNow: `GET incident?correlation_id=…` (the incident may exist: the look-up comes
 //!   before every create) + `POST incident` + the PUT = 150 + 150 + 10 ms, at
 //!   `concurrency = 64`.
-//! - PagerDuty: `POST /v2/enqueue` + the PUT = 150 + 10 ms. `[appliance.pagerduty]` has no
-//!   concurrency key: an appliance's lanes are the largest `concurrency` of its Service
-//!   Manager and ServiceNow sinks, else `DEFAULT_LANES` = 16 (crates/scmb/src/config.rs), so a
-//!   PagerDuty-only appliance runs 16 lanes and its floor is counted at 16.
+//! - PagerDuty: `POST /v2/enqueue` + the PUT = 150 + 10 ms, at `concurrency = 64`.
 //!
 //! The OneView GET of the alert before the create (its change log: the duplicate guard) and
 //! the store's commits are not slowed by the simulator and are not in the floor.
@@ -43,8 +40,8 @@ use crate::Ctx;
 pub const SINK_LATENCY_MS: u64 = 150;
 /// `[appliance.servicenow] concurrency`.
 pub const SERVICENOW_CONCURRENCY: usize = 64;
-/// The lanes of an appliance whose only sink is PagerDuty (`DEFAULT_LANES`).
-pub const PAGERDUTY_LANES: usize = 16;
+/// `[appliance.pagerduty] concurrency`.
+pub const PAGERDUTY_CONCURRENCY: usize = 64;
 /// Any well-formed integration key: the simulator knows every one.
 const ROUTING_KEY: &str = "benchbenchbenchbenchbenchbench01";
 
@@ -73,7 +70,7 @@ impl Sink {
     pub fn lanes(self) -> usize {
         match self {
             Sink::ServiceNow => SERVICENOW_CONCURRENCY,
-            Sink::PagerDuty => PAGERDUTY_LANES,
+            Sink::PagerDuty => PAGERDUTY_CONCURRENCY,
         }
     }
     /// The sink's calls that one alert makes one after the other (each `SINK_LATENCY_MS`).
@@ -130,7 +127,7 @@ impl Sink {
                 ctx.app.servicenow
             ),
             Sink::PagerDuty => format!(
-                "[appliance.pagerduty]\nurl = \"{}\"\nrouting_key_env = \"SCMB_BENCH_PD_KEY\"\n",
+                "[appliance.pagerduty]\nurl = \"{}\"\nrouting_key_env = \"SCMB_BENCH_PD_KEY\"\nconcurrency = {PAGERDUTY_CONCURRENCY}\n",
                 ctx.app.pagerduty
             ),
         }

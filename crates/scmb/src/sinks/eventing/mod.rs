@@ -29,9 +29,10 @@ use scmb_oneview::Session;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::failure;
 use crate::sinks::http::retry_delay;
 use crate::sinks::oneview_retry::{NoteOnce, OvAttempt, OvRetry};
-use crate::sinks::sink::Outcome;
+use crate::sinks::sink::{Outcome, SinkError};
 use crate::sinks::ticketing::{CallClass, CallError};
 use crate::store::{Record, Step, Store, StoreError};
 use crate::telemetry::ApplianceMetrics;
@@ -427,6 +428,20 @@ impl Eventer {
 
     /// The alerts whose event may be open (triggered or about to be, not resolved), when a
     /// clear resolves it.
+    /// [`Eventer::process`] for the sink: a failure stops the appliance's pipeline.
+    pub async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
+        self.process(ev).await.map_err(|e| self.fatal(e))
+    }
+
+    /// [`Eventer::open_alerts`] for the sink.
+    pub async fn sink_open_alerts(&self) -> Result<Vec<String>, SinkError> {
+        self.open_alerts().await.map_err(|e| self.fatal(e))
+    }
+
+    fn fatal(&self, e: EventError) -> SinkError {
+        SinkError::new(self.system.name(), failure::UNEXPECTED, e.to_string())
+    }
+
     pub async fn open_alerts(&self) -> Result<Vec<String>, EventError> {
         if !self.resolve_on_clear {
             return Ok(Vec::new());

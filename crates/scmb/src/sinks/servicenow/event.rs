@@ -418,17 +418,11 @@ impl Sink for ServiceNowEvents {
     }
 
     async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
-        self.events
-            .process(ev)
-            .await
-            .map_err(|e| SinkError::new(EVENT_NAME, failure::UNEXPECTED, e.to_string()))
+        self.events.handle(ev).await
     }
 
     async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
-        self.events
-            .open_alerts()
-            .await
-            .map_err(|e| SinkError::new(EVENT_NAME, failure::UNEXPECTED, e.to_string()))
+        self.events.sink_open_alerts().await
     }
 
     async fn healthcheck(&self) -> Result<String, SinkError> {
