@@ -192,40 +192,56 @@ fn first_line(path: &Path) -> Result<Secret, String> {
     Ok(Secret::new(text.lines().next().unwrap_or("")))
 }
 
-/// Reads a line from the terminal with echo off.
+/// Asks for a password on the terminal with echo off (only called when standard input is one):
+/// the prompt goes to standard error, as it always has, and the answer is read from the
+/// controlling terminal (`/dev/tty`), whose settings `rpassword` restores afterwards.
 pub fn prompt(label: &str) -> Result<String, String> {
-    use std::io::{BufRead, Write};
-    eprint!("{label}");
-    let _ = std::io::stderr().flush();
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data; we restore the saved settings before returning.
-    let saved = unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(fd, &mut t) != 0 {
-            None
-        } else {
-            let saved = t;
-            t.c_lflag &= !libc::ECHO;
-            libc::tcsetattr(fd, libc::TCSANOW, &t);
-            Some(saved)
-        }
-    };
-    let mut line = String::new();
-    let read = std::io::stdin().lock().read_line(&mut line);
-    if let Some(s) = saved {
-        // SAFETY: restores the settings read above.
-        unsafe {
-            libc::tcsetattr(fd, libc::TCSANOW, &s);
-        }
-    }
-    eprintln!();
-    read.map_err(|e| format!("cannot read the password: {e}"))?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    prompt_with(
+        label,
+        rpassword::ConfigBuilder::new()
+            .output_writer(std::io::stderr())
+            .build(),
+    )
+}
+
+/// [`prompt`] with another terminal (tests give it canned input).
+fn prompt_with(label: &str, config: rpassword::Config) -> Result<String, String> {
+    rpassword::prompt_password_with_config(label, config)
+        .map_err(|e| format!("cannot read the password: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prompt_reads_one_line_and_its_errors_are_one_line() {
+        let typed = rpassword::ConfigBuilder::new()
+            .input_data("s3cret\r\nnext line\n")
+            .output_discard()
+            .build();
+        assert_eq!(prompt_with("Password: ", typed).expect("typed"), "s3cret");
+        let no_tty = rpassword::ConfigBuilder::new()
+            .input_file_path("/nonexistent/scmb/tty")
+            .output_discard()
+            .build();
+        let e = prompt_with("Password: ", no_tty).expect_err("no terminal");
+        assert!(e.starts_with("cannot read the password: "), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    /// Without a terminal on standard input nobody is asked: the next source, or the error
+    /// that names what to set.
+    #[test]
+    fn without_a_terminal_the_prompt_is_skipped() {
+        if std::io::stdin().is_terminal() {
+            return; // run by hand in a terminal: the prompt would wait for a person
+        }
+        let p = Password::new(vec![Source::Prompt("Password: ")], "no password given");
+        assert_eq!(p.read().expect_err("skipped"), "no password given");
+        let p = Password::new(vec![Source::Prompt("Password: "), Source::Empty], "unused");
+        assert_eq!(p.read().expect("next source").expose(), "");
+    }
 
     #[test]
     fn secrets_come_from_env_files_and_systemd_credentials_and_never_print() {

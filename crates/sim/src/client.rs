@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 
 /// A JSON body to send, if any.
@@ -27,9 +28,9 @@ pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
             roots
-                .add(c.map_err(|e| e.to_string())?)
+                .add(c.map_err(|e| scmb_tls::pem_reason(&e))?)
                 .map_err(|e| e.to_string())?;
         }
     }

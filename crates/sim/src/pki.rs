@@ -266,14 +266,15 @@ impl RsaKeys {
                 .into_iter()
                 .filter_map(|c| c.wait_with_output().ok())
                 .filter(|o| o.status.success())
-                .filter_map(
-                    |o| match rustls_pemfile::private_key(&mut o.stdout.as_slice()) {
-                        Ok(Some(rustls::pki_types::PrivateKeyDer::Pkcs8(k))) => {
+                .filter_map(|o| {
+                    use rustls::pki_types::pem::PemObject;
+                    match rustls::pki_types::PrivateKeyDer::from_pem_slice(&o.stdout) {
+                        Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(k)) => {
                             Some(k.secret_pkcs8_der().to_vec())
                         }
                         _ => None,
-                    },
-                )
+                    }
+                })
                 .collect(),
         )
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -46,12 +47,13 @@ fn load_certified_key(
     key_pem: &std::path::Path,
 ) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let certs = rustls_pemfile::certs(&mut read(cert_pem)?.as_slice())
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&read(cert_pem)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", cert_pem.display()))?;
-    let key = rustls_pemfile::private_key(&mut read(key_pem)?.as_slice())
-        .map_err(|e| format!("{}: {e}", key_pem.display()))?
-        .ok_or_else(|| format!("{}: no private key", key_pem.display()))?;
+        .map_err(|e| format!("{}: {}", cert_pem.display(), scmb_tls::pem_reason(&e)))?;
+    let key = rustls::pki_types::PrivateKeyDer::pem_slice_iter(&read(key_pem)?)
+        .next()
+        .ok_or_else(|| format!("{}: no private key", key_pem.display()))?
+        .map_err(|e| format!("{}: {}", key_pem.display(), scmb_tls::pem_reason(&e)))?;
     let signing = rustls::crypto::ring::default_provider()
         .key_provider
         .load_private_key(key)

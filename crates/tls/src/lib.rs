@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
@@ -125,11 +126,11 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Parses every certificate in PEM text.
 pub fn certs_from_pem(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadPem {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: pem_reason(&e),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -147,14 +148,34 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// Reads a PEM private key (PKCS#1 as appliances hand it out, PKCS#8 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|e| TlsError::BadPem {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
+    PrivateKeyDer::pem_slice_iter(&pem)
+        .next()
         .ok_or_else(|| TlsError::NoKey {
             path: path.to_path_buf(),
+        })?
+        .map_err(|e| TlsError::BadPem {
+            path: path.to_path_buf(),
+            reason: pem_reason(&e),
         })
+}
+
+/// Why PEM text could not be parsed, in one line and in the words operators have seen since
+/// the first release (the retired `rustls-pemfile` wording: the marker or line in quotes, the
+/// base64 error as it is).
+pub fn pem_reason(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!(
+                "section end {:?} missing",
+                String::from_utf8_lossy(end_marker)
+            )
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("illegal section start: {:?}", String::from_utf8_lossy(line))
+        }
+        pem::Error::Base64Decode(reason) => reason.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// A verifier that checks the chain against the CA but not the name.
@@ -354,5 +375,57 @@ mod tests {
         assert_eq!(a, b);
         assert!("abc".parse::<Fingerprint>().is_err());
         assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+    }
+
+    fn temp_pem(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("scmb-tls-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write pem");
+        path
+    }
+
+    /// The PEM errors keep the one-line wording of the `rustls-pemfile` days.
+    #[test]
+    fn missing_empty_and_corrupt_pem_files_give_the_same_one_line_errors_as_before() {
+        let missing = Path::new("/nonexistent/scmb/ca.pem");
+        let e = load_certs(missing).expect_err("missing").to_string();
+        assert!(
+            e.starts_with("cannot read /nonexistent/scmb/ca.pem: "),
+            "{e}"
+        );
+
+        let empty = temp_pem("empty.pem", "no pem here\n");
+        let e = load_certs(&empty).expect_err("empty").to_string();
+        assert_eq!(e, format!("{} holds no PEM certificate", empty.display()));
+        let e = load_key(&empty).expect_err("empty").to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{} holds no PEM private key (PKCS#1, PKCS#8 or SEC1 expected)",
+                empty.display()
+            )
+        );
+
+        let unterminated = temp_pem("cut.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n");
+        let e = load_certs(&unterminated).expect_err("cut").to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{} is not valid PEM: section end \"CERTIFICATE\" missing",
+                unterminated.display()
+            )
+        );
+
+        let bad64 = temp_pem(
+            "bad64.pem",
+            "-----BEGIN RSA PRIVATE KEY-----\n!!!!\n-----END RSA PRIVATE KEY-----\n",
+        );
+        let e = load_key(&bad64).expect_err("bad base64").to_string();
+        assert!(
+            e.starts_with(&format!("{} is not valid PEM: ", bad64.display())),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
     }
 }
