@@ -52,6 +52,8 @@ pub struct Secrets {
     pub servicenow: Option<Secret>,
     /// PagerDuty's routing keys.
     pub pagerduty: Option<crate::sinks::pagerduty::RoutingKeys>,
+    /// Each webhook's URL and HMAC secret, in the file's order.
+    pub webhook: Vec<crate::sinks::webhook::WebhookSecrets>,
 }
 
 /// The whole file.
@@ -195,6 +197,9 @@ pub struct ApplianceConfig {
     pub pagerduty: Option<crate::sinks::pagerduty::PagerDutyConfig>,
     /// Open a ServiceNow incident per admitted alert.
     pub servicenow: Option<crate::sinks::servicenow::ServiceNowConfig>,
+    /// POST admitted events to URLs (`[[appliance.webhook]]`, several allowed).
+    #[serde(default)]
+    pub webhook: Vec<crate::sinks::webhook::WebhookConfig>,
 }
 
 /// `[appliance.filter]`; every list empty means the default.
@@ -271,6 +276,11 @@ impl Config {
                 None => e.message().trim().to_string(),
             },
         })?;
+        let mut cfg = cfg;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for w in cfg.appliances.iter_mut().flat_map(|a| a.webhook.iter_mut()) {
+            w.relative_to(base);
+        }
         cfg.check().map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -321,9 +331,10 @@ impl Config {
                 && a.service_manager.is_none()
                 && a.servicenow.is_none()
                 && a.pagerduty.is_none()
+                && a.webhook.is_empty()
             {
                 return Err(ctx(
-                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow] or [appliance.pagerduty]"
+                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow], [appliance.pagerduty] or [[appliance.webhook]]"
                         .into(),
                 ));
             }
@@ -356,6 +367,10 @@ impl Config {
             }
             if let Some(sn) = &a.servicenow {
                 sn.check().map_err(|m| ctx(format!("servicenow: {m}")))?;
+            }
+            let hooks = crate::sinks::webhook::names(&a.webhook).map_err(ctx)?;
+            for (w, n) in a.webhook.iter().zip(&hooks) {
+                w.check(&format!("webhook {n:?}")).map_err(ctx)?;
             }
         }
         Ok(())
@@ -508,11 +523,20 @@ impl ApplianceConfig {
             Some(p) => Some(p.routing_keys().map_err(err)?),
             None => None,
         };
+        let names = crate::sinks::webhook::names(&self.webhook).map_err(err)?;
+        let webhook = self
+            .webhook
+            .iter()
+            .zip(&names)
+            .map(|(w, n)| w.secrets(&format!("webhook {n:?}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
         Ok(Secrets {
             ov,
             service_manager,
             servicenow,
             pagerduty,
+            webhook,
         })
     }
 
@@ -527,9 +551,17 @@ impl ApplianceConfig {
             message,
         };
         let pd = secrets.pagerduty.clone();
+        let hooks = secrets.webhook.clone();
         let mut s = self.assemble(state_dir, secrets).map_err(err)?;
         if let (Some(p), Some(keys)) = (&self.pagerduty, pd) {
             s.sinks.pagerduty = Some(p.settings(keys, &self.name, &self.address).map_err(err)?);
+        }
+        let names = crate::sinks::webhook::names(&self.webhook).map_err(err)?;
+        for ((w, n), sec) in self.webhook.iter().zip(&names).zip(hooks) {
+            s.sinks.webhooks.push(
+                w.settings(&format!("webhook {n:?}"), n, sec, &self.name, &self.address)
+                    .map_err(err)?,
+            );
         }
         Ok(s)
     }
@@ -664,6 +696,8 @@ impl ApplianceConfig {
                 servicenow,
                 // Needs its routing keys: set by `settings_with`.
                 pagerduty: None,
+                // Need their URLs: set by `settings_with`.
+                webhooks: Vec::new(),
             },
             store: Some(own.join(STORE_FILE)),
             login_at_start: true,

@@ -249,6 +249,8 @@ pub struct Metrics {
     resolved: Counters,
     retries: Family<TargetLabel, Counter>,
     unknown: Family<SinkLabel, Counter>,
+    /// Events a sink that forwards events (webhook) delivered, per sink.
+    delivered: Family<SinkLabel, Counter>,
     /// What the sinks that open incidents elsewhere (PagerDuty) did, per sink.
     sink_incidents: SinkIncidents,
     reconnects: Counters,
@@ -325,6 +327,12 @@ impl Metrics {
             "Changes a sink sent whose outcome is unknown (no usable answer): looked up by their reference before being sent again",
             unknown.clone(),
         );
+        let delivered = Family::<SinkLabel, Counter>::default();
+        registry.register(
+            "sink_events_delivered",
+            "Events a forwarding sink (webhook) delivered: its receiver answered 2xx",
+            delivered.clone(),
+        );
         let mut sink_counter = |name: &str, help: &str| {
             let f = Family::<SinkLabel, Counter>::default();
             registry.register(name, help, f.clone());
@@ -383,6 +391,7 @@ impl Metrics {
             resolved,
             retries,
             unknown,
+            delivered,
             sink_incidents,
             reconnects,
             reload_failures,
@@ -657,6 +666,14 @@ impl ApplianceMetrics {
             action,
             "incident resolved for the cleared alert"
         );
+    }
+
+    /// `sink` (a webhook) delivered the event `id` about `alert`: its receiver answered
+    /// `status`.
+    pub fn sink_event_delivered(&self, sink: &str, alert: &str, id: &str, status: u16) {
+        let c = &self.parent.delivered;
+        c.get_or_create(&self.sink_label(sink)).inc();
+        tracing::info!(alert, sink, id, status, "event delivered");
     }
 
     /// A failed call that will be retried after `delay`.

@@ -7,7 +7,7 @@
 //! Module map: [`pki`] certificates on disk; [`broker`] the RabbitMQ child process; [`bus`] the
 //! publisher; [`ov`] the OneView REST API; [`control`] the `/sim/` control surface; [`sm`] the
 //! Service Manager; [`servicenow`] a ServiceNow instance (Table API, OAuth, Event Management);
-//! [`pagerduty`] PagerDuty's Events API v2; [`httpsim`] what those three share (state, faults
+//! [`pagerduty`] PagerDuty's Events API v2; [`webhook`] a webhook receiver that records requests; [`httpsim`] what those three share (state, faults
 //! and their middleware, control routes, persistence); [`serve`] HTTP(S) serving; [`sim`] wiring
 //! it all together; [`client`] a small client of the control surface for the CLI and tests;
 //! [`rawamqp`] a minimal AMQP client for routing keys that are not UTF-8.
@@ -32,5 +32,6 @@ pub mod servicenow;
 pub mod sim;
 pub mod sm;
 pub mod testkit;
+pub mod webhook;
 
 pub use sim::{Sim, SimConfig};

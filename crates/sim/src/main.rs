@@ -29,7 +29,8 @@ use serde_json::{json, Map, Value};
     about = "A simulated HPE OneView appliance (REST API + SCMB on a real RabbitMQ) and HP Service Manager",
     after_help = "Examples:\n  ov-sim --state ./state                 # start everything, print a ready line\n  ov-sim alert raise --state ./state --severity Critical --description 'Fan failed'\n  ov-sim storm --state ./state --count 1000 --rate 0 --critical 1 --warning 9\n  ov-sim broker restart --state ./state\n  ov-sim sm --port 13080                 # Service Manager alone
   ov-sim servicenow --port 13081         # ServiceNow alone
-  ov-sim pagerduty --port 13082          # PagerDuty Events API v2 alone"
+  ov-sim pagerduty --port 13082          # PagerDuty Events API v2 alone
+  ov-sim webhook --port 13083            # a webhook receiver alone (GET /sim/requests)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -170,6 +171,8 @@ enum Cmd {
     Servicenow(ServicenowArgs),
     /// Run the PagerDuty Events API v2 simulator alone.
     Pagerduty(PagerdutyArgs),
+    /// Run a webhook receiver alone: records every request (GET /sim/requests), answers 200.
+    Webhook(WebhookArgs),
     /// Raise, update, clear, lock or delete alerts on a running simulator.
     #[command(subcommand)]
     Alert(AlertCmd),
@@ -324,6 +327,14 @@ struct PagerdutyArgs {
     /// Keep events and incidents in this JSON file across restarts.
     #[arg(long)]
     persist: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct WebhookArgs {
+    #[arg(long, default_value_t = 13083)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
 }
 
 #[derive(Args, Debug)]
@@ -611,6 +622,11 @@ async fn run_pagerduty(a: PagerdutyArgs) -> anyhow::Result<()> {
     run_alone("pagerduty", a.bind, a.port, PdState::new(cfg)).await
 }
 
+async fn run_webhook(a: WebhookArgs) -> anyhow::Result<()> {
+    let st = scmb_sim::webhook::WebhookState::new(scmb_sim::webhook::WebhookConfig::default());
+    run_alone("webhook", a.bind, a.port, st).await
+}
+
 fn client(state: &StateArg) -> anyhow::Result<SimClient> {
     let ready = scmb_sim::sim::read_ready(&state.state).map_err(anyhow::Error::msg)?;
     SimClient::from_ready(&ready).map_err(anyhow::Error::msg)
@@ -650,6 +666,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Sm(a) => run_sm(a).await,
         Cmd::Servicenow(a) => run_servicenow(a).await,
         Cmd::Pagerduty(a) => run_pagerduty(a).await,
+        Cmd::Webhook(a) => run_webhook(a).await,
         Cmd::ServicenowFault { state, json } => {
             set_faults(&state, Service::ServiceNow, &json).await
         }

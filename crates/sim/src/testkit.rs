@@ -207,6 +207,14 @@ pub async fn serve_pagerduty(cfg: PdConfig) -> Served<PdState> {
     serve(PdState::new(cfg)).await
 }
 
+/// A webhook receiver alone (see [`Served`]).
+pub async fn serve_webhook() -> Served<crate::webhook::WebhookState> {
+    serve(crate::webhook::WebhookState::new(
+        crate::webhook::WebhookConfig::default(),
+    ))
+    .await
+}
+
 /// One full simulated appliance shared by every test of a test binary.
 pub fn shared_sim() -> &'static SimInfo {
     static SIM: OnceLock<SimInfo> = OnceLock::new();

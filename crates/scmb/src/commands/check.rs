@@ -223,6 +223,13 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
             Err(f) => r.fail(who, "servicenow", &f),
         }
     }
+    for w in &s.sinks.webhooks {
+        let what = format!("webhook {}", w.name);
+        match crate::sinks::webhook::probe(w).await {
+            Ok(l) => r.line(Verdict::Ok, who, &what, &l),
+            Err(e) => r.fail(who, &what, &e.into()),
+        }
+    }
 }
 
 /// `scmb check`.

@@ -16,6 +16,7 @@ pub mod service_manager;
 pub mod servicenow;
 mod sink;
 pub mod ticketing;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct SinkSettings {
     pub service_manager: Option<service_manager::ServiceManagerSettings>,
     pub pagerduty: Option<pagerduty::PagerDutySettings>,
     pub servicenow: Option<servicenow::ServiceNowSettings>,
+    /// `[[appliance.webhook]]`, in the file's order.
+    pub webhooks: Vec<webhook::WebhookSettings>,
 }
 
 impl SinkSettings {
@@ -83,6 +86,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     if let Some(sn) = &s.servicenow {
         sinks.push(servicenow::sink(sn, ctx)?);
+    }
+    for w in &s.webhooks {
+        sinks.push(Arc::new(webhook::Webhook::new(w, ctx)?));
     }
     Ok(sinks)
 }
