@@ -52,6 +52,8 @@ pub struct Secrets {
     pub servicenow: Option<Secret>,
     /// PagerDuty's routing keys.
     pub pagerduty: Option<crate::sinks::pagerduty::RoutingKeys>,
+    /// Alertmanager's password or bearer token, when it has one.
+    pub alertmanager: Option<Secret>,
 }
 
 /// The whole file.
@@ -195,6 +197,8 @@ pub struct ApplianceConfig {
     pub pagerduty: Option<crate::sinks::pagerduty::PagerDutyConfig>,
     /// Open a ServiceNow incident per admitted alert.
     pub servicenow: Option<crate::sinks::servicenow::ServiceNowConfig>,
+    /// Send every admitted alert to Prometheus Alertmanager, re-sent while active.
+    pub alertmanager: Option<crate::sinks::alertmanager::AlertmanagerConfig>,
 }
 
 /// `[appliance.filter]`; every list empty means the default.
@@ -321,9 +325,10 @@ impl Config {
                 && a.service_manager.is_none()
                 && a.servicenow.is_none()
                 && a.pagerduty.is_none()
+                && a.alertmanager.is_none()
             {
                 return Err(ctx(
-                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow] or [appliance.pagerduty]"
+                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow], [appliance.pagerduty] or [appliance.alertmanager]"
                         .into(),
                 ));
             }
@@ -341,6 +346,9 @@ impl Config {
             }
             if let Some(pd) = &a.pagerduty {
                 pd.check(&a.filter.severities).map_err(ctx)?;
+            }
+            if let Some(am) = &a.alertmanager {
+                am.check().map_err(ctx)?;
             }
             if let Some(fp) = &a.rest_fingerprint {
                 fp.parse::<scmb_tls::Fingerprint>()
@@ -454,7 +462,8 @@ impl ApplianceConfig {
             None => Ok(LookBack::default_for(
                 self.service_manager.is_some()
                     || self.servicenow.is_some()
-                    || self.pagerduty.is_some(),
+                    || self.pagerduty.is_some()
+                    || self.alertmanager.is_some(),
             )),
         }
     }
@@ -508,11 +517,16 @@ impl ApplianceConfig {
             Some(p) => Some(p.routing_keys().map_err(err)?),
             None => None,
         };
+        let alertmanager = match &self.alertmanager {
+            Some(a) => a.read_secret().map_err(err)?,
+            None => None,
+        };
         Ok(Secrets {
             ov,
             service_manager,
             servicenow,
             pagerduty,
+            alertmanager,
         })
     }
 
@@ -527,9 +541,13 @@ impl ApplianceConfig {
             message,
         };
         let pd = secrets.pagerduty.clone();
+        let am = secrets.alertmanager.clone();
         let mut s = self.assemble(state_dir, secrets).map_err(err)?;
         if let (Some(p), Some(keys)) = (&self.pagerduty, pd) {
             s.sinks.pagerduty = Some(p.settings(keys, &self.name, &self.address).map_err(err)?);
+        }
+        if let Some(a) = &self.alertmanager {
+            s.sinks.alertmanager = Some(a.settings(am, &self.name, &self.address).map_err(err)?);
         }
         Ok(s)
     }
@@ -645,6 +663,7 @@ impl ApplianceConfig {
                 self.service_manager.as_ref().map(|sm| sm.concurrency),
                 self.servicenow.as_ref().map(|sn| sn.concurrency),
                 self.pagerduty.as_ref().map(|pd| pd.concurrency),
+                self.alertmanager.as_ref().map(|am| am.concurrency),
             ]
             .into_iter()
             .flatten()
@@ -664,6 +683,8 @@ impl ApplianceConfig {
                 servicenow,
                 // Needs its routing keys: set by `settings_with`.
                 pagerduty: None,
+                // Needs its secret: set by `settings_with`.
+                alertmanager: None,
             },
             store: Some(own.join(STORE_FILE)),
             login_at_start: true,

@@ -5,6 +5,7 @@
 //! settings in [`SinkSettings`] and one line in [`build`] (see ARCHITECTURE.md, "Adding a
 //! sink"); the pipeline does not change.
 
+pub mod alertmanager;
 pub mod console;
 pub mod eventing;
 pub mod format;
@@ -52,13 +53,17 @@ pub struct SinkSettings {
     pub service_manager: Option<service_manager::ServiceManagerSettings>,
     pub pagerduty: Option<pagerduty::PagerDutySettings>,
     pub servicenow: Option<servicenow::ServiceNowSettings>,
+    pub alertmanager: Option<alertmanager::AlertmanagerSettings>,
 }
 
 impl SinkSettings {
     /// Whether a sink tickets (or pages): the first start then catches up on every active
     /// alert.
     pub fn tickets(&self) -> bool {
-        self.service_manager.is_some() || self.servicenow.is_some() || self.pagerduty.is_some()
+        self.service_manager.is_some()
+            || self.servicenow.is_some()
+            || self.pagerduty.is_some()
+            || self.alertmanager.is_some()
     }
 }
 
@@ -83,6 +88,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     if let Some(sn) = &s.servicenow {
         sinks.push(servicenow::sink(sn, ctx)?);
+    }
+    if let Some(am) = &s.alertmanager {
+        sinks.push(Arc::new(alertmanager::Alertmanager::new(am, ctx)?));
     }
     Ok(sinks)
 }
