@@ -54,6 +54,8 @@ pub struct Secrets {
     pub pagerduty: Option<crate::sinks::pagerduty::RoutingKeys>,
     /// Each webhook's URL and HMAC secret, in the file's order.
     pub webhook: Vec<crate::sinks::webhook::WebhookSecrets>,
+    /// Alertmanager's password or bearer token, when it has one.
+    pub alertmanager: Option<Secret>,
 }
 
 /// The whole file.
@@ -200,6 +202,8 @@ pub struct ApplianceConfig {
     /// POST admitted events to URLs (`[[appliance.webhook]]`, several allowed).
     #[serde(default)]
     pub webhook: Vec<crate::sinks::webhook::WebhookConfig>,
+    /// Send every admitted alert to Prometheus Alertmanager, re-sent while active.
+    pub alertmanager: Option<crate::sinks::alertmanager::AlertmanagerConfig>,
 }
 
 /// `[appliance.filter]`; every list empty means the default.
@@ -332,9 +336,10 @@ impl Config {
                 && a.servicenow.is_none()
                 && a.pagerduty.is_none()
                 && a.webhook.is_empty()
+                && a.alertmanager.is_none()
             {
                 return Err(ctx(
-                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow], [appliance.pagerduty] or [[appliance.webhook]]"
+                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow], [appliance.pagerduty], [appliance.alertmanager] or [[appliance.webhook]]"
                         .into(),
                 ));
             }
@@ -352,6 +357,9 @@ impl Config {
             }
             if let Some(pd) = &a.pagerduty {
                 pd.check(&a.filter.severities).map_err(ctx)?;
+            }
+            if let Some(am) = &a.alertmanager {
+                am.check().map_err(ctx)?;
             }
             if let Some(fp) = &a.rest_fingerprint {
                 fp.parse::<scmb_tls::Fingerprint>()
@@ -469,7 +477,8 @@ impl ApplianceConfig {
             None => Ok(LookBack::default_for(
                 self.service_manager.is_some()
                     || self.servicenow.is_some()
-                    || self.pagerduty.is_some(),
+                    || self.pagerduty.is_some()
+                    || self.alertmanager.is_some(),
             )),
         }
     }
@@ -531,12 +540,17 @@ impl ApplianceConfig {
             .map(|(w, n)| w.secrets(&format!("webhook {n:?}")))
             .collect::<Result<Vec<_>, _>>()
             .map_err(err)?;
+        let alertmanager = match &self.alertmanager {
+            Some(a) => a.read_secret().map_err(err)?,
+            None => None,
+        };
         Ok(Secrets {
             ov,
             service_manager,
             servicenow,
             pagerduty,
             webhook,
+            alertmanager,
         })
     }
 
@@ -552,6 +566,7 @@ impl ApplianceConfig {
         };
         let pd = secrets.pagerduty.clone();
         let hooks = secrets.webhook.clone();
+        let am = secrets.alertmanager.clone();
         let mut s = self.assemble(state_dir, secrets).map_err(err)?;
         if let (Some(p), Some(keys)) = (&self.pagerduty, pd) {
             s.sinks.pagerduty = Some(p.settings(keys, &self.name, &self.address).map_err(err)?);
@@ -562,6 +577,9 @@ impl ApplianceConfig {
                 w.settings(&format!("webhook {n:?}"), n, sec, &self.name, &self.address)
                     .map_err(err)?,
             );
+        }
+        if let Some(a) = &self.alertmanager {
+            s.sinks.alertmanager = Some(a.settings(am, &self.name, &self.address).map_err(err)?);
         }
         Ok(s)
     }
@@ -677,6 +695,7 @@ impl ApplianceConfig {
                 self.service_manager.as_ref().map(|sm| sm.concurrency),
                 self.servicenow.as_ref().map(|sn| sn.concurrency),
                 self.pagerduty.as_ref().map(|pd| pd.concurrency),
+                self.alertmanager.as_ref().map(|am| am.concurrency),
             ]
             .into_iter()
             .flatten()
@@ -698,6 +717,8 @@ impl ApplianceConfig {
                 pagerduty: None,
                 // Need their URLs: set by `settings_with`.
                 webhooks: Vec::new(),
+                // Needs its secret: set by `settings_with`.
+                alertmanager: None,
             },
             store: Some(own.join(STORE_FILE)),
             login_at_start: true,

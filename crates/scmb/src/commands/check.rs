@@ -214,6 +214,12 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
         let v = if fine { Verdict::Ok } else { Verdict::Warn };
         r.line(v, who, "pagerduty store", &line);
     }
+    if let Some(am) = &s.sinks.alertmanager {
+        match crate::sinks::alertmanager::probe(am).await {
+            Ok(l) => r.line(Verdict::Ok, who, "alertmanager", &l),
+            Err(e) => r.fail(who, "alertmanager", &e.into()),
+        }
+    }
     if let Some(sn) = &s.sinks.servicenow {
         let line = crate::sinks::servicenow::check(sn)
             .await

@@ -5,6 +5,7 @@
 //! settings in [`SinkSettings`] and one line in [`build`] (see ARCHITECTURE.md, "Adding a
 //! sink"); the pipeline does not change.
 
+pub mod alertmanager;
 pub mod console;
 pub mod eventing;
 pub mod format;
@@ -55,13 +56,17 @@ pub struct SinkSettings {
     pub servicenow: Option<servicenow::ServiceNowSettings>,
     /// `[[appliance.webhook]]`, in the file's order.
     pub webhooks: Vec<webhook::WebhookSettings>,
+    pub alertmanager: Option<alertmanager::AlertmanagerSettings>,
 }
 
 impl SinkSettings {
     /// Whether a sink tickets (or pages): the first start then catches up on every active
     /// alert.
     pub fn tickets(&self) -> bool {
-        self.service_manager.is_some() || self.servicenow.is_some() || self.pagerduty.is_some()
+        self.service_manager.is_some()
+            || self.servicenow.is_some()
+            || self.pagerduty.is_some()
+            || self.alertmanager.is_some()
     }
 }
 
@@ -89,6 +94,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     for w in &s.webhooks {
         sinks.push(Arc::new(webhook::Webhook::new(w, ctx)?));
+    }
+    if let Some(am) = &s.alertmanager {
+        sinks.push(Arc::new(alertmanager::Alertmanager::new(am, ctx)?));
     }
     Ok(sinks)
 }
