@@ -581,7 +581,7 @@ mod tests {
         assert_eq!(Sink::ServiceNow.per_alert_ms(), 310);
         assert!((Sink::ServiceNow.floor_s(1000) - 16.0 * 0.31).abs() < 1e-9);
         assert_eq!(Sink::PagerDuty.per_alert_ms(), 160);
-        assert!((Sink::PagerDuty.floor_s(1000) - 63.0 * 0.16).abs() < 1e-9);
+        assert!((Sink::PagerDuty.floor_s(1000) - 16.0 * 0.16).abs() < 1e-9);
         assert!((Sink::ServiceNow.floor_s(200) - 4.0 * 0.31).abs() < 1e-9);
     }
 
