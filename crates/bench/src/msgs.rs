@@ -95,7 +95,7 @@ pub fn kind_of(i: u64, n: u64) -> Kind {
 /// How many of `n` messages are critical.
 pub fn criticals(n: u64) -> u64 {
     let c = n / 10;
-    if n % 10 != 0 {
+    if !n.is_multiple_of(10) {
         c + 1
     } else {
         c

@@ -107,6 +107,7 @@ impl From<StoreError> for Failure {
             StoreError::NoSpace { .. }
             | StoreError::Denied { .. }
             | StoreError::Open { .. }
+            | StoreError::Upgrade { .. }
             | StoreError::Db(_) => STORE_UNWRITABLE,
         };
         Failure::new(code, e.to_string())
@@ -135,6 +136,13 @@ mod tests {
             code(StoreError::NoSpace {
                 path: path.clone(),
                 dir: dir.clone(),
+                detail: detail.clone()
+            }),
+            10
+        );
+        assert_eq!(
+            code(StoreError::Upgrade {
+                path: path.clone(),
                 detail: detail.clone()
             }),
             10

@@ -12,8 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+mod upgrade;
 
 const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -46,6 +48,8 @@ pub enum StoreError {
     },
     #[error("cannot open the state database {path}: {detail}: check the file and the file system holding it")]
     Open { path: PathBuf, detail: String },
+    #[error("cannot upgrade the state database {path} from scmb 0.1's file format ({detail}): the file is unchanged: fix the cause and start again")]
+    Upgrade { path: PathBuf, detail: String },
     #[error("state database error: {0}")]
     Db(String),
     #[error("corrupt record for {uri}: {detail}")]
@@ -341,6 +345,32 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Why [`open_database`] failed.
+enum Opened {
+    Redb(redb::Error),
+    /// redb panicked on the file (its message).
+    Panicked(String),
+}
+
+/// Opens (or creates) the database file and its tables.
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, Opened> {
+    catching_panics(|| -> Result<Database, redb::Error> {
+        // A bounded page cache: redb's default (up to 1 GiB) would grow with every page
+        // written.
+        let database = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
+        let w = database.begin_write()?;
+        w.open_table(ALERTS)?;
+        w.open_table(META)?;
+        w.open_table(PRINTED)?;
+        w.commit()?;
+        Ok(database)
+    })
+    .map_err(Opened::Panicked)?
+    .map_err(Opened::Redb)
+}
+
 impl Store {
     /// Opens (or creates) the database at `path`, with the small page cache.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -353,25 +383,26 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| io_failure(path, &e))?;
         }
-        let fail = |e: redb::Error| open_failure(path, e);
-        let database = catching_panics(|| -> Result<Database, StoreError> {
-            // A bounded page cache: redb's default (up to 1 GiB) would grow with every page
-            // written.
-            let database = redb::Builder::new()
-                .set_cache_size(cache_bytes)
-                .create(path)
-                .map_err(|e| fail(e.into()))?;
-            let w = database.begin_write().map_err(|e| fail(e.into()))?;
-            w.open_table(ALERTS).map_err(|e| fail(e.into()))?;
-            w.open_table(META).map_err(|e| fail(e.into()))?;
-            w.open_table(PRINTED).map_err(|e| fail(e.into()))?;
-            w.commit().map_err(|e| fail(e.into()))?;
-            Ok(database)
-        })
-        .map_err(|detail| StoreError::Damaged {
-            path: path.to_path_buf(),
-            detail,
-        })??;
+        let database = match open_database(path, cache_bytes) {
+            Err(Opened::Redb(redb::Error::UpgradeRequired(upgrade::V2))) => {
+                let done = upgrade::upgrade(path)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    backup = %done.backup.display(),
+                    records = done.records,
+                    "upgraded the state database from scmb 0.1's file format; the old file is kept as the backup (remove it once this version runs well)"
+                );
+                open_database(path, cache_bytes)
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
+            Opened::Redb(e) => open_failure(path, e),
+            Opened::Panicked(detail) => StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail,
+            },
+        })?;
         let database = Arc::new(database);
         let (writer, jobs) = std::sync::mpsc::channel();
         let d = database.clone();

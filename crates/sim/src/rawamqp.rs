@@ -488,7 +488,7 @@ pub fn query_bytes(q: &str) -> Vec<(String, Vec<u8>)> {
 /// Bytes from hex text (`ff00` or `FF00`), or the reason it is not hex.
 pub fn from_hex(s: &str) -> Result<Vec<u8>, String> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("{s:?}: an odd number of hex digits"));
     }
     (0..s.len())
