@@ -72,9 +72,14 @@ impl ConsumeFig {
     }
 }
 
-/// Declares a fresh shared queue as CN `default`, fills it with `n` messages as the admin and
-/// waits until the broker reports them all.
-async fn fill(ctx: &Ctx, admin: &Amqp, n: u64) -> Result<String> {
+/// Declares a fresh shared queue as CN `default`, fills it with `n` messages as the admin (the
+/// `i`-th of kind `kind(i, n)`) and waits until the broker reports them all.
+pub async fn fill(
+    ctx: &Ctx,
+    admin: &Amqp,
+    n: u64,
+    kind: impl Fn(u64, u64) -> crate::msgs::Kind,
+) -> Result<String> {
     let started = Instant::now();
     let reader = Amqp::open(&ctx.app.bus_target(false)).await?;
     let queue = reader.declare_bound_queue(false).await?;
@@ -82,7 +87,7 @@ async fn fill(ctx: &Ctx, admin: &Amqp, n: u64) -> Result<String> {
     let base = ctx.next_ids(n);
     let t0 = unix_ms() - n as i64;
     for i in 0..n {
-        let (key, body) = envelope(base + i, kind_of(i, n), t0 + i as i64, None);
+        let (key, body) = envelope(base + i, kind(i, n), t0 + i as i64, None);
         admin.publish(key, body).await?;
     }
     let publish_s = started.elapsed().as_secs_f64();
@@ -113,7 +118,7 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<Vec<ConsumeFig>> {
     let only = &ctx.settings.clients;
     clients.retain(|c| only.is_empty() || only.iter().any(|o| o == c));
     for client in clients {
-        let queue = fill(ctx, &admin, n).await?;
+        let queue = fill(ctx, &admin, n, kind_of).await?;
         let child = match client {
             "no-op" => {
                 let pki = &ctx.app.pki;

@@ -4,7 +4,8 @@
 //!
 //! Measurements (see each module): [`consume`] throughput and CPU against a no-op consumer and
 //! the HPE sample's py-amqp loop; [`storm`] time to ticket an alert storm; [`saas`] the same
-//! storm through `scmb run` into ServiceNow and into PagerDuty; [`latency`] bus →
+//! storm through `scmb run` into ServiceNow and into PagerDuty; [`sinks`] a 10,000-event storm
+//! through each printing sink (JSON lines, webhook, Alertmanager); [`latency`] bus →
 //! stdout latency; [`footprint`] start-up time, idle memory and binary size.
 //!
 //! Exit codes: 0 done (targets may have failed: benchmarks are not tests), 1 the harness
@@ -21,6 +22,7 @@ mod msgs;
 mod procs;
 mod report;
 mod saas;
+mod sinks;
 mod storm;
 mod util;
 
@@ -80,6 +82,12 @@ struct Cli {
     /// 1,000; 200 with --quick).
     #[arg(long, value_name = "N")]
     storm_count: Option<u64>,
+    /// Events of the per-sink storm (default 10,000; 1,000 with --quick).
+    #[arg(long, value_name = "N")]
+    sink_events: Option<u64>,
+    /// Only these sinks in the sinks measurement (jsonl, webhook, alertmanager; default all).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    sinks: Vec<String>,
     /// Alerts of the sequential baseline (default: the storm size).
     #[arg(long, value_name = "N")]
     baseline_count: Option<u64>,
@@ -124,6 +132,8 @@ enum Measure {
     StormServicenow,
     /// The storm through `scmb run` into PagerDuty.
     StormPagerduty,
+    /// A storm through each printing sink of `scmb run`, next to the JSON-lines sink.
+    Sinks,
     Latency,
     Footprint,
 }
@@ -143,6 +153,10 @@ pub struct Settings {
     pub clients: Vec<String>,
     /// Appliance counts of the appliances measurement.
     pub appliances: Vec<usize>,
+    /// Events of the per-sink storm.
+    pub sink_events: u64,
+    /// The sinks of the sinks measurement (empty: all).
+    pub sinks: Vec<String>,
 }
 
 /// What every measurement needs.
@@ -282,6 +296,8 @@ fn settings(cli: &Cli) -> Result<Settings> {
         latency_secs: cli.latency_secs.unwrap_or(if q { 5 } else { 30 }),
         latency_rate: cli.latency_rate,
         clients: cli.clients.clone(),
+        sink_events: cli.sink_events.unwrap_or(if q { 1_000 } else { 10_000 }),
+        sinks: cli.sinks.clone(),
         appliances: if cli.appliances.is_empty() {
             if q {
                 vec![3]
@@ -292,8 +308,20 @@ fn settings(cli: &Cli) -> Result<Settings> {
             cli.appliances.clone()
         },
     };
-    if s.runs == 0 || s.messages == 0 || s.storm_count == 0 || s.baseline_count == 0 {
-        bail!("--runs, --messages, --storm-count and --baseline-count must be at least 1");
+    if s.runs == 0
+        || s.messages == 0
+        || s.storm_count == 0
+        || s.baseline_count == 0
+        || s.sink_events == 0
+    {
+        bail!("--runs, --messages, --storm-count, --baseline-count and --sink-events must be at least 1");
+    }
+    if let Some(bad) = s
+        .sinks
+        .iter()
+        .find(|w| !sinks::Kind::ALL.iter().any(|k| k.name() == w.as_str()))
+    {
+        bail!("--sinks: unknown sink {bad:?} (jsonl, webhook, alertmanager)");
     }
     if s.messages > u64::from(u32::MAX) || s.concurrency.contains(&0) {
         bail!("--messages must fit in 32 bits and every --concurrency be at least 1");
@@ -482,6 +510,28 @@ async fn run_all(ctx: &Ctx, report: &mut Report, only: &dyn Fn(Measure) -> bool)
                 report
                     .saas
                     .push(saas::run_once(ctx, &session, sink, run).await?);
+            }
+        }
+    }
+    if only(Measure::Sinks) {
+        println!(
+            "\n== sinks: {} new critical alerts queued, drained by scmb run into one sink at a time ==",
+            util::thousands(s.sink_events as f64)
+        );
+        let mut kinds: Vec<sinks::Kind> = sinks::Kind::ALL
+            .into_iter()
+            .filter(|k| s.sinks.is_empty() || s.sinks.iter().any(|w| w == k.name()))
+            .collect();
+        if kinds.contains(&sinks::Kind::Alertmanager) && sinks::alertmanager_binary().is_none() {
+            println!("  alertmanager: prometheus-alertmanager is not installed, skipped");
+            report
+                .skipped
+                .push("sinks alertmanager: prometheus-alertmanager is not installed".into());
+            kinds.retain(|k| *k != sinks::Kind::Alertmanager);
+        }
+        for run in 1..=s.runs {
+            for &kind in &kinds {
+                report.sinks.push(sinks::run_once(ctx, run, kind).await?);
             }
         }
     }

@@ -8,6 +8,7 @@ use crate::consume::ConsumeFig;
 use crate::footprint::FootprintFig;
 use crate::latency::LatencyFig;
 use crate::saas::{SaasFig, Sink};
+use crate::sinks::{Kind, SinkFig};
 use crate::storm::StormFig;
 use crate::util::{fixed, spread, thousands, triple};
 use crate::Settings;
@@ -41,6 +42,7 @@ pub struct Report {
     pub appliances: Vec<AppliancesFig>,
     pub storm: Vec<StormFig>,
     pub saas: Vec<SaasFig>,
+    pub sinks: Vec<SinkFig>,
     pub latency: Vec<LatencyFig>,
     pub footprint: Vec<FootprintFig>,
     pub targets: Vec<Target>,
@@ -60,6 +62,7 @@ impl Report {
             appliances: Vec::new(),
             storm: Vec::new(),
             saas: Vec::new(),
+            sinks: Vec::new(),
             latency: Vec::new(),
             footprint: Vec::new(),
             targets: Vec::new(),
@@ -110,6 +113,7 @@ impl Report {
         self.summary_appliances();
         self.summary_storm();
         self.summary_saas();
+        self.summary_sinks();
         self.summary_latency();
         self.summary_footprint();
 
@@ -419,6 +423,56 @@ impl Report {
         }
     }
 
+    /// Figures only: the issue asks for each sink's throughput and CPU per event next to the
+    /// JSON-lines sink's, not for a target.
+    fn summary_sinks(&mut self) {
+        if self.sinks.is_empty() {
+            return;
+        }
+        let title = format!(
+            "sinks ({} events each)",
+            thousands(self.settings.sink_events as f64)
+        );
+        println!(
+            "{title:<34} {:>22} {:>22} {:>16} {:>14}",
+            "events/s", "CPU µs/event", "× JSON-lines CPU", "peak RSS MB"
+        );
+        let jsonl: Vec<f64> = self
+            .sinks
+            .iter()
+            .filter(|f| f.sink == Kind::Jsonl)
+            .map(SinkFig::cpu_us_per_event)
+            .collect();
+        let base = median(&jsonl);
+        for kind in Kind::ALL {
+            let figs: Vec<&SinkFig> = self.sinks.iter().filter(|f| f.sink == kind).collect();
+            if figs.is_empty() {
+                continue;
+            }
+            let rate: Vec<f64> = figs.iter().map(|f| f.rate()).collect();
+            let cpu: Vec<f64> = figs.iter().map(|f| f.cpu_us_per_event()).collect();
+            let ratio: Vec<f64> = cpu.iter().map(|c| c / base).collect();
+            let rss: Vec<f64> = figs
+                .iter()
+                .map(|f| f.peak_rss_kb.map_or(f64::NAN, |k| k as f64 / 1024.0))
+                .collect();
+            let incomplete = figs.iter().filter(|f| !f.complete()).count();
+            println!(
+                "  {:<32} {:>22} {:>22} {:>16} {:>14}{}",
+                kind.name(),
+                triple(&rate, thousands),
+                triple(&cpu, |v| fixed(v, 1)),
+                triple(&ratio, |v| fixed(v, 2)),
+                triple(&rss, |v| fixed(v, 1)),
+                if incomplete > 0 {
+                    format!("  ({incomplete} run(s): the receiver holds fewer events)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
     fn summary_saas(&mut self) {
         if self.saas.is_empty() {
             return;
@@ -570,6 +624,7 @@ impl Report {
                 "saasSinkLatencyMs": crate::saas::SINK_LATENCY_MS,
                 "servicenowConcurrency": crate::saas::SERVICENOW_CONCURRENCY,
                 "pagerdutyLanes": crate::saas::PAGERDUTY_CONCURRENCY,
+                "sinkEvents": s.sink_events,
             },
             "machine": {
                 "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -579,6 +634,7 @@ impl Report {
             "appliances": self.appliances.iter().map(AppliancesFig::json).collect::<Vec<_>>(),
             "storm": self.storm.iter().map(StormFig::json).collect::<Vec<_>>(),
             "saasStorm": self.saas.iter().map(SaasFig::json).collect::<Vec<_>>(),
+            "sinks": self.sinks.iter().map(SinkFig::json).collect::<Vec<_>>(),
             "latency": self.latency.iter().map(LatencyFig::json).collect::<Vec<_>>(),
             "footprint": self.footprint.iter().map(FootprintFig::json).collect::<Vec<_>>(),
             "targets": self.targets.iter().map(|t| json!({

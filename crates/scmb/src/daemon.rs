@@ -224,7 +224,7 @@ async fn supervise(
     metrics: ApplianceMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut attempt = 0u32;
+    let mut backoff = crate::retry::reconnect();
     loop {
         let started = Instant::now();
         let outcome = run_once(&a, first.take(), &state_dir, &metrics, stop.clone()).await;
@@ -236,10 +236,9 @@ async fn supervise(
             Err(f) => f,
         };
         if started.elapsed() > Duration::from_secs(120) {
-            attempt = 0; // it ran for a while: this is a new problem, start the backoff again
+            backoff.reset(); // it ran for a while: this is a new problem, start the backoff again
         }
-        let wait = crate::pipeline::backoff(attempt).max(Duration::from_secs(1)) * 2;
-        attempt += 1;
+        let wait = backoff.next_delay().max(Duration::from_secs(1)) * 2;
         metrics.unavailable();
         tracing::error!(error = %f, retry_in_ms = wait.as_millis() as u64, "appliance unavailable; the others carry on, retrying this one");
         tokio::select! {

@@ -12,6 +12,7 @@ pub mod failure;
 pub mod flags;
 pub mod password;
 pub mod pipeline;
+pub mod retry;
 pub mod settings;
 pub mod shutdown;
 pub mod sinks;

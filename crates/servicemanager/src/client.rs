@@ -4,7 +4,7 @@
 //!
 //! The client never retries by itself (a create that timed out may still have created the
 //! incident; only the caller knows whether to look before trying again): it classifies, the
-//! caller decides with [`SmError::class`] and [`crate::backoff()`].
+//! caller decides with [`SmError::class`] and waits as it sees fit.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -11,7 +11,7 @@ pub(crate) use scmb_oneview::diagnostics::{chain, find_rustls};
 /// What a caller should do about an [`SmError`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
-    /// Try again later (with [`crate::backoff()`]): SM is down, slow, overloaded or behind a proxy
+    /// Try again later, after a backoff: SM is down, slow, overloaded or behind a proxy
     /// that failed; the same request may well succeed.
     Retryable,
     /// Service Manager and this client do not accept each other: wrong user or password (401),

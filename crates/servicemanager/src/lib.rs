@@ -5,12 +5,11 @@
 //! Basic auth on every request (SM has no sessions), plain HTTP like the HPE sample or HTTPS
 //! verified through `scmb-tls`, a timeout on every request, and every failure a [`SmError`]
 //! whose [`SmError::class`] is the one place that says whether to retry ([`ErrorClass`]);
-//! [`backoff()`] gives the delays. The client never retries on its own. The password lives in a
+//! the caller waits and retries (scmb with its own backoff). The client never retries on its own. The password lives in a
 //! [`Secret`] and never appears in `Debug` output, logs or error messages.
 //!
 //! Module map: [`config`] where and how to connect; [`client`] the transport and the incident
-//! calls; [`incident`] the incident type; [`error`] the error type and retry classes;
-//! [`mod@backoff`] retry delays.
+//! calls; [`incident`] the incident type; [`error`] the error type and retry classes.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), scmb_servicemanager::SmError> {
@@ -27,13 +26,11 @@
 //! # Ok(()) }
 //! ```
 
-pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod incident;
 
-pub use backoff::{backoff, backoff_with};
 pub use client::SmClient;
 pub use config::{SmConfig, DEFAULT_PORT, DEFAULT_TIMEOUT, DEFAULT_USER, REST_PATH};
 pub use error::{status_class, ErrorClass, SmError};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{alert_incident, clear_faults, client, client_with, fields, set_faults, sm_sim};
-use scmb_servicemanager::{backoff, ErrorClass, ServerTrust, SmClient, SmConfig, SmError};
+use scmb_servicemanager::{ErrorClass, ServerTrust, SmClient, SmConfig, SmError};
 use serde_json::json;
 
 #[tokio::test]
@@ -123,7 +123,7 @@ async fn missing_required_field_is_rejected_permanently_naming_the_field() {
 }
 
 #[tokio::test]
-async fn outage_is_unreachable_and_retryable_and_backoff_gets_through_after_it() {
+async fn outage_is_unreachable_and_retryable_and_a_retry_gets_through_after_it() {
     let (sim, url) = sm_sim(|_| {}).await;
     let sm = client(&url);
     set_faults(&url, json!({"outageMs": 600})).await;
@@ -140,25 +140,19 @@ async fn outage_is_unreachable_and_retryable_and_backoff_gets_through_after_it()
         "{e}"
     );
 
-    let started = Instant::now();
     let mut attempt = 0;
     let created = loop {
         match sm.create_incident(&alert_incident("after outage")).await {
             Ok(i) => break i,
             Err(e) if e.class() == ErrorClass::Retryable && attempt < 30 => {
-                tokio::time::sleep(backoff(
-                    attempt,
-                    Duration::from_millis(50),
-                    Duration::from_millis(200),
-                ))
-                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 attempt += 1;
             }
             Err(e) => panic!("gave up after {attempt} attempts: {e}"),
         }
     };
     assert_eq!(created.id, "IM10001", "created exactly once");
-    assert!(attempt > 0 && started.elapsed() < Duration::from_secs(5));
+    assert!(attempt > 0, "the outage was seen");
     sim.stop().await;
 }
 

@@ -329,20 +329,16 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, OneViewError>>,
 {
-    let mut attempt = 0;
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(16));
     loop {
         match call().await {
             Ok(v) => return Ok(v),
             Err(e)
-                if attempt < 6
+                if backoff.attempt() < 6
                     && (e.is_transient() || matches!(e, OneViewError::BadResponse { .. })) =>
             {
-                let d = scmb_servicemanager::backoff(
-                    attempt,
-                    Duration::from_millis(500),
-                    Duration::from_secs(16),
-                );
-                attempt += 1;
+                let d = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "catch-up: a REST call failed; retrying");
                 tokio::time::sleep(d).await;
             }

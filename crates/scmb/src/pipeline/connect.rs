@@ -4,8 +4,6 @@
 //! certificates the broker refuses are downloaded again with auto-bootstrap; anything else
 //! goes to the caller too.
 
-use std::time::Duration;
-
 use scmb_bus::BusError;
 
 use super::Pipeline;
@@ -29,11 +27,6 @@ impl Pipeline {
             _ => false,
         }
     }
-}
-
-/// Delay before reconnect attempt `attempt` (jittered, capped at 30 s).
-pub fn backoff(attempt: u32) -> Duration {
-    scmb_servicemanager::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30))
 }
 
 /// Whether waiting and trying again could help.

@@ -24,8 +24,6 @@ mod catch_up;
 mod connect;
 mod lanes;
 
-pub use connect::backoff;
-
 use acks::Acks;
 use lanes::{Dispatcher, Origin, Ticket};
 
@@ -280,7 +278,7 @@ impl Pipeline {
             }
         };
         metrics.connected(&sub.queue);
-        let mut attempt = 0u32;
+        let mut backoff = crate::retry::reconnect();
         let result = 'outer: loop {
             // Catch-up: alerts raised (or left unfinished) while we were not listening, read
             // over REST while the bus flows.
@@ -351,21 +349,21 @@ impl Pipeline {
             epoch += 1;
             acks = Acks::default();
             lingering = false;
+            let mut wait = backoff.next_delay();
             sub = loop {
-                let wait = backoff(attempt);
                 tokio::select! {
                     _ = &mut shutdown => break 'outer Ok(()),
                     _ = tokio::time::sleep(wait) => {}
                 }
                 match self.subscribe().await {
                     Ok(s) => {
-                        attempt = 0;
+                        backoff.reset();
                         metrics.reconnected(&s.queue);
                         break s;
                     }
                     Err(e) if connect::transient(&e) => {
-                        attempt += 1;
-                        tracing::warn!(error = %e, retry_in_ms = backoff(attempt).as_millis() as u64, "reconnect failed");
+                        wait = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "reconnect failed");
                     }
                     // Refused certificates auto-bootstrap could not replace, a refused
                     // identity: the caller decides (an exit code, a supervised restart).

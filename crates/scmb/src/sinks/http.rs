@@ -209,15 +209,11 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     )
 }
 
-/// How long to wait before trying again: the server's `Retry-After` when it gave one, else a
-/// jittered exponential backoff from `base`, capped at `cap`, for the `attempt`-th retry.
-pub fn retry_delay(
-    after: Option<Duration>,
-    attempt: u32,
-    base: Duration,
-    cap: Duration,
-) -> Duration {
-    after.unwrap_or_else(|| scmb_servicemanager::backoff(attempt, base, cap))
+/// How long to wait before trying again: the server's `Retry-After` when it gave one, else the
+/// loop's next backoff delay. The retry is counted either way.
+pub fn retry_delay(after: Option<Duration>, backoff: &mut crate::retry::Backoff) -> Duration {
+    let d = backoff.next_delay();
+    after.unwrap_or(d)
 }
 
 /// An answer, read whole.
@@ -929,12 +925,16 @@ mod tests {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
         let (base, cap) = (Duration::from_millis(100), Duration::from_secs(5));
+        let mut b = crate::retry::Backoff::new(base, cap);
         assert_eq!(
-            retry_delay(Some(Duration::from_secs(42)), 3, base, cap),
+            retry_delay(Some(Duration::from_secs(42)), &mut b),
             Duration::from_secs(42),
             "the server's word beats the backoff and its cap"
         );
-        assert!(retry_delay(None, 30, base, cap) <= cap);
+        for _ in 0..30 {
+            assert!(retry_delay(None, &mut b) <= cap);
+        }
+        assert_eq!(b.attempt(), 31, "every retry is counted");
     }
 
     #[test]

@@ -113,12 +113,12 @@ impl OvRetry<'_> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, OneViewError>>,
     {
-        let mut attempt = 0;
+        let mut backoff = self.backoff();
         loop {
             match f().await {
                 Ok(v) => return OvAttempt::Ok(v),
                 Err(e) => {
-                    if !self.wait(what, &e, &mut attempt).await {
+                    if !self.wait(what, &e, &mut backoff).await {
                         return match ov_class(&e) {
                             OvClass::Permanent => OvAttempt::Permanent(e.to_string()),
                             _ => OvAttempt::Interrupted,
@@ -142,7 +142,7 @@ impl OvRetry<'_> {
         noted: impl Fn(&Value) -> bool,
         mut alert: Option<Value>,
     ) -> NoteOnce {
-        let (mut attempt, mut races) = (0u32, 0u32);
+        let (mut backoff, mut races) = (self.backoff(), 0u32);
         loop {
             let current = match alert.take() {
                 Some(a) => a,
@@ -167,12 +167,11 @@ impl OvRetry<'_> {
                 Ok(None) if races < NOTE_RACES => races += 1,
                 Ok(None) => {
                     races = 0;
-                    let d = scmb_servicemanager::backoff(attempt, self.base, self.cap);
-                    attempt += 1;
+                    let d = backoff.next_delay();
                     self.metrics.retry(
                         "oneview",
                         "writing the note",
-                        attempt,
+                        backoff.attempt(),
                         d,
                         "the alert keeps changing (412)",
                     );
@@ -182,7 +181,7 @@ impl OvRetry<'_> {
                 }
                 // The write may have happened: read the alert again before another.
                 Err(e) => {
-                    if !self.wait("writing the note", &e, &mut attempt).await {
+                    if !self.wait("writing the note", &e, &mut backoff).await {
                         return match *self.stop.borrow() {
                             true => NoteOnce::Interrupted,
                             false => NoteOnce::Refused(e.to_string()),
@@ -193,10 +192,20 @@ impl OvRetry<'_> {
         }
     }
 
-    /// After a failed OneView call (`attempt`: retries so far, counted up here): waits as its
-    /// class says and returns true to go on; false for a permanent failure or when a stop
-    /// came.
-    pub async fn wait(&self, what: &str, e: &OneViewError, attempt: &mut u32) -> bool {
+    /// A fresh backoff for one retry loop, with this policy's bounds.
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff::new(self.base, self.cap)
+    }
+
+    /// After a failed OneView call (`backoff`: the loop's delays and retries so far, counted
+    /// up here): waits as its class says and returns true to go on; false for a permanent
+    /// failure or when a stop came.
+    pub async fn wait(
+        &self,
+        what: &str,
+        e: &OneViewError,
+        backoff: &mut crate::retry::Backoff,
+    ) -> bool {
         match ov_class(e) {
             OvClass::Permanent => false,
             // Nothing is dropped meanwhile: the message stays unacked and the work is retried.
@@ -205,10 +214,9 @@ impl OvRetry<'_> {
                 self.pause(self.cap).await
             }
             OvClass::Retry => {
-                let d = scmb_servicemanager::backoff(*attempt, self.base, self.cap);
-                *attempt += 1;
+                let d = backoff.next_delay();
                 self.metrics
-                    .retry("oneview", what, *attempt, d, &e.to_string());
+                    .retry("oneview", what, backoff.attempt(), d, &e.to_string());
                 self.pause(d).await
             }
         }

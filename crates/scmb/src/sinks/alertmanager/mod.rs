@@ -265,7 +265,7 @@ impl Alertmanager {
     /// Posts `alerts` to every Alertmanager until one took them, one refused them for good
     /// (and none took them), or a stop comes.
     async fn send(&self, alerts: &Value, uri: &str, what: &str) -> Sent {
-        let mut attempt = 0;
+        let mut backoff = crate::retry::Backoff::new(self.retry_base, self.s.retry_cap);
         loop {
             let mut refused = None;
             let mut after: Option<Duration> = None;
@@ -306,9 +306,8 @@ impl Alertmanager {
                 tracing::error!(alert = uri, sink = NAME, error = %last, pause_secs = self.s.retry_cap.as_secs(), "Alertmanager (or a proxy before it) refused us while {what}; pausing");
                 self.s.retry_cap
             } else {
-                let d = retry_delay(after, attempt, self.retry_base, self.s.retry_cap);
-                self.metrics.retry(NAME, what, attempt, d, &last);
-                attempt += 1;
+                let d = retry_delay(after, &mut backoff);
+                self.metrics.retry(NAME, what, backoff.attempt(), d, &last);
                 d
             };
             if !pause(&self.stop, d).await {

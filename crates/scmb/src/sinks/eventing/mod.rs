@@ -174,7 +174,7 @@ impl Eventer {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), CallError>>,
     {
-        let mut attempt = 0;
+        let mut backoff = crate::retry::Backoff::new(self.retry_base, self.retry_cap);
         loop {
             let e = match f().await {
                 Ok(()) => return Sent::Ok,
@@ -191,8 +191,7 @@ impl Eventer {
                 }
                 CallClass::Retryable { after } => after,
             };
-            let d = retry_delay(after, attempt, self.retry_base, self.retry_cap);
-            attempt += 1;
+            let d = retry_delay(after, &mut backoff);
             if e.may_have_acted {
                 tracing::debug!(
                     alert = uri,
@@ -202,7 +201,7 @@ impl Eventer {
                 );
             }
             self.metrics
-                .retry(self.system.name(), what, attempt, d, &e.message);
+                .retry(self.system.name(), what, backoff.attempt(), d, &e.message);
             if !self.ov().pause(d).await {
                 return Sent::Interrupted;
             }

@@ -13,6 +13,7 @@
 //! the work is recorded. A crash at any instant leaves an unacked message and a recorded
 //! step, and the redelivery finishes the work.
 
+use crate::sinks::http::retry_delay;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -311,7 +312,7 @@ impl Ticketer {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, CallError>>,
     {
-        let mut attempt = 0;
+        let mut backoff = crate::retry::Backoff::new(self.retry_base, self.retry_cap);
         loop {
             match f().await {
                 Ok(v) => return Attempt::Ok(v),
@@ -327,14 +328,16 @@ impl Ticketer {
                         }
                     }
                     CallClass::Retryable { after } => {
-                        let backoff =
-                            scmb_servicemanager::backoff(attempt, self.retry_base, self.retry_cap);
                         // The system's own Retry-After, when it gave one (bounded: a bogus
                         // hour must not stall the lane).
-                        let d = after.map_or(backoff, |a| a.min(RETRY_AFTER_CAP));
-                        attempt += 1;
-                        self.metrics
-                            .retry(self.system.name(), what, attempt, d, &e.message);
+                        let d = retry_delay(after.map(|a| a.min(RETRY_AFTER_CAP)), &mut backoff);
+                        self.metrics.retry(
+                            self.system.name(),
+                            what,
+                            backoff.attempt(),
+                            d,
+                            &e.message,
+                        );
                         if !self.pause(d).await {
                             return Attempt::Interrupted;
                         }

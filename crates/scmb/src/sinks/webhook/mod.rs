@@ -254,7 +254,7 @@ impl Sink for Webhook {
                 return Ok(Outcome::Failed(reason));
             }
         };
-        let mut attempt = 0u32;
+        let mut backoff = crate::retry::Backoff::new(self.retry_base, self.s.retry_cap);
         loop {
             if self.stopping() {
                 return Ok(Outcome::Interrupted);
@@ -290,10 +290,9 @@ impl Sink for Webhook {
                     self.s.retry_cap
                 }
                 Decision::Retry { after } => {
-                    let d = retry_delay(after, attempt, self.retry_base, self.s.retry_cap);
-                    attempt = attempt.saturating_add(1);
+                    let d = retry_delay(after, &mut backoff);
                     self.metrics
-                        .retry(self.label, "webhook POST", attempt, d, &message);
+                        .retry(self.label, "webhook POST", backoff.attempt(), d, &message);
                     d
                 }
             };

@@ -1,0 +1,313 @@
+//! Measurement 2c, each sink under a storm: a queue is filled with N new, active, critical
+//! alerts (10,000; 1,000 with `--quick`), then one `scmb run` with one appliance and only the
+//! sink under test drains it. The clock runs from the spawn until the appliance's
+//! `scmb_acks_total` reaches N (read from `scmb run`'s own `/metrics` every 100 ms): a message
+//! is acked only once its sink accepted it, so that is the moment every event is delivered.
+//! CPU is `scmb run`'s own (utime + stime from `/proc` at that moment), per event; the
+//! receiving server's CPU is not counted. Afterwards the receiver is asked whether it holds N
+//! events (a run where it does not is reported as incomplete).
+//!
+//! The receivers: the JSON-lines sink writes a file; the webhook sink posts to the webhook
+//! receiver of `ov-sim` (in this process, answering at once); the Alertmanager sink posts to a
+//! real Prometheus Alertmanager (`prometheus-alertmanager`, a private process on loopback,
+//! skipped with a notice when it is not installed). Start-up (TLS to the broker, the first-start
+//! catch-up of the sinks that want one) is inside the time and the same for every sink.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::amqp::Amqp;
+use crate::msgs::CRITICAL;
+use crate::procs::{proc_cpu_s, proc_status_kb, spawn, Child, Stdout};
+use crate::util::{fixed, thousands};
+use crate::Ctx;
+
+/// The sink under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Jsonl,
+    Webhook,
+    Alertmanager,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Jsonl, Kind::Webhook, Kind::Alertmanager];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Jsonl => "jsonl",
+            Kind::Webhook => "webhook",
+            Kind::Alertmanager => "alertmanager",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkFig {
+    pub run: usize,
+    pub sink: Kind,
+    pub events: u64,
+    /// Spawn → every event acked.
+    pub wall_s: f64,
+    /// `scmb run`'s CPU (user + system) until then.
+    pub cpu_s: f64,
+    /// `scmb run`'s `VmHWM` then, KB.
+    pub peak_rss_kb: Option<u64>,
+    /// Events the receiver holds (it may hold more: a redelivery is delivered again).
+    pub received: u64,
+}
+
+impl SinkFig {
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.wall_s
+    }
+    pub fn cpu_us_per_event(&self) -> f64 {
+        self.cpu_s * 1e6 / self.events as f64
+    }
+    pub fn complete(&self) -> bool {
+        self.received >= self.events
+    }
+    pub fn json(&self) -> Value {
+        json!({
+            "run": self.run, "sink": self.sink.name(), "events": self.events,
+            "wallSecs": self.wall_s, "eventsPerSec": self.rate(), "cpuSecs": self.cpu_s,
+            "cpuMicrosPerEvent": self.cpu_us_per_event(), "peakRssKb": self.peak_rss_kb,
+            "received": self.received,
+        })
+    }
+}
+
+/// A port free on loopback now (the receiver binds it next).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// What receives the sink's events, running beside `scmb run`.
+enum Receiver {
+    File(PathBuf),
+    Webhook {
+        state: Arc<scmb_sim::webhook::WebhookState>,
+        stop: tokio::sync::watch::Sender<bool>,
+    },
+    Alertmanager {
+        child: Child,
+        url: String,
+    },
+}
+
+impl Receiver {
+    /// Events received so far.
+    async fn count(&self) -> Result<u64> {
+        Ok(match self {
+            Receiver::File(path) => std::fs::read(path)
+                .map(|b| b.iter().filter(|c| **c == b'\n').count() as u64)
+                .unwrap_or(0),
+            Receiver::Webhook { state, .. } => state.requests().len() as u64,
+            Receiver::Alertmanager { url, .. } => {
+                let alerts: Value = reqwest::get(format!("{url}/api/v2/alerts?active=true"))
+                    .await?
+                    .json()
+                    .await?;
+                alerts.as_array().map_or(0, |a| a.len() as u64)
+            }
+        })
+    }
+
+    async fn stop(self) -> Result<()> {
+        match self {
+            Receiver::File(_) => {}
+            Receiver::Webhook { stop, .. } => {
+                let _ = stop.send(true);
+            }
+            Receiver::Alertmanager { child, .. } => {
+                child.terminate(Duration::from_secs(10)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Alertmanager binary, when installed.
+pub fn alertmanager_binary() -> Option<PathBuf> {
+    ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Starts the receiver of `kind`; returns it and the sink's table for the config file.
+async fn start_receiver(ctx: &Ctx, kind: Kind, dir: &Path) -> Result<(Receiver, String)> {
+    match kind {
+        Kind::Jsonl => Ok((
+            Receiver::File(dir.join("bench/alerts.jsonl")),
+            "[appliance.jsonl]\npath = \"alerts.jsonl\"\n".into(),
+        )),
+        Kind::Webhook => {
+            use scmb_sim::httpsim::HttpSim as _;
+            let state =
+                scmb_sim::webhook::WebhookState::new(scmb_sim::webhook::WebhookConfig::default());
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("the webhook receiver cannot listen")?;
+            let port = l.local_addr()?.port();
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let router = scmb_sim::webhook::WebhookData::router(state.clone());
+            tokio::spawn(scmb_sim::serve::serve(l, None, router, rx, None));
+            Ok((
+                Receiver::Webhook { state, stop },
+                format!(
+                    "[[appliance.webhook]]\nname = \"bench\"\nurl = \"http://127.0.0.1:{port}/hook\"\n"
+                ),
+            ))
+        }
+        Kind::Alertmanager => {
+            let bin = alertmanager_binary().context("prometheus-alertmanager is not installed")?;
+            let port = free_port()?;
+            let config = dir.join("alertmanager.yml");
+            std::fs::write(
+                &config,
+                "route:\n  receiver: none\nreceivers:\n  - name: none\n",
+            )?;
+            let data = dir.join("am-data");
+            std::fs::create_dir_all(&data)?;
+            let args: Vec<String> = vec![
+                format!("--config.file={}", config.display()),
+                format!("--storage.path={}", data.display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--cluster.listen-address=".into(),
+            ];
+            let child = spawn("alertmanager", &bin, &args, &[], Stdout::Null)?;
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match reqwest::get(format!("{url}/-/ready")).await {
+                    Ok(r) if r.status().is_success() => break,
+                    _ if Instant::now() > deadline => {
+                        bail!("alertmanager did not get ready on port {port} within 30 s")
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            let _ = ctx;
+            Ok((
+                Receiver::Alertmanager {
+                    child,
+                    url: url.clone(),
+                },
+                format!("[appliance.alertmanager]\nurls = [\"{url}\"]\n"),
+            ))
+        }
+    }
+}
+
+/// `scmb_acks_total` summed over the lines of a `/metrics` page.
+fn acks(page: &str) -> u64 {
+    page.lines()
+        .filter(|l| l.starts_with("scmb_acks_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// One run of one sink.
+pub async fn run_once(ctx: &Ctx, run: usize, kind: Kind) -> Result<SinkFig> {
+    let n = ctx.settings.sink_events;
+    let admin = Amqp::open(&ctx.app.bus_target(true)).await?;
+    let queue = crate::consume::fill(ctx, &admin, n, |_, _| CRITICAL).await?;
+    let dir = ctx.fresh_dir(&format!("sink-{}-{run}", kind.name()))?;
+    let (receiver, table) = start_receiver(ctx, kind, &dir).await?;
+    let metrics_port = free_port()?;
+    let config = dir.join("scmb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{state}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[[appliance]]\nname = \"bench\"\naddress = \"{rest}\"\npassword_env = \"SCMB_BENCH_PASSWORD\"\ncert_dir = \"{certs}\"\namqp_port = {port}\ntls_server_name = \"localhost\"\nqueue = \"{queue}\"\n{table}",
+            state = dir.display(),
+            rest = ctx.app.rest,
+            certs = ctx.cert_dir.display(),
+            port = ctx.app.amqps_port,
+        ),
+    )?;
+    let args = vec![
+        "run".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    let child = spawn(
+        "scmb run",
+        &ctx.scmb,
+        &args,
+        &[("SCMB_BENCH_PASSWORD", "admin123")],
+        Stdout::Null,
+    )?;
+    let timeout = Duration::from_secs(60 + n / 100);
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let http = reqwest::Client::new();
+    let outcome = async {
+        loop {
+            if let Ok(r) = http.get(&metrics).send().await {
+                if acks(&r.text().await.unwrap_or_default()) >= n {
+                    return Ok((
+                        child.started.elapsed(),
+                        proc_cpu_s(child.pid)?,
+                        proc_status_kb(child.pid, "VmHWM").ok(),
+                    ));
+                }
+            }
+            if child.started.elapsed() > timeout {
+                bail!(
+                    "scmb run with the {} sink did not ack {n} events within {} s",
+                    kind.name(),
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    let stopped = child.terminate(Duration::from_secs(40)).await;
+    let received = receiver.count().await;
+    receiver.stop().await?;
+    admin.delete_queue(&queue).await?;
+    admin.close().await;
+    let (wall, cpu_s, peak_rss_kb) = outcome?;
+    stopped?;
+    let fig = SinkFig {
+        run,
+        sink: kind,
+        events: n,
+        wall_s: wall.as_secs_f64(),
+        cpu_s,
+        peak_rss_kb,
+        received: received?,
+    };
+    println!(
+        "  run {run}  {:<13} {} events in {} s = {} events/s; CPU {} s = {} µs/event; peak RSS {} KB; receiver holds {}{}",
+        kind.name(),
+        thousands(n as f64),
+        fixed(fig.wall_s, 2),
+        thousands(fig.rate()),
+        fixed(fig.cpu_s, 2),
+        fixed(fig.cpu_us_per_event(), 1),
+        fig.peak_rss_kb.map_or("?".into(), |k| thousands(k as f64)),
+        thousands(fig.received as f64),
+        if fig.complete() { "" } else { "  (INCOMPLETE)" }
+    );
+    Ok(fig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_are_summed_over_the_appliances_and_other_series_ignored() {
+        let page = "# HELP scmb_acks Messages acknowledged\n# TYPE scmb_acks counter\nscmb_acks_total{appliance=\"bench\"} 9999\nscmb_acks_total{appliance=\"b\"} 1\nscmb_rejects_total{appliance=\"bench\"} 5\n";
+        assert_eq!(acks(page), 10_000);
+        assert_eq!(acks(""), 0);
+    }
+}
