@@ -410,6 +410,91 @@ async fn clears_and_deletions_are_sent_only_where_lifecycle_is_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_and_a_deletion_while_scmb_was_stopped_are_sent_after_the_restart_where_lifecycle_is_on(
+) {
+    let sim = shared_sim();
+    let rx = &serve_webhook().await;
+    let s = &Setup::new(
+        "wh-away",
+        sim,
+        "",
+        &format!(
+            "[[appliance.webhook]]\nname = \"life\"\nurl = \"{u}/life\"\nformat = \"cloudevents\"\nlifecycle = true\n",
+            u = rx.url
+        ),
+    );
+    let l = s.run().await;
+    let c = sim.client();
+    let cleared = &raise(&c, json!({"severity": "Critical", "alertTypeID": s.tag})).await;
+    let deleted = &raise(&c, json!({"severity": "Critical", "alertTypeID": s.tag})).await;
+    wait_for(rx, "/life", cleared, 1).await;
+    wait_for(rx, "/life", deleted, 1).await;
+    l.terminate();
+    assert_eq!(l.finish(WAIT).code, Some(0));
+
+    // While nobody listens: one alert is cleared, the other deleted.
+    let path = |uri: &str| uri.replace("/rest/alerts/", "/sim/alerts/");
+    c.call(
+        Method::POST,
+        &format!("{}/clear", path(cleared)),
+        Some(b"{}".to_vec()),
+    )
+    .await
+    .expect("clear");
+    c.call(Method::DELETE, &path(deleted), None)
+        .await
+        .expect("delete");
+
+    let l = s.run().await;
+    let kinds = |uri: &str| -> Vec<String> {
+        about(rx, "/life", uri)
+            .iter()
+            .map(|r| {
+                r.json
+                    .as_ref()
+                    .and_then(|v| v["type"].as_str())
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    wait_for(rx, "/life", cleared, 2).await;
+    wait_for(rx, "/life", deleted, 2).await;
+    assert_eq!(
+        kinds(cleared),
+        vec![
+            "com.hpe.oneview.alert.created",
+            "com.hpe.oneview.alert.cleared"
+        ]
+    );
+    assert_eq!(
+        kinds(deleted),
+        vec![
+            "com.hpe.oneview.alert.created",
+            "com.hpe.oneview.alert.deleted"
+        ]
+    );
+    // Sent once: a second restart owes nothing more.
+    l.terminate();
+    assert_eq!(l.finish(WAIT).code, Some(0));
+    let l = s.run().await;
+    assert!(
+        wait_until(|| async { s.metric("scmb_catch_up_runs_total", "").await >= 1 }).await,
+        "the catch-up ran"
+    );
+    assert_eq!(
+        s.metric("scmb_catch_up_alerts_total", "").await,
+        0,
+        "nothing owed is fed again"
+    );
+    l.terminate();
+    assert_eq!(l.finish(WAIT).code, Some(0));
+    assert_eq!(kinds(cleared).len(), 2, "{:?}", kinds(cleared));
+    assert_eq!(kinds(deleted).len(), 2, "{:?}", kinds(deleted));
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_pauses_naming_the_setting_and_an_unacked_event_comes_again_after_a_restart_with_its_key(
 ) {
     let sim = shared_sim();

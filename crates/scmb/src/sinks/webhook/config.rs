@@ -79,7 +79,8 @@ pub struct WebhookConfig {
     /// that a receiver can drop a repeat; `""` sends none. Default `Idempotency-Key`.
     pub idempotency_header: Option<String>,
     /// Also send the lifecycle of the alerts the filter admits (severity and alert type): their
-    /// clears and deletions. Default false: admitted events only.
+    /// clears and deletions, also those that happened while scmb was stopped (the alerts
+    /// announced are kept in the store until then). Default false: admitted events only.
     #[serde(default)]
     pub lifecycle: bool,
     /// Verify the receiver's certificate against this CA file instead of the system's.

@@ -16,9 +16,11 @@
 //! URL's host), so that several webhooks of an appliance are told apart. Only the URL's
 //! scheme and host are ever logged: a webhook URL often is its own secret.
 //!
-//! It keeps no state of its own: what it sent is recorded as the printers' is (an alert, as
-//! it is now, is not sent again by a catch-up after a restart); a repeat after a crash
-//! carries the same id.
+//! What it sent is recorded as the printers' is (an alert, as it is now, is not sent again by
+//! a catch-up after a restart); a repeat after a crash carries the same id. With `lifecycle`,
+//! it also keeps a store record per alert it announced (`webhook:NAME:<uri>`, Created until
+//! its clear or deletion was delivered, then Closed), so that a clear or deletion that
+//! happened while scmb was stopped is found after the restart and sent.
 
 mod body;
 mod config;
@@ -38,6 +40,7 @@ use crate::sinks::http::{retry_delay, Decision, HttpClient, HttpError, HttpSetti
 use crate::sinks::oneview_retry::pause;
 use crate::sinks::sink::{Outcome, Sink, SinkError};
 use crate::sinks::SinkContext;
+use crate::store::{Record, Step, Store};
 use crate::telemetry::ApplianceMetrics;
 
 /// The header of the signature when `signature_header` is not set.
@@ -112,6 +115,8 @@ pub struct Webhook {
     metrics: ApplianceMetrics,
     stop: watch::Receiver<bool>,
     retry_base: Duration,
+    /// With `lifecycle`: where the alerts announced and not yet closed are kept.
+    store: Option<Store>,
 }
 
 /// The client of one webhook: its label, the client for the URL's origin, and the rest of
@@ -156,7 +161,58 @@ impl Webhook {
             metrics: ctx.metrics.clone(),
             stop: ctx.stop.clone(),
             retry_base: Duration::from_millis(250),
+            store: ctx.store.clone().filter(|_| s.lifecycle),
         })
+    }
+
+    /// Whether this webhook announced the alert and has not sent its end yet.
+    fn owes(&self, uri: &str) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        matches!(
+            store.get(&format!("{}{uri}", self.key_prefix())),
+            Ok(Some(r)) if r.step == Step::Created
+        )
+    }
+
+    /// The prefix of this webhook's store keys: `webhook:NAME:`.
+    fn key_prefix(&self) -> String {
+        format!("{}:", self.label)
+    }
+
+    /// With `lifecycle`, records that the alert's event was delivered: Created for an alert
+    /// announced (its clear or deletion is owed), Closed once that was sent.
+    async fn record(&self, ev: &Event) -> Result<(), SinkError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if !ev.is_alert() {
+            return Ok(());
+        }
+        let closing = ev.change_type == ChangeType::Deleted
+            || ev.str("newState") == Some("Cleared")
+            || ev
+                .resource()
+                .get("alertState")
+                .and_then(serde_json::Value::as_str)
+                == Some("Cleared");
+        let key = format!("{}{}", self.key_prefix(), ev.resource_uri);
+        let step = if closing { Step::Closed } else { Step::Created };
+        if closing && store.get(&key).ok().flatten().is_none() {
+            // Never announced by this webhook: nothing owed.
+            return Ok(());
+        }
+        store
+            .put_async(&key, &Record::new(None, step))
+            .await
+            .map_err(|e| {
+                SinkError::new(
+                    self.label,
+                    failure::STORE_UNWRITABLE,
+                    format!("cannot record what webhook {:?} sent: {e}", self.s.name),
+                )
+            })
     }
 
     /// `text` without the URL's path and query (they may be its secret).
@@ -223,13 +279,19 @@ impl Sink for Webhook {
 
     /// Admitted events; with `lifecycle`, also the clears and deletions of the alerts the
     /// filter admits by severity and type.
+    /// A deletion that carries nothing but the uri (one found by the catch-up: the alert is
+    /// gone) is wanted when this webhook announced the alert and owes its end.
     fn wants(&self, filter: &Filter, ev: &Peek<'_>) -> bool {
+        let ending =
+            ev.change_type == ChangeType::Deleted || ev.new_state.as_deref() == Some("Cleared");
         filter.admits_peek(ev)
             || (self.s.lifecycle
                 && ev.is_alert()
-                && (ev.change_type == ChangeType::Deleted
-                    || ev.new_state.as_deref() == Some("Cleared"))
-                && admits_alert(filter, ev))
+                && ending
+                && (admits_alert(filter, ev)
+                    || (ev.severity.is_none()
+                        && ev.alert_type_id.is_none()
+                        && self.owes(&ev.resource_uri))))
     }
 
     /// Recorded as the printers' work is: a catch-up does not send an alert, as it is now,
@@ -268,6 +330,7 @@ impl Sink for Webhook {
                 Ok(status) => {
                     self.metrics
                         .sink_event_delivered(self.label, uri, &id, status);
+                    self.record(ev).await?;
                     return Ok(Outcome::Done(format!("delivered (HTTP {status})")));
                 }
                 Err(e) => e,
@@ -300,6 +363,24 @@ impl Sink for Webhook {
                 return Ok(Outcome::Interrupted);
             }
         }
+    }
+
+    /// With `lifecycle`: the alerts announced whose clear or deletion was not sent yet. After
+    /// each (re)connect the pipeline reads them over REST and feeds back what it missed.
+    async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        let prefix = self.key_prefix();
+        let all = store
+            .call(|s| s.all())
+            .await
+            .map_err(|e| SinkError::new(self.label, failure::STORE_UNWRITABLE, e.to_string()))?;
+        Ok(all
+            .into_iter()
+            .filter(|(_, r)| r.step == Step::Created)
+            .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_string))
+            .collect())
     }
 
     /// A `HEAD` of the URL: any answer but a refused connection, a TLS failure or a proxy's
