@@ -204,6 +204,8 @@ pub struct ApplianceConfig {
     pub webhook: Vec<crate::sinks::webhook::WebhookConfig>,
     /// Send every admitted alert to Prometheus Alertmanager, re-sent while active.
     pub alertmanager: Option<crate::sinks::alertmanager::AlertmanagerConfig>,
+    /// Send admitted events to a syslog receiver (RFC 5424 over UDP, TCP or TLS).
+    pub syslog: Option<crate::sinks::syslog::SyslogConfig>,
 }
 
 /// `[appliance.filter]`; every list empty means the default.
@@ -337,9 +339,10 @@ impl Config {
                 && a.pagerduty.is_none()
                 && a.webhook.is_empty()
                 && a.alertmanager.is_none()
+                && a.syslog.is_none()
             {
                 return Err(ctx(
-                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow], [appliance.pagerduty], [appliance.alertmanager] or [[appliance.webhook]]"
+                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow], [appliance.pagerduty], [appliance.alertmanager], [appliance.syslog] or [[appliance.webhook]]"
                         .into(),
                 ));
             }
@@ -360,6 +363,9 @@ impl Config {
             }
             if let Some(am) = &a.alertmanager {
                 am.check().map_err(ctx)?;
+            }
+            if let Some(sl) = &a.syslog {
+                sl.check().map_err(ctx)?;
             }
             if let Some(fp) = &a.rest_fingerprint {
                 fp.parse::<scmb_tls::Fingerprint>()
@@ -719,6 +725,11 @@ impl ApplianceConfig {
                 webhooks: Vec::new(),
                 // Needs its secret: set by `settings_with`.
                 alertmanager: None,
+                syslog: self
+                    .syslog
+                    .as_ref()
+                    .map(|s| s.settings(&self.name))
+                    .transpose()?,
             },
             store: Some(own.join(STORE_FILE)),
             login_at_start: true,

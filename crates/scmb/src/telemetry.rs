@@ -249,7 +249,7 @@ pub struct Metrics {
     resolved: Counters,
     retries: Family<TargetLabel, Counter>,
     unknown: Family<SinkLabel, Counter>,
-    /// Events a sink that forwards events (webhook) delivered, per sink.
+    /// Events a sink that forwards events (webhook, syslog) delivered, per sink.
     delivered: Family<SinkLabel, Counter>,
     /// What the sinks that open incidents elsewhere (PagerDuty) did, per sink.
     sink_incidents: SinkIncidents,
@@ -330,7 +330,7 @@ impl Metrics {
         let delivered = Family::<SinkLabel, Counter>::default();
         registry.register(
             "sink_events_delivered",
-            "Events a forwarding sink (webhook) delivered: its receiver answered 2xx",
+            "Events a forwarding sink delivered: a webhook's receiver answered 2xx; syslog: written on a healthy TCP or TLS connection, or sent as a UDP datagram",
             delivered.clone(),
         );
         let mut sink_counter = |name: &str, help: &str| {
@@ -674,6 +674,14 @@ impl ApplianceMetrics {
         let c = &self.parent.delivered;
         c.get_or_create(&self.sink_label(sink)).inc();
         tracing::info!(alert, sink, id, status, "event delivered");
+    }
+
+    /// `sink` (syslog) delivered an event about `alert` to `target` (written and flushed, or
+    /// sent as a datagram).
+    pub fn sink_event_forwarded(&self, sink: &str, alert: &str, target: &str) {
+        let c = &self.parent.delivered;
+        c.get_or_create(&self.sink_label(sink)).inc();
+        tracing::info!(alert, sink, target, "event delivered");
     }
 
     /// A failed call that will be retried after `delay`.

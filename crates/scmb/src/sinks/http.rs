@@ -428,7 +428,7 @@ impl std::fmt::Debug for HttpClient {
 }
 
 /// The system's CA certificates, read once per process (a hundred appliances share them).
-fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
+pub(crate) fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
     static ROOTS: OnceLock<Result<Arc<rustls::RootCertStore>, String>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

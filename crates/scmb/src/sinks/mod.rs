@@ -16,6 +16,7 @@ pub mod pagerduty;
 pub mod service_manager;
 pub mod servicenow;
 mod sink;
+pub mod syslog;
 pub mod ticketing;
 pub mod webhook;
 
@@ -57,6 +58,7 @@ pub struct SinkSettings {
     /// `[[appliance.webhook]]`, in the file's order.
     pub webhooks: Vec<webhook::WebhookSettings>,
     pub alertmanager: Option<alertmanager::AlertmanagerSettings>,
+    pub syslog: Option<syslog::SyslogSettings>,
 }
 
 impl SinkSettings {
@@ -97,6 +99,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     if let Some(am) = &s.alertmanager {
         sinks.push(Arc::new(alertmanager::Alertmanager::new(am, ctx)?));
+    }
+    if let Some(sl) = &s.syslog {
+        sinks.push(Arc::new(syslog::Syslog::new(sl, ctx)?));
     }
     Ok(sinks)
 }

@@ -250,7 +250,7 @@ impl Webhook {
 
 /// Whether the filter admits an alert of this severity and type, whatever its state and
 /// change (for its lifecycle events).
-fn admits_alert(filter: &Filter, ev: &Peek<'_>) -> bool {
+pub(crate) fn admits_alert(filter: &Filter, ev: &Peek<'_>) -> bool {
     let sev_ok = match ev.severity.as_deref() {
         None => true,
         Some(s) => {
