@@ -37,7 +37,7 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Whether waiting and trying again could help.
-pub(super) fn transient(e: &BusError) -> bool {
+pub(crate) fn transient(e: &BusError) -> bool {
     matches!(
         e,
         BusError::Unreachable { .. } | BusError::Amqp(_) | BusError::Handshake { .. }

@@ -25,6 +25,7 @@ mod connect;
 mod lanes;
 
 pub use connect::backoff;
+pub(crate) use connect::transient;
 
 use acks::Acks;
 use lanes::{Dispatcher, Origin, Ticket};

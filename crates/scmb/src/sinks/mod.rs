@@ -13,6 +13,7 @@ pub mod http;
 pub mod jsonl;
 pub mod oneview_retry;
 pub mod pagerduty;
+pub mod relay;
 pub mod service_manager;
 pub mod servicenow;
 mod sink;
@@ -57,6 +58,8 @@ pub struct SinkSettings {
     /// `[[appliance.webhook]]`, in the file's order.
     pub webhooks: Vec<webhook::WebhookSettings>,
     pub alertmanager: Option<alertmanager::AlertmanagerSettings>,
+    /// `[appliance.relay]`.
+    pub relay: Option<relay::RelaySettings>,
 }
 
 impl SinkSettings {
@@ -97,6 +100,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     if let Some(am) = &s.alertmanager {
         sinks.push(Arc::new(alertmanager::Alertmanager::new(am, ctx)?));
+    }
+    if let Some(r) = &s.relay {
+        sinks.push(Arc::new(relay::Relay::new(r, ctx)?));
     }
     Ok(sinks)
 }
