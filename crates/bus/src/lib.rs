@@ -5,6 +5,11 @@
 //!
 //! Only this crate knows AMQP. It does not decode bodies (that is `scmb-model`) and it does not
 //! reconnect by itself: a closed [`Subscription`] returns `None` and the caller decides.
+//!
+//! [`publish`] is the other direction (the relay sink): a confirmed publisher to an exchange
+//! on another broker.
+
+pub mod publish;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,13 +98,25 @@ pub enum BusError {
     Refused { detail: String },
     #[error("routing key {0:?} is longer than 255 bytes")]
     RouteTooLong(String),
+    #[error("exchange {exchange:?} not found on broker {broker}: create it or set declare = true")]
+    ExchangeNotFound { exchange: String, broker: String },
     #[error("AMQP error: {0}")]
     Amqp(String),
 }
 
 fn classify(cfg: &BusConfig, detail: String) -> BusError {
+    let name = match &cfg.names {
+        NameCheck::Name(n) => n.clone(),
+        _ => cfg.host.clone(),
+    };
+    classify_at(&cfg.host, cfg.port, &name, &cfg.ca, detail)
+}
+
+/// Sorts a connection failure to `host:port` (whose certificate must name `name`, signed by
+/// the CA in `ca`) into what to do about it.
+fn classify_at(host: &str, port: u16, name: &str, ca: &Path, detail: String) -> BusError {
     let d = detail.to_ascii_lowercase();
-    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let addr = format!("{host}:{port}");
     if d.contains("connection refused")
         || d.contains("timed out")
         || d.contains("no route")
@@ -107,26 +124,21 @@ fn classify(cfg: &BusConfig, detail: String) -> BusError {
         || d.contains("name or service not known")
         || d.contains("network unreachable")
     {
-        BusError::Unreachable {
-            addr,
-            port: cfg.port,
-            detail,
-        }
+        BusError::Unreachable { addr, port, detail }
     } else if d.contains("invalidcontenttype") || d.contains("corrupt message") {
         BusError::NotTls { addr }
     } else if d.contains("notvalidforname") || d.contains("not valid for name") {
-        let name = match &cfg.names {
-            NameCheck::Name(n) => n.clone(),
-            _ => cfg.host.clone(),
-        };
-        BusError::NameMismatch { name, detail }
+        BusError::NameMismatch {
+            name: name.to_string(),
+            detail,
+        }
     } else if d.contains("unknownissuer")
         || d.contains("unknown issuer")
         || d.contains("badsignature")
         || d.contains("invalid peer certificate")
     {
         BusError::UnknownCa {
-            ca: cfg.ca.clone(),
+            ca: ca.to_path_buf(),
             detail,
         }
     } else if d.contains("unknownca")

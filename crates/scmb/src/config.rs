@@ -56,6 +56,8 @@ pub struct Secrets {
     pub webhook: Vec<crate::sinks::webhook::WebhookSecrets>,
     /// Alertmanager's password or bearer token, when it has one.
     pub alertmanager: Option<Secret>,
+    /// The relay broker's PLAIN password, when it has one.
+    pub relay: Option<Secret>,
 }
 
 /// The whole file.
@@ -206,6 +208,9 @@ pub struct ApplianceConfig {
     pub alertmanager: Option<crate::sinks::alertmanager::AlertmanagerConfig>,
     /// Send admitted events to a syslog receiver (RFC 5424 over UDP, TCP or TLS).
     pub syslog: Option<crate::sinks::syslog::SyslogConfig>,
+    /// Publish every admitted event to an exchange on a RabbitMQ of your own (confirmed,
+    /// persistent): the scale-out path.
+    pub relay: Option<crate::sinks::relay::RelayConfig>,
 }
 
 /// `[appliance.filter]`; every list empty means the default.
@@ -340,9 +345,10 @@ impl Config {
                 && a.webhook.is_empty()
                 && a.alertmanager.is_none()
                 && a.syslog.is_none()
+                && a.relay.is_none()
             {
                 return Err(ctx(
-                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow], [appliance.pagerduty], [appliance.alertmanager], [appliance.syslog] or [[appliance.webhook]]"
+                    "no sink: add [appliance.console], [appliance.jsonl], [appliance.service_manager], [appliance.servicenow], [appliance.pagerduty], [appliance.alertmanager], [appliance.syslog], [appliance.relay] or [[appliance.webhook]]"
                         .into(),
                 ));
             }
@@ -366,6 +372,9 @@ impl Config {
             }
             if let Some(sl) = &a.syslog {
                 sl.check().map_err(ctx)?;
+            }
+            if let Some(r) = &a.relay {
+                r.check().map_err(ctx)?;
             }
             if let Some(fp) = &a.rest_fingerprint {
                 fp.parse::<scmb_tls::Fingerprint>()
@@ -550,6 +559,10 @@ impl ApplianceConfig {
             Some(a) => a.read_secret().map_err(err)?,
             None => None,
         };
+        let relay = match &self.relay {
+            Some(r) => r.read_secret().map_err(err)?,
+            None => None,
+        };
         Ok(Secrets {
             ov,
             service_manager,
@@ -557,6 +570,7 @@ impl ApplianceConfig {
             pagerduty,
             webhook,
             alertmanager,
+            relay,
         })
     }
 
@@ -573,6 +587,7 @@ impl ApplianceConfig {
         let pd = secrets.pagerduty.clone();
         let hooks = secrets.webhook.clone();
         let am = secrets.alertmanager.clone();
+        let relay = secrets.relay.clone();
         let mut s = self.assemble(state_dir, secrets).map_err(err)?;
         if let (Some(p), Some(keys)) = (&self.pagerduty, pd) {
             s.sinks.pagerduty = Some(p.settings(keys, &self.name, &self.address).map_err(err)?);
@@ -586,6 +601,9 @@ impl ApplianceConfig {
         }
         if let Some(a) = &self.alertmanager {
             s.sinks.alertmanager = Some(a.settings(am, &self.name, &self.address).map_err(err)?);
+        }
+        if let Some(r) = &self.relay {
+            s.sinks.relay = Some(r.settings(relay, &self.name, &self.address).map_err(err)?);
         }
         Ok(s)
     }
@@ -702,6 +720,7 @@ impl ApplianceConfig {
                 self.servicenow.as_ref().map(|sn| sn.concurrency),
                 self.pagerduty.as_ref().map(|pd| pd.concurrency),
                 self.alertmanager.as_ref().map(|am| am.concurrency),
+                self.relay.as_ref().map(|r| r.concurrency),
             ]
             .into_iter()
             .flatten()
@@ -730,6 +749,8 @@ impl ApplianceConfig {
                     .as_ref()
                     .map(|s| s.settings(&self.name))
                     .transpose()?,
+                // Needs its password: set by `settings_with`.
+                relay: None,
             },
             store: Some(own.join(STORE_FILE)),
             login_at_start: true,

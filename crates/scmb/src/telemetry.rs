@@ -684,6 +684,13 @@ impl ApplianceMetrics {
         tracing::info!(alert, sink, target, "event delivered");
     }
 
+    /// `sink` (the relay) published the event `id` about `alert` and its broker confirmed it.
+    pub fn sink_event_published(&self, sink: &str, alert: &str, id: &str) {
+        let c = &self.parent.delivered;
+        c.get_or_create(&self.sink_label(sink)).inc();
+        tracing::info!(alert, sink, id, "event published and confirmed");
+    }
+
     /// A failed call that will be retried after `delay`.
     pub fn retry(&self, target: &str, what: &str, attempt: u32, delay: Duration, error: &str) {
         self.parent

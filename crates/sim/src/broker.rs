@@ -52,6 +52,34 @@ pub struct BrokerConfig {
     pub server_script: PathBuf,
     /// How long to wait for the node to accept connections.
     pub start_timeout: Duration,
+    /// Run as a relay target (an enterprise RabbitMQ) instead of an appliance's bus.
+    pub relay: Option<RelayNode>,
+}
+
+/// A node configured as an enterprise RabbitMQ that scmb relays to: AMQPS on the port (a
+/// client certificate optional), SASL PLAIN for `user` and EXTERNAL for the admin
+/// certificate, plain AMQP on `plain_port`, the topic exchange `exchange`; its database kept
+/// across a restart (durable queues and persistent messages survive it).
+#[derive(Debug, Clone)]
+pub struct RelayNode {
+    pub plain_port: u16,
+    pub user: String,
+    pub password: String,
+    pub exchange: String,
+}
+
+/// RabbitMQ's `rabbit_password_hashing_sha256` of `password`: base64(salt ++
+/// sha256(salt ++ password)).
+fn password_hash(password: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let salt: [u8; 4] = rand::random();
+    let mut h = sha2::Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    let mut out = salt.to_vec();
+    out.extend_from_slice(&h.finalize());
+    base64::engine::general_purpose::STANDARD.encode(out)
 }
 
 impl BrokerConfig {
@@ -61,6 +89,7 @@ impl BrokerConfig {
             port,
             server_script: default_server_script(),
             start_timeout: Duration::from_secs(60),
+            relay: None,
         }
     }
 }
@@ -178,6 +207,9 @@ impl BrokerHandle {
     }
 
     fn write_config(&self) -> Result<(), BrokerError> {
+        if let Some(r) = &self.cfg.relay {
+            return self.write_relay_config(r);
+        }
         let dir = &self.cfg.dir;
         for sub in ["mnesia", "log"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|source| BrokerError::Config {
@@ -243,6 +275,70 @@ impl BrokerHandle {
         )
     }
 
+    fn write_relay_config(&self, r: &RelayNode) -> Result<(), BrokerError> {
+        let dir = &self.cfg.dir;
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|source| BrokerError::Config {
+                path: dir.join(sub),
+                source,
+            })?;
+        }
+        let p = &self.pki;
+        let conf = format!(
+            "# Written by ov-sim: a relay target, loopback only.\n\
+             listeners.tcp.default = 127.0.0.1:{plain}\n\
+             listeners.ssl.default = 127.0.0.1:{port}\n\
+             ssl_options.cacertfile = {ca}\n\
+             ssl_options.certfile = {cert}\n\
+             ssl_options.keyfile = {key}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = false\n\
+             ssl_options.versions.1 = tlsv1.3\n\
+             ssl_options.versions.2 = tlsv1.2\n\
+             auth_mechanisms.1 = PLAIN\n\
+             auth_mechanisms.2 = EXTERNAL\n\
+             ssl_cert_login_from = common_name\n\
+             loopback_users = none\n\
+             load_definitions = {defs}\n\
+             log.file = rabbit.log\n\
+             log.file.level = info\n\
+             log.console = false\n\
+             disk_free_limit.absolute = 50MB\n\
+             heartbeat = 60\n",
+            plain = r.plain_port,
+            port = self.cfg.port,
+            ca = p.ca_cert.display(),
+            cert = p.broker_cert.display(),
+            key = p.broker_key.display(),
+            defs = dir.join("definitions.json").display(),
+        );
+        write(&dir.join("rabbitmq.conf"), &conf)?;
+        write(
+            &dir.join("enabled_plugins"),
+            "[rabbitmq_auth_mechanism_ssl].\n",
+        )?;
+        write(&dir.join("rabbitmq-env.conf"), "")?;
+        let defs = serde_json::json!({
+            "vhosts": [{"name": "/"}],
+            "users": [
+                {"name": r.user, "password_hash": password_hash(&r.password), "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []},
+                {"name": ADMIN_CN, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"]}
+            ],
+            "permissions": [
+                {"user": r.user, "vhost": "/", "configure": ".*", "write": ".*", "read": ""},
+                {"user": ADMIN_CN, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+            ],
+            "exchanges": [
+                {"name": r.exchange, "vhost": "/", "type": "topic", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}
+            ],
+            "queues": [], "bindings": []
+        });
+        write(
+            &dir.join("definitions.json"),
+            &serde_json::to_string_pretty(&defs).unwrap_or_default(),
+        )
+    }
+
     async fn ensure_epmd(&self) -> Result<u16, BrokerError> {
         let mut guard = self.epmd.lock().await;
         if let Some((child, port)) = guard.as_mut() {
@@ -278,7 +374,10 @@ impl BrokerHandle {
         let dir = &self.cfg.dir;
         // Definitions are only ever added on boot; start from an empty database so the node
         // holds exactly what the definitions file says (a cold boot costs what a warm one does).
-        let _ = std::fs::remove_dir_all(dir.join("mnesia"));
+        // A relay target keeps its database: its durable queues survive a restart.
+        if self.cfg.relay.is_none() {
+            let _ = std::fs::remove_dir_all(dir.join("mnesia"));
+        }
         let _ = std::fs::create_dir_all(dir.join("mnesia"));
         let _ = std::fs::create_dir_all(dir.join("conf.d"));
         let epmd_port = self.ensure_epmd().await?;

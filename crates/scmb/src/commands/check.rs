@@ -235,6 +235,12 @@ async fn check_appliance(r: &mut Report, a: &ApplianceConfig, state_dir: &Path) 
             Err(e) => r.fail(who, "syslog", &e.into()),
         }
     }
+    if let Some(relay) = &s.sinks.relay {
+        match crate::sinks::relay::probe(relay).await {
+            Ok(l) => r.line(Verdict::Ok, who, "relay", &l),
+            Err(e) => r.fail(who, "relay", &e.into()),
+        }
+    }
     for w in &s.sinks.webhooks {
         let what = format!("webhook {}", w.name);
         match crate::sinks::webhook::probe(w).await {

@@ -30,7 +30,7 @@ impl Pipeline {
 }
 
 /// Whether waiting and trying again could help.
-pub(super) fn transient(e: &BusError) -> bool {
+pub(crate) fn transient(e: &BusError) -> bool {
     matches!(
         e,
         BusError::Unreachable { .. } | BusError::Amqp(_) | BusError::Handshake { .. }

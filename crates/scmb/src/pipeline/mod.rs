@@ -24,6 +24,8 @@ mod catch_up;
 mod connect;
 mod lanes;
 
+pub(crate) use connect::transient;
+
 use acks::Acks;
 use lanes::{Dispatcher, Origin, Ticket};
 

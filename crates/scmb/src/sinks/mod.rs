@@ -13,6 +13,7 @@ pub mod http;
 pub mod jsonl;
 pub mod oneview_retry;
 pub mod pagerduty;
+pub mod relay;
 pub mod service_manager;
 pub mod servicenow;
 mod sink;
@@ -59,6 +60,8 @@ pub struct SinkSettings {
     pub webhooks: Vec<webhook::WebhookSettings>,
     pub alertmanager: Option<alertmanager::AlertmanagerSettings>,
     pub syslog: Option<syslog::SyslogSettings>,
+    /// `[appliance.relay]`.
+    pub relay: Option<relay::RelaySettings>,
 }
 
 impl SinkSettings {
@@ -102,6 +105,9 @@ pub fn build(s: &SinkSettings, ctx: &SinkContext) -> Result<Vec<Arc<dyn Sink>>, 
     }
     if let Some(sl) = &s.syslog {
         sinks.push(Arc::new(syslog::Syslog::new(sl, ctx)?));
+    }
+    if let Some(r) = &s.relay {
+        sinks.push(Arc::new(relay::Relay::new(r, ctx)?));
     }
     Ok(sinks)
 }

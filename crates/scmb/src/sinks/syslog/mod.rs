@@ -41,7 +41,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::sinks::http::retry_delay;
 use crate::sinks::oneview_retry::pause;
 use crate::sinks::sink::{Outcome, Sink, SinkError};
 use crate::sinks::SinkContext;
@@ -329,7 +328,7 @@ impl Sink for Syslog {
     async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
         let uri = ev.resource_uri.as_str();
         let msg = message(&self.s, ev, time::OffsetDateTime::now_utc());
-        let mut attempt = 0u32;
+        let mut backoff = crate::retry::Backoff::new(self.retry_base, self.s.retry_cap);
         loop {
             if *self.stop.borrow() {
                 return Ok(Outcome::Interrupted);
@@ -352,10 +351,14 @@ impl Sink for Syslog {
                 self.metrics.sink_incident_failed(NAME, uri, &reason);
                 return Ok(Outcome::Failed(reason));
             }
-            let d = retry_delay(None, attempt, self.retry_base, self.s.retry_cap);
-            attempt = attempt.saturating_add(1);
-            self.metrics
-                .retry(NAME, "sending to syslog", attempt, d, &e.to_string());
+            let d = backoff.next_delay();
+            self.metrics.retry(
+                NAME,
+                "sending to syslog",
+                backoff.attempt(),
+                d,
+                &e.to_string(),
+            );
             if !pause(&self.stop, d).await {
                 return Ok(Outcome::Interrupted);
             }
