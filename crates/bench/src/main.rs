@@ -5,7 +5,8 @@
 //! Measurements (see each module): [`consume`] throughput and CPU against a no-op consumer and
 //! the HPE sample's py-amqp loop; [`storm`] time to ticket an alert storm; [`saas`] the same
 //! storm through `scmb run` into ServiceNow and into PagerDuty; [`sinks`] a 10,000-event storm
-//! through each printing sink (JSON lines, webhook, Alertmanager); [`latency`] bus →
+//! through each printing sink (JSON lines, webhook, Alertmanager, syslog, AMQP relay);
+//! [`latency`] bus →
 //! stdout latency; [`footprint`] start-up time, idle memory and binary size.
 //!
 //! Exit codes: 0 done (targets may have failed: benchmarks are not tests), 1 the harness
@@ -85,7 +86,8 @@ struct Cli {
     /// Events of the per-sink storm (default 10,000; 1,000 with --quick).
     #[arg(long, value_name = "N")]
     sink_events: Option<u64>,
-    /// Only these sinks in the sinks measurement (jsonl, webhook, alertmanager; default all).
+    /// Only these sinks in the sinks measurement (jsonl, webhook, alertmanager, syslog, relay;
+    /// default all).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     sinks: Vec<String>,
     /// Alerts of the sequential baseline (default: the storm size).
@@ -321,7 +323,7 @@ fn settings(cli: &Cli) -> Result<Settings> {
         .iter()
         .find(|w| !sinks::Kind::ALL.iter().any(|k| k.name() == w.as_str()))
     {
-        bail!("--sinks: unknown sink {bad:?} (jsonl, webhook, alertmanager)");
+        bail!("--sinks: unknown sink {bad:?} (jsonl, webhook, alertmanager, syslog, relay)");
     }
     if s.messages > u64::from(u32::MAX) || s.concurrency.contains(&0) {
         bail!("--messages must fit in 32 bits and every --concurrency be at least 1");
@@ -522,13 +524,14 @@ async fn run_all(ctx: &Ctx, report: &mut Report, only: &dyn Fn(Measure) -> bool)
             .into_iter()
             .filter(|k| s.sinks.is_empty() || s.sinks.iter().any(|w| w == k.name()))
             .collect();
-        if kinds.contains(&sinks::Kind::Alertmanager) && sinks::alertmanager_binary().is_none() {
-            println!("  alertmanager: prometheus-alertmanager is not installed, skipped");
-            report
-                .skipped
-                .push("sinks alertmanager: prometheus-alertmanager is not installed".into());
-            kinds.retain(|k| *k != sinks::Kind::Alertmanager);
-        }
+        kinds.retain(|k| match k.missing() {
+            Some(why) => {
+                println!("  {}: {why}, skipped", k.name());
+                report.skipped.push(format!("sinks {}: {why}", k.name()));
+                false
+            }
+            None => true,
+        });
         for run in 1..=s.runs {
             for &kind in &kinds {
                 report.sinks.push(sinks::run_once(ctx, run, kind).await?);

@@ -9,8 +9,11 @@
 //!
 //! The receivers: the JSON-lines sink writes a file; the webhook sink posts to the webhook
 //! receiver of `ov-sim` (in this process, answering at once); the Alertmanager sink posts to a
-//! real Prometheus Alertmanager (`prometheus-alertmanager`, a private process on loopback,
-//! skipped with a notice when it is not installed). Start-up (TLS to the broker, the first-start
+//! real Prometheus Alertmanager (`prometheus-alertmanager`), the syslog sink writes to a real
+//! rsyslog over TCP (octet counting; rsyslog writes each message to a file), the relay sink
+//! publishes to a second real RabbitMQ node over TLS with PLAIN (a durable queue bound to the
+//! exchange holds what arrived). Each server is a private process on loopback in the work
+//! directory, stopped by its pid; one that is not installed is skipped with a notice. Start-up (TLS to the broker, the first-start
 //! catch-up of the sinks that want one) is inside the time and the same for every sink.
 
 use std::path::{Path, PathBuf};
@@ -32,16 +35,37 @@ pub enum Kind {
     Jsonl,
     Webhook,
     Alertmanager,
+    Syslog,
+    Relay,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Jsonl, Kind::Webhook, Kind::Alertmanager];
+    pub const ALL: [Kind; 5] = [
+        Kind::Jsonl,
+        Kind::Webhook,
+        Kind::Alertmanager,
+        Kind::Syslog,
+        Kind::Relay,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Jsonl => "jsonl",
             Kind::Webhook => "webhook",
             Kind::Alertmanager => "alertmanager",
+            Kind::Syslog => "syslog",
+            Kind::Relay => "relay",
+        }
+    }
+
+    /// Why it cannot run here (its server is not installed), if it cannot.
+    pub fn missing(self) -> Option<&'static str> {
+        match self {
+            Kind::Alertmanager if alertmanager_binary().is_none() => {
+                Some("prometheus-alertmanager is not installed")
+            }
+            Kind::Syslog if !Path::new(RSYSLOGD).is_file() => Some("rsyslog is not installed"),
+            _ => None,
         }
     }
 }
@@ -98,15 +122,35 @@ enum Receiver {
         child: Child,
         url: String,
     },
+    Syslog {
+        child: Child,
+        file: PathBuf,
+    },
+    Relay {
+        broker: Arc<scmb_sim::broker::BrokerHandle>,
+    },
 }
+
+/// Debian's rsyslogd.
+const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
+/// The relay target's exchange, PLAIN user and password.
+const RELAY_EXCHANGE: &str = "oneview.alerts";
+const RELAY_USER: &str = "relay";
+const RELAY_PASSWORD: &str = "relay-bench-password";
 
 impl Receiver {
     /// Events received so far.
     async fn count(&self) -> Result<u64> {
         Ok(match self {
-            Receiver::File(path) => std::fs::read(path)
+            Receiver::File(path) | Receiver::Syslog { file: path, .. } => std::fs::read(path)
                 .map(|b| b.iter().filter(|c| **c == b'\n').count() as u64)
                 .unwrap_or(0),
+            Receiver::Relay { broker } => {
+                let a = Amqp::open(&broker.admin_target()).await?;
+                let n = a.queue_len("bench").await;
+                a.close().await;
+                u64::from(n?)
+            }
             Receiver::Webhook { state, .. } => state.requests().len() as u64,
             Receiver::Alertmanager { url, .. } => {
                 let alerts: Value = reqwest::get(format!("{url}/api/v2/alerts?active=true"))
@@ -124,9 +168,10 @@ impl Receiver {
             Receiver::Webhook { stop, .. } => {
                 let _ = stop.send(true);
             }
-            Receiver::Alertmanager { child, .. } => {
+            Receiver::Alertmanager { child, .. } | Receiver::Syslog { child, .. } => {
                 child.terminate(Duration::from_secs(10)).await?;
             }
+            Receiver::Relay { broker } => broker.shutdown().await,
         }
         Ok(())
     }
@@ -138,6 +183,21 @@ pub fn alertmanager_binary() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
+}
+
+/// Waits until something listens on the TCP port.
+async fn wait_listening(what: &str, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on port {port} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// Starts the receiver of `kind`; returns it and the sink's table for the config file.
@@ -193,7 +253,6 @@ async fn start_receiver(ctx: &Ctx, kind: Kind, dir: &Path) -> Result<(Receiver, 
                     _ => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
-            let _ = ctx;
             Ok((
                 Receiver::Alertmanager {
                     child,
@@ -201,6 +260,73 @@ async fn start_receiver(ctx: &Ctx, kind: Kind, dir: &Path) -> Result<(Receiver, 
                 },
                 format!("[appliance.alertmanager]\nurls = [\"{url}\"]\n"),
             ))
+        }
+        Kind::Syslog => {
+            let port = free_port()?;
+            let work = dir.join("rsyslog");
+            std::fs::create_dir_all(&work)?;
+            let file = dir.join("syslog.out");
+            let conf = dir.join("rsyslog.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "global(workDirectory=\"{work}\")\n\
+                     module(load=\"imtcp\")\n\
+                     template(name=\"line\" type=\"string\" string=\"%msgid% %structured-data%\\n\")\n\
+                     ruleset(name=\"bench\") {{ action(type=\"omfile\" file=\"{out}\" template=\"line\") }}\n\
+                     input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\" ruleset=\"bench\")\n",
+                    work = work.display(),
+                    out = file.display(),
+                ),
+            )?;
+            let args: Vec<String> = vec![
+                "-n".into(),
+                "-f".into(),
+                conf.display().to_string(),
+                "-i".into(),
+                dir.join("rsyslogd.pid").display().to_string(),
+            ];
+            let child = spawn("rsyslogd", Path::new(RSYSLOGD), &args, &[], Stdout::Null)?;
+            wait_listening("rsyslogd", port).await?;
+            Ok((
+                Receiver::Syslog { child, file },
+                format!(
+                    "[appliance.syslog]\naddress = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\n"
+                ),
+            ))
+        }
+        Kind::Relay => {
+            let pki = scmb_sim::pki::PkiPaths::new(&ctx.app.pki);
+            let mut cfg = scmb_sim::broker::BrokerConfig::new(dir.join("relay-node"), free_port()?);
+            cfg.relay = Some(scmb_sim::broker::RelayNode {
+                plain_port: free_port()?,
+                user: RELAY_USER.into(),
+                password: RELAY_PASSWORD.into(),
+                exchange: RELAY_EXCHANGE.into(),
+            });
+            let broker = scmb_sim::broker::BrokerHandle::start(cfg, pki.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("the relay broker did not start: {e}"))?;
+            let a = Amqp::open(&broker.admin_target()).await?;
+            a.ch.queue_declare(
+                amqprs::channel::QueueDeclareArguments::durable_client_named("bench"),
+            )
+            .await
+            .context("declaring the relay's queue")?;
+            a.ch.queue_bind(amqprs::channel::QueueBindArguments::new(
+                "bench",
+                RELAY_EXCHANGE,
+                "#",
+            ))
+            .await
+            .context("binding the relay's queue")?;
+            a.close().await;
+            let table = format!(
+                "[appliance.relay]\nhost = \"localhost\"\nport = {port}\nexchange = \"{RELAY_EXCHANGE}\"\nusername = \"{RELAY_USER}\"\npassword_env = \"RELAY_PASSWORD\"\nca = \"{ca}\"\n",
+                port = broker.cfg.port,
+                ca = pki.ca_cert.display(),
+            );
+            Ok((Receiver::Relay { broker }, table))
         }
     }
 }
@@ -241,7 +367,10 @@ pub async fn run_once(ctx: &Ctx, run: usize, kind: Kind) -> Result<SinkFig> {
         "scmb run",
         &ctx.scmb,
         &args,
-        &[("SCMB_BENCH_PASSWORD", "admin123")],
+        &[
+            ("SCMB_BENCH_PASSWORD", "admin123"),
+            ("RELAY_PASSWORD", RELAY_PASSWORD),
+        ],
         Stdout::Null,
     )?;
     let timeout = Duration::from_secs(60 + n / 100);
@@ -270,7 +399,17 @@ pub async fn run_once(ctx: &Ctx, run: usize, kind: Kind) -> Result<SinkFig> {
     }
     .await;
     let stopped = child.terminate(Duration::from_secs(40)).await;
-    let received = receiver.count().await;
+    // A receiver may still be writing what it took (rsyslog's file): a few seconds for that.
+    let settle = Instant::now() + Duration::from_secs(10);
+    let received = loop {
+        let got = receiver.count().await;
+        match got {
+            Ok(c) if c < n && Instant::now() < settle => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => break other,
+        }
+    };
     receiver.stop().await?;
     admin.delete_queue(&queue).await?;
     admin.close().await;
