@@ -650,3 +650,39 @@ async fn while_rsyslog_is_down_the_sink_retries_with_the_message_unacked_and_del
     stop(l);
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_while_scmb_was_stopped_is_sent_after_the_restart_where_lifecycle_is_on() {
+    let sim = shared_sim();
+    let test = "sl-away";
+    let rs = &Rsyslog::start(test).await;
+    let s = &setup(test, sim, &table(rs, "tcp", "lifecycle = true\n"));
+    let l = s.start(&[]).await;
+    let c = sim.client();
+    let crit = &raise(&c, json!({"severity": "Critical", "alertTypeID": s.tag})).await;
+    rs.wait_for("tcp.log", crit, 1).await;
+    stop(l);
+
+    clear(sim, crit).await; // nobody listens
+
+    let l = s.start(&[]).await;
+    let got = rs.wait_for("tcp.log", crit, 2).await;
+    assert_eq!(
+        got[1]["params"][SD_ID]["alertState"], "Cleared",
+        "{:?}",
+        got[1]
+    );
+    assert_eq!(got[1]["severity"], "5", "a clear is a notice: {:?}", got[1]);
+    stop(l);
+    // Sent once: the next start owes nothing.
+    let l = s.start(&[]).await;
+    assert!(
+        common::wait_until(WAIT, || async {
+            sl_metric(s, "scmb_catch_up_runs_total").await >= 1
+        })
+        .await
+    );
+    assert_eq!(sl_metric(s, "scmb_catch_up_alerts_total").await, 0);
+    stop(l);
+    assert_eq!(rs.about("tcp.log", crit).len(), 2);
+}

@@ -11,6 +11,7 @@ pub mod eventing;
 pub mod format;
 pub mod http;
 pub mod jsonl;
+pub mod lifecycle;
 pub mod oneview_retry;
 pub mod pagerduty;
 pub mod relay;

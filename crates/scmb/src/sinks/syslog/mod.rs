@@ -41,6 +41,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::sinks::lifecycle::Lifecycle;
 use crate::sinks::oneview_retry::pause;
 use crate::sinks::sink::{Outcome, Sink, SinkError};
 use crate::sinks::SinkContext;
@@ -284,6 +285,8 @@ pub struct Syslog {
     metrics: ApplianceMetrics,
     stop: watch::Receiver<bool>,
     retry_base: Duration,
+    /// With `lifecycle`: the clears and deletions wanted, and what is owed.
+    lifecycle: Lifecycle,
 }
 
 fn build_client(s: &SyslogSettings) -> Result<SyslogClient, SinkError> {
@@ -298,6 +301,7 @@ impl Syslog {
             metrics: ctx.metrics.clone(),
             stop: ctx.stop.clone(),
             retry_base: Duration::from_millis(250),
+            lifecycle: Lifecycle::new(s.lifecycle, NAME, ctx),
         })
     }
 }
@@ -309,14 +313,15 @@ impl Sink for Syslog {
     }
 
     /// Admitted events; with `lifecycle`, also the clears and deletions of the alerts the
-    /// filter admits by severity and type.
+    /// filter admits (see [`Lifecycle::wants`]).
     fn wants(&self, filter: &Filter, ev: &Peek<'_>) -> bool {
-        filter.admits_peek(ev)
-            || (self.s.lifecycle
-                && ev.is_alert()
-                && (ev.change_type == ChangeType::Deleted
-                    || ev.new_state.as_deref() == Some("Cleared"))
-                && crate::sinks::webhook::admits_alert(filter, ev))
+        self.lifecycle.wants(filter, ev)
+    }
+
+    /// With `lifecycle`: the alerts announced whose clear or deletion was not sent yet, read
+    /// over REST after each (re)connect so that an end missed while stopped is sent.
+    async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
+        self.lifecycle.open_alerts().await
     }
 
     /// Recorded as the printers' work is: a catch-up does not send an alert, as it is now,
@@ -342,6 +347,7 @@ impl Sink for Syslog {
                 Ok(()) => {
                     self.metrics
                         .sink_event_forwarded(NAME, uri, self.client.target());
+                    self.lifecycle.delivered(ev).await?;
                     return Ok(Outcome::Done(format!("sent to {}", self.client.target())));
                 }
                 Err(e) => e,

@@ -28,7 +28,7 @@ mod config;
 use std::time::Duration;
 
 use reqwest::Method;
-use scmb_model::{ChangeType, Event, Filter, Peek};
+use scmb_model::{Event, Filter, Peek};
 use scmb_oneview::Secret;
 use tokio::sync::watch;
 
@@ -37,10 +37,10 @@ pub use config::{names, Format, WebhookConfig};
 
 use crate::failure;
 use crate::sinks::http::{retry_delay, Decision, HttpClient, HttpError, HttpSettings};
+use crate::sinks::lifecycle::Lifecycle;
 use crate::sinks::oneview_retry::pause;
 use crate::sinks::sink::{Outcome, Sink, SinkError};
 use crate::sinks::SinkContext;
-use crate::store::{Record, Step, Store};
 use crate::telemetry::ApplianceMetrics;
 
 /// The header of the signature when `signature_header` is not set.
@@ -115,8 +115,8 @@ pub struct Webhook {
     metrics: ApplianceMetrics,
     stop: watch::Receiver<bool>,
     retry_base: Duration,
-    /// With `lifecycle`: where the alerts announced and not yet closed are kept.
-    store: Option<Store>,
+    /// With `lifecycle`: the clears and deletions wanted, and what is owed.
+    lifecycle: Lifecycle,
 }
 
 /// The client of one webhook: its label, the client for the URL's origin, and the rest of
@@ -161,58 +161,8 @@ impl Webhook {
             metrics: ctx.metrics.clone(),
             stop: ctx.stop.clone(),
             retry_base: Duration::from_millis(250),
-            store: ctx.store.clone().filter(|_| s.lifecycle),
+            lifecycle: Lifecycle::new(s.lifecycle, label, ctx),
         })
-    }
-
-    /// Whether this webhook announced the alert and has not sent its end yet.
-    fn owes(&self, uri: &str) -> bool {
-        let Some(store) = &self.store else {
-            return false;
-        };
-        matches!(
-            store.get(&format!("{}{uri}", self.key_prefix())),
-            Ok(Some(r)) if r.step == Step::Created
-        )
-    }
-
-    /// The prefix of this webhook's store keys: `webhook:NAME:`.
-    fn key_prefix(&self) -> String {
-        format!("{}:", self.label)
-    }
-
-    /// With `lifecycle`, records that the alert's event was delivered: Created for an alert
-    /// announced (its clear or deletion is owed), Closed once that was sent.
-    async fn record(&self, ev: &Event) -> Result<(), SinkError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        if !ev.is_alert() {
-            return Ok(());
-        }
-        let closing = ev.change_type == ChangeType::Deleted
-            || ev.str("newState") == Some("Cleared")
-            || ev
-                .resource()
-                .get("alertState")
-                .and_then(serde_json::Value::as_str)
-                == Some("Cleared");
-        let key = format!("{}{}", self.key_prefix(), ev.resource_uri);
-        let step = if closing { Step::Closed } else { Step::Created };
-        if closing && store.get(&key).ok().flatten().is_none() {
-            // Never announced by this webhook: nothing owed.
-            return Ok(());
-        }
-        store
-            .put_async(&key, &Record::new(None, step))
-            .await
-            .map_err(|e| {
-                SinkError::new(
-                    self.label,
-                    failure::STORE_UNWRITABLE,
-                    format!("cannot record what webhook {:?} sent: {e}", self.s.name),
-                )
-            })
     }
 
     /// `text` without the URL's path and query (they may be its secret).
@@ -248,29 +198,6 @@ impl Webhook {
     }
 }
 
-/// Whether the filter admits an alert of this severity and type, whatever its state and
-/// change (for its lifecycle events).
-pub(crate) fn admits_alert(filter: &Filter, ev: &Peek<'_>) -> bool {
-    let sev_ok = match ev.severity.as_deref() {
-        None => true,
-        Some(s) => {
-            filter.severities.is_empty()
-                || filter
-                    .severities
-                    .iter()
-                    .any(|f| f == "*" || f.eq_ignore_ascii_case(s))
-        }
-    };
-    let type_ok = filter.alert_types.is_empty()
-        || ev.alert_type_id.as_deref().is_some_and(|t| {
-            filter
-                .alert_types
-                .iter()
-                .any(|p| scmb_model::filter::glob(p, t))
-        });
-    sev_ok && type_ok
-}
-
 #[async_trait::async_trait]
 impl Sink for Webhook {
     fn name(&self) -> &'static str {
@@ -278,20 +205,9 @@ impl Sink for Webhook {
     }
 
     /// Admitted events; with `lifecycle`, also the clears and deletions of the alerts the
-    /// filter admits by severity and type.
-    /// A deletion that carries nothing but the uri (one found by the catch-up: the alert is
-    /// gone) is wanted when this webhook announced the alert and owes its end.
+    /// filter admits (see [`Lifecycle::wants`]).
     fn wants(&self, filter: &Filter, ev: &Peek<'_>) -> bool {
-        let ending =
-            ev.change_type == ChangeType::Deleted || ev.new_state.as_deref() == Some("Cleared");
-        filter.admits_peek(ev)
-            || (self.s.lifecycle
-                && ev.is_alert()
-                && ending
-                && (admits_alert(filter, ev)
-                    || (ev.severity.is_none()
-                        && ev.alert_type_id.is_none()
-                        && self.owes(&ev.resource_uri))))
+        self.lifecycle.wants(filter, ev)
     }
 
     /// Recorded as the printers' work is: a catch-up does not send an alert, as it is now,
@@ -330,7 +246,7 @@ impl Sink for Webhook {
                 Ok(status) => {
                     self.metrics
                         .sink_event_delivered(self.label, uri, &id, status);
-                    self.record(ev).await?;
+                    self.lifecycle.delivered(ev).await?;
                     return Ok(Outcome::Done(format!("delivered (HTTP {status})")));
                 }
                 Err(e) => e,
@@ -368,19 +284,7 @@ impl Sink for Webhook {
     /// With `lifecycle`: the alerts announced whose clear or deletion was not sent yet. After
     /// each (re)connect the pipeline reads them over REST and feeds back what it missed.
     async fn open_alerts(&self) -> Result<Vec<String>, SinkError> {
-        let Some(store) = &self.store else {
-            return Ok(Vec::new());
-        };
-        let prefix = self.key_prefix();
-        let all = store
-            .call(|s| s.all())
-            .await
-            .map_err(|e| SinkError::new(self.label, failure::STORE_UNWRITABLE, e.to_string()))?;
-        Ok(all
-            .into_iter()
-            .filter(|(_, r)| r.step == Step::Created)
-            .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_string))
-            .collect())
+        self.lifecycle.open_alerts().await
     }
 
     /// A `HEAD` of the URL: any answer but a refused connection, a TLS failure or a proxy's
