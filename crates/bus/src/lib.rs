@@ -335,7 +335,7 @@ pub async fn subscribe(cfg: &BusConfig) -> Result<Subscription, BusError> {
         .exclusive(cfg.queue.is_none())
         .finish();
     let (_, rx) = channel.basic_consume_rx(consume).await.map_err(amqp)?;
-    tracing::info!(host = %cfg.host, port = cfg.port, queue = %queue, routes = ?cfg.routes, "subscribed to the message bus");
+    tracing::info!(host = %cfg.host, port = cfg.port, queue = %queue, routes = %cfg.routes.join(","), "subscribed to the message bus");
     Ok(Subscription {
         conn,
         channel,

@@ -268,7 +268,7 @@ impl Session {
             match task.outcome() {
                 TaskOutcome::Succeeded => {
                     if task.state.eq_ignore_ascii_case("warning") {
-                        tracing::warn!(task = %uri, errors = ?task.errors, "task completed with a warning");
+                        tracing::warn!(task = %uri, errors = %task.errors.join("; "), "task completed with a warning");
                     }
                     return Ok(task);
                 }

@@ -1,7 +1,8 @@
 //! `scmb run --config FILE`: every configured appliance in one process, each in its own
 //! supervised task with its own connection, store, lanes and sinks, so that one appliance
 //! down, mis-configured or flooding never stops the others. Serves `/metrics`, `/healthz` and
-//! `/readyz`; tells systemd READY=1 after the first successful connection; SIGHUP reloads the
+//! `/readyz`; tells systemd READY=1 after the first successful connection (and RELOADING=1,
+//! STOPPING=1, STATUS=, and watchdog pings while every pipeline is alive); SIGHUP reloads the
 //! config after validating it and reading every password and file it names: a config that is
 //! invalid, or names something that cannot be read, is refused and the running one stays.
 //!
@@ -19,7 +20,7 @@ use tracing::Instrument;
 
 use crate::config::{ApplianceConfig, Config, ConfigError, Secrets};
 use crate::failure::{self, Failure};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, HEARTBEAT};
 use crate::settings;
 use crate::telemetry::{ApplianceMetrics, Metrics};
 
@@ -37,26 +38,71 @@ pub struct Service {
 /// Beyond an appliance's own drain time, how long its pipeline may take to close.
 const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
-/// Sends a state line to systemd's notify socket, when there is one (`Type=notify`).
-pub fn sd_notify(state: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+/// Tells systemd (`Type=notify-reload`) a change of state, when it is listening
+/// (`$NOTIFY_SOCKET`); otherwise does nothing.
+pub fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Tells systemd a reload began: `RELOADING=1` with the monotonic clock's time
+/// (`MONOTONIC_USEC`), which `Type=notify-reload` needs to tell this reload from an earlier one.
+fn notify_reloading(status: &str) {
+    use sd_notify::NotifyState;
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the monotonic clock for systemd's reload notification");
+            notify(&[NotifyState::Reloading, NotifyState::Status(status)]);
+        }
+    }
+}
+
+/// Pings systemd's watchdog (`WATCHDOG=1`, every half of `WatchdogSec=`) while every
+/// appliance's pipeline shows it is alive; when one has not for half the watchdog time, the
+/// pings stop (said once in the log and `systemctl status`), and systemd restarts the process
+/// when the watchdog time runs out. Does nothing without a watchdog (`$WATCHDOG_USEC`, for
+/// this process per `$WATCHDOG_PID`).
+fn watchdog(metrics: Arc<Metrics>) {
+    let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        // An abstract socket name.
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
-        None => SocketAddr::from_pathname(&path),
-    };
-    let sent = UnixDatagram::unbound().and_then(|s| {
-        let addr = addr?;
-        s.send_to_addr(state.as_bytes(), &addr)
+    let half = (period / 2).max(Duration::from_millis(100));
+    // A pipeline's loop turns at least every HEARTBEAT; allow it a few.
+    let max_silence = half.max(HEARTBEAT * 3);
+    tracing::info!(
+        watchdog_ms = period.as_millis() as u64,
+        "systemd's watchdog is on: pinged while every appliance's pipeline is alive"
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(half);
+        let mut stalled_before: Vec<String> = Vec::new();
+        loop {
+            tick.tick().await;
+            let stalled = metrics.stalled(max_silence);
+            if stalled.is_empty() {
+                if !stalled_before.is_empty() {
+                    tracing::info!(
+                        "every appliance's pipeline is alive again: pinging the watchdog"
+                    );
+                    notify(&[
+                        sd_notify::NotifyState::Watchdog,
+                        sd_notify::NotifyState::Status("every appliance's pipeline is alive again"),
+                    ]);
+                } else {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            } else if stalled != stalled_before {
+                let names = stalled.join(", ");
+                tracing::error!(appliances = %names, silent_ms = max_silence.as_millis() as u64, "an appliance's pipeline is stuck: not pinging systemd's watchdog, which restarts the service");
+                notify(&[sd_notify::NotifyState::Status(&format!(
+                    "pipeline stuck: {names}; the watchdog will restart the service"
+                ))]);
+            }
+            stalled_before = stalled;
+        }
     });
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, socket = %path, "cannot notify systemd");
-    }
 }
 
 struct Running {
@@ -134,6 +180,8 @@ impl Daemon {
         let mut longest = Duration::ZERO;
         for n in names {
             if let Some(r) = self.running.remove(n) {
+                // Draining is not being stuck: the watchdog stops watching it.
+                self.metrics.unwatch(n);
                 let _ = r.stop.send(true);
                 tasks.push(r.task);
                 longest = longest.max(r.config.drain().unwrap_or(crate::settings::DEFAULT_DRAIN));
@@ -148,7 +196,7 @@ impl Daemon {
             .await
             .is_err()
         {
-            tracing::warn!(appliances = ?names, "not every appliance stopped in time; unacked work is left to a redelivery or the next catch-up");
+            tracing::warn!(appliances = %names.join(", "), "not every appliance stopped in time; unacked work is left to a redelivery or the next catch-up");
         }
     }
 
@@ -203,14 +251,19 @@ impl Daemon {
         );
     }
 
-    /// A reload refused: logged, counted and shown in `systemctl status`; nothing changed.
+    /// A reload refused: logged, counted and shown in `systemctl status`; nothing changed. Ends
+    /// the reload for systemd (`READY=1`).
     fn refuse(&mut self, why: &str, error: &dyn std::fmt::Display) {
         self.reload_failures += 1;
         self.metrics.reload_refused();
         tracing::error!(%error, reload_failures = self.reload_failures, "{why}: refused; the running one stays");
-        sd_notify(&format!(
-            "STATUS=configuration reload refused ({why}): {error}"
-        ));
+        // The reload is over (systemd waits for READY=1 after RELOADING=1); the status says how.
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!(
+                "configuration reload refused ({why}): {error}"
+            )),
+        ]);
     }
 }
 
@@ -225,7 +278,11 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = crate::retry::reconnect();
+    let mut first_run = true;
     loop {
+        if !std::mem::take(&mut first_run) {
+            metrics.pipeline_restarted();
+        }
         let started = Instant::now();
         let outcome = run_once(&a, first.take(), &state_dir, &metrics, stop.clone()).await;
         if *stop.borrow() {
@@ -239,11 +296,17 @@ async fn supervise(
             backoff.reset(); // it ran for a while: this is a new problem, start the backoff again
         }
         let wait = backoff.next_delay().max(Duration::from_secs(1)) * 2;
+        metrics.pipeline_failed();
         metrics.unavailable();
         tracing::error!(error = %f, retry_in_ms = wait.as_millis() as u64, "appliance unavailable; the others carry on, retrying this one");
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        let until = tokio::time::Instant::now() + wait;
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = beat.tick() => metrics.beat(),
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
     }
 }
@@ -261,13 +324,29 @@ async fn run_once(
             .settings(state_dir)
             .map_err(|e| Failure::new(failure::USAGE, e.to_string()))?,
     };
+    let client_cert = s.rest.cert_dir.join(crate::certs::CERT_FILE);
     let build = Pipeline::build(s, metrics.clone());
-    // A stop while logging in (a slow or hanging appliance) ends the attempt at once.
+    tokio::pin!(build);
+    // A stop while logging in (a slow or hanging appliance) ends the attempt at once. Logging
+    // in has its own timeouts: the supervisor is alive meanwhile.
     let mut waiting = stop.clone();
-    let pipeline = tokio::select! {
-        p = build => p?,
-        _ = waiting.wait_for(|s| *s) => return Ok(()),
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    let pipeline = loop {
+        tokio::select! {
+            p = &mut build => break p?,
+            _ = beat.tick() => metrics.beat(),
+            _ = waiting.wait_for(|s| *s) => return Ok(()),
+        }
     };
+    // The client certificate as it is now (the build may have fetched a new one).
+    match crate::commands::check::expiry(&client_cert) {
+        Ok(list) => {
+            if let Some(not_after) = list.iter().map(|(_, t)| *t).min() {
+                metrics.client_cert_expiry(not_after);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the client certificate's expiry"),
+    }
     pipeline
         .run(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -304,9 +383,13 @@ pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
         let m = metrics.clone();
         tokio::spawn(async move {
             m.first_connect().await;
-            sd_notify("READY=1\nSTATUS=connected");
+            notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("connected"),
+            ]);
         });
     }
+    watchdog(metrics.clone());
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Failure::new(failure::UNEXPECTED, format!("cannot watch SIGHUP: {e}")))?;
     tokio::pin!(shutdown);
@@ -315,6 +398,8 @@ pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
             _ = &mut shutdown => break,
             _ = hup.recv() => {
                 tracing::info!(config = %args.config.display(), "SIGHUP: reloading the configuration");
+                // Said at once, refused or not: `Type=notify-reload` waits for it after SIGHUP.
+                notify_reloading("reloading the configuration");
                 let new = match Config::load(&args.config) {
                     Ok(new) => new,
                     Err(e) => {
@@ -330,7 +415,6 @@ pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
                         continue;
                     }
                 };
-                sd_notify("RELOADING=1");
                 if new.state_dir != current.state_dir
                     || new.metrics != current.metrics
                     || new.log != current.log
@@ -340,35 +424,20 @@ pub async fn run(cfg: Config, args: Service) -> Result<(), Failure> {
                 }
                 current = new;
                 daemon.apply(prepared).await;
-                sd_notify("READY=1\nSTATUS=configuration reloaded");
+                notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status("configuration reloaded"),
+                ]);
             }
         }
     }
-    sd_notify("STOPPING=1");
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: draining in-flight work"),
+    ]);
     let all: Vec<String> = daemon.running.keys().cloned().collect();
     daemon.stop(&all).await;
     let _ = down_tx.send(true);
     tracing::info!("stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn systemd_hears_the_notification_on_its_socket() {
-        let dir = std::env::temp_dir().join(format!("scmb-notify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("notify");
-        let _ = std::fs::remove_file(&path);
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
-        std::env::set_var("NOTIFY_SOCKET", &path);
-        sd_notify("READY=1");
-        std::env::remove_var("NOTIFY_SOCKET");
-        let mut buf = [0u8; 64];
-        let n = sock.recv(&mut buf).expect("recv");
-        assert_eq!(&buf[..n], b"READY=1");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

@@ -7,8 +7,9 @@
 //! This module does no work of its own: it never blocks the pipeline (counters are atomics).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -143,18 +144,25 @@ pub fn init_logging(log: &LogSettings) {
     // The builder's own level (INFO unless told) would hide what the directives let through.
     let builder = tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
-        .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_writer(std::io::stderr);
+    let journal = journal_stream();
     let _ = match format {
         LogFormat::Text => builder
-            .with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+            .with_ansi(!journal && colour(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+            .event_format(Prefixed {
+                journal,
+                inner: tracing_subscriber::fmt::format().with_target(false),
+            })
             .finish()
             .with(filter)
             .try_init(),
         LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_ansi(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(Prefixed {
+                journal,
+                inner: JsonLine,
+            })
             .finish()
             .with(filter)
             .try_init(),
@@ -166,6 +174,158 @@ pub fn init_logging(log: &LogSettings) {
     let early = EARLY.lock().map(|mut q| std::mem::take(&mut *q));
     for w in early.unwrap_or_default() {
         tracing::warn!("{w}");
+    }
+}
+
+/// Whether stderr is connected to the systemd journal: `$JOURNAL_STREAM` (`DEVICE:INODE`, set
+/// by systemd for a service whose output goes to the journal) names the very file stderr is.
+/// A child whose stderr was redirected elsewhere keeps the variable but no longer matches.
+fn journal_stream() -> bool {
+    std::env::var("JOURNAL_STREAM")
+        .ok()
+        .is_some_and(|v| is_journal_stream(&v, stderr_identity()))
+}
+
+/// `DEVICE:INODE` of `$JOURNAL_STREAM` against the (device, inode) of stderr.
+fn is_journal_stream(value: &str, stderr: Option<(u64, u64)>) -> bool {
+    let Some((dev, ino)) = value.trim().split_once(':') else {
+        return false;
+    };
+    match (dev.parse::<u64>(), ino.parse::<u64>(), stderr) {
+        (Ok(d), Ok(i), Some(s)) => (d, i) == s,
+        _ => false,
+    }
+}
+
+/// The (device, inode) of the file stderr is.
+fn stderr_identity() -> Option<(u64, u64)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    let m = std::fs::File::from(fd).metadata().ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// The syslog priority of a level, as the journal reads it from a `<N>` line prefix
+/// (sd-daemon(3)): error 3, warning 4, info 6, debug and trace 7.
+pub fn syslog_priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// A line format that, when stderr is the journal, starts every line with its syslog priority
+/// (`<3>` for an error): systemd's `SyslogLevelPrefix=` (on by default) turns it into the
+/// entry's priority, so `journalctl -p err` shows the errors.
+struct Prefixed<F> {
+    journal: bool,
+    inner: F,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Prefixed<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if self.journal {
+            write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        }
+        self.inner.format_event(ctx, writer, event)
+    }
+}
+
+/// One flat JSON object per event: `timestamp` (RFC 3339, UTC), `level`, `target`, the fields
+/// of the spans it is in (`appliance`), then its own fields with `message`, all at the top
+/// level. Values are JSON numbers, booleans or strings, never Rust debug text.
+struct JsonLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use serde_json::{Map, Value};
+        let meta = event.metadata();
+        let mut line = Map::new();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        line.insert("timestamp".into(), Value::String(now));
+        line.insert("level".into(), Value::String(meta.level().to_string()));
+        line.insert("target".into(), Value::String(meta.target().to_string()));
+        // The spans' fields, outermost first, as the JSON field formatter stored them.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(fields.as_str()) {
+                    line.extend(m);
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut line));
+        let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// Collects an event's fields as JSON values.
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl JsonVisitor<'_> {
+    fn put(&mut self, field: &tracing::field::Field, value: serde_json::Value) {
+        let name = field.name();
+        // The `log` crate's bridge fields say where a record came from, not what happened.
+        if !name.starts_with("log.") {
+            self.0.insert(name.to_string(), value);
+        }
+    }
+}
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.put(field, serde_json::json!(value));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.put(field, value.into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.put(field, value.into());
+    }
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.put(field, value.to_string().into());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        // `%value` fields arrive here too, printed with their Display.
+        self.put(field, format!("{value:?}").into());
     }
 }
 
@@ -196,7 +356,13 @@ struct TargetLabel {
     target: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: String,
+}
+
 type Counters = Family<ApplianceLabel, Counter>;
+type Timestamps = Family<ApplianceLabel, Gauge<f64, AtomicU64>>;
 
 /// The incident counters of the sinks labelled by sink (`scmb_sink_incidents_*_total`); the
 /// Service Manager sink keeps its own unlabelled `scmb_incidents_*_total`.
@@ -259,7 +425,19 @@ pub struct Metrics {
     catch_up_alerts: Counters,
     latency: Family<SinkLabel, Histogram, fn() -> Histogram>,
     connected: Family<ApplianceLabel, Gauge>,
+    /// When each appliance last received a message (Unix seconds).
+    last_message: Timestamps,
+    /// When each appliance's client certificate expires (Unix seconds).
+    cert_expiry: Family<ApplianceLabel, Gauge>,
+    /// Pipelines that failed (the supervisor builds them again) and pipelines rebuilt.
+    failures: Counters,
+    restarts: Counters,
+    /// The process's own metrics (`process_*`, no prefix), read from /proc at each scrape.
+    process: Registry,
     states: Mutex<BTreeMap<String, ConnState>>,
+    /// When each appliance's pipeline (or its supervisor) last showed it is alive: its loop
+    /// turned. systemd's watchdog is pinged only while every one is recent.
+    beats: Mutex<BTreeMap<String, Instant>>,
     /// Becomes true at the first successful connection of any appliance (systemd's READY).
     first_connect: watch::Sender<bool>,
 }
@@ -377,6 +555,39 @@ impl Metrics {
             "1 while connected to the appliance's message bus, else 0",
             connected.clone(),
         );
+        let last_message = Timestamps::default();
+        registry.register(
+            "appliance_last_message_timestamp_seconds",
+            "When the appliance's message bus last delivered a message (Unix time); absent before the first",
+            last_message.clone(),
+        );
+        let cert_expiry = Family::<ApplianceLabel, Gauge>::default();
+        registry.register(
+            "appliance_cert_expiry_timestamp_seconds",
+            "When the appliance's client certificate (cert_dir/client.pem) expires (Unix time), read at each pipeline start",
+            cert_expiry.clone(),
+        );
+        let failures = Counters::default();
+        registry.register(
+            "appliance_failures",
+            "Times an appliance's pipeline failed (cannot log in, certificates refused, store unusable, ...)",
+            failures.clone(),
+        );
+        let restarts = Counters::default();
+        registry.register(
+            "appliance_restarts",
+            "Times the supervisor built an appliance's pipeline again after a failure",
+            restarts.clone(),
+        );
+        let build = Family::<BuildLabel, Gauge>::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register("build_info", "The running scmb's version: always 1", build);
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
         Arc::new(Metrics {
             registry,
             received,
@@ -399,7 +610,13 @@ impl Metrics {
             catch_up_alerts,
             latency,
             connected,
+            last_message,
+            cert_expiry,
+            failures,
+            restarts,
+            process,
             states: Mutex::new(BTreeMap::new()),
+            beats: Mutex::new(BTreeMap::new()),
             first_connect: watch::channel(false).0,
         })
     }
@@ -431,10 +648,22 @@ impl Metrics {
             catch_up_runs: c(&self.catch_up_runs),
             catch_up_alerts: c(&self.catch_up_alerts),
             connected: self.connected.get_or_create(&l).clone(),
+            failures: c(&self.failures),
+            restarts: c(&self.restarts),
             parent: self.clone(),
         };
         m.set_state(ConnState::Connecting);
+        if let Ok(mut b) = self.beats.lock() {
+            b.insert(name.to_string(), Instant::now());
+        }
         m
+    }
+
+    /// Stops watching an appliance that is stopping (draining is not being stuck).
+    pub fn unwatch(&self, name: &str) {
+        if let Ok(mut b) = self.beats.lock() {
+            b.remove(name);
+        }
     }
 
     /// Forgets an appliance removed from the configuration (its health, not its counters).
@@ -442,15 +671,37 @@ impl Metrics {
         if let Ok(mut s) = self.states.lock() {
             s.remove(name);
         }
-        self.connected.remove(&ApplianceLabel {
+        self.unwatch(name);
+        let l = ApplianceLabel {
             appliance: name.to_string(),
-        });
+        };
+        self.connected.remove(&l);
+        self.last_message.remove(&l);
+        self.cert_expiry.remove(&l);
+    }
+
+    /// The appliances whose pipeline has not shown it is alive for `max` (none: all alive).
+    pub fn stalled(&self, max: Duration) -> Vec<String> {
+        let now = Instant::now();
+        self.beats
+            .lock()
+            .map(|b| {
+                b.iter()
+                    .filter(|(_, t)| now.saturating_duration_since(**t) > max)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text;
         let mut out = String::with_capacity(8 * 1024);
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let encoded = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &self.process))
+            .and_then(|()| text::encode_eof(&mut out));
+        if encoded.is_err() {
             out.clear();
         }
         out
@@ -493,6 +744,8 @@ pub struct ApplianceMetrics {
     catch_up_runs: Counter,
     catch_up_alerts: Counter,
     connected: Gauge,
+    failures: Counter,
+    restarts: Counter,
     parent: Arc<Metrics>,
 }
 
@@ -514,6 +767,74 @@ impl ApplianceMetrics {
 
     pub fn received(&self) {
         self.received.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        self.parent
+            .last_message
+            .get_or_create(&self.label())
+            .set(now);
+    }
+
+    fn label(&self) -> ApplianceLabel {
+        ApplianceLabel {
+            appliance: self.name.clone(),
+        }
+    }
+
+    /// The pipeline (or its supervisor) is alive: its loop turned. Only a watched appliance
+    /// (started, not stopping) counts.
+    pub fn beat(&self) {
+        if let Ok(mut b) = self.parent.beats.lock() {
+            if let Some(t) = b.get_mut(&self.name) {
+                *t = Instant::now();
+            }
+        }
+    }
+
+    /// The client certificate expires at `not_after` (Unix seconds).
+    pub fn client_cert_expiry(&self, not_after: i64) {
+        self.parent
+            .cert_expiry
+            .get_or_create(&self.label())
+            .set(not_after);
+    }
+
+    /// `sink` runs: its series start at 0 (retries by its name, latency, outcomes unknown,
+    /// what it delivered, opened, refused, ...), so that `increase()` and `rate()` see its
+    /// first event and a dashboard lists it before anything happened.
+    pub fn sink_started(&self, sink: &str) {
+        let l = self.sink_label(sink);
+        let p = &self.parent;
+        let i = &p.sink_incidents;
+        for f in [
+            &p.unknown,
+            &p.delivered,
+            &i.created,
+            &i.failed,
+            &i.deduplicated,
+            &i.resolved,
+            &i.attached,
+            &i.alerts_cleared,
+        ] {
+            let _ = f.get_or_create(&l);
+        }
+        let _ = p.latency.get_or_create(&l);
+        let _ = p.retries.get_or_create(&TargetLabel {
+            appliance: self.name.clone(),
+            target: sink.to_string(),
+        });
+    }
+
+    /// The pipeline failed; the supervisor logs why and builds it again.
+    pub fn pipeline_failed(&self) {
+        self.failures.inc();
+    }
+
+    /// The supervisor builds the pipeline again after a failure.
+    pub fn pipeline_restarted(&self) {
+        self.restarts.inc();
     }
 
     pub fn matched(&self) {
@@ -775,6 +1096,127 @@ impl ApplianceMetrics {
     }
 }
 
+/// The process's CPU time, memory and file descriptors, read from /proc at each scrape, under
+/// the names every Prometheus client library uses (`process_*`).
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// What /proc says about this process.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: i64,
+    virtual_bytes: i64,
+    open_fds: i64,
+    max_fds: i64,
+    start_time_seconds: f64,
+    threads: i64,
+}
+
+impl ProcessStats {
+    fn read() -> ProcessStats {
+        // SAFETY: sysconf only reads a system constant.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+            })
+            .unwrap_or_default();
+        let mut p = parse_stat(&stat, ticks.max(1) as f64, page.max(1), boot);
+        p.open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as i64)
+            .unwrap_or_default();
+        p.max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|s| {
+                let l = s.lines().find(|l| l.starts_with("Max open files"))?;
+                l.split_whitespace().nth(3)?.parse().ok()
+            })
+            .unwrap_or_default();
+        p
+    }
+}
+
+/// The fields of /proc/self/stat (proc(5)): after the command name in parentheses, utime and
+/// stime (fields 14 and 15, in clock ticks), num_threads (20), starttime (22, ticks after
+/// boot), vsize (23, bytes), rss (24, pages).
+fn parse_stat(stat: &str, ticks: f64, page: i64, boot: f64) -> ProcessStats {
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    // `rest` starts at field 3 (state).
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    ProcessStats {
+        cpu_seconds: (num(14) + num(15)) / ticks,
+        threads: num(20) as i64,
+        start_time_seconds: boot + num(22) / ticks,
+        virtual_bytes: num(23) as i64,
+        resident_bytes: num(24) as i64 * page,
+        ..ProcessStats::default()
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let p = ProcessStats::read();
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let gauges: [(&str, &str, i64); 5] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size, in bytes",
+                p.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size, in bytes",
+                p.virtual_bytes,
+            ),
+            ("process_open_fds", "Open file descriptors", p.open_fds),
+            (
+                "process_max_fds",
+                "The limit of open file descriptors",
+                p.max_fds,
+            ),
+            ("process_threads", "OS threads", p.threads),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let start = ConstGauge::new(p.start_time_seconds);
+        start.encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "When the process started (Unix time)",
+            None,
+            start.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 /// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` there in the background until
 /// `stop`. The error is one line naming the address and what to change.
 pub async fn serve_metrics(
@@ -932,6 +1374,91 @@ mod tests {
         assert!(text.contains(
             "scmb_sink_incidents_created_total{appliance=\"ov-east\",sink=\"service_manager\"} 1"
         ));
+    }
+
+    #[test]
+    fn a_pipeline_that_stops_beating_is_stalled_until_it_beats_or_stops() {
+        let m = Metrics::new();
+        let a = m.appliance("a");
+        let _b = m.appliance("b");
+        assert!(m.stalled(Duration::from_secs(60)).is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        a.beat();
+        assert_eq!(m.stalled(Duration::from_millis(20)), ["b"]);
+        m.unwatch("b");
+        assert!(m.stalled(Duration::from_millis(20)).is_empty());
+        // A stopping appliance's pipeline still beating does not bring it back.
+        _b.beat();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(m.stalled(Duration::from_millis(20)), ["a"]);
+    }
+
+    #[test]
+    fn proc_stat_gives_cpu_memory_threads_and_start() {
+        // proc(5): pid (comm) state ppid ... utime=14 stime=15 ... num_threads=20 ...
+        // starttime=22 vsize=23 rss=24; a command name with spaces and parentheses.
+        let stat = "42 (scmb (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 0 1000 \
+                    123456789 300 18446744073709551615";
+        let p = parse_stat(stat, 100.0, 4096, 1_700_000_000.0);
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.threads, 7);
+        assert_eq!(p.start_time_seconds, 1_700_000_010.0);
+        assert_eq!(p.virtual_bytes, 123_456_789);
+        assert_eq!(p.resident_bytes, 300 * 4096);
+    }
+
+    #[test]
+    fn the_journal_stream_must_be_stderr_itself() {
+        assert!(is_journal_stream("8:1234", Some((8, 1234))));
+        assert!(!is_journal_stream("8:1235", Some((8, 1234))));
+        assert!(!is_journal_stream("8:1234", None));
+        assert!(!is_journal_stream("garbage", Some((8, 1234))));
+        assert_eq!(syslog_priority(&tracing::Level::ERROR), 3);
+        assert_eq!(syslog_priority(&tracing::Level::WARN), 4);
+        assert_eq!(syslog_priority(&tracing::Level::INFO), 6);
+        assert_eq!(syslog_priority(&tracing::Level::TRACE), 7);
+    }
+
+    #[test]
+    fn metrics_carry_build_process_certificate_and_last_message() {
+        let m = Metrics::new();
+        let a = m.appliance("ov-east");
+        a.client_cert_expiry(1_900_000_000);
+        a.received();
+        a.pipeline_failed();
+        a.pipeline_restarted();
+        a.sink_started("pagerduty");
+        let text = m.encode();
+        assert!(text.contains(&format!(
+            "scmb_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains(
+            "scmb_appliance_cert_expiry_timestamp_seconds{appliance=\"ov-east\"} 1900000000"
+        ));
+        assert!(
+            text.contains("scmb_appliance_last_message_timestamp_seconds{appliance=\"ov-east\"} 1")
+        );
+        assert!(text.contains("scmb_appliance_failures_total{appliance=\"ov-east\"} 1"));
+        assert!(text.contains("scmb_appliance_restarts_total{appliance=\"ov-east\"} 1"));
+        assert!(text.contains(
+            "scmb_sink_incidents_failed_total{appliance=\"ov-east\",sink=\"pagerduty\"} 0"
+        ));
+        for p in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(p), "{p}\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "one EOF, at the end");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        m.remove("ov-east");
+        assert!(!m
+            .encode()
+            .contains("scmb_appliance_cert_expiry_timestamp_seconds{"));
     }
 
     #[test]

@@ -424,8 +424,8 @@ path = "events.jsonl"
     );
     assert!(
         l.wait_until(
-            |x| serde_json::from_str::<Value>(x).is_ok_and(|v| v["span"]["appliance"] == "second"
-                && v["fields"]["message"]
+            |x| serde_json::from_str::<Value>(x).is_ok_and(|v| v["appliance"] == "second"
+                && v["message"]
                     .as_str()
                     .is_some_and(|m| m.contains("appliance unavailable"))),
             WAIT
@@ -461,7 +461,133 @@ path = "events.jsonl"
 /// A JSON log line saying `appliance` connected to its bus.
 fn connected_json(line: &str, appliance: &str) -> bool {
     serde_json::from_str::<Value>(line).is_ok_and(|v| {
-        v["span"]["appliance"] == appliance
-            && v["fields"]["message"] == "connected to the message bus"
+        v["appliance"] == appliance && v["message"] == "connected to the message bus"
     })
+}
+
+/// What the service says on systemd's notify socket (played by the test), one datagram each.
+struct Notifications {
+    socket: std::os::unix::net::UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Notifications {
+    fn bind(path: &Path) -> Notifications {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        Notifications {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next datagram for which `hit` holds; that datagram.
+    fn wait(&mut self, hit: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let d = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push(d.clone());
+                if hit(&d) {
+                    return d;
+                }
+            }
+        }
+        panic!("no such notification: {:?}", self.seen)
+    }
+}
+
+/// The monotonic clock, in microseconds, as systemd reads it.
+fn monotonic_usec() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
+}
+
+fn has_line(d: &str, line: &str) -> bool {
+    d.lines().any(|l| l == line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_with_its_clock_watchdog_pings_and_stopping() {
+    let a = shared_sim();
+    let tag = format!("notify{}", rand::random::<u32>());
+    let dir = temp_dir("daemon-notify");
+    let config = dir.join("scmb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n{}",
+            dir.join("state").display(),
+            appliance_toml(
+                "notified",
+                a,
+                &download_certs(&a.rest_url, "notify-certs"),
+                &tag,
+                ""
+            )
+        ),
+    )
+    .expect("config");
+    let socket = dir.join("notify");
+    let mut n = Notifications::bind(&socket);
+    // WatchdogSec=2s, as systemd passes it (no WATCHDOG_PID: any pid).
+    let l = start_daemon(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", socket.to_str().expect("utf8")),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    n.wait(|d| has_line(d, "READY=1"));
+    // Pinged while the appliance's pipeline is alive: several times.
+    for _ in 0..3 {
+        n.wait(|d| has_line(d, "WATCHDOG=1"));
+    }
+
+    // SIGHUP: RELOADING=1 with the monotonic clock at the reload, then READY=1 again.
+    let before = monotonic_usec();
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(l.child.id() as libc::pid_t, libc::SIGHUP) };
+    let reloading = n.wait(|d| has_line(d, "RELOADING=1"));
+    let after = monotonic_usec();
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC: {reloading:?}"))
+        .parse()
+        .expect("a number");
+    assert!(
+        before <= usec && usec <= after,
+        "{before} <= {usec} <= {after}: CLOCK_MONOTONIC at the reload"
+    );
+    n.wait(|d| has_line(d, "READY=1"));
+    n.wait(|d| has_line(d, "WATCHDOG=1"));
+
+    // SIGTERM: STOPPING=1 (with a status) before it exits.
+    l.terminate();
+    let stopping = n.wait(|d| has_line(d, "STOPPING=1"));
+    assert!(
+        stopping.lines().any(|x| x.starts_with("STATUS=")),
+        "{stopping:?}"
+    );
+    let r = l.finish(WAIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        !n.seen.iter().any(|d| d.contains("pipeline stuck")),
+        "the pipeline was never stuck: {:?}",
+        n.seen
+    );
+    assert!(
+        n.seen.iter().all(|d| d.lines().all(|x| x.contains('='))),
+        "every line a VARIABLE=value: {:?}",
+        n.seen
+    );
 }

@@ -278,7 +278,7 @@ impl SmClient {
         let body = json!({ "Incident": fields });
         let (reply, top) = self.call(method, path, Some(&body)).await?;
         let inc = self.incident_in(&reply, &top, id)?;
-        tracing::info!(incident = %inc.id, request = %reply.request, status = ?inc.status, "Service Manager incident changed");
+        tracing::info!(incident = %inc.id, request = %reply.request, status = inc.status.as_deref(), "Service Manager incident changed");
         Ok(inc)
     }
 

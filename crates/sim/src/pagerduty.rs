@@ -460,7 +460,7 @@ async fn enqueue(State(st): State<Arc<PdState>>, body: Bytes) -> Response {
         st.persist(&d);
         (outcome, incident)
     };
-    tracing::debug!(%dedup_key, outcome, incident = ?incident, "event processed");
+    tracing::debug!(%dedup_key, outcome, incident = incident.as_deref(), "event processed");
     // The event is ingested (and persisted) whatever the answer is now.
     if let Some(fault) = st.take_create_fault() {
         let no_id = || {

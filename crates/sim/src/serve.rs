@@ -127,7 +127,10 @@ pub async fn serve(
         }
         if let Some(until) = gate.as_ref().and_then(|g| g.current()) {
             if listener.take().is_some() {
-                tracing::info!(addr = ?addr, "outage: listener closed");
+                tracing::info!(
+                    addr = addr.map(tracing::field::display),
+                    "outage: listener closed"
+                );
                 let _ = cut_tx.send(());
             }
             tokio::select! {

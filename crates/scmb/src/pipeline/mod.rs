@@ -183,6 +183,7 @@ impl Pipeline {
         )?;
         for sink in &sinks {
             check_at_start(sink.as_ref()).await?;
+            metrics.sink_started(sink.name());
         }
         Ok(Pipeline {
             shared: Arc::new(Shared {
@@ -280,6 +281,10 @@ impl Pipeline {
             }
         };
         metrics.connected(&sub.queue);
+        // The loop's turns show the pipeline is alive (systemd's watchdog, `scmb run`): a
+        // tick at least every HEARTBEAT, also while it waits for a lane or a catch-up.
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = crate::retry::reconnect();
         let result = 'outer: loop {
             // Catch-up: alerts raised (or left unfinished) while we were not listening, read
@@ -289,13 +294,21 @@ impl Pipeline {
             }
             match self.catch_up_job(&lanes) {
                 // One lane works in arrival order: what the catch-up finds comes first.
-                Some(job) if self.lanes == 1 => tokio::select! {
-                    r = job.run() => if let Err(f) = r { break 'outer Err(f) },
-                    _ = &mut shutdown => break 'outer Ok(()),
-                    // A sink that has all it wanted (`--count`) within the catch-up: what it
-                    // refuses after that is never finished, so the catch-up would wait for ever.
-                    _ = &mut finished => break 'outer Ok(()),
-                },
+                Some(job) if self.lanes == 1 => {
+                    let run = job.run();
+                    tokio::pin!(run);
+                    loop {
+                        tokio::select! {
+                            r = &mut run => if let Err(f) = r { break 'outer Err(f) } else { break },
+                            _ = &mut shutdown => break 'outer Ok(()),
+                            // A sink that has all it wanted (`--count`) within the catch-up: what
+                            // it refuses after that is never finished, so the catch-up would wait
+                            // for ever.
+                            _ = &mut finished => break 'outer Ok(()),
+                            _ = heartbeat.tick() => metrics.beat(),
+                        }
+                    }
+                }
                 Some(job) => {
                     let fatal = fatal_tx.clone();
                     catching_up = Some(tokio::spawn(tracing::Instrument::in_current_span(
@@ -318,6 +331,7 @@ impl Pipeline {
                             acks.finished(tag);
                         }
                     }
+                    _ = heartbeat.tick() => metrics.beat(),
                     _ = &mut linger, if lingering => {
                         lingering = false;
                         flush(&sub, &mut acks, metrics).await;
@@ -326,9 +340,14 @@ impl Pipeline {
                         let Some(d) = d else { break };
                         // Waiting for a free lane (every lane busy with a hanging sink) must
                         // not hide a stop: the delivery then stays unacked and comes again.
-                        tokio::select! {
-                            _ = self.take(d, epoch, &mut acks, &lanes) => {}
-                            _ = &mut shutdown => break 'outer Ok(()),
+                        let take = self.take(d, epoch, &mut acks, &lanes);
+                        tokio::pin!(take);
+                        loop {
+                            tokio::select! {
+                                _ = &mut take => break,
+                                _ = &mut shutdown => break 'outer Ok(()),
+                                _ = heartbeat.tick() => metrics.beat(),
+                            }
                         }
                     }
                 }
@@ -353,9 +372,13 @@ impl Pipeline {
             lingering = false;
             let mut wait = backoff.next_delay();
             sub = loop {
-                tokio::select! {
-                    _ = &mut shutdown => break 'outer Ok(()),
-                    _ = tokio::time::sleep(wait) => {}
+                let until = tokio::time::Instant::now() + wait;
+                loop {
+                    tokio::select! {
+                        _ = &mut shutdown => break 'outer Ok(()),
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = heartbeat.tick() => metrics.beat(),
+                    }
                 }
                 match self.subscribe().await {
                     Ok(s) => {
@@ -584,6 +607,9 @@ impl Shared {
 const PRINTED_IN_MEMORY: usize = 1024;
 
 /// How long finished deliveries wait for more before their ack goes out.
+/// How often a pipeline's loop shows it is alive at least (see `ApplianceMetrics::beat`).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
 const LINGER: Duration = Duration::from_millis(5);
 
 /// Acks the finished prefix, if any.

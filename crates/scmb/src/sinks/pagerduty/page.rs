@@ -283,7 +283,7 @@ impl EventSystem for PdSystem {
         let event = trigger_event(&self.event, alert, uri, key);
         let a = self.enqueue(route, &event).await?;
         if a.dedup_key.as_deref().is_some_and(|k| k != key) {
-            tracing::warn!(alert = uri, dedup_key = %key, answered = ?a.dedup_key, "PagerDuty answered with another dedup key");
+            tracing::warn!(alert = uri, dedup_key = %key, answered = a.dedup_key.as_deref().unwrap_or_default(), "PagerDuty answered with another dedup key");
         }
         Ok(())
     }
