@@ -213,7 +213,7 @@ fn can_mount_tmpfs() -> bool {
             "-Urm",
             "sh",
             "-c",
-            "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || mount -t tmpfs -o size=64k tmpfs /tmp",
+            "mount -t tmpfs -o size=4k tmpfs /mnt 2>/dev/null || mount -t tmpfs -o size=4k tmpfs /tmp",
         ])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -227,14 +227,15 @@ fn a_full_disk_is_reported_as_no_space_not_as_another_scmb() {
         eprintln!("SKIPPED: no user namespace with a tmpfs here; store::tests covers the message for ENOSPC");
         return;
     }
-    // A 64 KiB tmpfs as the state directory, in a mount namespace of the process's own: the
-    // store's first write meets the kernel's own "No space left on device".
+    // A 4 KiB tmpfs as the state directory (one page: a new redb 4 store needs more), in a
+    // mount namespace of the process's own: the store's first write meets the kernel's own "No
+    // space left on device".
     let dir = temp_dir("store-full");
     let full = dir.join("full");
     std::fs::create_dir_all(&full).expect("dir");
     let args = unreachable_ov_to_sm(&dir.join("certs"), &full);
     let script = format!(
-        "mount -t tmpfs -o size=64k tmpfs '{}' && exec \"$0\" \"$@\"",
+        "mount -t tmpfs -o size=4k tmpfs '{}' && exec \"$0\" \"$@\"",
         full.display()
     );
     let mut unshare_args = vec!["-Urm", "sh", "-c", script.as_str(), OV_TO_SM];
