@@ -105,6 +105,11 @@ impl SinkFig {
     }
 }
 
+/// An HTTP client for the loopback receivers (plain HTTP; rustls needs its provider named).
+fn http() -> Result<reqwest::Client> {
+    scmb_sim::client::http_client(None).map_err(|e| anyhow::anyhow!("an HTTP client: {e}"))
+}
+
 /// A port free on loopback now (the receiver binds it next).
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
@@ -153,7 +158,9 @@ impl Receiver {
             }
             Receiver::Webhook { state, .. } => state.requests().len() as u64,
             Receiver::Alertmanager { url, .. } => {
-                let alerts: Value = reqwest::get(format!("{url}/api/v2/alerts?active=true"))
+                let alerts: Value = http()?
+                    .get(format!("{url}/api/v2/alerts?active=true"))
+                    .send()
                     .await?
                     .json()
                     .await?;
@@ -245,7 +252,7 @@ async fn start_receiver(ctx: &Ctx, kind: Kind, dir: &Path) -> Result<(Receiver, 
             let url = format!("http://127.0.0.1:{port}");
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                match reqwest::get(format!("{url}/-/ready")).await {
+                match http()?.get(format!("{url}/-/ready")).send().await {
                     Ok(r) if r.status().is_success() => break,
                     _ if Instant::now() > deadline => {
                         bail!("alertmanager did not get ready on port {port} within 30 s")
@@ -375,7 +382,7 @@ pub async fn run_once(ctx: &Ctx, run: usize, kind: Kind) -> Result<SinkFig> {
     )?;
     let timeout = Duration::from_secs(60 + n / 100);
     let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let http = reqwest::Client::new();
+    let http = http()?;
     let outcome = async {
         loop {
             if let Ok(r) = http.get(&metrics).send().await {
