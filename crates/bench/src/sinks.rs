@@ -13,8 +13,13 @@
 //! rsyslog over TCP (octet counting; rsyslog writes each message to a file), the relay sink
 //! publishes to a second real RabbitMQ node over TLS with PLAIN (a durable queue bound to the
 //! exchange holds what arrived). Each server is a private process on loopback in the work
-//! directory, stopped by its pid; one that is not installed is skipped with a notice. Start-up (TLS to the broker, the first-start
-//! catch-up of the sinks that want one) is inside the time and the same for every sink.
+//! directory, stopped by its pid; one that is not installed is skipped with a notice. Start-up (TLS to the broker, the REST login) is inside the time and the same for every sink.
+//!
+//! The storm's alerts exist only on the bus, never on the appliance. A sink that holds alerts
+//! open (Alertmanager) makes the pipeline check them over REST after the connect, while the bus
+//! flows: those it already sent are found gone and fed as deletions, and the sink rightly
+//! resolves them. Its receiver then holds fewer active alerts than were sent; the line printed
+//! before it gives the sink's own counters (created, resolved), which account for the rest.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -386,7 +391,18 @@ pub async fn run_once(ctx: &Ctx, run: usize, kind: Kind) -> Result<SinkFig> {
     let outcome = async {
         loop {
             if let Ok(r) = http.get(&metrics).send().await {
-                if acks(&r.text().await.unwrap_or_default()) >= n {
+                let page = r.text().await.unwrap_or_default();
+                if acks(&page) >= n {
+                    // What the sink says it did, beside what the receiver holds.
+                    let said: Vec<&str> = page
+                        .lines()
+                        .filter(|l| {
+                            (l.starts_with("scmb_sink_incidents_")
+                                || l.starts_with("scmb_sink_events_delivered"))
+                                && !l.ends_with(" 0")
+                        })
+                        .collect();
+                    println!("    the sink's counters: {}", said.join("; "));
                     return Ok((
                         child.started.elapsed(),
                         proc_cpu_s(child.pid)?,
