@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::run::ScmbRun;
-use common::{appliance, free_port, get, metric, raise, Listening};
+use common::{appliance, free_port, get, raise, Listening};
 use reqwest::Method;
 use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
 use serde_json::{json, Value};
@@ -207,15 +207,7 @@ fn setup(test: &str, sim: &SimInfo, table: &str) -> ScmbRun {
 /// The value of a series of `run`'s appliance, with the alertmanager sink's (or target's)
 /// label where the series has one.
 async fn am_metric(run: &ScmbRun, name: &str) -> u64 {
-    let text = run.metrics_text().await;
-    let labels = if name.starts_with("scmb_sink_") {
-        format!("{{appliance=\"{}\",sink=\"alertmanager\"}}", run.name)
-    } else if name == "scmb_retries_total" {
-        format!("{{appliance=\"{}\",target=\"alertmanager\"}}", run.name)
-    } else {
-        format!("{{appliance=\"{}\"}}", run.name)
-    };
-    metric(&text, &format!("{name}{labels}"))
+    run.sink_metric(name, "alertmanager").await
 }
 
 async fn clear(sim: &SimInfo, uri: &str) {

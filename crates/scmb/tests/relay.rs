@@ -17,7 +17,7 @@ use amqprs::channel::{
 use amqprs::connection::Connection;
 use amqprs::{FieldTable, FieldValue};
 use common::run::ScmbRun;
-use common::{metric, raise, Listening};
+use common::{raise, Listening};
 use scmb_sim::broker::{BrokerConfig, BrokerHandle, RelayNode};
 use scmb_sim::pki::PkiPaths;
 use scmb_sim::testkit::{open, shared_sim, temp_dir, SimInfo};
@@ -150,15 +150,7 @@ fn setup(test: &str, sim: &SimInfo, sinks: &str) -> ScmbRun {
 }
 
 async fn series(s: &ScmbRun, name: &str) -> u64 {
-    let text = s.metrics_text().await;
-    let labels = if name.starts_with("scmb_sink_") {
-        format!("{{appliance=\"{NAME}\",sink=\"relay\"}}")
-    } else if name == "scmb_retries_total" {
-        format!("{{appliance=\"{NAME}\",target=\"relay\"}}")
-    } else {
-        format!("{{appliance=\"{NAME}\"}}")
-    };
-    metric(&text, &format!("{name}{labels}"))
+    s.sink_metric(name, "relay").await
 }
 
 async fn wait_until<F, Fut>(check: F) -> bool

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::run::ScmbRun;
-use common::{metric, raise, Listening};
+use common::{raise, Listening};
 use reqwest::Method;
 use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
 use serde_json::{json, Value};
@@ -347,15 +347,7 @@ fn setup(test: &str, sim: &SimInfo, table: &str) -> ScmbRun {
 
 /// A series of `run`'s appliance, with the syslog sink's (or target's) label.
 async fn sl_metric(run: &ScmbRun, name: &str) -> u64 {
-    let text = run.metrics_text().await;
-    let labels = if name.starts_with("scmb_sink_") {
-        format!("{{appliance=\"{}\",sink=\"syslog\"}}", run.name)
-    } else if name == "scmb_retries_total" {
-        format!("{{appliance=\"{}\",target=\"syslog\"}}", run.name)
-    } else {
-        format!("{{appliance=\"{}\"}}", run.name)
-    };
-    metric(&text, &format!("{name}{labels}"))
+    run.sink_metric(name, "syslog").await
 }
 
 async fn clear(sim: &SimInfo, uri: &str) {

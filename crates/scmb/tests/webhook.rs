@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::run::ScmbRun;
-use common::{metric, raise, Listening};
+use common::{raise, Listening};
 use reqwest::Method;
 use scmb::sinks::webhook::{id_of, signature};
 use scmb_sim::testkit::{serve_webhook, shared_sim, Served, SimInfo};
@@ -46,15 +46,7 @@ impl Setup {
     /// A series of this appliance for the webhook `hook` (`scmb_sink_*`, `scmb_retries_total`)
     /// or of the appliance.
     async fn metric(&self, name: &str, hook: &str) -> u64 {
-        let text = self.0.metrics_text().await;
-        let labels = if name.starts_with("scmb_sink_") {
-            format!("{{appliance=\"{NAME}\",sink=\"webhook:{hook}\"}}")
-        } else if name == "scmb_retries_total" {
-            format!("{{appliance=\"{NAME}\",target=\"webhook:{hook}\"}}")
-        } else {
-            format!("{{appliance=\"{NAME}\"}}")
-        };
-        metric(&text, &format!("{name}{labels}"))
+        self.0.sink_metric(name, &format!("webhook:{hook}")).await
     }
 }
 

@@ -161,6 +161,19 @@ alert_types = ["{tag}*"]
         get(&format!("{}/metrics", self.metrics)).await.1
     }
 
+    /// The value of a series of its appliance, with `sink`'s label where the series has one
+    /// (`scmb_sink_*`: `sink`, `scmb_retries_total`: `target`); 0 when absent.
+    pub async fn sink_metric(&self, name: &str, sink: &str) -> u64 {
+        let labels = if name.starts_with("scmb_sink_") {
+            format!("{{appliance=\"{}\",sink=\"{sink}\"}}", self.name)
+        } else if name == "scmb_retries_total" {
+            format!("{{appliance=\"{}\",target=\"{sink}\"}}", self.name)
+        } else {
+            format!("{{appliance=\"{}\"}}", self.name)
+        };
+        super::metric(&self.metrics_text().await, &format!("{name}{labels}"))
+    }
+
     /// Its store (what it did for each alert).
     pub fn store(&self) -> PathBuf {
         self.dir.join("state").join(&self.name).join("scmb.redb")
