@@ -173,10 +173,7 @@ fn check(s: &ScmbRun) -> String {
 }
 
 fn stop(l: Listening) -> String {
-    l.terminate();
-    let r = l.finish(WAIT);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    r.stderr
+    l.stopped(WAIT)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

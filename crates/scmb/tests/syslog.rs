@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use common::run::ScmbRun;
 use common::{raise, Listening};
-use reqwest::Method;
 use scmb_sim::testkit::{shared_sim, temp_dir, SimInfo};
 use serde_json::{json, Value};
 
@@ -351,21 +350,11 @@ async fn sl_metric(run: &ScmbRun, name: &str) -> u64 {
 }
 
 async fn clear(sim: &SimInfo, uri: &str) {
-    sim.client()
-        .call(
-            Method::POST,
-            &format!("{}/clear", uri.replace("/rest/alerts/", "/sim/alerts/")),
-            Some(b"{}".to_vec()),
-        )
-        .await
-        .expect("clear");
+    common::clear(&sim.client(), uri).await
 }
 
 fn stop(l: Listening) -> String {
-    l.terminate();
-    let r = l.finish(WAIT);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    r.stderr
+    l.stopped(WAIT)
 }
 
 /// `scmb check`'s line for the syslog sink.

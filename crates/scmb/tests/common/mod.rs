@@ -139,6 +139,14 @@ impl Listening {
     }
 
     /// Sends SIGTERM.
+    /// SIGTERM, then its exit: code 0 within `timeout` (asserted); its stderr.
+    pub fn stopped(self, timeout: Duration) -> String {
+        self.terminate();
+        let r = self.finish(timeout);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        r.stderr
+    }
+
     pub fn terminate(&self) {
         // SAFETY: plain syscall on our own child's pid.
         unsafe {
@@ -365,6 +373,17 @@ pub async fn storm(c: &scmb_sim::client::SimClient, body: serde_json::Value) -> 
 }
 
 /// The alert as the appliance has it now (no session needed).
+/// Clears the alert `uri` on the simulated appliance, as a user would.
+pub async fn clear(c: &scmb_sim::client::SimClient, uri: &str) {
+    c.call(
+        reqwest::Method::POST,
+        &format!("{}/clear", uri.replace("/rest/alerts/", "/sim/alerts/")),
+        Some(b"{}".to_vec()),
+    )
+    .await
+    .expect("clear");
+}
+
 pub async fn alert(c: &scmb_sim::client::SimClient, uri: &str) -> serde_json::Value {
     c.call(
         reqwest::Method::GET,
