@@ -176,8 +176,14 @@ pub async fn ov_to_sm(ctx: &Ctx, session: &OvSession, run: usize, c: usize) -> R
         &[("SCMB_PASSWORD", "admin123"), ("RUST_LOG", "info")],
         stdout,
     )?;
+    // Subscribed, and the start's catch-up done: it lists what was modified since the
+    // appliance's clock at the start, so a storm raised while it pages would be listed by it
+    // too and the storm would measure a start, not the steady state.
     child
-        .wait_stderr("subscribed to the message bus", Duration::from_secs(60))
+        .wait_stderr_all(
+            &["subscribed to the message bus", "catch-up done"],
+            Duration::from_secs(60),
+        )
         .await?;
     let before = incident_count(ctx).await?;
     let t0 = Instant::now();

@@ -249,7 +249,7 @@ enum Write {
 
 struct Job {
     write: Write,
-    /// Who waits for the commit (nobody for [`Write::Notes`]).
+    /// Who waits for the commit (nobody for [`Write::Notes`] and buffered records).
     done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
@@ -265,7 +265,9 @@ fn group_commit(
     notes: Arc<std::sync::Mutex<Notes>>,
 ) {
     while let Ok(first) = jobs.recv() {
-        let mut urgent = !matches!(first.write, Write::Notes);
+        // Somebody waits for a write: commit what is queued now. Otherwise (printed notes,
+        // buffered records) linger for company.
+        let mut urgent = first.done.is_some();
         let mut batch = vec![first];
         let until = std::time::Instant::now() + NOTE_LINGER;
         while batch.len() < 4096 {
@@ -277,7 +279,7 @@ fn group_commit(
             };
             match next {
                 Some(j) => {
-                    urgent |= !matches!(j.write, Write::Notes);
+                    urgent |= j.done.is_some();
                     batch.push(j);
                 }
                 None => break,
@@ -446,6 +448,24 @@ impl Store {
     pub async fn put_async(&self, uri: &str, rec: &Record) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(rec).map_err(db)?;
         self.write(Write::Alert(uri.to_string(), bytes)).await
+    }
+
+    /// Queues a record for the group commit without waiting for it: committed with the next
+    /// batch (within [`NOTE_LINGER`]) and at the latest when the store closes. Only for a
+    /// record whose loss in a crash is harmless, because the durable one before it leads to
+    /// the same place (a step the next delivery confirms with one read). Reads see it once it
+    /// is committed.
+    pub fn put_buffered(&self, uri: &str, rec: &Record) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rec).map_err(db)?;
+        self.inner
+            .writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Db("the store is closed".into()))?
+            .send(Job {
+                write: Write::Alert(uri.to_string(), bytes),
+                done: None,
+            })
+            .map_err(|_| StoreError::Db("the store's writer stopped".into()))
     }
 
     /// Queues "printed" for the group commit without waiting for it: it is committed with the
@@ -733,6 +753,51 @@ mod tests {
             again.printed("/rest/alerts/1").expect("read").as_deref(),
             Some("e2"),
             "committed at the latest when the store closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_buffered_record_rides_with_the_next_awaited_write_and_keeps_its_order() {
+        let path = fresh("buffered");
+        let store = Store::open(&path).expect("open");
+        let rec = |step| Record::new(Some("IM1".into()), step);
+        store
+            .put_async("/rest/alerts/1", &rec(Step::Created))
+            .await
+            .expect("created");
+        store
+            .put_buffered("/rest/alerts/1", &rec(Step::Noted))
+            .expect("noted");
+        // An awaited write of another alert commits what was queued before it, in order.
+        store
+            .put_async("/rest/alerts/2", &rec(Step::Creating))
+            .await
+            .expect("another");
+        assert_eq!(
+            store.get("/rest/alerts/1").expect("get").map(|r| r.step),
+            Some(Step::Noted)
+        );
+        // A later awaited write of the same alert wins over the buffered one before it.
+        store
+            .put_buffered("/rest/alerts/2", &rec(Step::Noted))
+            .expect("noted");
+        store
+            .put_async("/rest/alerts/2", &rec(Step::Closed))
+            .await
+            .expect("closed");
+        assert_eq!(
+            store.get("/rest/alerts/2").expect("get").map(|r| r.step),
+            Some(Step::Closed)
+        );
+        // Nobody awaiting it: committed at the latest when the store closes.
+        store
+            .put_buffered("/rest/alerts/3", &rec(Step::Noted))
+            .expect("noted");
+        drop(store);
+        let again = Store::open(&path).expect("reopen");
+        assert_eq!(
+            again.get("/rest/alerts/3").expect("get").map(|r| r.step),
+            Some(Step::Noted)
         );
     }
 

@@ -413,6 +413,9 @@ impl Ticketer {
         // note is written onto it (one read less; a 412 if it changed meanwhile reads it
         // again). After a restart at `Created` it is read first: the note may be there.
         let mut fresh: Option<Value> = None;
+        // Set once this call created (or found) the incident: its `Created` record is written
+        // while the note is, not before it (see below).
+        let mut record_created = false;
         let incident = match existing.clone() {
             Some(r) if matches!(r.step, Step::Noted | Step::Failed | Step::Closed) => {
                 return Ok(Outcome::Done(format!("already handled ({:?})", r.step)));
@@ -564,8 +567,7 @@ impl Ticketer {
                     // looks it up before creating.
                     Attempt::Unknown(e) => return Ok(Outcome::Unknown(e)),
                 };
-                self.put(uri, Record::new(Some(id.clone()), Step::Created))
-                    .await?;
+                record_created = true;
                 self.metrics.incident_created(self.system.name(), uri, &id);
                 if !self.claim {
                     fresh = Some(alert);
@@ -581,7 +583,26 @@ impl Ticketer {
             cap: self.retry_cap,
         };
         let has_ours = |a: &Value| self.incidents_in_change_log(a).contains(&incident);
-        let updated = match retry.note_once(&self.ov, uri, &note, has_ours, fresh).await {
+        // The `Created` record and the note are written at the same time: neither needs the
+        // other first. A crash before the record is durable leaves `Creating` with the
+        // reference, and the redelivery finds the incident (in the alert's notes when the
+        // note was written, else by the reference) instead of creating another; the ack still
+        // waits for `Noted`, written after both.
+        let record = async {
+            match record_created {
+                true => {
+                    self.put(uri, Record::new(Some(incident.clone()), Step::Created))
+                        .await
+                }
+                false => Ok(()),
+            }
+        };
+        let (recorded, noted) = tokio::join!(
+            record,
+            retry.note_once(&self.ov, uri, &note, has_ours, fresh)
+        );
+        recorded?;
+        let updated = match noted {
             NoteOnce::Written(a) | NoteOnce::There(a) => {
                 // Another incident's note beside ours: another instance, on state of its own
                 // and without claims, ticketed the same alert at the same time.
@@ -604,8 +625,13 @@ impl Ticketer {
             }
             NoteOnce::Interrupted => return Ok(Outcome::Interrupted),
         };
-        self.put(uri, Record::new(Some(incident.clone()), Step::Noted))
-            .await?;
+        // `Created` (durable by now) already names the incident for every later step (a
+        // clear, a redelivery, a catch-up): `Noted` only spares the next delivery of this alert
+        // one read, so nobody waits for its commit.
+        self.store.put_buffered(
+            &self.key(uri),
+            &Record::new(Some(incident.clone()), Step::Noted),
+        )?;
         tracing::info!(alert = uri, incident = %incident, "note written to the alert");
         Ok(Outcome::Ticketed {
             incident,
