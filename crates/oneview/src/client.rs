@@ -314,6 +314,7 @@ impl Transport {
         session: Option<&Secret>,
     ) -> Result<Reply, OneViewError> {
         let url = format!("{}{}", self.base, req.path);
+        let started = std::time::Instant::now();
         let mut rb = self
             .http
             .request(req.method.clone(), url)
@@ -350,7 +351,7 @@ impl Transport {
             .await
             .map_err(|e| self.transport_error(e))?
             .to_vec();
-        tracing::debug!(request = %req.describe(), status, bytes = body.len(), "OneView answered");
+        tracing::debug!(request = %req.describe(), status, bytes = body.len(), ms = started.elapsed().as_millis() as u64, "OneView answered");
         Ok(Reply {
             request: req.describe(),
             status,
