@@ -586,8 +586,8 @@ impl Ticketer {
         // The `Created` record and the note are written at the same time: neither needs the
         // other first. A crash before the record is durable leaves `Creating` with the
         // reference, and the redelivery finds the incident (in the alert's notes when the
-        // note was written, else by the reference) instead of creating another; the ack still
-        // waits for `Noted`, written after both.
+        // note was written, else by the reference) instead of creating another; the ack
+        // waits for both.
         let record = async {
             match record_created {
                 true => {
