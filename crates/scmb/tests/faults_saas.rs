@@ -214,6 +214,19 @@ async fn wait_created(sink: &Saas, n: usize) {
     assert!(reached, "{}: never reached {n} incidents", sink.label());
 }
 
+/// The sink's incident count once `run` has retried a call refused by the fault just set
+/// (more retries than `before`): a create the sink had taken before the fault may still land
+/// while the fault is being set, so counting starts from the first refusal scmb saw.
+async fn created_once_refused(run: &ScmbRun, sink: &Saas, before: u64) -> usize {
+    let refused = wait_until(SETTLE, || async move { retries(run, sink).await > before }).await;
+    assert!(
+        refused,
+        "{}: no call was refused by the fault",
+        sink.label()
+    );
+    sink.created()
+}
+
 /// The retries of the sink's calls that `run` counted so far.
 async fn retries(run: &ScmbRun, sink: &Saas) -> u64 {
     metric_sum(
@@ -285,11 +298,11 @@ async fn sink_down_60_s_mid_storm(sink: Saas, test: &str) {
     let l = run.start(&sink.env()).await;
     let raising = storm(&c, 200, 20, &run.tag);
     wait_created(&sink, 20).await;
+    let retried_before = retries(&run, &sink).await;
     sink.outage(OUTAGE);
     let down = Instant::now();
     let fault_end = down + OUTAGE;
-    let at_start = sink.created();
-    let retried_before = retries(&run, &sink).await;
+    let at_start = created_once_refused(&run, &sink, retried_before).await;
     let uris = raising.await.expect("storm");
     assert!(
         at_start < uris.len(),
@@ -315,10 +328,10 @@ async fn a_429_storm_mid_storm(sink: Saas, test: &str) {
     let l = run.start(&sink.env()).await;
     let raising = storm(&c, 200, 40, &run.tag);
     wait_created(&sink, 20).await;
+    let retried_before = retries(&run, &sink).await;
     sink.throttle();
     let fault_end = Instant::now() + THROTTLED;
-    let at_start = sink.created();
-    let retried_before = retries(&run, &sink).await;
+    let at_start = created_once_refused(&run, &sink, retried_before).await;
     tokio::time::sleep_until(fault_end.into()).await;
     // Refused throughout (a 429 is never an incident), and retried.
     assert_eq!(sink.created(), at_start, "created while every call got 429");
