@@ -430,15 +430,10 @@ impl Store {
 
     async fn write(&self, write: Write) -> Result<(), StoreError> {
         let (done, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .writer
-            .as_ref()
-            .ok_or_else(|| StoreError::Db("the store is closed".into()))?
-            .send(Job {
-                write,
-                done: Some(done),
-            })
-            .map_err(|_| StoreError::Db("the store's writer stopped".into()))?;
+        self.queue(Job {
+            write,
+            done: Some(done),
+        })?;
         rx.await
             .map_err(|_| StoreError::Db("the store's writer stopped".into()))?
             .map_err(StoreError::Db)
@@ -457,14 +452,19 @@ impl Store {
     /// is committed.
     pub fn put_buffered(&self, uri: &str, rec: &Record) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(rec).map_err(db)?;
+        self.queue(Job {
+            write: Write::Alert(uri.to_string(), bytes),
+            done: None,
+        })
+    }
+
+    /// Hands a job to the group-commit thread.
+    fn queue(&self, job: Job) -> Result<(), StoreError> {
         self.inner
             .writer
             .as_ref()
             .ok_or_else(|| StoreError::Db("the store is closed".into()))?
-            .send(Job {
-                write: Write::Alert(uri.to_string(), bytes),
-                done: None,
-            })
+            .send(job)
             .map_err(|_| StoreError::Db("the store's writer stopped".into()))
     }
 
@@ -485,15 +485,10 @@ impl Store {
         if !first {
             return Ok(()); // the writer was woken for the burst already
         }
-        self.inner
-            .writer
-            .as_ref()
-            .ok_or_else(|| StoreError::Db("the store is closed".into()))?
-            .send(Job {
-                write: Write::Notes,
-                done: None,
-            })
-            .map_err(|_| StoreError::Db("the store's writer stopped".into()))
+        self.queue(Job {
+            write: Write::Notes,
+            done: None,
+        })
     }
 
     /// [`Store::set_printed`] through the group commit: durable when it returns.
