@@ -253,9 +253,9 @@ struct Job {
     done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
-/// How long printed notes, which nobody waits for ([`Store::note_printed`]), may wait for
-/// company before their commit: one fsync for a burst of prints instead of one per print. A
-/// write somebody awaits ends the wait at once.
+/// How long writes nobody waits for (printed notes, [`Store::note_printed`]; buffered
+/// records, [`Store::put_buffered`]) may wait for company before their commit: one fsync for a
+/// burst instead of one per write. A write somebody awaits ends the wait at once.
 const NOTE_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Commits queued writes in batches until every [`Store`] clone is gone.
