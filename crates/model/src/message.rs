@@ -72,6 +72,11 @@ pub struct Event {
     pub raw: Option<Vec<u8>>,
     /// What the peek read from `raw` (a delivery), so [`Event::peek`] needs no full decode.
     peeked: Option<Peeked>,
+    /// A delivery that no earlier run can have seen (its first delivery, from a queue that
+    /// lives only as long as this connection): its `resource` is the resource as the appliance
+    /// published it a moment ago, and nothing was done for it yet. False for everything else
+    /// (a redelivery, a durable queue's backlog, a REST read, a test).
+    pub first_sight: bool,
 }
 
 /// The default limit on a message body (real SCMB messages are a few KB).
@@ -160,6 +165,7 @@ impl Event {
             body: OnceLock::from(body),
             raw: None,
             peeked: None,
+            first_sight: false,
         }
     }
 
@@ -174,6 +180,7 @@ impl Event {
             body: OnceLock::new(),
             raw: Some(raw),
             peeked: Some(head.fields),
+            first_sight: false,
         }
     }
 

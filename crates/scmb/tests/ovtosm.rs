@@ -272,6 +272,35 @@ async fn every_critical_alert_becomes_exactly_one_incident_through_faults_and_re
     }
     assert_eq!(status, "Resolved");
 
+    // 2b. A new alert is ticketed from the message that announced it: the appliance refuses
+    //     every read (GET answers 503 until told otherwise), yet the incident is opened and
+    //     the note written, because a first delivery carries the whole alert.
+    c.call(
+        Method::POST,
+        "/sim/faults/rest",
+        Some(br#"{"status":503,"seconds":3600,"method":"GET"}"#.to_vec()),
+    )
+    .await
+    .expect("fault");
+    let unread = raise(
+        &c,
+        json!({"severity": "Critical", "alertTypeID": format!("{tag}.unread")}),
+    )
+    .await;
+    let by = wait_ticketed(&c, std::slice::from_ref(&unread)).await;
+    c.call(Method::DELETE, "/sim/faults/rest", None)
+        .await
+        .expect("clear fault");
+    let incs = by.get(&unread).cloned().unwrap_or_default();
+    assert_eq!(incs.len(), 1, "ticketed while reads were refused: {by:?}");
+    let id = incs[0]["IncidentID"].as_str().expect("id").to_string();
+    assert_eq!(
+        wait_note(&c, &unread).await,
+        vec![format!(
+            "Case automatically logged in HPE Service Manager with ID: {id}"
+        )]
+    );
+
     // 3. Killed (SIGKILL) between creating the incident and acking: Service Manager is slow
     //    (3 s), and while it creates the incident OneView starts answering 503, so the note
     //    cannot be written. The restart finds the recorded step and writes the note: one incident.

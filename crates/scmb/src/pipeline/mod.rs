@@ -484,7 +484,8 @@ impl Pipeline {
             None => acks.finished(d.delivery_tag),
             Some(head) => {
                 let seen = d.redelivered || self.shared.durable_queue;
-                let ev = Event::delivered(d.routing_key, head, d.body);
+                let mut ev = Event::delivered(d.routing_key, head, d.body);
+                ev.first_sight = !seen;
                 lanes
                     .dispatch(Origin::Bus((epoch, d.delivery_tag), seen), ev)
                     .await
