@@ -143,7 +143,7 @@ impl SmClient {
             .ok_or_else(|| {
                 reply.bad("no Incident.IncidentID in the answer", &self.inner.password)
             })?;
-        tracing::info!(incident = %inc.id, "Service Manager incident created");
+        tracing::debug!(incident = %inc.id, "Service Manager incident created");
         Ok(inc)
     }
 
