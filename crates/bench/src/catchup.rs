@@ -63,6 +63,32 @@ async fn storm(ctx: &Ctx, n: u64, rate: u64, critical_in: u64, tag: &str) -> Res
     Ok(())
 }
 
+/// Messages the simulator's publisher has sent or dropped so far.
+async fn bus_out(ctx: &Ctx) -> Result<u64> {
+    let s = ctx
+        .app
+        .ov_control(Method::GET, "/sim/stats", Value::Null)
+        .await?;
+    Ok(s["published"].as_u64().unwrap_or(0) + s["dropped"].as_u64().unwrap_or(0))
+}
+
+/// Waits until the simulator's publisher has sent (or dropped) `n` messages more than `from`:
+/// raising alerts queues their `Created` messages, and a backlog still draining would put the
+/// bus alerts raised later behind it, so that they would reach scmb late for reasons of the
+/// simulator's.
+async fn bus_drained(ctx: &Ctx, from: u64, n: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while bus_out(ctx).await? < from + n {
+        if Instant::now() > deadline {
+            bail!(
+                "the simulator did not publish the {n} messages of the raised alerts within 120 s"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Lines of `path` (0 while it does not exist).
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -83,9 +109,11 @@ pub async fn run_once(ctx: &Ctx, run: usize) -> Result<CatchUpFig> {
     );
     let (list_tag, bus_tag) = (format!("{tag}.listed"), format!("{tag}.bus"));
     let t = Instant::now();
+    let out_before = bus_out(ctx).await?;
     storm(ctx, alerts, 0, 5, &list_tag).await?;
+    bus_drained(ctx, out_before, alerts).await?;
     println!(
-        "  run {run}  {} alerts raised on the appliance in {} s ({} critical)",
+        "  run {run}  {} alerts raised on the appliance and their messages published in {} s ({} critical)",
         thousands(alerts as f64),
         fixed(t.elapsed().as_secs_f64(), 1),
         thousands(listed as f64)

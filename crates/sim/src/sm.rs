@@ -160,6 +160,11 @@ impl SimState<SmData> {
     }
 
     fn persist(&self, data: &SmData) {
+        // Nothing to write: do not build the list (it grows with every incident, under the
+        // lock every request takes).
+        if self.cfg.persist.is_none() {
+            return;
+        }
         let list: Vec<&Value> = data.incidents.values().collect();
         httpsim::save(self.cfg.persist.as_deref(), &list, "incidents");
     }
