@@ -408,11 +408,13 @@ impl Ticketer {
     }
 
     /// The alert as the bus delivered it, when that copy serves as well as a read: the
-    /// delivery's first sight (no earlier run can have acted on it, and the record says
-    /// nothing was done), without claims (a claim needs the alert's current eTag), and a
-    /// message carrying the whole alert. Its notes cannot hold an incident of ours yet, and the
-    /// note written later is guarded by its eTag (a change since is read again then). One
-    /// REST read fewer per new alert: in a storm, the appliance's load and our latency.
+    /// delivery's first sight (no earlier run can have acted on this message, and the record
+    /// says nothing was done for the alert), without claims (a claim needs the alert's current
+    /// eTag), and a message carrying the whole alert. The copy is the alert as the appliance
+    /// published it a moment ago, notes included (an incident noted by an earlier run whose
+    /// store is gone is found in them as in a read); the note written later is guarded by its
+    /// eTag, so a change since is read again then. One REST read fewer per new alert: in a
+    /// storm, the appliance's load and our latency.
     fn published_alert(&self, ev: &Event, uri: &str, existing: Option<&Record>) -> Option<Value> {
         if existing.is_some() || !ev.first_sight || self.claim {
             return None;
