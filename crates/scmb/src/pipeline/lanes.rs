@@ -16,9 +16,9 @@ pub(super) type Ticket = (u64, u64);
 /// Where an event came from.
 #[derive(Debug, Clone)]
 pub(super) enum Origin {
-    /// A delivery, with its ticket for the ack, and whether an earlier run may have seen it
-    /// (redelivered, or from a queue that outlives us).
-    Bus(Ticket, bool),
+    /// A delivery, with its ticket for the ack (whether an earlier run may have seen it is the
+    /// event's [`Event::first_sight`]).
+    Bus(Ticket),
     /// The REST catch-up, which counts what it fed until it is finished.
     CatchUp(Arc<Fed>),
 }
@@ -122,7 +122,7 @@ impl Dispatcher {
                 match shared.handle(&ev, &origin).await {
                     Ok(true) => match &origin {
                         // The consumer acks it once every delivery before it is finished.
-                        Origin::Bus(ticket, _) => {
+                        Origin::Bus(ticket) => {
                             let _ = finished.send(*ticket);
                         }
                         Origin::CatchUp(fed) => fed.done(),

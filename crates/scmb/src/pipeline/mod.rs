@@ -487,7 +487,7 @@ impl Pipeline {
                 let mut ev = Event::delivered(d.routing_key, head, d.body);
                 ev.first_sight = !seen;
                 lanes
-                    .dispatch(Origin::Bus((epoch, d.delivery_tag), seen), ev)
+                    .dispatch(Origin::Bus((epoch, d.delivery_tag)), ev)
                     .await
             }
         }
@@ -567,7 +567,8 @@ impl Shared {
                 }
             }
         }
-        if matches!(origin, Origin::Bus(_, false)) {
+        // A delivery no earlier run can have seen (a catch-up's events never are).
+        if ev.first_sight {
             return Ok(true);
         }
         let Some(store) = &self.store else {
@@ -727,7 +728,7 @@ mod tests {
         .enumerate()
         {
             lanes
-                .dispatch(Origin::Bus((0, tag as u64 + 1), false), event(uri, etag))
+                .dispatch(Origin::Bus((0, tag as u64 + 1)), event(uri, etag))
                 .await;
         }
         lanes.idle().await;
@@ -756,7 +757,7 @@ mod tests {
         let lanes = Dispatcher::new(shared, 2, fatal, finished);
         let t0 = tokio::time::Instant::now();
         lanes
-            .dispatch(Origin::Bus((0, 7), false), event("/rest/alerts/9", "x"))
+            .dispatch(Origin::Bus((0, 7)), event("/rest/alerts/9", "x"))
             .await;
         let (_, tag) = finished_rx.recv().await.expect("finished");
         assert_eq!(tag, 7);
@@ -782,7 +783,7 @@ mod tests {
         let lanes = Dispatcher::new(shared, 2, fatal, finished);
         let t0 = tokio::time::Instant::now();
         lanes
-            .dispatch(Origin::Bus((0, 4), false), event("/rest/alerts/8", "x"))
+            .dispatch(Origin::Bus((0, 4)), event("/rest/alerts/8", "x"))
             .await;
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert!(
@@ -807,7 +808,7 @@ mod tests {
         let (finished, mut finished_rx) = mpsc::unbounded_channel();
         let lanes = Dispatcher::new(shared, 2, fatal, finished);
         lanes
-            .dispatch(Origin::Bus((0, 1), false), event("/rest/alerts/5", "x"))
+            .dispatch(Origin::Bus((0, 1)), event("/rest/alerts/5", "x"))
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop.send(true).expect("stop");
