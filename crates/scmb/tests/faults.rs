@@ -602,6 +602,87 @@ async fn a_create_answered_late_or_with_garbage_is_looked_up_not_created_twice()
     }
 }
 
+/// Service Manager stores every incident at once and answers 3 s later, and `ov_to_sm` is
+/// killed (SIGKILL) while those answers are pending: the incidents exist, their alerts'
+/// records and notes do not. A new alert's first attempt records nothing before its create,
+/// so after the restart only the alert's own reference can tell: each alert must end with
+/// exactly one incident, the one its note names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_creates_are_answered_late_leaves_one_incident_per_alert() {
+    let sim = own_sim("killlate", 0);
+    let c = sim.client();
+    let dir = download_certs(&sim.rest_url, "killlate");
+    let state = temp_dir("killlate-state");
+    let tag = format!("KillLate.{}", rand::random::<u32>());
+    let mut l = start(&sim, &dir, &state, &tag);
+    sm_faults(&c, Some(json!({"createLateMs": 3000}))).await;
+    let started = Instant::now();
+    let uris = storm(&c, 20, 0, &tag).await;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let made: usize = incidents(&c).await.values().sum();
+        if made >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no incident was created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = l.child.kill();
+    let _ = l.finish(Duration::from_secs(5));
+    let before_restart: usize = incidents(&c).await.values().sum();
+    assert!(before_restart >= 4, "{before_restart}");
+    sm_faults(&c, None).await;
+    let l = start(&sim, &dir, &state, &tag);
+    let noted = wait_noted(&c, &uris).await;
+    assert_eq!(noted, uris.len(), "not every alert got its note");
+    // Anything still to come (a second create) would come within the retry pause.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rep = settle(
+        &c,
+        "kill -9 while creates are answered late",
+        &uris,
+        started,
+    )
+    .await;
+    assert_exactly_once(&rep);
+    // Each note names the alert's one incident.
+    let by_alert = incident_ids(&c).await;
+    for u in &uris {
+        let a = common::alert(&c, u).await;
+        let notes = common::notes(&a, "Case automatically logged");
+        assert_eq!(notes.len(), 1, "{u}: {notes:?}");
+        let id = by_alert.get(u).cloned().unwrap_or_default();
+        assert!(
+            !id.is_empty() && notes[0].ends_with(&id),
+            "{u}: {notes:?} vs {id}"
+        );
+    }
+    l.terminate();
+    let r = l.finish(Duration::from_secs(40));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}
+
+/// The incident id per alert uri (the last one, when there are several).
+async fn incident_ids(c: &SimClient) -> HashMap<String, String> {
+    let all = c
+        .call_sm(Method::GET, "/sim/incidents", None)
+        .await
+        .expect("incidents");
+    let mut by = HashMap::new();
+    for inc in all["incidents"].as_array().cloned().unwrap_or_default() {
+        let uri = inc["Description"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find_map(|l| l.strip_prefix("alertUri: "));
+        if let (Some(u), Some(id)) = (uri, inc["IncidentID"].as_str()) {
+            by.insert(u.to_string(), id.to_string());
+        }
+    }
+    by
+}
+
 /// Incident status per alert uri.
 async fn incident_status(c: &SimClient) -> HashMap<String, String> {
     let all = c

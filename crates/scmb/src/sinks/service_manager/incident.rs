@@ -132,6 +132,20 @@ impl Template {
 pub struct SmSystem {
     pub sm: SmClient,
     pub template: Template,
+    /// The appliance's name, which keys its alerts' references (alert ids repeat across
+    /// appliances).
+    pub appliance: String,
+}
+
+/// The reference of the incident for the alert at `uri` of `appliance`: the same every time,
+/// so an incident whose create ended in doubt (or that a crash left unrecorded) is found by
+/// it. 64 bits of SHA-256 over `scmb:<appliance>:<uri>`, in the form the random references of
+/// earlier versions had (`scmb-` and 16 hex digits).
+pub fn reference_for(appliance: &str, uri: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("scmb:{appliance}:{uri}").as_bytes());
+    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("scmb-{hex}")
 }
 
 /// A Service Manager error as the ticketer sees it.
@@ -177,14 +191,15 @@ impl TicketSystem for SmSystem {
         CLAIM_PREFIX
     }
 
-    /// Random per first attempt (recorded before the create): Service Manager has no field of
-    /// ours to search by the alert, and ov_to_sm's incidents never carried one.
-    fn reference(&self, _uri: &str, _alert: &Value) -> String {
-        format!("scmb-{:016x}", rand::random::<u64>())
+    /// The alert's own ([`reference_for`]), in the incident's [`REFERENCE_FIELD`]. (Earlier
+    /// builds drew a random one per attempt and recorded it before the create; such a record
+    /// still names its reference, which is looked up as before.)
+    fn reference(&self, uri: &str, _alert: &Value) -> String {
+        reference_for(&self.appliance, uri)
     }
 
     fn stable_reference(&self) -> bool {
-        false
+        true
     }
 
     async fn find(&self, reference: &str) -> Result<Option<String>, CallError> {
@@ -251,6 +266,17 @@ mod tests {
         assert!(m.get("AffectedCI").is_none());
         let warn = Template::default().incident(&json!({"severity": "Warning"}));
         assert_eq!(warn["Urgency"], "2");
+    }
+
+    #[test]
+    fn the_reference_is_the_alerts_own_and_differs_between_appliances() {
+        let a = reference_for("ov1", "/rest/alerts/7");
+        assert_eq!(a, reference_for("ov1", "/rest/alerts/7"));
+        assert_ne!(a, reference_for("ov2", "/rest/alerts/7"));
+        assert_ne!(a, reference_for("ov1", "/rest/alerts/8"));
+        assert_eq!(a.len(), "scmb-".len() + 16);
+        assert!(a.starts_with("scmb-"));
+        assert!(a[5..].chars().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

@@ -61,9 +61,15 @@ impl ServiceManager {
     pub fn new(s: &ServiceManagerSettings, ctx: &SinkContext) -> Result<ServiceManager, SinkError> {
         let sm = SmClient::new(s.client.clone())
             .map_err(|e| SinkError::new("service_manager", failure::USAGE, e.to_string()))?;
+        // The appliance's name keys its alerts' references: the config's name under `scmb run`.
+        let appliance = ctx
+            .label
+            .clone()
+            .unwrap_or_else(|| ctx.metrics.name().to_string());
         let system = std::sync::Arc::new(SmSystem {
             sm: sm.clone(),
             template: s.template.clone(),
+            appliance,
         });
         Ok(ServiceManager {
             client: sm,
@@ -137,15 +143,27 @@ impl Sink for ServiceManager {
     async fn handle(&self, ev: &Event) -> Result<Outcome, SinkError> {
         let (outcome, new) = self.ticketer.handle(ev, self.unknown_pause).await?;
         if let (Some(p), Some((incident, alert))) = (&self.report, new) {
-            // The alert as updated (with its note), like the sample prints it.
-            let mut shown = ev.clone();
-            if let Some(a) = alert {
-                // The bytes as they came do not carry the note: set_body drops them.
-                let mut body = shown.body().clone();
-                body["resource"] = a;
-                shown.set_body(body);
-            }
-            crate::sinks::format::print_to(p, &shown, self.name())?;
+            // The alert as updated (with its note), like the sample prints it: the message
+            // around the alert as read after the note (the bytes as they came do not carry it).
+            let updated = alert.map(|a| {
+                let mut body: serde_json::Map<String, serde_json::Value> = match ev.body() {
+                    serde_json::Value::Object(m) => m
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "resource")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    _ => serde_json::Map::new(),
+                };
+                body.insert("resource".into(), a);
+                Event::new(
+                    ev.routing_key.clone(),
+                    ev.category.clone(),
+                    ev.change_type,
+                    ev.resource_uri.clone(),
+                    serde_json::Value::Object(body),
+                )
+            });
+            crate::sinks::format::print_to(p, updated.as_ref().unwrap_or(ev), self.name())?;
             println!(
                 "{}: ticketed as {incident}; note written to the alert",
                 ev.resource_uri

@@ -6,9 +6,9 @@
 //! authentication and its errors are in [`client`]; `[appliance.servicenow]` is [`config`].
 //!
 //! Exactly once: the incident's `correlation_id` is the alert's stable key
-//! (`scmb:<appliance>:<uri>`), looked up before every create, so neither a crash between the
-//! create and its record, nor a create answered late or badly, nor a wiped store opens a
-//! second incident.
+//! (`scmb:<appliance>:<uri>`), looked up before every create but a provable first attempt's
+//! (`Ticketer::first_attempt`), so neither a crash between the create and its record, nor a
+//! create answered late or badly, nor a wiped store opens a second incident.
 //!
 //! `mode = "event"` sends Event Management events instead of opening incidents ([`event`]):
 //! the same key as the events' `message_key`, over the shared event core

@@ -88,7 +88,9 @@ pub trait TicketSystem: Send + Sync {
     /// The idempotency reference of a new incident for `alert` (at `uri`).
     fn reference(&self, uri: &str, alert: &Value) -> String;
     /// True when [`TicketSystem::reference`] is the same for an alert every time: it is then
-    /// looked up before every create, not only after an interrupted one.
+    /// looked up before every create but a provable first attempt's
+    /// ([`Ticketer::first_attempt`]), not only after an interrupted one, and a first attempt
+    /// records nothing before its create.
     fn stable_reference(&self) -> bool;
     /// True when alerts share incidents (one per resource, the reference the resource's): a
     /// new alert whose reference finds an incident is attached to it
@@ -425,8 +427,27 @@ impl Ticketer {
         .then(|| alert.clone())
     }
 
+    /// Whether this is provably the first attempt at the alert's incident: the delivery's
+    /// first sight of a new alert (its `Created` message, from a queue that lives only as long
+    /// as this connection: the appliance published it after the queue existed, so no earlier
+    /// run can have seen the alert) of which the store knows nothing (so neither has this
+    /// run), without claims, for a system whose reference is the alert's own. Such an attempt
+    /// records nothing before its create and looks nothing up: should its outcome be in doubt,
+    /// the reference is recorded then (a retry looks it up), and should the process die first,
+    /// the alert comes back only as something else (a catch-up's read, an update, a
+    /// redelivery), which looks the reference up before creating. One commit, and its wait,
+    /// fewer per new alert.
+    fn first_attempt(&self, ev: &Event, existing: Option<&Record>) -> bool {
+        existing.is_none()
+            && ev.first_sight
+            && ev.change_type == ChangeType::Created
+            && !self.claim
+            && self.system.stable_reference()
+    }
+
     async fn ticket(&self, ev: &Event, uri: &str) -> Result<Outcome, TicketError> {
         let existing = self.get(uri).await?;
+        let first_attempt = self.first_attempt(ev, existing.as_ref());
         // The alert as read before creating the incident, unless a claim changed it since: the
         // note is written onto it (one read less; a 412 if it changed meanwhile reads it
         // again). After a restart at `Created` it is read first: the note may be there.
@@ -484,6 +505,9 @@ impl Ticketer {
                         reference: Some(r),
                         ..
                     }) => r.clone(),
+                    // The first attempt's reference is recorded only if its create ends in
+                    // doubt (below).
+                    _ if first_attempt => self.system.reference(uri, &alert),
                     _ => {
                         let r = self.system.reference(uri, &alert);
                         let mut rec = Record::new(None, Step::Creating);
@@ -510,9 +534,11 @@ impl Ticketer {
                 };
                 // A create that was interrupted, or whose outcome is unknown, may have
                 // happened: look for its reference before creating again. A system whose
-                // reference is stable for the alert is asked every time (a wiped store, or an
-                // incident opened by hand with our key, is found too).
-                let look_up = self.system.stable_reference()
+                // reference is stable for the alert is asked every time but on a first attempt
+                // (a wiped store, or an incident opened by hand with our key, is found too),
+                // and on that too when alerts share incidents (the resource's may exist).
+                let look_up = (self.system.stable_reference()
+                    && (!first_attempt || self.system.shares_incidents()))
                     || matches!(existing.as_ref().map(|r| &r.step), Some(Step::Creating));
                 let found = match look_up {
                     true => match self
@@ -581,14 +607,22 @@ impl Ticketer {
                         .await
                     }
                 };
+                // A first attempt that did not end with an id records its reference now, as
+                // every other attempt did before its create: the next call (a retry in this
+                // process, still this delivery's first sight) then looks it up.
+                if first_attempt && matches!(created, Attempt::Interrupted | Attempt::Unknown(_)) {
+                    let mut rec = Record::new(None, Step::Creating);
+                    rec.reference = Some(reference.clone());
+                    self.put(uri, rec).await?;
+                }
                 let id = match created {
                     Attempt::Ok(id) => id,
                     Attempt::Permanent(reason) => {
                         return self.failed(uri, reason).await;
                     }
                     Attempt::Interrupted => return Ok(Outcome::Interrupted),
-                    // The record still says Creating with the reference: the next call
-                    // looks it up before creating.
+                    // The record says Creating with the reference: the next call looks it up
+                    // before creating.
                     Attempt::Unknown(e) => return Ok(Outcome::Unknown(e)),
                 };
                 record_created = true;
@@ -656,7 +690,8 @@ impl Ticketer {
             &self.key(uri),
             &Record::new(Some(incident.clone()), Step::Noted),
         )?;
-        tracing::info!(alert = uri, incident = %incident, "note written to the alert");
+        // Debug: "incident created" (info) said it, and a note that could not be written warns.
+        tracing::debug!(alert = uri, incident = %incident, "note written to the alert");
         Ok(Outcome::Ticketed {
             incident,
             alert: updated,
