@@ -201,21 +201,22 @@ struct Inner {
 /// Printed notes not yet in the database: waiting for the next batch, or in the batch being
 /// committed. [`Store::printed`] reads them first, so what was printed is known from the
 /// moment it was noted, not only once committed.
+/// By uri (the newest eTag noted wins): a burst notes hundreds within one linger, and every
+/// delivery that is not a first sight asks for its alert.
 #[derive(Default)]
 struct Notes {
-    waiting: Vec<(String, String)>,
-    committing: Vec<(String, String)>,
+    waiting: std::collections::HashMap<String, String>,
+    /// Shared with the writer while it commits them (not copied).
+    committing: Arc<std::collections::HashMap<String, String>>,
 }
 
 impl Notes {
     /// The newest eTag noted for `uri` and not yet committed.
     fn find(&self, uri: &str) -> Option<String> {
         self.waiting
-            .iter()
-            .rev()
-            .chain(self.committing.iter().rev())
-            .find(|(u, _)| u == uri)
-            .map(|(_, e)| e.clone())
+            .get(uri)
+            .or_else(|| self.committing.get(uri))
+            .cloned()
     }
 }
 
@@ -289,7 +290,7 @@ fn group_commit(
         let noted = notes
             .lock()
             .map(|mut n| {
-                let w = std::mem::take(&mut n.waiting);
+                let w = Arc::new(std::mem::take(&mut n.waiting));
                 n.committing = w.clone();
                 w
             })
@@ -316,7 +317,7 @@ fn group_commit(
                         Write::Notes => {}
                     }
                 }
-                for (uri, etag) in &noted {
+                for (uri, etag) in noted.iter() {
                     printed
                         .insert(uri.as_str(), etag.as_str())
                         .map_err(|x| e(x.into()))?;
@@ -326,7 +327,7 @@ fn group_commit(
         })
         .unwrap_or_else(Err);
         if let Ok(mut n) = notes.lock() {
-            n.committing.clear();
+            n.committing = Arc::default();
         }
         if let Err(e) = &result {
             if !noted.is_empty() {
@@ -479,8 +480,9 @@ impl Store {
                 .notes
                 .lock()
                 .map_err(|_| StoreError::Db("the store's note buffer is poisoned".into()))?;
-            n.waiting.push((uri.to_string(), etag.to_string()));
-            n.waiting.len() == 1
+            let first = n.waiting.is_empty();
+            n.waiting.insert(uri.to_string(), etag.to_string());
+            first
         };
         if !first {
             return Ok(()); // the writer was woken for the burst already
