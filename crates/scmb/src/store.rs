@@ -141,8 +141,9 @@ fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Step {
-    /// About to create the incident, tagged with `reference`: after a crash here, Service
-    /// Manager is asked for an incident with that reference before creating another.
+    /// About to create the incident, tagged with `reference`: after a crash here, the system
+    /// is asked for an incident with that reference before creating another. (A provable first
+    /// attempt writes it only once its create ends in doubt: `Ticketer::first_attempt`.)
     Creating,
     /// The incident exists in Service Manager; the note is not written yet.
     Created,

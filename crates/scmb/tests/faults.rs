@@ -604,9 +604,10 @@ async fn a_create_answered_late_or_with_garbage_is_looked_up_not_created_twice()
 
 /// Service Manager stores every incident at once and answers 3 s later, and `ov_to_sm` is
 /// killed (SIGKILL) while those answers are pending: the incidents exist, their alerts'
-/// records and notes do not. A new alert's first attempt records nothing before its create,
-/// so after the restart only the alert's own reference can tell: each alert must end with
-/// exactly one incident, the one its note names.
+/// records and notes do not. A new alert's first attempt records nothing before its create
+/// (the store is checked for that after the kill), so after the restart only the alert's
+/// reference, this store's own for the alert, can tell: each alert must end with exactly one
+/// incident, the one its note names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_while_creates_are_answered_late_leaves_one_incident_per_alert() {
     let sim = own_sim("killlate", 0);
@@ -631,6 +632,23 @@ async fn a_kill_while_creates_are_answered_late_leaves_one_incident_per_alert() 
     let _ = l.finish(Duration::from_secs(5));
     let before_restart: usize = incidents(&c).await.values().sum();
     assert!(before_restart >= 4, "{before_restart}");
+    {
+        // What the killed process left: that it made first attempts, and no record of them.
+        let store = scmb::store::Store::open(&state.join("ov_to_sm.redb")).expect("the store");
+        assert!(store.meta("first_attempts").expect("meta").is_some());
+        let recorded: Vec<String> = store
+            .all()
+            .expect("records")
+            .into_iter()
+            .map(|(uri, _)| uri)
+            .filter(|u| uris.contains(u))
+            .collect();
+        // Every create was still unanswered (3 s late): a record could only be a `Creating`.
+        assert!(
+            recorded.is_empty(),
+            "recorded before the create: {recorded:?}"
+        );
+    }
     sm_faults(&c, None).await;
     let l = start(&sim, &dir, &state, &tag);
     let noted = wait_noted(&c, &uris).await;

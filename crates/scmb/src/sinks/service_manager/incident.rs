@@ -132,18 +132,17 @@ impl Template {
 pub struct SmSystem {
     pub sm: SmClient,
     pub template: Template,
-    /// The appliance's name, which keys its alerts' references (alert ids repeat across
-    /// appliances).
-    pub appliance: String,
 }
 
-/// The reference of the incident for the alert at `uri` of `appliance`: the same every time,
-/// so an incident whose create ended in doubt (or that a crash left unrecorded) is found by
-/// it. 64 bits of SHA-256 over `scmb:<appliance>:<uri>`, in the form the random references of
-/// earlier versions had (`scmb-` and 16 hex digits).
-pub fn reference_for(appliance: &str, uri: &str) -> String {
+/// The reference of the incident for the alert at `uri`, made by the instance whose store's
+/// id is `instance`: the same every time for this store and alert, so an incident whose
+/// create ended in doubt (or that a crash left unrecorded) is found by it, and unlike any
+/// other store's (alert ids repeat across appliances and installations; a store's id is
+/// random). 64 bits of SHA-256 over `scmb:<instance>:<uri>`, in the form the random
+/// references of earlier builds had (`scmb-` and 16 hex digits).
+pub fn reference_for(instance: &str, uri: &str) -> String {
     use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("scmb:{appliance}:{uri}").as_bytes());
+    let d = sha2::Sha256::digest(format!("scmb:{instance}:{uri}").as_bytes());
     let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("scmb-{hex}")
 }
@@ -191,15 +190,20 @@ impl TicketSystem for SmSystem {
         CLAIM_PREFIX
     }
 
-    /// The alert's own ([`reference_for`]), in the incident's [`REFERENCE_FIELD`]. (Earlier
+    /// This store's own for the alert ([`reference_for`]), in the incident's [`REFERENCE_FIELD`]. (Earlier
     /// builds drew a random one per attempt and recorded it before the create; such a record
     /// still names its reference, which is looked up as before.)
-    fn reference(&self, uri: &str, _alert: &Value) -> String {
-        reference_for(&self.appliance, uri)
+    fn reference(&self, instance: &str, uri: &str, _alert: &Value) -> String {
+        reference_for(instance, uri)
     }
 
     fn stable_reference(&self) -> bool {
         true
+    }
+
+    /// This store's own: no other instance makes it.
+    fn shared_reference(&self) -> bool {
+        false
     }
 
     async fn find(&self, reference: &str) -> Result<Option<String>, CallError> {
@@ -269,11 +273,11 @@ mod tests {
     }
 
     #[test]
-    fn the_reference_is_the_alerts_own_and_differs_between_appliances() {
-        let a = reference_for("ov1", "/rest/alerts/7");
-        assert_eq!(a, reference_for("ov1", "/rest/alerts/7"));
-        assert_ne!(a, reference_for("ov2", "/rest/alerts/7"));
-        assert_ne!(a, reference_for("ov1", "/rest/alerts/8"));
+    fn the_reference_is_the_same_for_a_store_and_alert_and_differs_between_stores() {
+        let a = reference_for("0123456789abcdef", "/rest/alerts/7");
+        assert_eq!(a, reference_for("0123456789abcdef", "/rest/alerts/7"));
+        assert_ne!(a, reference_for("fedcba9876543210", "/rest/alerts/7"));
+        assert_ne!(a, reference_for("0123456789abcdef", "/rest/alerts/8"));
         assert_eq!(a.len(), "scmb-".len() + 16);
         assert!(a.starts_with("scmb-"));
         assert!(a[5..].chars().all(|c| c.is_ascii_hexdigit()));

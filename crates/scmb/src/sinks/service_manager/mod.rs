@@ -61,15 +61,9 @@ impl ServiceManager {
     pub fn new(s: &ServiceManagerSettings, ctx: &SinkContext) -> Result<ServiceManager, SinkError> {
         let sm = SmClient::new(s.client.clone())
             .map_err(|e| SinkError::new("service_manager", failure::USAGE, e.to_string()))?;
-        // The appliance's name keys its alerts' references: the config's name under `scmb run`.
-        let appliance = ctx
-            .label
-            .clone()
-            .unwrap_or_else(|| ctx.metrics.name().to_string());
         let system = std::sync::Arc::new(SmSystem {
             sm: sm.clone(),
             template: s.template.clone(),
-            appliance,
         });
         Ok(ServiceManager {
             client: sm,

@@ -432,7 +432,7 @@ impl TicketSystem for SnSystem {
 
     /// The alert's key, or its resource's when incidents are per resource (the alert's own
     /// when it names no resource).
-    fn reference(&self, uri: &str, alert: &Value) -> String {
+    fn reference(&self, _instance: &str, uri: &str, alert: &Value) -> String {
         match (self.correlate, resource_uri(alert)) {
             (Correlate::Resource, Some(r)) => correlation_key(&self.appliance, r),
             _ => correlation_key(&self.appliance, uri),

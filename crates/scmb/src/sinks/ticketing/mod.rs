@@ -6,12 +6,13 @@
 //!
 //! Exactly-once rests on three things: the durable [`Store`] (alert → incident, step),
 //! consulted before any work and written after each step; an idempotency reference given to
-//! the incident before it is created and recorded first, looked up before any create that
-//! may repeat one (and before every create when the reference is stable for the alert); the
-//! alert's own change log, searched for a note carrying an incident id before creating one
-//! (a wiped store or a second instance does not duplicate); and acking the delivery only once
-//! the work is recorded. A crash at any instant leaves an unacked message and a recorded
-//! step, and the redelivery finishes the work.
+//! the incident before it is created and recorded first (on a provable first attempt, whose
+//! reference is the same every time for the store and alert, only once its outcome is in
+//! doubt), looked up before any create that may repeat one; the alert's own change log,
+//! searched for a note carrying an incident id before creating one (a wiped store or a second
+//! instance does not duplicate); and acking the delivery only once the work is recorded. A
+//! crash at any instant leaves an unacked message, or an alert the next catch-up reads, and
+//! either a recorded step or a reference to look up, and the next attempt finishes the work.
 
 use crate::sinks::http::retry_delay;
 use std::sync::Arc;
@@ -85,13 +86,22 @@ pub trait TicketSystem: Send + Sync {
     fn note_prefixes(&self) -> Vec<&str>;
     /// The note that claims an alert before its incident is created (see `claim`).
     fn claim_prefix(&self) -> &'static str;
-    /// The idempotency reference of a new incident for `alert` (at `uri`).
-    fn reference(&self, uri: &str, alert: &Value) -> String;
-    /// True when [`TicketSystem::reference`] is the same for an alert every time: it is then
-    /// looked up before every create but a provable first attempt's
-    /// ([`Ticketer::first_attempt`]), not only after an interrupted one, and a first attempt
-    /// records nothing before its create.
+    /// The idempotency reference of a new incident for `alert` (at `uri`), made by the
+    /// instance whose store's id is `instance`.
+    fn reference(&self, instance: &str, uri: &str, alert: &Value) -> String;
+    /// True when [`TicketSystem::reference`] is the same for an alert every time: a provable
+    /// first attempt ([`Ticketer::first_attempt`]) then records nothing before its create, and
+    /// an incident it may have left unrecorded is found by it.
     fn stable_reference(&self) -> bool;
+    /// True when the reference is the same for every instance (ServiceNow's `correlation_id`,
+    /// the alert's own): it is then looked up before every create but a first attempt's (a
+    /// wiped store, another instance's incident or one opened by hand with our key is found),
+    /// and claims carry the instance's id beside it. False when it is this instance's own
+    /// (Service Manager's): looked up only where this store may have left an attempt
+    /// unrecorded.
+    fn shared_reference(&self) -> bool {
+        self.stable_reference()
+    }
     /// True when alerts share incidents (one per resource, the reference the resource's): a
     /// new alert whose reference finds an incident is attached to it
     /// ([`TicketSystem::attach`]), and a clear resolves or closes the incident only once no
@@ -266,12 +276,27 @@ pub struct Ticketer {
     pub locks: ReferenceLocks,
     /// This instance's id (kept in its store): in its claims, so that two instances whose
     /// references are the same for an alert (ServiceNow's `correlation_id`) tell their claims
-    /// apart, and a restarted instance knows its own.
+    /// apart, and a restarted instance knows its own; and in references that are the
+    /// instance's own (Service Manager's).
     pub instance: String,
+    /// This store has made first attempts (recorded in its meta table before the first one):
+    /// an incident of an alert without a record may then exist unrecorded, so such an alert's
+    /// reference is looked up before its create. A store that never made one (a durable
+    /// queue's) looks up only after an interrupted create, as before first attempts existed.
+    first_attempts: std::sync::atomic::AtomicBool,
 }
 
 /// The store's meta key of the instance's id.
 const INSTANCE_KEY: &str = "instance_id";
+
+/// The store's meta key saying that a system's first attempts were made (see
+/// [`Ticketer::first_attempt`]).
+fn first_attempts_key(system: &dyn TicketSystem) -> String {
+    match system.store_prefix() {
+        "" => "first_attempts".to_string(),
+        p => format!("first_attempts:{p}"),
+    }
+}
 
 /// This store's instance id, made (random) and kept the first time.
 fn instance_id(store: &Store) -> Result<String, StoreError> {
@@ -437,17 +462,35 @@ impl Ticketer {
     /// the alert comes back only as something else (a catch-up's read, an update, a
     /// redelivery), which looks the reference up before creating. One commit, and its wait,
     /// fewer per new alert.
+    /// Not where alerts share incidents: the resource's incident, found later, would look like
+    /// another alert's.
     fn first_attempt(&self, ev: &Event, existing: Option<&Record>) -> bool {
         existing.is_none()
             && ev.first_sight
             && ev.change_type == ChangeType::Created
             && !self.claim
             && self.system.stable_reference()
+            && !self.system.shares_incidents()
+    }
+
+    /// Records, durably and before the first of them, that this store makes first attempts
+    /// (see [`Ticketer::first_attempts`]).
+    fn note_first_attempts(&self) -> Result<(), TicketError> {
+        use std::sync::atomic::Ordering;
+        if !self.first_attempts.load(Ordering::Acquire) {
+            self.store
+                .set_meta(&first_attempts_key(self.system.as_ref()), "yes")?;
+            self.first_attempts.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     async fn ticket(&self, ev: &Event, uri: &str) -> Result<Outcome, TicketError> {
         let existing = self.get(uri).await?;
         let first_attempt = self.first_attempt(ev, existing.as_ref());
+        if first_attempt {
+            self.note_first_attempts()?;
+        }
         // The alert as read before creating the incident, unless a claim changed it since: the
         // note is written onto it (one read less; a 412 if it changed meanwhile reads it
         // again). After a restart at `Created` it is read first: the note may be there.
@@ -497,8 +540,9 @@ impl Ticketer {
                 if alert.get("alertState").and_then(Value::as_str) == Some("Cleared") {
                     return Ok(Outcome::Done("alert already cleared".into()));
                 }
-                // Tag the incident before creating it, and record the tag first: a crash between
-                // the system's answer and our record is then resolved by looking it up.
+                // Tag the incident before creating it, and record the tag first (but on a first
+                // attempt): a crash between the system's answer and our record is then resolved
+                // by looking it up.
                 let reference = match existing.as_ref() {
                     Some(Record {
                         step: Step::Creating,
@@ -507,9 +551,9 @@ impl Ticketer {
                     }) => r.clone(),
                     // The first attempt's reference is recorded only if its create ends in
                     // doubt (below).
-                    _ if first_attempt => self.system.reference(uri, &alert),
+                    _ if first_attempt => self.system.reference(&self.instance, uri, &alert),
                     _ => {
-                        let r = self.system.reference(uri, &alert);
+                        let r = self.system.reference(&self.instance, uri, &alert);
                         let mut rec = Record::new(None, Step::Creating);
                         rec.reference = Some(r.clone());
                         self.put(uri, rec).await?;
@@ -533,13 +577,18 @@ impl Ticketer {
                     false => None,
                 };
                 // A create that was interrupted, or whose outcome is unknown, may have
-                // happened: look for its reference before creating again. A system whose
-                // reference is stable for the alert is asked every time but on a first attempt
-                // (a wiped store, or an incident opened by hand with our key, is found too),
-                // and on that too when alerts share incidents (the resource's may exist).
-                let look_up = (self.system.stable_reference()
-                    && (!first_attempt || self.system.shares_incidents()))
-                    || matches!(existing.as_ref().map(|r| &r.step), Some(Step::Creating));
+                // happened: look for its reference before creating again. A reference shared by
+                // every instance is asked for every time but on a first attempt (a wiped
+                // store, or an incident opened by hand with our key, is found too); one of this
+                // instance's own, whenever this store may have left a first attempt
+                // unrecorded.
+                let look_up = matches!(existing.as_ref().map(|r| &r.step), Some(Step::Creating))
+                    || (!first_attempt
+                        && (self.system.shared_reference()
+                            || (self.system.stable_reference()
+                                && self
+                                    .first_attempts
+                                    .load(std::sync::atomic::Ordering::Acquire))));
                 let found = match look_up {
                     true => match self
                         .sys_retry(
@@ -643,7 +692,8 @@ impl Ticketer {
         let has_ours = |a: &Value| self.incidents_in_change_log(a).contains(&incident);
         // The `Created` record and the note are written at the same time: neither needs the
         // other first. A crash before the record is durable leaves `Creating` with the
-        // reference, and the redelivery finds the incident (in the alert's notes when the
+        // reference (or, after a first attempt, no record and a reference the next attempt
+        // looks up), and the next attempt finds the incident (in the alert's notes when the
         // note was written, else by the reference) instead of creating another; the ack
         // waits for both.
         let record = async {
@@ -690,8 +740,7 @@ impl Ticketer {
             &self.key(uri),
             &Record::new(Some(incident.clone()), Step::Noted),
         )?;
-        // Debug: "incident created" (info) said it, and a note that could not be written warns.
-        tracing::debug!(alert = uri, incident = %incident, "note written to the alert");
+        tracing::info!(alert = uri, incident = %incident, "note written to the alert");
         Ok(Outcome::Ticketed {
             incident,
             alert: updated,
@@ -701,7 +750,7 @@ impl Ticketer {
     /// What this instance's claim for `reference` says: the reference, and this instance's
     /// id when the reference is the same for every instance.
     fn claim_token(&self, reference: &str) -> String {
-        match self.system.stable_reference() {
+        match self.system.shared_reference() {
             true => format!("{reference} by {}", self.instance),
             false => reference.to_string(),
         }
@@ -945,6 +994,15 @@ impl Ticketer {
                 "ticketing needs the state store and a REST session",
             ));
         };
+        let named = |e: StoreError| {
+            let f = failure::Failure::from(e);
+            SinkError::new(name, f.code, f.message)
+        };
+        let instance = instance_id(&store).map_err(named)?;
+        let first_attempts = store
+            .meta(&first_attempts_key(system.as_ref()))
+            .map_err(named)?
+            .is_some();
         Ok(Ticketer {
             system,
             ov,
@@ -957,13 +1015,8 @@ impl Ticketer {
             metrics: ctx.metrics.clone(),
             claim: s.claim,
             locks: Default::default(),
-            instance: match s.claim {
-                true => instance_id(&store).map_err(|e| {
-                    let f = failure::Failure::from(e);
-                    SinkError::new(name, f.code, f.message)
-                })?,
-                false => String::new(),
-            },
+            instance,
+            first_attempts: first_attempts.into(),
             store,
         })
     }
