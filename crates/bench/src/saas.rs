@@ -577,11 +577,11 @@ mod tests {
 
     #[test]
     fn floors_count_the_sequential_calls_per_alert_and_the_rounds_of_lanes() {
-        assert_eq!(Sink::ServiceNow.per_alert_ms(), 310);
-        assert!((Sink::ServiceNow.floor_s(1000) - 16.0 * 0.31).abs() < 1e-9);
+        assert_eq!(Sink::ServiceNow.per_alert_ms(), 160);
+        assert!((Sink::ServiceNow.floor_s(1000) - 16.0 * 0.16).abs() < 1e-9);
         assert_eq!(Sink::PagerDuty.per_alert_ms(), 160);
         assert!((Sink::PagerDuty.floor_s(1000) - 16.0 * 0.16).abs() < 1e-9);
-        assert!((Sink::ServiceNow.floor_s(200) - 4.0 * 0.31).abs() < 1e-9);
+        assert!((Sink::ServiceNow.floor_s(200) - 4.0 * 0.16).abs() < 1e-9);
     }
 
     #[test]
