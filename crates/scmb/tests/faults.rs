@@ -664,7 +664,7 @@ async fn a_kill_while_creates_are_answered_late_leaves_one_incident_per_alert() 
     .await;
     assert_exactly_once(&rep);
     // Each note names the alert's one incident.
-    let by_alert = incident_ids(&c).await;
+    let by_alert = incident_field(&c, "IncidentID").await;
     for u in &uris {
         let a = common::alert(&c, u).await;
         let notes = common::notes(&a, "Case automatically logged");
@@ -680,29 +680,9 @@ async fn a_kill_while_creates_are_answered_late_leaves_one_incident_per_alert() 
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
 
-/// The incident id per alert uri (the last one, when there are several).
-async fn incident_ids(c: &SimClient) -> HashMap<String, String> {
-    let all = c
-        .call_sm(Method::GET, "/sim/incidents", None)
-        .await
-        .expect("incidents");
-    let mut by = HashMap::new();
-    for inc in all["incidents"].as_array().cloned().unwrap_or_default() {
-        let uri = inc["Description"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .find_map(|l| l.strip_prefix("alertUri: "));
-        if let (Some(u), Some(id)) = (uri, inc["IncidentID"].as_str()) {
-            by.insert(u.to_string(), id.to_string());
-        }
-    }
-    by
-}
-
-/// Incident status per alert uri.
-async fn incident_status(c: &SimClient) -> HashMap<String, String> {
+/// One field of each incident (`IncidentID`, `Status`) per alert uri (the last incident's, when
+/// there are several).
+async fn incident_field(c: &SimClient, field: &str) -> HashMap<String, String> {
     let all = c
         .call_sm(Method::GET, "/sim/incidents", None)
         .await
@@ -716,10 +696,7 @@ async fn incident_status(c: &SimClient) -> HashMap<String, String> {
             .filter_map(Value::as_str)
             .find_map(|l| l.strip_prefix("alertUri: "))
         {
-            by.insert(
-                u.to_string(),
-                inc["Status"].as_str().unwrap_or("").to_string(),
-            );
+            by.insert(u.to_string(), inc[field].as_str().unwrap_or("").to_string());
         }
     }
     by
@@ -758,7 +735,7 @@ async fn incidents_of_alerts_cleared_or_deleted_while_stopped_are_resolved_at_th
     let l = start_with(&sim, &dir, &state, &tag, &[("RUST_LOG", "info")], &[]);
     let deadline = Instant::now() + SETTLE;
     let status = loop {
-        let status = incident_status(&c).await;
+        let status = incident_field(&c, "Status").await;
         let resolved = uris[..15]
             .iter()
             .filter(|u| status.get(*u).is_some_and(|s| s == "Resolved"))
