@@ -190,9 +190,10 @@ impl TicketSystem for SmSystem {
         CLAIM_PREFIX
     }
 
-    /// This store's own for the alert ([`reference_for`]), in the incident's [`REFERENCE_FIELD`]. (Earlier
-    /// builds drew a random one per attempt and recorded it before the create; such a record
-    /// still names its reference, which is looked up as before.)
+    /// This store's own for the alert ([`reference_for`]), in the incident's
+    /// [`REFERENCE_FIELD`]. (Earlier builds drew a random one per attempt and recorded it
+    /// before the create; such a record still names its reference, which is looked up as
+    /// before.)
     fn reference(&self, instance: &str, uri: &str, _alert: &Value) -> String {
         reference_for(instance, uri)
     }

@@ -413,6 +413,14 @@ impl Ticketer {
         Ok(self.store.put_async(&self.key(uri), &rec).await?)
     }
 
+    /// Records, durably, that the incident for `uri` is about to be (or may have been) created
+    /// with `reference`: the next attempt looks it up before creating.
+    async fn record_creating(&self, uri: &str, reference: &str) -> Result<(), TicketError> {
+        let mut rec = Record::new(None, Step::Creating);
+        rec.reference = Some(reference.to_string());
+        self.put(uri, rec).await
+    }
+
     /// Handles one decoded message. Returns when the delivery may be acked (or must be left).
     pub async fn process(&self, ev: &Event) -> Result<Outcome, TicketError> {
         if !ev.is_alert() {
@@ -456,12 +464,13 @@ impl Ticketer {
     /// first sight of a new alert (its `Created` message, from a queue that lives only as long
     /// as this connection: the appliance published it after the queue existed, so no earlier
     /// run can have seen the alert) of which the store knows nothing (so neither has this
-    /// run), without claims, for a system whose reference is the alert's own. Such an attempt
-    /// records nothing before its create and looks nothing up: should its outcome be in doubt,
-    /// the reference is recorded then (a retry looks it up), and should the process die first,
-    /// the alert comes back only as something else (a catch-up's read, an update, a
-    /// redelivery), which looks the reference up before creating. One commit, and its wait,
-    /// fewer per new alert.
+    /// run), without claims, for a system whose reference is the same every time for the alert
+    /// ([`TicketSystem::stable_reference`]). Such an attempt records nothing before its create
+    /// and looks nothing up: should its outcome be in doubt, the reference is recorded then (a
+    /// retry looks it up), and should the process die first, the alert comes back only as
+    /// something else (a catch-up's read, an update, a redelivery), which looks the reference
+    /// up before creating. One commit, and its wait, fewer per new alert.
+    ///
     /// Not where alerts share incidents: the resource's incident, found later, would look like
     /// another alert's.
     fn first_attempt(&self, ev: &Event, existing: Option<&Record>) -> bool {
@@ -473,11 +482,18 @@ impl Ticketer {
             && !self.system.shares_incidents()
     }
 
+    /// Whether an incident of an alert without a record may exist unrecorded: this store has
+    /// made first attempts (see [`Ticketer::first_attempts`]).
+    fn may_have_unrecorded(&self) -> bool {
+        self.first_attempts
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Records, durably and before the first of them, that this store makes first attempts
     /// (see [`Ticketer::first_attempts`]).
     fn note_first_attempts(&self) -> Result<(), TicketError> {
         use std::sync::atomic::Ordering;
-        if !self.first_attempts.load(Ordering::Acquire) {
+        if !self.may_have_unrecorded() {
             self.store
                 .set_meta(&first_attempts_key(self.system.as_ref()), "yes")?;
             self.first_attempts.store(true, Ordering::Release);
@@ -554,9 +570,7 @@ impl Ticketer {
                     _ if first_attempt => self.system.reference(&self.instance, uri, &alert),
                     _ => {
                         let r = self.system.reference(&self.instance, uri, &alert);
-                        let mut rec = Record::new(None, Step::Creating);
-                        rec.reference = Some(r.clone());
-                        self.put(uri, rec).await?;
+                        self.record_creating(uri, &r).await?;
                         r
                     }
                 };
@@ -582,13 +596,11 @@ impl Ticketer {
                 // store, or an incident opened by hand with our key, is found too); one of this
                 // instance's own, whenever this store may have left a first attempt
                 // unrecorded.
-                let look_up = matches!(existing.as_ref().map(|r| &r.step), Some(Step::Creating))
-                    || (!first_attempt
-                        && (self.system.shared_reference()
-                            || (self.system.stable_reference()
-                                && self
-                                    .first_attempts
-                                    .load(std::sync::atomic::Ordering::Acquire))));
+                let interrupted =
+                    matches!(existing.as_ref().map(|r| &r.step), Some(Step::Creating));
+                let may_exist = self.system.shared_reference()
+                    || (self.system.stable_reference() && self.may_have_unrecorded());
+                let look_up = interrupted || (!first_attempt && may_exist);
                 let found = match look_up {
                     true => match self
                         .sys_retry(
@@ -660,9 +672,7 @@ impl Ticketer {
                 // every other attempt did before its create: the next call (a retry in this
                 // process, still this delivery's first sight) then looks it up.
                 if first_attempt && matches!(created, Attempt::Interrupted | Attempt::Unknown(_)) {
-                    let mut rec = Record::new(None, Step::Creating);
-                    rec.reference = Some(reference.clone());
-                    self.put(uri, rec).await?;
+                    self.record_creating(uri, &reference).await?;
                 }
                 let id = match created {
                     Attempt::Ok(id) => id,
