@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::amqp::Amqp;
 use crate::appliance::OvSession;
-use crate::procs::{spawn, Stdout};
+use crate::procs::{proc_cpu_s, spawn, MachineCpu, Stdout};
 use crate::util::{fixed, thousands};
 use crate::Ctx;
 
@@ -37,6 +37,15 @@ pub struct StormFig {
     pub floor_s: f64,
     /// CPU of the ov_to_sm process over its whole life (NaN for the baseline).
     pub cpu_s: f64,
+    /// CPU of the ov_to_sm process from the storm request to its last alert ticketed (NaN for
+    /// the baseline).
+    pub storm_cpu_s: f64,
+    /// CPU of this process (the simulators, and the baseline's client) over the storm.
+    pub harness_cpu_s: f64,
+    /// CPU of the broker over the storm.
+    pub broker_cpu_s: f64,
+    /// The whole machine over the storm.
+    pub machine: MachineCpu,
     /// Incidents Service Manager holds after the storm that it did not hold before (N when
     /// there is neither a duplicate nor a miss).
     pub incidents: u64,
@@ -56,8 +65,50 @@ impl StormFig {
             "alerts": self.alerts, "ticketed": self.done, "secs": num(self.secs),
             "alertsPerSec": num(self.rate()), "floorSecs": self.floor_s,
             "ratioToFloor": num(self.secs / self.floor_s), "cpuSecs": num(self.cpu_s),
+            "stormCpuSecs": num(self.storm_cpu_s), "harnessCpuSecs": num(self.harness_cpu_s),
+            "brokerCpuSecs": num(self.broker_cpu_s),
+            "machineBusySecs": num(self.machine.busy_s),
+            "machineIdleSecs": num(self.machine.idle_s),
+            "machineStealSecs": num(self.machine.steal_s),
             "incidentsCreated": self.incidents,
         })
+    }
+}
+
+/// CPU counters read at the storm's start and end.
+struct Meter {
+    ov_to_sm: Option<i32>,
+    broker: Option<i32>,
+    at: (f64, f64, f64, MachineCpu),
+}
+
+impl Meter {
+    fn start(ctx: &Ctx, ov_to_sm: Option<i32>) -> Result<Meter> {
+        let broker = ctx.app.info["brokerPid"].as_i64().map(|p| p as i32);
+        Ok(Meter {
+            ov_to_sm,
+            broker,
+            at: Self::read(ov_to_sm, broker)?,
+        })
+    }
+    fn read(ov_to_sm: Option<i32>, broker: Option<i32>) -> Result<(f64, f64, f64, MachineCpu)> {
+        let cpu = |p: Option<i32>| p.map_or(f64::NAN, |p| proc_cpu_s(p).unwrap_or(f64::NAN));
+        Ok((
+            cpu(ov_to_sm),
+            cpu(Some(std::process::id() as i32)),
+            cpu(broker),
+            MachineCpu::now()?,
+        ))
+    }
+    /// (ov_to_sm, harness, broker, machine) since the start.
+    fn stop(self) -> Result<(f64, f64, f64, MachineCpu)> {
+        let (a, b, c, m) = Self::read(self.ov_to_sm, self.broker)?;
+        Ok((
+            a - self.at.0,
+            b - self.at.1,
+            c - self.at.2,
+            self.at.3.since(m),
+        ))
     }
 }
 
@@ -186,6 +237,7 @@ pub async fn ov_to_sm(ctx: &Ctx, session: &OvSession, run: usize, c: usize) -> R
         )
         .await?;
     let before = incident_count(ctx).await?;
+    let meter = Meter::start(ctx, Some(child.pid))?;
     let t0 = Instant::now();
     raise_storm(ctx, n, &tag).await?;
     let deadline = tokio::time::Instant::from_std(t0 + timeout_for(n, c));
@@ -205,6 +257,7 @@ pub async fn ov_to_sm(ctx: &Ctx, session: &OvSession, run: usize, c: usize) -> R
             Err(_) => break,
         }
     }
+    let (storm_cpu_s, harness_cpu_s, broker_cpu_s, machine) = meter.stop()?;
     let words = child.last_words();
     let exit = child.terminate(Duration::from_secs(30)).await?;
     if exited {
@@ -225,6 +278,10 @@ pub async fn ov_to_sm(ctx: &Ctx, session: &OvSession, run: usize, c: usize) -> R
         },
         floor_s: floor_s(n, c),
         cpu_s: exit.cpu_s(),
+        storm_cpu_s,
+        harness_cpu_s,
+        broker_cpu_s,
+        machine,
         incidents,
     };
     print_fig(&fig);
@@ -255,10 +312,23 @@ fn print_fig(f: &StormFig) {
             fixed(f.floor_s, 2),
             fixed(f.secs / f.floor_s, 2),
             if f.cpu_s.is_finite() {
-                format!("; ov_to_sm CPU {} s", fixed(f.cpu_s, 2))
+                format!(
+                    "; ov_to_sm CPU {} s during the storm ({} s in all)",
+                    fixed(f.storm_cpu_s, 2),
+                    fixed(f.cpu_s, 2)
+                )
             } else {
                 String::new()
-            }
+            },
+        );
+        println!(
+            "         harness (simulators{}) {} s; broker {} s; machine busy {} s of {} s ({} s stolen)",
+            if f.mode == "baseline" { ", the sequential client" } else { "" },
+            fixed(f.harness_cpu_s, 2),
+            fixed(f.broker_cpu_s, 2),
+            fixed(f.machine.busy_s, 2),
+            fixed(f.machine.busy_s + f.machine.idle_s + f.machine.steal_s, 2),
+            fixed(f.machine.steal_s, 2),
         );
     } else {
         println!(
@@ -369,6 +439,7 @@ pub async fn baseline(ctx: &Ctx, session: &Arc<OvSession>, run: usize) -> Result
         }
         Ok(Instant::now())
     });
+    let meter = Meter::start(ctx, None)?;
     let t0 = Instant::now();
     raise_storm(ctx, n, &tag).await?;
     let limit = timeout_for(n, 1);
@@ -384,6 +455,7 @@ pub async fn baseline(ctx: &Ctx, session: &Arc<OvSession>, run: usize) -> Result
             limit.as_secs()
         ),
     };
+    let (storm_cpu_s, harness_cpu_s, broker_cpu_s, machine) = meter.stop()?;
     let fig = StormFig {
         run,
         mode: "baseline",
@@ -393,6 +465,10 @@ pub async fn baseline(ctx: &Ctx, session: &Arc<OvSession>, run: usize) -> Result
         secs: (end - t0).as_secs_f64(),
         floor_s: floor_s(n, 1),
         cpu_s: f64::NAN,
+        storm_cpu_s,
+        harness_cpu_s,
+        broker_cpu_s,
+        machine,
         incidents: incident_count(ctx).await?.saturating_sub(before),
     };
     print_fig(&fig);

@@ -364,7 +364,7 @@ pub async fn middleware<D: HttpSim>(
         .saturating_add(jitter)
         .saturating_add(f.hang_ms);
     if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        crate::latency::sleep(Duration::from_millis(delay)).await;
     }
     let headers = match decision {
         Ok(h) => h,

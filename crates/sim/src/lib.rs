@@ -8,7 +8,8 @@
 //! publisher; [`ov`] the OneView REST API; [`control`] the `/sim/` control surface; [`sm`] the
 //! Service Manager; [`servicenow`] a ServiceNow instance (Table API, OAuth, Event Management);
 //! [`pagerduty`] PagerDuty's Events API v2; [`webhook`] a webhook receiver that records requests; [`httpsim`] what those three share (state, faults
-//! and their middleware, control routes, persistence); [`serve`] HTTP(S) serving; [`sim`] wiring
+//! and their middleware, control routes, persistence); [`latency`] injected latency to the
+//! fraction of a millisecond; [`serve`] HTTP(S) serving; [`sim`] wiring
 //! it all together; [`client`] a small client of the control surface for the CLI and tests;
 //! [`rawamqp`] a minimal AMQP client for routing keys that are not UTF-8.
 
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod control;
 pub mod filter;
 pub mod httpsim;
+pub mod latency;
 pub mod ov;
 pub mod pagerduty;
 pub mod pki;

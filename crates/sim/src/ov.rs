@@ -693,7 +693,7 @@ async fn fault_window(st: &OvState, req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     if !fault.latency.is_zero() {
-        tokio::time::sleep(fault.latency).await;
+        crate::latency::sleep(fault.latency).await;
     }
     if let Some(status) = fault.status {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
