@@ -197,6 +197,8 @@ struct Inner {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Printed notes waiting for their commit (see [`Store::note_printed`]).
     notes: Arc<std::sync::Mutex<Notes>>,
+    /// Batches committed by the writer thread.
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Printed notes not yet in the database: waiting for the next batch, or in the batch being
@@ -253,6 +255,8 @@ struct Job {
     write: Write,
     /// Who waits for the commit (nobody for [`Write::Notes`] and buffered records).
     done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    /// How long the write may wait for company before its commit starts.
+    linger: std::time::Duration,
 }
 
 /// How long writes nobody waits for (printed notes, [`Store::note_printed`]; buffered
@@ -260,28 +264,36 @@ struct Job {
 /// burst instead of one per write. A write somebody awaits ends the wait at once.
 const NOTE_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How long a durable write made beside a network call ([`Store::put_beside`]) may wait for
+/// company: shorter than the call it runs beside (a OneView PUT takes 10 ms or more), so the
+/// caller waits no longer, while a storm's writes share one commit (one fsync) instead of
+/// taking one each.
+const BESIDE_LINGER: std::time::Duration = std::time::Duration::from_millis(4);
+
 /// Commits queued writes in batches until every [`Store`] clone is gone.
 fn group_commit(
     db: Arc<Database>,
     jobs: std::sync::mpsc::Receiver<Job>,
     notes: Arc<std::sync::Mutex<Notes>>,
+    commits: Arc<std::sync::atomic::AtomicU64>,
 ) {
     while let Ok(first) = jobs.recv() {
-        // Somebody waits for a write: commit what is queued now. Otherwise (printed notes,
-        // buffered records) linger for company.
-        let mut urgent = first.done.is_some();
+        // The batch's commit starts when its most impatient write says: at once for a write
+        // somebody waits for on the critical path (what is queued already goes with it), a
+        // few milliseconds for one that runs beside a slower call, and `NOTE_LINGER` for
+        // writes nobody waits for (printed notes, buffered records).
+        let mut until = std::time::Instant::now() + first.linger;
         let mut batch = vec![first];
-        let until = std::time::Instant::now() + NOTE_LINGER;
         while batch.len() < 4096 {
-            let next = if urgent {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let next = if left.is_zero() {
                 jobs.try_recv().ok()
             } else {
-                let left = until.saturating_duration_since(std::time::Instant::now());
                 jobs.recv_timeout(left).ok()
             };
             match next {
                 Some(j) => {
-                    urgent |= j.done.is_some();
+                    until = until.min(std::time::Instant::now() + j.linger);
                     batch.push(j);
                 }
                 None => break,
@@ -327,6 +339,7 @@ fn group_commit(
             w.commit().map_err(|x| e(x.into()))
         })
         .unwrap_or_else(Err);
+        commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut n) = notes.lock() {
             n.committing = Arc::default();
         }
@@ -412,9 +425,11 @@ impl Store {
         let d = database.clone();
         let notes: Arc<std::sync::Mutex<Notes>> = Arc::default();
         let n = notes.clone();
+        let commits: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let c = commits.clone();
         let thread = std::thread::Builder::new()
             .name("scmb-store".into())
-            .spawn(move || group_commit(d, jobs, n))
+            .spawn(move || group_commit(d, jobs, n, c))
             .map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),
                 detail: format!("cannot start the writer thread: {e}"),
@@ -426,15 +441,17 @@ impl Store {
                 writer: Some(writer),
                 thread: Some(thread),
                 notes,
+                commits,
             }),
         })
     }
 
-    async fn write(&self, write: Write) -> Result<(), StoreError> {
+    async fn write(&self, write: Write, linger: std::time::Duration) -> Result<(), StoreError> {
         let (done, rx) = tokio::sync::oneshot::channel();
         self.queue(Job {
             write,
             done: Some(done),
+            linger,
         })?;
         rx.await
             .map_err(|_| StoreError::Db("the store's writer stopped".into()))?
@@ -444,7 +461,20 @@ impl Store {
     /// [`Store::put`] through the group commit: durable when it returns.
     pub async fn put_async(&self, uri: &str, rec: &Record) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(rec).map_err(db)?;
-        self.write(Write::Alert(uri.to_string(), bytes)).await
+        self.write(
+            Write::Alert(uri.to_string(), bytes),
+            std::time::Duration::ZERO,
+        )
+        .await
+    }
+
+    /// [`Store::put_async`] for a write made beside a slower call (a network round trip the
+    /// caller waits for anyway): its commit may wait up to [`BESIDE_LINGER`] for other writes
+    /// to share it. Durable when it returns.
+    pub async fn put_beside(&self, uri: &str, rec: &Record) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rec).map_err(db)?;
+        self.write(Write::Alert(uri.to_string(), bytes), BESIDE_LINGER)
+            .await
     }
 
     /// Queues a record for the group commit without waiting for it: committed with the next
@@ -457,7 +487,15 @@ impl Store {
         self.queue(Job {
             write: Write::Alert(uri.to_string(), bytes),
             done: None,
+            linger: NOTE_LINGER,
         })
+    }
+
+    /// How many batches the writer thread has committed.
+    pub fn commits(&self) -> u64 {
+        self.inner
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hands a job to the group-commit thread.
@@ -491,13 +529,17 @@ impl Store {
         self.queue(Job {
             write: Write::Notes,
             done: None,
+            linger: NOTE_LINGER,
         })
     }
 
     /// [`Store::set_printed`] through the group commit: durable when it returns.
     pub async fn set_printed_async(&self, uri: &str, etag: &str) -> Result<(), StoreError> {
-        self.write(Write::Printed(uri.to_string(), etag.to_string()))
-            .await
+        self.write(
+            Write::Printed(uri.to_string(), etag.to_string()),
+            std::time::Duration::ZERO,
+        )
+        .await
     }
 
     pub fn get(&self, uri: &str) -> Result<Option<Record>, StoreError> {
@@ -797,6 +839,59 @@ mod tests {
             again.get("/rest/alerts/3").expect("get").map(|r| r.step),
             Some(Step::Noted)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lingering_write_waits_for_company_and_commits_with_the_next_urgent_one() {
+        let path = fresh("linger");
+        let store = Store::open(&path).expect("open");
+        let before = store.commits();
+        let rec = |i: u32| {
+            serde_json::to_vec(&Record::new(Some(format!("IM{i}")), Step::Created)).expect("json")
+        };
+        // Two writes that may wait (a long linger, so that nothing but company ends it).
+        let linger = std::time::Duration::from_secs(30);
+        let (a, b) = (store.clone(), store.clone());
+        let (ra, rb) = (rec(1), rec(2));
+        let first = tokio::spawn(async move {
+            a.write(Write::Alert("/rest/alerts/1".into(), ra), linger)
+                .await
+        });
+        let second = tokio::spawn(async move {
+            b.write(Write::Alert("/rest/alerts/2".into(), rb), linger)
+                .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            store.commits(),
+            before,
+            "nothing committed while they linger"
+        );
+        assert!(!first.is_finished() && !second.is_finished());
+        // An urgent write ends the wait: one commit for the three, all durable.
+        store
+            .put_async("/rest/alerts/3", &Record::new(None, Step::Creating))
+            .await
+            .expect("urgent");
+        first.await.expect("task").expect("first");
+        second.await.expect("task").expect("second");
+        assert_eq!(store.commits(), before + 1, "one commit for the three");
+        assert_eq!(
+            store
+                .get("/rest/alerts/1")
+                .expect("get")
+                .and_then(|r| r.incident),
+            Some("IM1".into())
+        );
+        // put_beside lingers only briefly: alone, it commits and returns by itself.
+        store
+            .put_beside("/rest/alerts/4", &Record::new(None, Step::Creating))
+            .await
+            .expect("beside");
+        assert_eq!(store.commits(), before + 2);
+        drop(store);
+        let again = Store::open(&path).expect("reopen");
+        assert_eq!(again.all().expect("all").len(), 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -608,10 +608,10 @@ impl Shared {
 /// all, committed or not.
 const PRINTED_IN_MEMORY: usize = 1024;
 
-/// How long finished deliveries wait for more before their ack goes out.
 /// How often a pipeline's loop shows it is alive at least (see `ApplianceMetrics::beat`).
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// How long finished deliveries wait for more before their ack goes out.
 const LINGER: Duration = Duration::from_millis(5);
 
 /// Acks the finished prefix, if any.

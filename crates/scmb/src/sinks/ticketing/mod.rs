@@ -708,11 +708,15 @@ impl Ticketer {
         // waits for both.
         let record = async {
             match record_created {
-                true => {
-                    self.put(uri, Record::new(Some(incident.clone()), Step::Created))
-                        .await
-                }
-                false => Ok(()),
+                // Beside the note's PUT: its commit may wait a little for others to share it.
+                true => Ok(self
+                    .store
+                    .put_beside(
+                        &self.key(uri),
+                        &Record::new(Some(incident.clone()), Step::Created),
+                    )
+                    .await?),
+                false => Ok::<(), TicketError>(()),
             }
         };
         let (recorded, noted) = tokio::join!(
