@@ -40,7 +40,8 @@ pub struct StormFig {
     /// CPU of the ov_to_sm process from the storm request to its last alert ticketed (NaN for
     /// the baseline).
     pub storm_cpu_s: f64,
-    /// CPU of this process (the simulators, and the baseline's client) over the storm.
+    /// CPU of this process over the storm: the simulators, the baseline's client, and the
+    /// harness's own reading of the child's output and sampling.
     pub harness_cpu_s: f64,
     /// CPU of the broker over the storm.
     pub broker_cpu_s: f64,
@@ -445,6 +446,7 @@ pub async fn baseline(ctx: &Ctx, session: &Arc<OvSession>, run: usize) -> Result
     let limit = timeout_for(n, 1);
     let mut worker = worker;
     let res = tokio::time::timeout(limit, &mut worker).await;
+    let (storm_cpu_s, harness_cpu_s, broker_cpu_s, machine) = meter.stop()?;
     worker.abort();
     amqp.close().await;
     remove_alerts(session, &tag).await?;
@@ -455,7 +457,6 @@ pub async fn baseline(ctx: &Ctx, session: &Arc<OvSession>, run: usize) -> Result
             limit.as_secs()
         ),
     };
-    let (storm_cpu_s, harness_cpu_s, broker_cpu_s, machine) = meter.stop()?;
     let fig = StormFig {
         run,
         mode: "baseline",

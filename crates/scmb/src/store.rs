@@ -197,7 +197,7 @@ struct Inner {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Printed notes waiting for their commit (see [`Store::note_printed`]).
     notes: Arc<std::sync::Mutex<Notes>>,
-    /// Batches committed by the writer thread.
+    /// Batches the writer thread committed (failed ones not counted).
     commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -255,8 +255,10 @@ struct Job {
     write: Write,
     /// Who waits for the commit (nobody for [`Write::Notes`] and buffered records).
     done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    /// How long the write may wait for company before its commit starts.
+    /// How long the write may wait for company before its commit starts, counted from when
+    /// it was queued (a commit in progress meanwhile counts too).
     linger: std::time::Duration,
+    queued: std::time::Instant,
 }
 
 /// How long writes nobody waits for (printed notes, [`Store::note_printed`]; buffered
@@ -282,7 +284,7 @@ fn group_commit(
         // somebody waits for on the critical path (what is queued already goes with it), a
         // few milliseconds for one that runs beside a slower call, and `NOTE_LINGER` for
         // writes nobody waits for (printed notes, buffered records).
-        let mut until = std::time::Instant::now() + first.linger;
+        let mut until = first.queued + first.linger;
         let mut batch = vec![first];
         while batch.len() < 4096 {
             let left = until.saturating_duration_since(std::time::Instant::now());
@@ -293,7 +295,7 @@ fn group_commit(
             };
             match next {
                 Some(j) => {
-                    until = until.min(std::time::Instant::now() + j.linger);
+                    until = until.min(j.queued + j.linger);
                     batch.push(j);
                 }
                 None => break,
@@ -339,7 +341,9 @@ fn group_commit(
             w.commit().map_err(|x| e(x.into()))
         })
         .unwrap_or_else(Err);
-        commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if result.is_ok() {
+            commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Ok(mut n) = notes.lock() {
             n.committing = Arc::default();
         }
@@ -452,6 +456,7 @@ impl Store {
             write,
             done: Some(done),
             linger,
+            queued: std::time::Instant::now(),
         })?;
         rx.await
             .map_err(|_| StoreError::Db("the store's writer stopped".into()))?
@@ -488,10 +493,11 @@ impl Store {
             write: Write::Alert(uri.to_string(), bytes),
             done: None,
             linger: NOTE_LINGER,
+            queued: std::time::Instant::now(),
         })
     }
 
-    /// How many batches the writer thread has committed.
+    /// How many batches the writer thread has committed (failed ones not counted).
     pub fn commits(&self) -> u64 {
         self.inner
             .commits
@@ -530,6 +536,7 @@ impl Store {
             write: Write::Notes,
             done: None,
             linger: NOTE_LINGER,
+            queued: std::time::Instant::now(),
         })
     }
 
@@ -846,35 +853,42 @@ mod tests {
         let path = fresh("linger");
         let store = Store::open(&path).expect("open");
         let before = store.commits();
-        let rec = |i: u32| {
-            serde_json::to_vec(&Record::new(Some(format!("IM{i}")), Step::Created)).expect("json")
+        // Two writes that may wait, queued now (a long linger, so that nothing but company
+        // ends it).
+        let lingering = |uri: &str, id: &str| {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            let rec = Record::new(Some(id.to_string()), Step::Created);
+            store
+                .queue(Job {
+                    write: Write::Alert(uri.to_string(), serde_json::to_vec(&rec).expect("json")),
+                    done: Some(done),
+                    linger: std::time::Duration::from_secs(30),
+                    queued: std::time::Instant::now(),
+                })
+                .expect("queued");
+            rx
         };
-        // Two writes that may wait (a long linger, so that nothing but company ends it).
-        let linger = std::time::Duration::from_secs(30);
-        let (a, b) = (store.clone(), store.clone());
-        let (ra, rb) = (rec(1), rec(2));
-        let first = tokio::spawn(async move {
-            a.write(Write::Alert("/rest/alerts/1".into(), ra), linger)
-                .await
-        });
-        let second = tokio::spawn(async move {
-            b.write(Write::Alert("/rest/alerts/2".into(), rb), linger)
-                .await
-        });
+        let mut first = lingering("/rest/alerts/1", "IM1");
+        let mut second = lingering("/rest/alerts/2", "IM2");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(
             store.commits(),
             before,
             "nothing committed while they linger"
         );
-        assert!(!first.is_finished() && !second.is_finished());
+        assert!(first.try_recv().is_err() && second.try_recv().is_err());
         // An urgent write ends the wait: one commit for the three, all durable.
-        store
-            .put_async("/rest/alerts/3", &Record::new(None, Step::Creating))
+        let urgent = async {
+            store
+                .put_async("/rest/alerts/3", &Record::new(None, Step::Creating))
+                .await
+                .expect("urgent");
+            first.await.expect("answer").expect("first");
+            second.await.expect("answer").expect("second");
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), urgent)
             .await
-            .expect("urgent");
-        first.await.expect("task").expect("first");
-        second.await.expect("task").expect("second");
+            .expect("the urgent write ended the linger");
         assert_eq!(store.commits(), before + 1, "one commit for the three");
         assert_eq!(
             store

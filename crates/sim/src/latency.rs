@@ -47,16 +47,11 @@ mod timerfd {
         }
         // SAFETY: `raw` is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
-            },
-        };
+        // SAFETY: an all-zero itimerspec is valid (no interval, and padding fields where the
+        // target has them).
+        let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+        spec.it_value.tv_sec = libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX);
+        spec.it_value.tv_nsec = d.subsec_nanos() as _;
         // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
         if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
             return Err(io::Error::last_os_error());
@@ -102,5 +97,15 @@ mod tests {
             sleep(Duration::from_millis(ms)).await;
             assert!(t.elapsed() >= Duration::from_millis(ms), "{ms} ms");
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_timerfd_is_used_not_the_millisecond_fallback() {
+        let t = std::time::Instant::now();
+        timerfd::wait(Duration::from_millis(3))
+            .await
+            .expect("a timerfd armed and read");
+        assert!(t.elapsed() >= Duration::from_millis(3));
     }
 }
